@@ -1,0 +1,1 @@
+"""Example jobs shipped with podcron, registered in the ``podcron.jobs`` entry-point group."""

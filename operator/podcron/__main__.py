@@ -1,0 +1,7 @@
+"""``python -m podcron`` is the ``podcron`` command."""
+
+import sys
+
+from podcron.cli import main
+
+sys.exit(main())

@@ -1,0 +1,34 @@
+"""The ``podcron`` command: ``podcron operator`` and ``podcron sidecar``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from podcron import config
+from podcron.telemetry.logs import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = argparse.ArgumentParser(prog="podcron", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("operator", help="run the operator (kopf handlers and the engine)")
+    commands.add_parser("sidecar", help="serve /_sys/job for the operator in the same pod")
+    arguments = parser.parse_args(argv)
+    try:
+        settings = config.load()
+    except ValueError as error:
+        parser.exit(2, f"podcron: bad configuration: {error}\n")
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    if arguments.command == "operator":
+        from podcron.controller import main as operator_main
+
+        return operator_main.main(settings)
+    print("podcron sidecar: not implemented yet", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""What a job receives when it runs: the :class:`JobContext` of DESIGN.md."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+
+class Trigger(enum.StrEnum):
+    """Why a run started."""
+
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    CATCH_UP = "catch-up"
+
+
+class Cancellation:
+    """A cancellation flag that both coroutines and threads can watch.
+
+    ``await ctx.cancelled`` (or ``await ctx.cancelled.wait()``) suits async jobs;
+    ``if ctx.cancelled:`` suits plain ``def`` jobs in worker threads, which
+    cannot be interrupted and must poll. Only the event loop's thread sets it.
+    """
+
+    __slots__ = ("_async_event", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._async_event: asyncio.Event | None = None
+
+    def set(self) -> None:
+        """Signal cancellation (called on the event loop's thread)."""
+        self._flag.set()
+        if self._async_event is not None:
+            self._async_event.set()
+
+    def is_set(self) -> bool:
+        """Whether cancellation was signalled."""
+        return self._flag.is_set()
+
+    def __bool__(self) -> bool:
+        return self._flag.is_set()
+
+    async def wait(self) -> None:
+        """Return once cancellation is signalled."""
+        if self._async_event is None:
+            # Created lazily: most runs never wait, and an Event binds to the
+            # running loop on first use.
+            self._async_event = asyncio.Event()
+            if self._flag.is_set():
+                self._async_event.set()
+        await self._async_event.wait()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.wait().__await__()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobContext:
+    """Everything a job knows about the run it is in.
+
+    ``args`` is the ScheduledJob's ``spec.args``; ``deadline`` is the wall-clock
+    instant the run times out at (``None`` without ``timeoutSeconds``).
+    """
+
+    job_id: str
+    namespace: str
+    name: str
+    trigger: Trigger
+    scheduled_time: datetime
+    args: Mapping[str, Any]
+    log: logging.LoggerAdapter[logging.Logger]
+    deadline: datetime | None
+    cancelled: Cancellation = field(default_factory=Cancellation)
+    trace_context: otel_context.Context | None = None
+
+    def trace_headers(self) -> dict[str, str]:
+        """W3C trace headers (``traceparent``) for the job's own downstream calls.
+
+        Empty when tracing is off, so callers can always merge it into headers.
+        """
+        headers: dict[str, str] = {}
+        propagate.inject(headers, context=self.trace_context)
+        return headers

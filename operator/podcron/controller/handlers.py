@@ -1,0 +1,188 @@
+"""kopf handlers: keep the engine's jobs in step with the ScheduledJob objects.
+
+No finalizers: the delete handler is optional, so deleting a ScheduledJob
+never hangs, even with the operator gone; a job whose delete event was missed
+is simply absent when the operator resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from podcron.config import Settings
+from podcron.controller import jobspecs, resource
+from podcron.controller.events import EventRecorder, ObjectRef
+from podcron.controller.status import StatusWriter
+from podcron.engine import Engine, JobEvent, RunFinished, RunStatus
+from podcron.errors import JobAlreadyRunning, JobNotFound, PodcronError
+
+log = logging.getLogger("podcron.controller")
+
+
+def _condition(
+    previous: Mapping[str, Any] | None, *, ok: bool, reason: str, message: str
+) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    unchanged = (
+        previous is not None
+        and previous.get("status") == status
+        and previous.get("reason") == reason
+    )
+    return {
+        "type": "Ready",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": (
+            previous.get("lastTransitionTime")
+            if unchanged and previous is not None
+            else jobspecs.format_time(datetime.now(UTC).replace(microsecond=0))
+        ),
+    }
+
+
+def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for condition in status.get("conditions") or ():
+        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
+            return condition
+    return None
+
+
+class Reconciler:
+    """The operator's handlers, bound to one engine, status writer and event recorder."""
+
+    def __init__(
+        self, *, engine: Engine, writer: StatusWriter, events: EventRecorder, settings: Settings
+    ) -> None:
+        self._engine = engine
+        self._writer = writer
+        self._events = events
+        self._settings = settings
+        self._refs: dict[str, ObjectRef] = {}
+        engine.add_listener(self._on_job_event)
+
+    def register(self, registry: kopf.OperatorRegistry) -> None:
+        """Attach the handlers to ``registry``."""
+        coordinates = (resource.GROUP, resource.VERSION, resource.PLURAL)
+        kopf.on.resume(*coordinates, registry=registry)(self.on_resume)
+        kopf.on.create(*coordinates, registry=registry)(self.on_create)
+        kopf.on.update(*coordinates, registry=registry, field="spec")(self.on_update)
+        kopf.on.delete(*coordinates, registry=registry, optional=True)(self.on_delete)
+        kopf.on.field(
+            *coordinates,
+            registry=registry,
+            field=("metadata", "annotations", resource.RUN_NOW_ANNOTATION),
+        )(self.on_run_now)
+
+    # -- handlers ---------------------------------------------------------
+
+    async def on_resume(self, body: kopf.Body, **_: Any) -> None:
+        """Operator start: re-register, continuing counters and catching up from status."""
+        self._reconcile(body, restore=True)
+
+    async def on_create(self, body: kopf.Body, **_: Any) -> None:
+        """A new ScheduledJob."""
+        self._reconcile(body, restore=True)
+
+    async def on_update(self, body: kopf.Body, **_: Any) -> None:
+        """A spec change: re-arm only this job."""
+        self._reconcile(body, restore=False)
+
+    async def on_delete(self, body: kopf.Body, **_: Any) -> None:
+        """Forget the job at once."""
+        namespace, name = str(body.meta.namespace), str(body.meta.name)
+        jid = jobspecs.job_id(namespace, name)
+        self._engine.remove(jid)
+        self._writer.forget(namespace, name)
+        log.info("job %s removed", jid, extra={"job_id": jid})
+        ref = self._refs.pop(jid, None)
+        if ref is not None:
+            self._events.forget(ref)
+
+    async def on_run_now(self, body: kopf.Body, old: object, new: object, **_: Any) -> None:
+        """A changed ``podcron.dev/run-now`` annotation runs the job once."""
+        if not new or new == old:
+            return
+        jid = jobspecs.job_id(str(body.meta.namespace), str(body.meta.name))
+        ref = self._refs.get(jid)
+        try:
+            self._engine.trigger(jid)
+        except JobAlreadyRunning as error:
+            if ref is not None:
+                self._events.post(ref, warning=True, reason="RunNowRefused", message=str(error))
+        except JobNotFound:
+            log.info("run-now on %s ignored: the job is not scheduled", jid)
+        else:
+            if ref is not None:
+                self._events.post(
+                    ref, warning=False, reason="RunNow", message=f"run requested ({new})"
+                )
+
+    # -- reconciliation ---------------------------------------------------
+
+    def _reconcile(self, body: kopf.Body, *, restore: bool) -> None:
+        meta, spec, status = body.meta, body.spec, body.status
+        namespace, name = str(meta.namespace), str(meta.name)
+        jid = jobspecs.job_id(namespace, name)
+        ref = ObjectRef(namespace, name, str(meta.uid))
+        self._refs[jid] = ref
+        previous = _ready_condition(status)
+        patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
+        try:
+            job_spec = jobspecs.build_spec(
+                namespace, name, spec, allowed_modules=self._settings.allowed_modules
+            )
+        except PodcronError as error:
+            self._engine.remove(jid)
+            condition = _condition(previous, ok=False, reason=error.reason, message=str(error))
+            patch |= {"conditions": [condition], "nextRunTime": None, "running": False}
+            log.warning(
+                "ScheduledJob %s cannot be scheduled: %s", jid, error, extra={"job_id": jid}
+            )
+        else:
+            history = jobspecs.history_from_status(status) if restore else None
+            snapshot = self._engine.upsert(job_spec, history=history)
+            if job_spec.suspended:
+                condition = _condition(
+                    previous,
+                    ok=True,
+                    reason="Suspended",
+                    message="suspended: no runs are scheduled",
+                )
+            else:
+                condition = _condition(
+                    previous,
+                    ok=True,
+                    reason="Scheduled",
+                    message=f"scheduled {job_spec.schedule.human_readable}",
+                )
+            patch["conditions"] = [condition]
+            patch |= jobspecs.schedule_status(job_spec.schedule)
+            patch |= jobspecs.run_status(snapshot)
+        self._writer.update(namespace, name, patch)
+        if previous is None or (previous.get("status"), previous.get("reason")) != (
+            condition["status"],
+            condition["reason"],
+        ):
+            self._events.post(
+                ref,
+                warning=condition["status"] != "True",
+                reason=condition["reason"],
+                message=condition["message"],
+            )
+
+    def _on_job_event(self, event: JobEvent) -> None:
+        try:
+            snapshot = self._engine.snapshot(event.job_id)
+        except JobNotFound:
+            return
+        self._writer.update(event.namespace, event.name, jobspecs.run_status(snapshot))
+        if isinstance(event, RunFinished) and event.status is RunStatus.FAILURE:
+            ref = self._refs.get(event.job_id)
+            if ref is not None:
+                self._events.run_failed(ref, event.error)

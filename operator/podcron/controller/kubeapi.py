@@ -1,0 +1,100 @@
+"""The few Kubernetes API calls the operator makes itself (kopf makes the rest).
+
+The official client is synchronous, so callers run these in worker threads.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
+
+COMPONENT = "podcron-operator"
+TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+class ObjectGone(Exception):
+    """The ScheduledJob no longer exists; writing to it is pointless, not an error."""
+
+
+class TransientApiError(Exception):
+    """A failure worth retrying: throttling, conflicts, server errors, lost connections."""
+
+
+def _call(function: Callable[..., object], *args: object) -> None:
+    """Call the client, turning its errors into the two that callers act on."""
+    try:
+        function(*args)
+    except ApiException as error:
+        if error.status == 404:
+            raise ObjectGone(str(error.reason)) from error
+        if error.status in TRANSIENT_STATUSES:
+            raise TransientApiError(f"{error.status} {error.reason}") from error
+        raise
+    except (OSError, urllib3.exceptions.HTTPError) as error:
+        raise TransientApiError(f"{type(error).__name__}: {error}") from error
+
+
+class KubeApi:
+    """Status patches and Events through one connection pool."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
+        self._custom = kubernetes.client.CustomObjectsApi(api_client)
+        self._core = kubernetes.client.CoreV1Api(api_client)
+        self._instance = socket.gethostname()
+
+    @classmethod
+    def from_environment(cls, *, pool_size: int = 8) -> KubeApi:
+        """In-cluster credentials in a pod, the current kubeconfig elsewhere."""
+        configuration = kubernetes.client.Configuration()
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config(client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        return cls(kubernetes.client.ApiClient(configuration))
+
+    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Merge-patch the status subresource; raises ObjectGone or TransientApiError."""
+        _call(
+            self._custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+        )
+
+    def create_event(
+        self, *, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str
+    ) -> None:
+        """Post a core/v1 Event about a ScheduledJob."""
+        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        body = {
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+            "source": {"component": COMPONENT},
+            "reportingComponent": f"{GROUP}/operator",
+            "reportingInstance": self._instance,
+        }
+        _call(self._core.create_namespaced_event, namespace, body)

@@ -1,0 +1,92 @@
+"""``podcron operator``: the engine and the kopf handlers in one asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+import kopf
+
+from podcron.config import Settings
+from podcron.controller.events import EventRecorder
+from podcron.controller.handlers import Reconciler
+from podcron.controller.kubeapi import KubeApi
+from podcron.controller.status import StatusWriter
+from podcron.engine import Engine
+
+log = logging.getLogger("podcron.operator")
+
+KOPF_PREFIX = "podcron.dev"
+
+
+def _configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
+    # podcron posts its own Events (state changes and failures only); kopf's
+    # per-handler Events would flood the namespace.
+    operator.posting.enabled = False
+    operator.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
+    operator.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
+    # kopf SIGKILLs itself if shutting down takes longer than this; the jobs
+    # get their shutdown timeout first, plus time to flush status.
+    operator.process.ultimate_exiting_timeout = settings.shutdown_timeout_seconds + 10
+    operator.watching.server_timeout = 300
+
+
+async def run(settings: Settings) -> None:
+    """Run the operator until SIGTERM/SIGINT, then shut down as DESIGN.md says."""
+    api = KubeApi.from_environment()
+    engine = Engine(
+        max_concurrent_runs=settings.max_concurrent_runs,
+        worker_threads=settings.worker_threads,
+        shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
+    )
+    writer = StatusWriter(api.patch_status, patches_per_second=settings.status_patches_per_second)
+    events = EventRecorder(api)
+    registry = kopf.OperatorRegistry()
+    Reconciler(engine=engine, writer=writer, events=events, settings=settings).register(registry)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(**kwargs: Any) -> None:
+        _configure_kopf(kwargs["settings"], settings)
+        log.info("podcron operator started")
+
+    # kopf stops the watchers before cleanup handlers run, and cancels every
+    # task it did not see at start-up only after them: so this is the place
+    # where runs can still finish and their outcome reach status.
+    @kopf.on.cleanup(registry=registry)
+    async def shutdown(**_: Any) -> None:
+        await engine.shutdown()
+        writer_task.cancel()
+        try:
+            await asyncio.wait_for(writer.flush(), timeout=5.0)
+        except TimeoutError:
+            log.warning("status not fully flushed at shutdown")
+        writer.close()
+        await events.close()
+
+    # Started before kopf so that kopf's sweep of leftover tasks leaves it alone.
+    writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
+    await kopf.operator(
+        registry=registry,
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+    )
+
+
+def main(settings: Settings) -> int:
+    """Run the operator; returns the process exit code."""
+    asyncio.run(run(settings))
+    stuck = [t for t in threading.enumerate() if t.name.startswith("podcron-job")]
+    if stuck:
+        # Plain-def jobs that ignored cancellation cannot be stopped, and the
+        # interpreter would wait for them at exit: their runs are already
+        # recorded as Interrupted, so leave without waiting.
+        log.warning("exiting with %d job threads still running", len(stuck))
+        logging.shutdown()
+        os._exit(0)
+    return 0

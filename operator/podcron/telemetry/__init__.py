@@ -1,0 +1,1 @@
+"""Spans, metrics and logs. Used by the engine and the sidecar; imports neither."""

@@ -1,0 +1,58 @@
+"""The whole path: kubectl apply a ScheduledJob, the operator runs it, status shows it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from controlplane import ControlPlane
+
+from .conftest import ROOT, OperatorProcess, get_job, wait_for
+
+HELLO = ROOT / "examples" / "hello.yaml"
+
+
+def test_hello_runs_every_two_seconds_and_stops_when_deleted(
+    crd: ControlPlane, namespace: str, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    operator = start_operator()
+    crd.kubectl("apply", "-n", namespace, "-f", str(HELLO))
+    marker = f"hello from {namespace}/hello"
+
+    def two_successes() -> bool:
+        status = get_job(crd, namespace, "hello").get("status", {})
+        runs = status.get("runs", {})
+        return runs.get("succeeded", 0) >= 2 and status.get("lastRunStatus") == "success"
+
+    wait_for(two_successes, timeout=10, what="two successful runs in status")
+    status = get_job(crd, namespace, "hello")["status"]
+    assert status["runs"]["failed"] == 0
+    assert status["lastRunTime"].endswith("Z")
+
+    started = time.monotonic()
+    crd.kubectl("delete", "-n", namespace, "-f", str(HELLO), "--timeout=10s")
+    assert time.monotonic() - started < 5, "delete must not wait on a finalizer"
+    assert get_job(crd, namespace, "hello") == {}
+
+    removed = f"job {namespace}/hello removed"
+    wait_for(lambda: removed in operator.log(), timeout=5, what="the operator's delete handler")
+    runs_at_delete = operator.log().count(marker)
+    # Absence can only be shown by watching: two whole intervals of the 2 s schedule.
+    deadline = time.monotonic() + 4.5
+    while time.monotonic() < deadline:
+        assert operator.log().count(marker) == runs_at_delete, "a run happened after delete"
+        time.sleep(0.25)
+    assert operator.process.poll() is None, "the operator must keep running"
+
+
+def test_operator_exits_promptly_on_sigterm_when_idle(
+    crd: ControlPlane, start_operator: Callable[..., OperatorProcess]
+) -> None:
+    operator = start_operator()
+    wait_for(
+        lambda: "podcron operator started" in operator.log(), timeout=20, what="operator start-up"
+    )
+    started = time.monotonic()
+    code = operator.stop()
+    assert code == 0
+    assert time.monotonic() - started < 5

@@ -1,0 +1,432 @@
+"""The engine on a real asyncio loop: runs, policies, timeouts, catch-up, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from podcron.schedules import parse_schedule
+
+from podcron.context import JobContext, Trigger
+from podcron.engine import (
+    ConcurrencyPolicy,
+    Engine,
+    History,
+    JobEvent,
+    JobSpec,
+    RunCounts,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+)
+from podcron.entrypoints import JobTarget
+from podcron.errors import JobAlreadyRunning, JobNotFound
+
+# Each wait below is on an event with this deadline; no test sleeps to hope.
+DEADLINE = 5.0
+
+
+class Recorder:
+    """Collects engine events and lets a test wait for the ones it expects."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.events: list[JobEvent] = []
+        self._changed = asyncio.Event()
+        engine.add_listener(self._on_event)
+
+    def _on_event(self, event: JobEvent) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def finished(self, job_id: str | None = None) -> list[RunFinished]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, RunFinished) and (job_id is None or e.job_id == job_id)
+        ]
+
+    def started(self, job_id: str | None = None) -> list[RunStarted]:
+        return [
+            e
+            for e in self.events
+            if isinstance(e, RunStarted) and (job_id is None or e.job_id == job_id)
+        ]
+
+    async def until(self, condition: Callable[[], bool], within: float = DEADLINE) -> None:
+        async with asyncio.timeout(within):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+def spec(
+    target: JobTarget,
+    *,
+    name: str = "job",
+    every: str = "1s",
+    schedule: dict[str, Any] | None = None,
+    **fields: Any,
+) -> JobSpec:
+    return JobSpec(
+        job_id=f"ns/{name}",
+        namespace="ns",
+        name=name,
+        entry_point=f"tests:{name}",
+        target=target,
+        schedule=parse_schedule(schedule or {"every": every}),
+        **fields,
+    )
+
+
+@pytest.fixture
+async def engine() -> Any:
+    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=4)
+    yield engine
+    await engine.shutdown()
+
+
+async def test_async_job_runs_on_each_tick_with_its_context(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    contexts: list[JobContext] = []
+
+    async def job(ctx: JobContext) -> None:
+        contexts.append(ctx)
+
+    engine.upsert(spec(job, args={"retentionDays": 7}))
+    await recorder.until(lambda: len(recorder.finished()) >= 2)
+    first, second = contexts[:2]
+    assert first.job_id == "ns/job"
+    assert (first.namespace, first.name) == ("ns", "job")
+    assert first.trigger is Trigger.SCHEDULED
+    assert first.args == {"retentionDays": 7}
+    assert first.scheduled_time.microsecond == 0  # every 1s ticks on whole seconds
+    assert second.scheduled_time - first.scheduled_time == timedelta(seconds=1)
+    assert all(e.status is RunStatus.SUCCESS for e in recorder.finished())
+    assert all(0 <= e.lateness_seconds < 0.5 for e in recorder.started())
+    snapshot = engine.snapshot("ns/job")
+    assert snapshot.history.counts.succeeded >= 2
+    assert snapshot.next_run_time is not None
+    assert snapshot.next_run_time > datetime.now(UTC) - timedelta(seconds=0.1)
+
+
+async def test_plain_def_job_runs_in_a_worker_thread(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    threads: list[str] = []
+
+    def job(ctx: JobContext) -> None:
+        threads.append(threading.current_thread().name)
+
+    engine.upsert(spec(job))
+    await recorder.until(lambda: len(recorder.finished()) >= 1)
+    assert threads[0].startswith("podcron-job")
+    assert recorder.finished()[0].status is RunStatus.SUCCESS
+
+
+async def test_exception_is_a_failure_with_traceback_and_others_keep_running(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder(engine)
+
+    async def broken(ctx: JobContext) -> None:
+        raise ValueError("boom")
+
+    async def healthy(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(broken, name="broken"))
+    engine.upsert(spec(healthy, name="healthy"))
+    with caplog.at_level(logging.ERROR):
+        await recorder.until(
+            lambda: (
+                len(recorder.finished("ns/broken")) >= 2
+                and len(recorder.finished("ns/healthy")) >= 2
+            )
+        )
+    failure = recorder.finished("ns/broken")[0]
+    assert failure.status is RunStatus.FAILURE
+    assert failure.error == "ValueError: boom"
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors, "the failure must be logged at ERROR"
+    assert errors[0].exc_info is not None
+    assert errors[0].exc_info[0] is ValueError
+    history = engine.snapshot("ns/broken").history
+    assert history.last_error == "ValueError: boom"
+    assert history.counts.failed >= 2
+    assert history.counts.succeeded == 0
+    assert all(e.status is RunStatus.SUCCESS for e in recorder.finished("ns/healthy"))
+
+
+async def test_async_timeout_cancels_the_run(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    cancelled = asyncio.Event()
+
+    async def slow(ctx: JobContext) -> None:
+        assert ctx.deadline is not None
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    engine.upsert(spec(slow, every="10s", timeout_seconds=0.2))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) >= 1)
+    finished = recorder.finished()[0]
+    assert finished.status is RunStatus.FAILURE
+    assert finished.error is not None
+    assert finished.error.startswith("TimeoutError")
+    assert cancelled.is_set()
+    assert 0.2 <= finished.duration_seconds < 1.0
+
+
+async def test_thread_timeout_is_signalled_through_the_context(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    saw_cancel = threading.Event()
+
+    def slow(ctx: JobContext) -> None:
+        deadline = time.monotonic() + 5
+        while not ctx.cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if ctx.cancelled:
+            saw_cancel.set()
+
+    engine.upsert(spec(slow, every="10s", timeout_seconds=0.2))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) >= 1)
+    assert recorder.finished()[0].status is RunStatus.FAILURE
+    assert await asyncio.to_thread(saw_cancel.wait, DEADLINE)
+
+
+async def test_forbid_skips_ticks_while_running_and_refuses_manual_runs(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def long(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(long))
+    with caplog.at_level(logging.INFO, logger="podcron.engine"):
+        await recorder.until(
+            lambda: any(e.status is RunStatus.SKIPPED for e in recorder.finished())
+        )
+    with pytest.raises(JobAlreadyRunning):
+        engine.trigger("ns/job")
+    assert len(recorder.started()) == 1
+    skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped
+    assert "ns/job" in skipped[0].getMessage()
+    assert skipped[0].levelno == logging.INFO
+    assert engine.snapshot("ns/job").history.counts.skipped >= 1
+    release.set()
+
+
+async def test_allow_overlaps_runs(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def long(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(long, every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
+    engine.trigger("ns/job")
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 2)
+    assert engine.running_count == 2
+    release.set()
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    assert all(e.status is RunStatus.SUCCESS for e in recorder.finished())
+
+
+async def test_replace_cancels_the_active_run_then_starts(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    triggers: list[Trigger] = []
+
+    async def long(ctx: JobContext) -> None:
+        triggers.append(ctx.trigger)
+        await asyncio.sleep(30)
+
+    engine.upsert(spec(long, every="1h", concurrency_policy=ConcurrencyPolicy.REPLACE))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1 and len(recorder.started()) == 2)
+    replaced = recorder.finished()[0]
+    assert replaced.status is RunStatus.FAILURE
+    assert replaced.error is not None
+    assert replaced.error.startswith("Replaced")
+    assert engine.running_count == 1
+
+
+async def test_global_limit_bounds_concurrent_runs() -> None:
+    engine = Engine(max_concurrent_runs=1)
+    recorder = Recorder(engine)
+    active, peak = 0, 0
+
+    async def job(ctx: JobContext) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.05)
+        active -= 1
+
+    for name in ("a", "b", "c"):
+        engine.upsert(spec(job, name=name, every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
+        engine.trigger(f"ns/{name}")
+    await recorder.until(lambda: len(recorder.finished()) == 3)
+    assert peak == 1
+    await engine.shutdown()
+
+
+async def test_manual_trigger_parent_trace_reaches_the_job(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    headers: list[dict[str, str]] = []
+
+    async def job(ctx: JobContext) -> None:
+        headers.append(ctx.trace_headers())
+
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job", trace_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert recorder.finished()[0].trigger is Trigger.MANUAL
+    assert headers[0]["traceparent"].split("-")[1] == trace_id
+
+
+async def test_trigger_unknown_job_raises(engine: Engine) -> None:
+    with pytest.raises(JobNotFound):
+        engine.trigger("ns/none")
+
+
+async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> None:
+    recorder = Recorder(engine)
+
+    async def long(ctx: JobContext) -> None:
+        await asyncio.sleep(30)
+
+    engine.upsert(spec(long, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    engine.remove("ns/job")
+    assert engine.snapshots() == []
+    assert engine.running_count == 0
+    with pytest.raises(JobNotFound):
+        engine.snapshot("ns/job")
+
+
+async def test_zero_jobs_arm_no_timer(engine: Engine) -> None:
+    assert engine._timer is None
+    engine.upsert(spec(lambda ctx: None, every="1h"))
+    assert engine._timer is not None
+    engine.remove("ns/job")
+    engine.upsert(spec(lambda ctx: None, name="other", every="1h", suspended=True))
+    await asyncio.sleep(0)
+    assert engine.snapshot("ns/other").next_run_time is None
+
+
+async def test_update_rearms_and_keeps_history(engine: Engine) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    before = engine.snapshot("ns/job")
+    after = engine.upsert(spec(job, every="1s"))
+    assert after.history.counts.total == 1
+    assert before.next_run_time is not None
+    assert after.next_run_time is not None
+    assert after.next_run_time < before.next_run_time
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    assert recorder.finished()[1].trigger is Trigger.SCHEDULED
+
+
+def _hour_ago_history() -> History:
+    return History(
+        last_run_time=datetime.now(UTC) - timedelta(hours=3),
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=5),
+    )
+
+
+async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(engine: Engine) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    snapshot = engine.upsert(
+        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+    )
+    assert snapshot.running, "the catch-up run starts at registration"
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    finished = recorder.finished()[0]
+    assert finished.trigger is Trigger.CATCH_UP
+    assert finished.scheduled_time.minute == 0
+    assert finished.scheduled_time.second == 0
+    assert engine.snapshot("ns/job").history.counts.total == 6, "counters continue"
+
+
+async def test_no_catch_up_without_deadline_or_when_too_old(engine: Engine) -> None:
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    without = engine.upsert(spec(job, name="a", every="1h"), history=_hour_ago_history())
+    # A 2-hour tick is at least an hour old half the time; a 1 ms deadline never fits.
+    too_old = engine.upsert(
+        spec(job, name="b", every="2h", starting_deadline_seconds=0.001),
+        history=_hour_ago_history(),
+    )
+    assert not without.running
+    assert not too_old.running
+
+
+async def test_shutdown_with_nothing_running_is_immediate() -> None:
+    engine = Engine(shutdown_timeout_seconds=25)
+    engine.upsert(spec(lambda ctx: None, every="1h"))
+    started = time.monotonic()
+    await engine.shutdown()
+    assert time.monotonic() - started < 1.0
+
+
+async def test_shutdown_interrupts_runs_that_outlive_the_timeout() -> None:
+    engine = Engine(shutdown_timeout_seconds=0.5)
+    recorder = Recorder(engine)
+    polite_done = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> None:
+        # Swallows even task cancellation: the engine must give up on it anyway.
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    async def polite(ctx: JobContext) -> None:
+        await ctx.cancelled
+        polite_done.set()
+
+    engine.upsert(spec(stubborn, name="stubborn", every="1h"))
+    engine.upsert(spec(polite, name="polite", every="1h"))
+    engine.trigger("ns/stubborn")
+    engine.trigger("ns/polite")
+    await recorder.until(lambda: len(recorder.started()) == 2)
+    started = time.monotonic()
+    await engine.shutdown()
+    assert time.monotonic() - started < 2.0
+    assert polite_done.is_set()
+    outcomes = {e.name: e for e in recorder.finished()}
+    assert outcomes["polite"].status is RunStatus.SUCCESS
+    assert outcomes["stubborn"].status is RunStatus.FAILURE
+    assert outcomes["stubborn"].error is not None
+    assert outcomes["stubborn"].error.startswith("Interrupted")
+    release.set()

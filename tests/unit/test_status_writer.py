@@ -1,0 +1,115 @@
+"""The status writer's coalescing, rate limit and retries, against a recording patch function."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from podcron.controller.kubeapi import ObjectGone, TransientApiError
+from podcron.controller.status import StatusWriter, merge
+
+
+class RecordingApi:
+    """Stands in for the API server's status endpoint; can fail on request."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[float, str, dict[str, Any]]] = []
+        self.fail_next: list[Exception] = []
+        self._lock = threading.Lock()
+
+    def patch(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        with self._lock:
+            if self.fail_next:
+                raise self.fail_next.pop(0)
+            self.patches.append((time.monotonic(), f"{namespace}/{name}", dict(status)))
+
+
+async def until(condition: Any, within: float = 5.0) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def running() -> Any:
+    tasks: list[asyncio.Task[None]] = []
+
+    def start(writer: StatusWriter) -> StatusWriter:
+        tasks.append(asyncio.create_task(writer.run()))
+        return writer
+
+    yield start
+    for task in tasks:
+        task.cancel()
+
+
+def test_merge_is_a_json_merge_patch_of_newer_over_older() -> None:
+    older = {"runs": {"total": 1, "failed": 1}, "lastError": "x", "running": True}
+    newer = {"runs": {"total": 2}, "running": False, "lastError": None}
+    assert merge(older, newer) == {
+        "runs": {"total": 2, "failed": 1},
+        "lastError": None,
+        "running": False,
+    }
+
+
+async def test_updates_to_one_object_are_coalesced(running: Any) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, per_object_interval=0.3))
+    for total in range(1, 51):
+        writer.update("ns", "a", {"runs": {"total": total}})
+        await asyncio.sleep(0.005)
+    await until(lambda: api.patches and api.patches[-1][2]["runs"]["total"] == 50)
+    assert len(api.patches) <= 3
+    gaps = [b[0] - a[0] for a, b in zip(api.patches, api.patches[1:], strict=False)]
+    assert all(gap >= 0.29 for gap in gaps)
+
+
+async def test_overall_rate_is_capped(running: Any) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, patches_per_second=50))
+    for index in range(30):
+        writer.update("ns", f"job-{index}", {"running": True})
+    await until(lambda: len(api.patches) == 30)
+    times = sorted(t for t, _, _ in api.patches)
+    # 30 patches at 50/s cannot take less than 29 spacings of 20 ms.
+    assert times[-1] - times[0] >= 29 * 0.02 * 0.95
+
+
+async def test_transient_failures_are_retried_and_merged_with_newer_updates(
+    running: Any,
+) -> None:
+    api = RecordingApi()
+    api.fail_next = [TransientApiError("503 Service Unavailable")]
+    writer = running(StatusWriter(api.patch, per_object_interval=0.05))
+    writer.update("ns", "a", {"runs": {"total": 1, "failed": 1}, "lastError": "boom"})
+    await until(lambda: not api.fail_next)
+    writer.update("ns", "a", {"runs": {"total": 2}})
+    await until(lambda: bool(api.patches))
+    assert api.patches[-1][2] == {"runs": {"total": 2, "failed": 1}, "lastError": "boom"}
+
+
+async def test_gone_objects_are_dropped(running: Any) -> None:
+    api = RecordingApi()
+    api.fail_next = [ObjectGone("Not Found")]
+    writer = running(StatusWriter(api.patch, per_object_interval=0.05))
+    writer.update("ns", "gone", {"running": False})
+    await until(lambda: not api.fail_next)
+    await writer.flush()
+    assert api.patches == []
+
+
+async def test_flush_sends_what_waits_for_its_interval() -> None:
+    api = RecordingApi()
+    writer = StatusWriter(api.patch, per_object_interval=60)
+    writer.update("ns", "a", {"runs": {"total": 1}})
+    await writer.flush()
+    writer.update("ns", "a", {"runs": {"total": 2}})
+    await writer.flush()
+    assert [p[2]["runs"]["total"] for p in api.patches] == [1, 2]
+    writer.close()
