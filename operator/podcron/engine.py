@@ -209,6 +209,7 @@ class Engine:
         self._shutdown_timeout = shutdown_timeout_seconds
         self._listeners = list(listeners)
         self._closing = False
+        self._version = 0
 
     # -- registration -----------------------------------------------------
 
@@ -278,6 +279,15 @@ class Engine:
         return [self._snapshot(self._jobs[job_id]) for job_id in sorted(self._jobs)]
 
     @property
+    def version(self) -> int:
+        """A counter that moves whenever any job's snapshot may have changed.
+
+        Readers that derive something costly from :meth:`snapshots` (the
+        control socket's serialised job list) rebuild only when it moved.
+        """
+        return self._version
+
+    @property
     def running_count(self) -> int:
         """How many runs are active now."""
         return sum(len(job.active) for job in self._jobs.values())
@@ -307,6 +317,7 @@ class Engine:
             self._stale_entries += 1
             job.next_due = None
         job.generation += 1
+        self._version += 1
         # Lazy deletion leaves stale entries behind; rebuild once they dominate
         # so a churn of updates cannot grow the heap without bound.
         if self._stale_entries > 1024 and self._stale_entries > len(self._heap) // 2:
@@ -400,6 +411,7 @@ class Engine:
         run = _ActiveRun(trigger=trigger, scheduled_time=scheduled_time, started=time.time())
         run_id = next(self._run_ids)
         job.active[run_id] = run
+        self._version += 1
         run.task = asyncio.get_running_loop().create_task(
             self._run(job, run_id, run, parent), name=f"podcron-run {spec.job_id}"
         )
@@ -476,6 +488,7 @@ class Engine:
                     ctx.log.error("run failed: %s", error, exc_info=failure)
         finally:
             job.active.pop(run_id, None)
+            self._version += 1
             if not run.recorded:
                 run.recorded = True
                 self._record(job, trigger, scheduled_time, status, started, error)
@@ -501,6 +514,7 @@ class Engine:
     ) -> None:
         if job.removed:
             return
+        self._version += 1
         history, counts = job.history, job.history.counts
         duration = 0.0
         if started is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]

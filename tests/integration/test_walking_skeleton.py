@@ -22,7 +22,7 @@ def test_hello_runs_every_two_seconds_and_stops_when_deleted(
     def two_successes() -> bool:
         status = get_job(crd, namespace, "hello").get("status", {})
         runs = status.get("runs", {})
-        return runs.get("succeeded", 0) >= 2 and status.get("lastRunStatus") == "success"
+        return bool(runs.get("succeeded", 0) >= 2 and status.get("lastRunStatus") == "success")
 
     wait_for(two_successes, timeout=10, what="two successful runs in status")
     status = get_job(crd, namespace, "hello")["status"]

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from podcron.schedules import parse_schedule
 
 from podcron.context import JobContext, Trigger
 from podcron.engine import (
@@ -28,6 +27,7 @@ from podcron.engine import (
 )
 from podcron.entrypoints import JobTarget
 from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.schedules import parse_schedule
 
 # Each wait below is on an event with this deadline; no test sleeps to hope.
 DEADLINE = 5.0

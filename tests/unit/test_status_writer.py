@@ -30,8 +30,9 @@ class RecordingApi:
 
 
 async def until(condition: Any, within: float = 5.0) -> None:
+    # Polled: the patches land from the writer's worker threads, not the loop.
     async with asyncio.timeout(within):
-        while not condition():
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 

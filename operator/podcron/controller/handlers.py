@@ -1,8 +1,10 @@
 """kopf handlers: keep the engine's jobs in step with the ScheduledJob objects.
 
-No finalizers: the delete handler is optional, so deleting a ScheduledJob
-never hangs, even with the operator gone; a job whose delete event was missed
-is simply absent when the operator resumes.
+No finalizers, so deleting a ScheduledJob never hangs, even with the operator
+gone. kopf calls no delete handler for an object that goes without one, so
+deletion is seen as the watch stream's raw DELETED event (or a deletion
+timestamp, when someone else's finalizer holds the object); a job whose
+deletion was missed is simply absent when the operator resumes.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class Reconciler:
         kopf.on.resume(*coordinates, registry=registry)(self.on_resume)
         kopf.on.create(*coordinates, registry=registry)(self.on_create)
         kopf.on.update(*coordinates, registry=registry, field="spec")(self.on_update)
-        kopf.on.delete(*coordinates, registry=registry, optional=True)(self.on_delete)
+        kopf.on.event(*coordinates, registry=registry)(self.on_event)
         kopf.on.field(
             *coordinates,
             registry=registry,
@@ -93,8 +95,10 @@ class Reconciler:
         """A spec change: re-arm only this job."""
         self._reconcile(body, restore=False)
 
-    async def on_delete(self, body: kopf.Body, **_: Any) -> None:
-        """Forget the job at once."""
+    async def on_event(self, type: str, body: kopf.Body, **_: Any) -> None:
+        """Forget a deleted job at once."""
+        if type != "DELETED" and not body.meta.get("deletionTimestamp"):
+            return
         namespace, name = str(body.meta.namespace), str(body.meta.name)
         jid = jobspecs.job_id(namespace, name)
         self._engine.remove(jid)

@@ -11,6 +11,7 @@ from podcron.engine import ConcurrencyPolicy, History, JobSnapshot, JobSpec, Run
 from podcron.errors import InvalidSchedule
 from podcron.schedules import Schedule, parse_schedule
 
+
 def job_id(namespace: str, name: str) -> str:
     """The id jobs go by everywhere: ``namespace/name``."""
     return f"{namespace}/{name}"

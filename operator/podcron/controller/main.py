@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from podcron.config import Settings
+from podcron.controller.control import ControlServer
 from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi
@@ -49,6 +50,11 @@ async def run(settings: Settings) -> None:
     registry = kopf.OperatorRegistry()
     Reconciler(engine=engine, writer=writer, events=events, settings=settings).register(registry)
 
+    # A registry of our own gets none of kopf's default login handlers.
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def configure(**kwargs: Any) -> None:
         _configure_kopf(kwargs["settings"], settings)
@@ -59,6 +65,8 @@ async def run(settings: Settings) -> None:
     # where runs can still finish and their outcome reach status.
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
+        # No triggers during shutdown: the sidecar reports the operator gone at once.
+        await control.stop()
         await engine.shutdown()
         writer_task.cancel()
         try:
@@ -68,14 +76,19 @@ async def run(settings: Settings) -> None:
         writer.close()
         await events.close()
 
+    control = ControlServer(engine, settings.control_socket)
+    await control.start()
     # Started before kopf so that kopf's sweep of leftover tasks leaves it alone.
     writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
-    await kopf.operator(
-        registry=registry,
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=settings.namespaces,
-    )
+    try:
+        await kopf.operator(
+            registry=registry,
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+        )
+    finally:
+        await control.stop()
 
 
 def main(settings: Settings) -> int:

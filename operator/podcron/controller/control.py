@@ -1,0 +1,229 @@
+"""The control socket: the engine's live job state and manual triggers, for the sidecar.
+
+A Unix socket in a directory shared with the sidecar (an emptyDir in the pod):
+the operator opens no TCP port for this. The wire format is
+:mod:`podcron.control_protocol`.
+
+Serialising 1,000 JobMetadata objects takes milliseconds, so the job list is
+kept serialised: it is rebuilt only when :attr:`Engine.version` moved, and
+then only the jobs whose snapshot changed are encoded again. The sidecar
+sends the list's ETag back and gets a body-less "not modified" while it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import stat
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from podcron import control_protocol as wire
+from podcron.controller import jobmetadata
+from podcron.controller.jobspecs import format_time
+from podcron.engine import Engine, History, JobSnapshot, JobSpec
+from podcron.errors import JobAlreadyRunning, JobNotFound
+
+log = logging.getLogger("podcron.control")
+
+SOCKET_MODE = 0o660
+DIRECTORY_MODE = 0o770
+#: Only these request headers travel from the caller to the run's span.
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One job's encoded JobMetadata and the snapshot parts it was made from."""
+
+    spec: JobSpec
+    history: History
+    running: bool
+    next_run_time: datetime | None
+    data: bytes
+
+    def matches(self, snapshot: JobSnapshot) -> bool:
+        # Specs and histories are immutable and replaced on change, so
+        # identity is the cheap and exact test.
+        return (
+            self.spec is snapshot.spec
+            and self.history is snapshot.history
+            and self.running == snapshot.running
+            and self.next_run_time == snapshot.next_run_time
+        )
+
+
+class JobCatalogue:
+    """The engine's jobs as encoded JobMetadata, re-encoded only where they changed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        # A restarted operator starts a new token, so the sidecar can never
+        # mistake its cached list for the new operator's.
+        self._token = secrets.token_hex(8)
+        self._version: int | None = None
+        self._entries: dict[str, _Entry] = {}
+        self._listing = b"[]"
+
+    def _entry(self, snapshot: JobSnapshot) -> _Entry:
+        entry = self._entries.get(snapshot.spec.job_id)
+        if entry is not None and entry.matches(snapshot):
+            return entry
+        return _Entry(
+            spec=snapshot.spec,
+            history=snapshot.history,
+            running=snapshot.running,
+            next_run_time=snapshot.next_run_time,
+            data=jobmetadata.encode(jobmetadata.job_metadata(snapshot)),
+        )
+
+    def _refresh(self) -> None:
+        version = self._engine.version
+        if version == self._version:
+            return
+        entries = {s.spec.job_id: self._entry(s) for s in self._engine.snapshots()}
+        self._entries = entries
+        self._listing = b"[" + b",".join(e.data for e in entries.values()) + b"]"
+        self._version = version
+
+    def listing(self) -> tuple[str, int, bytes]:
+        """``(etag, total, JSON array of JobMetadata)`` for every job, by job id."""
+        self._refresh()
+        return f"{self._token}-{self._version}", len(self._entries), self._listing
+
+    def one(self, job_id: str) -> bytes:
+        """One job's JobMetadata as JSON; raises :class:`JobNotFound`."""
+        snapshot = self._engine.snapshot(job_id)
+        return self._entry(snapshot).data
+
+
+def _trace_headers(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        return {}
+    return {
+        key: text
+        for key, text in value.items()
+        if key in TRACE_HEADERS and isinstance(text, str) and len(text) <= 512
+    }
+
+
+class ControlServer:
+    """Serves :mod:`podcron.control_protocol` for one engine on a Unix socket."""
+
+    def __init__(self, engine: Engine, path: str | os.PathLike[str]) -> None:
+        self._engine = engine
+        self._catalogue = JobCatalogue(engine)
+        self.path = Path(path)
+        self._server: asyncio.Server | None = None
+        self._inode: int | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        """Listen on the socket: create its directory, replace a stale socket, chmod 0660.
+
+        Raises :class:`RuntimeError` when the path is something else than a
+        socket, or when another process still serves it.
+        """
+        self.path.parent.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        self._remove_stale()
+        self._server = await asyncio.start_unix_server(
+            self._serve, path=str(self.path), limit=wire.MAX_LINE
+        )
+        os.chmod(self.path, SOCKET_MODE)
+        self._inode = self.path.stat().st_ino
+        log.info("control socket listening on %s", self.path)
+
+    def _remove_stale(self) -> None:
+        try:
+            mode = self.path.lstat().st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise RuntimeError(f"{self.path} exists and is not a socket; not replacing it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(self.path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            log.info("removing the stale control socket %s", self.path)
+            self.path.unlink(missing_ok=True)
+            return
+        finally:
+            probe.close()
+        raise RuntimeError(f"another process is serving the control socket {self.path}")
+
+    async def stop(self) -> None:
+        """Stop listening, drop the connections and remove the socket file."""
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+        self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            # Only our own socket: a successor may already have bound the path.
+            if self.path.lstat().st_ino == self._inode:
+                self.path.unlink()
+        log.info("control socket closed")
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while line := await reader.readline():
+                writer.writelines(self._answer(line))
+                await writer.drain()
+        except ValueError:
+            # readline's limit: a line this long is no request of ours.
+            writer.write(wire.encode_error(wire.BAD_REQUEST, "request line too long"))
+        except ConnectionError:
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    def _answer(self, line: bytes) -> list[bytes]:
+        try:
+            request = wire.decode_line(line)
+            op = wire.Op(str(request.get("op")))
+        except (wire.ProtocolError, ValueError) as error:
+            return [wire.encode_error(wire.BAD_REQUEST, str(error))]
+        try:
+            return self._handle(op, request)
+        except JobNotFound as error:
+            return [wire.encode_error(wire.JOB_NOT_FOUND, str(error))]
+        except JobAlreadyRunning as error:
+            return [wire.encode_error(wire.JOB_ALREADY_RUNNING, str(error))]
+
+    def _handle(self, op: wire.Op, request: dict[str, Any]) -> list[bytes]:
+        if op is wire.Op.PING:
+            return [wire.encode_answer_header(0)]
+        if op is wire.Op.LIST:
+            etag, total, body = self._catalogue.listing()
+            if request.get("etag") == etag:
+                return [wire.encode_answer_header(0, notModified=True, etag=etag, total=total)]
+            return [wire.encode_answer_header(len(body), etag=etag, total=total), body]
+        job_id = request.get("jobId")
+        if not isinstance(job_id, str):
+            return [wire.encode_error(wire.BAD_REQUEST, "jobId must be a string")]
+        if op is wire.Op.GET:
+            body = self._catalogue.one(job_id)
+            return [wire.encode_answer_header(len(body)), body]
+        snapshot = self._engine.trigger(
+            job_id, trace_headers=_trace_headers(request.get("traceHeaders"))
+        )
+        log.info("job %s triggered through the control socket", job_id, extra={"job_id": job_id})
+        body = jobmetadata.encode(
+            {
+                "jobId": job_id,
+                "triggered": True,
+                "scheduledNextAt": format_time(snapshot.next_run_time),
+            }
+        )
+        return [wire.encode_answer_header(len(body)), body]
