@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from controlplane import BinariesUnavailable, ControlPlane, ensure_binaries
+from helmtool import Helm, ensure_helm
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +23,16 @@ def control_plane() -> Iterator[ControlPlane]:
         pytest.skip(reason=f"no local control plane: {error}")
     with ControlPlane.start(binaries) as plane:
         yield plane
+
+
+@pytest.fixture(scope="session")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """The pinned helm CLI (built on first use, like the control plane), with its own home.
+
+    Skipped, with the reason, where it is not cached and cannot be built (no Go toolchain).
+    """
+    try:
+        binary = ensure_helm()
+    except BinariesUnavailable as error:
+        pytest.skip(reason=f"no helm: {error}")
+    return Helm(binary, tmp_path_factory.mktemp("helm-home"))

@@ -1,4 +1,4 @@
-"""``make demo``: a local control plane, the CRD, the operator and the example jobs.
+"""``make demo``: a local control plane, the CRD, the operator, its sidecar and the example jobs.
 
 Shows ``kubectl get sj`` every two seconds until Ctrl-C, then stops and
 removes everything it started.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,28 @@ from controlplane import ControlPlane, ensure_binaries
 
 ROOT = Path(__file__).resolve().parents[1]
 REFRESH_SECONDS = 2.0
+SIDECAR_PORT = 8080
+
+
+def _sidecar_port() -> int:
+    """8080 as in the pod, or any free port when something else already has it."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", SIDECAR_PORT))
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -52,6 +75,23 @@ def main() -> int:
                 # Ctrl-C is for this script; it stops the operator itself, in order.
                 start_new_session=True,
             )
+        sidecar_log = workdir / "sidecar.log"
+        port = _sidecar_port()
+        with sidecar_log.open("w") as log:
+            sidecar = subprocess.Popen(
+                [sys.executable, "-m", "podcron", "sidecar"],
+                env=cluster.env()
+                | {
+                    "PODCRON_LOG_FORMAT": "text",
+                    "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
+                    "PODCRON_SIDECAR_HOST": "127.0.0.1",
+                    "PODCRON_SIDECAR_PORT": str(port),
+                    "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             cluster.kubectl("apply", "-f", str(ROOT / "examples"))
             print(
@@ -59,7 +99,11 @@ def main() -> int:
                 f"  export KUBECONFIG={cluster.kubeconfig}\n"
                 f"  export PATH={binaries.kubectl.parent}:$PATH\n"
                 f"  kubectl get sj -o wide; kubectl describe sj hello\n"
-                f"The operator logs to {log_path}. Ctrl-C stops everything.\n"
+                f"The sidecar serves the System API on 127.0.0.1:{port}:\n"
+                f"  curl -s http://127.0.0.1:{port}/_sys/job\n"
+                f"  curl -s -X POST http://127.0.0.1:{port}/_sys/job/default/cleanup\n"
+                f"The operator logs to {log_path}, the sidecar to {sidecar_log}.\n"
+                f"Ctrl-C stops everything.\n"
             )
             while operator.poll() is None:
                 table = cluster.kubectl("get", "sj", "-A", check=False)
@@ -69,16 +113,11 @@ def main() -> int:
             print(f"the operator exited with {operator.returncode}; see {log_path}")
             return 1
         except KeyboardInterrupt:
-            print("\nstopping the operator and the control plane …")
+            print("\nstopping the sidecar, the operator and the control plane …")
             return 0
         finally:
-            if operator.poll() is None:
-                os.killpg(operator.pid, signal.SIGTERM)
-                try:
-                    operator.wait(timeout=40)
-                except subprocess.TimeoutExpired:
-                    os.killpg(operator.pid, signal.SIGKILL)
-                    operator.wait()
+            _stop(sidecar, timeout=15)
+            _stop(operator, timeout=40)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from podcron.controller import main as operator_main
 
         return operator_main.main(settings)
-    print("podcron sidecar: not implemented yet", file=sys.stderr)
-    return 2
+    from podcron.sidecar import server as sidecar_server
+
+    return sidecar_server.main(settings)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ class Settings:
     status_patches_per_second: float = 100.0
     #: The Unix socket between operator and sidecar (an emptyDir in the pod).
     control_socket: str = "/var/run/podcron/control.sock"
-    #: Port of the operator's ``/metrics`` and health endpoints.
+    #: Address and port of the operator's ``/metrics`` and health endpoints.
+    metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     #: Address and port the sidecar listens on.
     sidecar_host: str = "0.0.0.0"

@@ -14,6 +14,7 @@ early, and a clock stepped forward fires what became due instead of skipping it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import heapq
 import inspect
@@ -23,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +35,8 @@ from podcron.context import Cancellation, JobContext, Trigger
 from podcron.entrypoints import JobTarget
 from podcron.errors import JobAlreadyRunning, JobNotFound
 from podcron.schedules import Schedule
-from podcron.telemetry import tracing
+from podcron.telemetry import logs, tracing
+from podcron.telemetry.metrics import JobMetrics
 
 log = logging.getLogger("podcron.engine")
 job_log = logging.getLogger("podcron.job")
@@ -43,8 +45,18 @@ job_log = logging.getLogger("podcron.job")
 # cannot notice a wall-clock step, so a daily job re-checks the wall clock
 # once a minute rather than firing hours off after an NTP correction.
 MAX_SLEEP_SECONDS = 60.0
+# At most this many runs start per timer callback; the timer then fires again
+# at once, after the runs just started. Hundreds of jobs can fall due together
+# with tens of thousands registered: started all at once, their pending tasks
+# set off the garbage collector, whose passes then promote them to its oldest
+# generation and bring on full collections (over 100 ms each) every few
+# seconds. Slices also let the loop's other callbacks in between.
+DISPATCH_BATCH = 32
 ERROR_TEXT_LIMIT = 1024
 INTERRUPTED = "Interrupted: the operator shut down before the run finished"
+# Most jobs have no timeout; entering asyncio.timeout(None) still costs a
+# timer-less Timeout object per run.
+_NO_TIMEOUT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class ConcurrencyPolicy(enum.StrEnum):
@@ -155,17 +167,70 @@ class _ActiveRun:
     recorded: bool = False
 
 
+class _ActiveRuns(dict[int, _ActiveRun]):
+    """A job's active runs by run id.
+
+    A dict subclass because the garbage collector never untracks one: a plain
+    dict would be untracked by each full collection while empty and tracked
+    again by the job's next run, so every job re-entered the collector's
+    oldest generation after every full collection, which set off the next
+    one within seconds at tens of thousands of jobs.
+    """
+
+    __slots__ = ()
+
+
 @dataclass(slots=True, eq=False)
 class _Job:
     spec: JobSpec
     is_async: bool
-    history: History
-    # Bumped whenever the job is re-armed or removed: heap entries carrying an
-    # older generation are stale and skipped (lazy deletion keeps removal O(1)).
-    generation: int = 0
+    # Runs update the plain fields below rather than replace an immutable
+    # History, so that a run leaves no new object behind: such survivors made
+    # the garbage collector's full passes (which scan every live object, over
+    # 100 ms at 50,000 jobs) run every few seconds. ``history`` caches the
+    # History last handed out; a run clears it.
+    history: History | None
+    last_run_time: datetime | None = field(init=False)
+    last_status: RunStatus | None = field(init=False)
+    last_duration_seconds: float | None = field(init=False)
+    last_error: str | None = field(init=False)
+    total: int = field(init=False)
+    succeeded: int = field(init=False)
+    failed: int = field(init=False)
+    skipped: int = field(init=False)
+    # Renewed from an engine-wide counter whenever the job is re-armed or
+    # removed: heap entries carrying another generation are stale and skipped
+    # (lazy deletion keeps removal O(1)), even for a job re-created under the same id.
+    generation: int = -1
     next_due: float | None = None
-    active: dict[int, _ActiveRun] = field(default_factory=dict)
+    active: dict[int, _ActiveRun] = field(default_factory=_ActiveRuns)
     removed: bool = False
+
+    def __post_init__(self) -> None:
+        history = self.history or History()
+        self.last_run_time = history.last_run_time
+        self.last_status = history.last_status
+        self.last_duration_seconds = history.last_duration_seconds
+        self.last_error = history.last_error
+        counts = history.counts
+        self.total, self.succeeded = counts.total, counts.succeeded
+        self.failed, self.skipped = counts.failed, counts.skipped
+
+    def current_history(self) -> History:
+        if self.history is None:
+            self.history = History(
+                last_run_time=self.last_run_time,
+                last_status=self.last_status,
+                last_duration_seconds=self.last_duration_seconds,
+                last_error=self.last_error,
+                counts=RunCounts(
+                    total=self.total,
+                    succeeded=self.succeeded,
+                    failed=self.failed,
+                    skipped=self.skipped,
+                ),
+            )
+        return self.history
 
 
 def _is_async(target: JobTarget) -> bool:
@@ -194,11 +259,15 @@ class Engine:
         worker_threads: int = 8,
         shutdown_timeout_seconds: float = 25.0,
         listeners: Iterable[Listener] = (),
+        metrics: JobMetrics | None = None,
     ) -> None:
         if max_concurrent_runs < 1:
             raise ValueError(f"max_concurrent_runs must be at least 1, got {max_concurrent_runs}")
         self._jobs: dict[str, _Job] = {}
-        self._heap: list[tuple[float, int, int, _Job]] = []
+        # (due, generation, job id): entries hold no reference to the job, so
+        # the garbage collector untracks them rather than keep one more
+        # long-lived object per run, which would make its full passes frequent.
+        self._heap: list[tuple[float, int, str]] = []
         self._stale_entries = 0
         self._sequence = itertools.count()
         self._run_ids = itertools.count()
@@ -208,6 +277,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(worker_threads, thread_name_prefix="podcron-job")
         self._shutdown_timeout = shutdown_timeout_seconds
         self._listeners = list(listeners)
+        self._metrics = metrics
         self._closing = False
         self._version = 0
 
@@ -230,8 +300,10 @@ class Engine:
         job = self._jobs.get(spec.job_id)
         is_new = job is None
         if job is None:
-            job = _Job(spec=spec, is_async=_is_async(spec.target), history=history or History())
+            job = _Job(spec=spec, is_async=_is_async(spec.target), history=history)
             self._jobs[spec.job_id] = job
+            if self._metrics is not None:
+                self._metrics.job_added(spec.namespace, spec.name)
         else:
             job.spec = spec
             job.is_async = _is_async(spec.target)
@@ -248,6 +320,8 @@ class Engine:
         if job is None:
             return
         job.removed = True
+        if self._metrics is not None:
+            self._metrics.job_removed(job.spec.namespace, job.spec.name)
         self._disarm(job)
         for run in job.active.values():
             self._cancel(run, "Deleted: the ScheduledJob was deleted")
@@ -297,7 +371,7 @@ class Engine:
             spec=job.spec,
             running=bool(job.active),
             next_run_time=None if job.next_due is None else _utc(job.next_due),
-            history=job.history,
+            history=job.current_history(),
         )
 
     # -- timers -----------------------------------------------------------
@@ -308,7 +382,7 @@ class Engine:
             return
         due = job.spec.schedule.next_after(_utc(after)).timestamp()
         job.next_due = due
-        heapq.heappush(self._heap, (due, next(self._sequence), job.generation, job))
+        heapq.heappush(self._heap, (due, job.generation, job.spec.job_id))
         if self._timer_due is not None and due < self._timer_due:
             self._cancel_timer()
 
@@ -316,14 +390,19 @@ class Engine:
         if job.next_due is not None:
             self._stale_entries += 1
             job.next_due = None
-        job.generation += 1
+        job.generation = next(self._sequence)
         self._version += 1
         # Lazy deletion leaves stale entries behind; rebuild once they dominate
         # so a churn of updates cannot grow the heap without bound.
         if self._stale_entries > 1024 and self._stale_entries > len(self._heap) // 2:
-            self._heap = [entry for entry in self._heap if entry[2] == entry[3].generation]
+            self._heap = [entry for entry in self._heap if self._armed(entry) is not None]
             heapq.heapify(self._heap)
             self._stale_entries = 0
+
+    def _armed(self, entry: tuple[float, int, str]) -> _Job | None:
+        """The job a heap entry arms, or None if the entry is stale."""
+        job = self._jobs.get(entry[2])
+        return job if job is not None and job.generation == entry[1] else None
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -333,7 +412,7 @@ class Engine:
 
     def _set_timer(self) -> None:
         heap = self._heap
-        while heap and heap[0][2] != heap[0][3].generation:
+        while heap and self._armed(heap[0]) is None:
             heapq.heappop(heap)
             self._stale_entries -= 1
         if not heap or self._closing:
@@ -353,11 +432,15 @@ class Engine:
         self._timer_due = None
         now = time.time()
         heap = self._heap
-        while heap and heap[0][0] <= now:
-            due, _, generation, job = heapq.heappop(heap)
-            if generation != job.generation:
+        budget = DISPATCH_BATCH
+        while budget and heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            job = self._armed(entry)
+            if job is None:
                 self._stale_entries -= 1
                 continue
+            budget -= 1
+            due = entry[0]
             job.next_due = None
             # Armed before dispatching so that listeners already see the next
             # run time. Ticks missed while the loop was blocked (or the clock
@@ -435,6 +518,8 @@ class Engine:
         started = run.started = time.time()
         status, error = RunStatus.SUCCESS, None
         try:
+            if self._metrics is not None:
+                self._metrics.run_started(trigger, started - scheduled_time.timestamp())
             self._emit(
                 RunStarted(
                     job_id=spec.job_id,
@@ -461,7 +546,7 @@ class Engine:
                     trigger=trigger,
                     scheduled_time=scheduled_time,
                     args=spec.args,
-                    log=logging.LoggerAdapter(job_log, {"job_id": spec.job_id}),
+                    log=logs.job_logger(job_log, job_id=spec.job_id, span=span),
                     deadline=None
                     if timeout is None
                     else _utc(started) + timedelta(seconds=timeout),
@@ -469,7 +554,10 @@ class Engine:
                     trace_context=trace_context,
                 )
                 try:
-                    async with self._slots, asyncio.timeout(timeout):
+                    async with (
+                        self._slots,
+                        _NO_TIMEOUT if timeout is None else asyncio.timeout(timeout),
+                    ):
                         await self._call(job.is_async, spec.target, ctx)
                 except TimeoutError as timeout_error:
                     run.cancellation.set()
@@ -487,6 +575,8 @@ class Engine:
                     tracing.record_failure(span, failure, description=error)
                     ctx.log.error("run failed: %s", error, exc_info=failure)
         finally:
+            if self._metrics is not None:
+                self._metrics.run_ended()
             job.active.pop(run_id, None)
             self._version += 1
             if not run.recorded:
@@ -515,26 +605,29 @@ class Engine:
         if job.removed:
             return
         self._version += 1
-        history, counts = job.history, job.history.counts
         duration = 0.0
+        job.history = None
+        job.last_status = status
         if started is None:
-            job.history = replace(
-                history, last_status=status, counts=replace(counts, skipped=counts.skipped + 1)
-            )
+            job.skipped += 1
         else:
             duration = time.time() - started
-            succeeded = status is RunStatus.SUCCESS
-            job.history = History(
-                last_run_time=_utc(started),
-                last_status=status,
-                last_duration_seconds=duration,
-                last_error=history.last_error if succeeded else error,
-                counts=replace(
-                    counts,
-                    total=counts.total + 1,
-                    succeeded=counts.succeeded + succeeded,
-                    failed=counts.failed + (not succeeded),
-                ),
+            job.last_run_time = _utc(started)
+            job.last_duration_seconds = duration
+            job.total += 1
+            if status is RunStatus.SUCCESS:
+                job.succeeded += 1
+            else:
+                job.failed += 1
+                job.last_error = error
+        if self._metrics is not None:
+            self._metrics.run_recorded(
+                job.spec.namespace,
+                job.spec.name,
+                trigger=trigger,
+                status=status,
+                duration_seconds=None if started is None else duration,
+                ended_at=time.time(),
             )
         self._emit(
             RunFinished(

@@ -55,6 +55,10 @@ def namespace(crd: ControlPlane) -> Iterator[str]:
     name = f"t{os.getpid()}-{next(_namespaces)}"
     crd.kubectl("create", "namespace", name)
     yield name
+    # The test control plane runs no namespace controller, so a deleted
+    # namespace keeps its objects: delete the jobs first, or a later
+    # all-namespaces operator would find and run them.
+    crd.kubectl("delete", "scheduledjobs", "--all", "-n", name, "--wait=false", check=False)
     crd.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
@@ -71,6 +75,10 @@ class OperatorProcess:
                 "PODCRON_LOG_FORMAT": "text",
                 "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
                 "PODCRON_SHUTDOWN_TIMEOUT_SECONDS": "5",
+                # Loopback only, and a port of the system's choosing: operators of
+                # concurrent tests must not meet on 9090.
+                "PODCRON_METRICS_HOST": "127.0.0.1",
+                "PODCRON_METRICS_PORT": "0",
             }
             | env,
             stdout=self._log,

@@ -15,6 +15,7 @@ import pytest
 
 from podcron.context import JobContext, Trigger
 from podcron.engine import (
+    DISPATCH_BATCH,
     ConcurrencyPolicy,
     Engine,
     History,
@@ -349,6 +350,65 @@ async def test_update_rearms_and_keeps_history(engine: Engine) -> None:
     assert after.next_run_time < before.next_run_time
     await recorder.until(lambda: len(recorder.finished()) == 2)
     assert recorder.finished()[1].trigger is Trigger.SCHEDULED
+
+
+async def test_more_jobs_due_at_once_than_one_dispatch_slice_all_run_on_time(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+    count = 3 * DISPATCH_BATCH + 1
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    for index in range(count):
+        engine.upsert(spec(job, name=f"job-{index}", every="1s"))
+    await recorder.until(lambda: len({e.job_id for e in recorder.finished()}) == count)
+    first_runs = {e.job_id: e for e in reversed(recorder.started())}
+    assert all(e.lateness_seconds < 0.5 for e in first_runs.values())
+
+
+async def test_a_job_recreated_under_the_same_id_does_not_inherit_its_timer(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1s"))
+    engine.remove("ns/job")
+    engine.upsert(spec(job, every="1s", suspended=True))
+    engine.upsert(spec(job, name="witness", every="1s"))
+    # Two witness ticks: the removed job's first tick has certainly passed.
+    await recorder.until(lambda: len(recorder.finished("ns/witness")) >= 2)
+    assert recorder.started("ns/job") == []
+
+
+async def test_history_is_restored_and_kept_as_one_object_until_a_run(engine: Engine) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    restored = History(
+        last_run_time=datetime.now(UTC) - timedelta(minutes=5),
+        last_status=RunStatus.FAILURE,
+        last_error="ValueError: boom",
+        counts=RunCounts(total=3, succeeded=2, failed=1, skipped=4),
+    )
+    first = engine.upsert(spec(job, every="1h"), history=restored)
+    assert first.history == restored
+    assert engine.snapshot("ns/job").history is first.history, "unchanged, not rebuilt"
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    after = engine.snapshot("ns/job").history
+    assert after.counts == RunCounts(total=4, succeeded=3, failed=1, skipped=4)
+    assert after.last_status is RunStatus.SUCCESS
+    assert after.last_error == "ValueError: boom", "a success keeps the last error"
+    assert after.last_run_time is not None
+    assert restored.last_run_time is not None
+    assert after.last_run_time > restored.last_run_time
 
 
 def _hour_ago_history() -> History:

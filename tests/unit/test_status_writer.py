@@ -114,3 +114,48 @@ async def test_flush_sends_what_waits_for_its_interval() -> None:
     await writer.flush()
     assert [p[2]["runs"]["total"] for p in api.patches] == [1, 2]
     writer.close()
+
+
+async def test_urgent_updates_go_ahead_of_the_queue(running: Any) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, patches_per_second=20))
+    for index in range(10):
+        writer.update("ns", f"job-{index}", {"running": True})
+    writer.update("ns", "applied", {"conditions": []}, urgent=True)
+    await until(lambda: len(api.patches) == 11)
+    order = [job for _, job, _ in api.patches]
+    assert order.index("ns/applied") <= 2
+
+
+async def test_patches_of_one_object_never_overlap(running: Any) -> None:
+    spans: list[tuple[float, float, dict[str, Any]]] = []
+    first_started = threading.Event()
+
+    def slow_patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        started = time.monotonic()
+        first_started.set()
+        time.sleep(0.2)
+        spans.append((started, time.monotonic(), dict(status)))
+
+    writer = running(StatusWriter(slow_patch, per_object_interval=0.01))
+    writer.update("ns", "a", {"runs": {"total": 1}})
+    await until(first_started.is_set)
+    # Urgent, but the first patch is still on its way: this one must follow it.
+    writer.update("ns", "a", {"runs": {"total": 2}}, urgent=True)
+    await until(lambda: len(spans) == 2)
+    (_, first_end, first), (second_start, _, second) = spans
+    assert second_start >= first_end
+    assert [first["runs"]["total"], second["runs"]["total"]] == [1, 2]
+
+
+async def test_flush_at_shutdown_is_not_held_to_the_rate() -> None:
+    api = RecordingApi()
+    writer = StatusWriter(api.patch, patches_per_second=1)
+    for index in range(20):
+        writer.update("ns", f"job-{index}", {"running": False})
+    started = time.monotonic()
+    await writer.flush()
+    # At 1 patch/s this would take 19 s: the last outcomes would be lost.
+    assert len(api.patches) == 20
+    assert time.monotonic() - started < 5
+    writer.close()

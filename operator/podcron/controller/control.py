@@ -36,6 +36,8 @@ SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o770
 #: Only these request headers travel from the caller to the run's span.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+#: W3C Baggage allows 8192 bytes; anything longer is dropped, not truncated.
+TRACE_HEADER_LIMIT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ def _trace_headers(value: object) -> dict[str, str]:
     return {
         key: text
         for key, text in value.items()
-        if key in TRACE_HEADERS and isinstance(text, str) and len(text) <= 512
+        if key in TRACE_HEADERS and isinstance(text, str) and len(text) <= TRACE_HEADER_LIMIT
     }
 
 

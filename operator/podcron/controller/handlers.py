@@ -5,6 +5,16 @@ gone. kopf calls no delete handler for an object that goes without one, so
 deletion is seen as the watch stream's raw DELETED event (or a deletion
 timestamp, when someone else's finalizer holds the object); a job whose
 deletion was missed is simply absent when the operator resumes.
+
+Counters live in status only, so every handler that registers a job the
+engine does not know yet (operator start, creation, a spec fixed after being
+invalid) seeds it from status: counters continue, and ``lastRunTime`` decides
+the one catch-up run ``startingDeadlineSeconds`` allows.
+
+Events: one whenever the ``Ready`` condition changes (status, reason or
+message: a new schedule is news too), one per manual trigger, and failed runs
+at most once per job per interval (see :mod:`podcron.controller.events`).
+Successful runs post none.
 """
 
 from __future__ import annotations
@@ -30,11 +40,8 @@ def _condition(
     previous: Mapping[str, Any] | None, *, ok: bool, reason: str, message: str
 ) -> dict[str, Any]:
     status = "True" if ok else "False"
-    unchanged = (
-        previous is not None
-        and previous.get("status") == status
-        and previous.get("reason") == reason
-    )
+    # As in Kubernetes' own conditions: the transition time moves with the status only.
+    unchanged = previous is not None and previous.get("status") == status
     return {
         "type": "Ready",
         "status": status,
@@ -66,6 +73,9 @@ class Reconciler:
         self._events = events
         self._settings = settings
         self._refs: dict[str, ObjectRef] = {}
+        # The Ready condition last written per job: status read from the
+        # object lags behind it while the status writer coalesces.
+        self._conditions: dict[str, Mapping[str, Any]] = {}
         engine.add_listener(self._on_job_event)
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
@@ -85,15 +95,15 @@ class Reconciler:
 
     async def on_resume(self, body: kopf.Body, **_: Any) -> None:
         """Operator start: re-register, continuing counters and catching up from status."""
-        self._reconcile(body, restore=True)
+        self._reconcile(body)
 
     async def on_create(self, body: kopf.Body, **_: Any) -> None:
         """A new ScheduledJob."""
-        self._reconcile(body, restore=True)
+        self._reconcile(body)
 
     async def on_update(self, body: kopf.Body, **_: Any) -> None:
-        """A spec change: re-arm only this job."""
-        self._reconcile(body, restore=False)
+        """A spec change (``suspend`` included): re-arm only this job."""
+        self._reconcile(body)
 
     async def on_event(self, type: str, body: kopf.Body, **_: Any) -> None:
         """Forget a deleted job at once."""
@@ -103,14 +113,23 @@ class Reconciler:
         jid = jobspecs.job_id(namespace, name)
         self._engine.remove(jid)
         self._writer.forget(namespace, name)
+        self._conditions.pop(jid, None)
         log.info("job %s removed", jid, extra={"job_id": jid})
         ref = self._refs.pop(jid, None)
         if ref is not None:
             self._events.forget(ref)
 
-    async def on_run_now(self, body: kopf.Body, old: object, new: object, **_: Any) -> None:
-        """A changed ``podcron.dev/run-now`` annotation runs the job once."""
-        if not new or new == old:
+    async def on_run_now(
+        self, body: kopf.Body, reason: str, old: object, new: object, **_: Any
+    ) -> None:
+        """A changed ``podcron.dev/run-now`` annotation runs the job once.
+
+        Only a change counts: an object created with the annotation already set
+        does not run (applying the same manifest again must not run it twice),
+        and removing the annotation runs nothing. A change made while the
+        operator was down runs once when it resumes.
+        """
+        if reason == kopf.Reason.CREATE or not new or new == old:
             return
         jid = jobspecs.job_id(str(body.meta.namespace), str(body.meta.name))
         ref = self._refs.get(jid)
@@ -121,6 +140,13 @@ class Reconciler:
                 self._events.post(ref, warning=True, reason="RunNowRefused", message=str(error))
         except JobNotFound:
             log.info("run-now on %s ignored: the job is not scheduled", jid)
+            if ref is not None:
+                self._events.post(
+                    ref,
+                    warning=True,
+                    reason="RunNowRefused",
+                    message="the job is not scheduled (see condition Ready)",
+                )
         else:
             if ref is not None:
                 self._events.post(
@@ -129,13 +155,13 @@ class Reconciler:
 
     # -- reconciliation ---------------------------------------------------
 
-    def _reconcile(self, body: kopf.Body, *, restore: bool) -> None:
+    def _reconcile(self, body: kopf.Body) -> None:
         meta, spec, status = body.meta, body.spec, body.status
         namespace, name = str(meta.namespace), str(meta.name)
         jid = jobspecs.job_id(namespace, name)
         ref = ObjectRef(namespace, name, str(meta.uid))
         self._refs[jid] = ref
-        previous = _ready_condition(status)
+        previous = self._conditions.get(jid) or _ready_condition(status)
         patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
         try:
             job_spec = jobspecs.build_spec(
@@ -144,13 +170,21 @@ class Reconciler:
         except PodcronError as error:
             self._engine.remove(jid)
             condition = _condition(previous, ok=False, reason=error.reason, message=str(error))
-            patch |= {"conditions": [condition], "nextRunTime": None, "running": False}
+            # The schedule fields describe a spec that no longer applies.
+            patch |= {
+                "conditions": [condition],
+                "nextRunTime": None,
+                "running": False,
+                "scheduleType": None,
+                "humanReadable": None,
+                "cronExpression": None,
+            }
             log.warning(
                 "ScheduledJob %s cannot be scheduled: %s", jid, error, extra={"job_id": jid}
             )
         else:
-            history = jobspecs.history_from_status(status) if restore else None
-            snapshot = self._engine.upsert(job_spec, history=history)
+            # Ignored for a job the engine already runs: its own history is newer.
+            snapshot = self._engine.upsert(job_spec, history=jobspecs.history_from_status(status))
             if job_spec.suspended:
                 condition = _condition(
                     previous,
@@ -168,10 +202,11 @@ class Reconciler:
             patch["conditions"] = [condition]
             patch |= jobspecs.schedule_status(job_spec.schedule)
             patch |= jobspecs.run_status(snapshot)
-        self._writer.update(namespace, name, patch)
-        if previous is None or (previous.get("status"), previous.get("reason")) != (
-            condition["status"],
-            condition["reason"],
+        # Urgent: someone who just applied or edited the object waits for this.
+        self._writer.update(namespace, name, patch, urgent=True)
+        self._conditions[jid] = condition
+        if previous is None or any(
+            previous.get(key) != condition[key] for key in ("status", "reason", "message")
         ):
             self._events.post(
                 ref,

@@ -51,13 +51,14 @@ class KubeApi:
         self._instance = socket.gethostname()
 
     @classmethod
-    def from_environment(cls, *, pool_size: int = 8) -> KubeApi:
+    def from_environment(cls, *, pool_size: int = 20) -> KubeApi:
         """In-cluster credentials in a pod, the current kubeconfig elsewhere."""
         configuration = kubernetes.client.Configuration()
         try:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config(client_configuration=configuration)
+        # One connection per thread that calls: the status writer's and the event recorder's.
         configuration.connection_pool_maxsize = pool_size
         return cls(kubernetes.client.ApiClient(configuration))
 

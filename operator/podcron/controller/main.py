@@ -15,12 +15,18 @@ from podcron.controller.control import ControlServer
 from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi
+from podcron.controller.probes import ProbeServer
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
+from podcron.telemetry import tracing
+from podcron.telemetry.metrics import JobMetrics
 
 log = logging.getLogger("podcron.operator")
 
-KOPF_PREFIX = "podcron.dev"
+# kopf treats every annotation under its prefix as its own bookkeeping and
+# leaves it out of the object's essence, so with plain `podcron.dev` it would
+# never see a change of `podcron.dev/run-now`.
+KOPF_PREFIX = "kopf.podcron.dev"
 
 
 def _configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
@@ -35,15 +41,22 @@ def _configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None
     # get their shutdown timeout first, plus time to flush status.
     operator.process.ultimate_exiting_timeout = settings.shutdown_timeout_seconds + 10
     operator.watching.server_timeout = 300
+    # kopf logs every handler call at INFO, and the deletion watcher is called
+    # for every watch event (every status patch): a thousand jobs would log
+    # hundreds of empty lines a second. Warnings still show; DEBUG shows all.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 async def run(settings: Settings) -> None:
     """Run the operator until SIGTERM/SIGINT, then shut down as DESIGN.md says."""
     api = KubeApi.from_environment()
+    flush_spans = tracing.configure_tracing()
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         worker_threads=settings.worker_threads,
         shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
+        metrics=JobMetrics(),
     )
     writer = StatusWriter(api.patch_status, patches_per_second=settings.status_patches_per_second)
     events = EventRecorder(api)
@@ -58,6 +71,7 @@ async def run(settings: Settings) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(**kwargs: Any) -> None:
         _configure_kopf(kwargs["settings"], settings)
+        probes.ready = True
         log.info("podcron operator started")
 
     # kopf stops the watchers before cleanup handlers run, and cancels every
@@ -65,9 +79,16 @@ async def run(settings: Settings) -> None:
     # where runs can still finish and their outcome reach status.
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
+        probes.ready = False
         # No triggers during shutdown: the sidecar reports the operator gone at once.
         await control.stop()
         await engine.shutdown()
+        # Every run's span has ended: export them while status is flushed.
+        spans_flushed = (
+            asyncio.create_task(asyncio.to_thread(flush_spans), name="podcron span flush")
+            if flush_spans is not None
+            else None
+        )
         writer_task.cancel()
         try:
             await asyncio.wait_for(writer.flush(), timeout=5.0)
@@ -75,7 +96,11 @@ async def run(settings: Settings) -> None:
             log.warning("status not fully flushed at shutdown")
         writer.close()
         await events.close()
+        if spans_flushed is not None:
+            await spans_flushed
 
+    probes = ProbeServer(host=settings.metrics_host, port=settings.metrics_port)
+    await probes.start()
     control = ControlServer(engine, settings.control_socket)
     await control.start()
     # Started before kopf so that kopf's sweep of leftover tasks leaves it alone.
@@ -89,6 +114,7 @@ async def run(settings: Settings) -> None:
         )
     finally:
         await control.stop()
+        await probes.stop()
 
 
 def main(settings: Settings) -> int:

@@ -6,11 +6,26 @@ most once per ``per_object_interval``, and all objects together at most
 ``patches_per_second``. Merging keeps the newest value of every field, and the
 operator always sends whole counters, so a run's outcome is never lost, only
 folded into the next patch. Failed patches are merged back and retried.
+
+When the writer cannot keep up (more objects changing than the rate allows),
+the objects take turns, oldest wait first. Urgent updates (a new or changed
+``Ready`` condition: what someone who just ran ``kubectl apply`` waits for)
+go ahead of that queue and skip the per-object interval; they come from spec
+changes, so they cannot flood the API server the way run outcomes could.
+
+Patches are sent from worker threads, several at once: under a loaded API
+server each takes long enough that one at a time would fall far below the
+rate limit.
+
+:meth:`StatusWriter.flush` (at shutdown) sends everything at once, past both
+limits: it happens once per process, and at the ceiling a thousand jobs would
+need longer than the shutdown allows; what it does not send is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import heapq
 import itertools
@@ -52,14 +67,25 @@ class StatusWriter:
         *,
         patches_per_second: float = 100.0,
         per_object_interval: float = 1.0,
-        concurrency: int = 4,
+        concurrency: int = 16,
     ) -> None:
         self._patch = patch
         self._spacing = 1.0 / patches_per_second
         self._per_object_interval = per_object_interval
         self._pending: dict[Key, dict[str, Any]] = {}
+        # Keys waiting for their turn, by when it comes; `_queued` says which
+        # keys have an entry there, so each has at most one.
         self._queue: list[tuple[float, int, Key]] = []
         self._queued: set[Key] = set()
+        # Keys with an urgent update, first come first served. Such a key may
+        # also wait in `_queue`: that entry then finds nothing left to send,
+        # or waits out the per-object interval.
+        self._urgent: collections.deque[Key] = collections.deque()
+        self._urgent_keys: set[Key] = set()
+        # One patch per object at a time, so that patches cannot overtake each
+        # other; what arrives meanwhile is queued when the patch returns.
+        self._sending: set[Key] = set()
+        self._urgent_after_send: set[Key] = set()
         self._last_sent: dict[Key, float] = {}
         self._failures: dict[Key, int] = {}
         self._sequence = itertools.count()
@@ -70,13 +96,16 @@ class StatusWriter:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="podcron-status")
         self.patches_sent = 0
 
-    def update(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Queue ``status`` to be merged into the object's status."""
+    def update(
+        self, namespace: str, name: str, status: Mapping[str, Any], *, urgent: bool = False
+    ) -> None:
+        """Queue ``status`` to be merged into the object's status; ``urgent`` goes first."""
         key = (namespace, name)
         self._pending[key] = merge(self._pending.get(key, {}), status)
-        if key not in self._queued:
-            ready = self._last_sent.get(key, 0.0) + self._per_object_interval
-            self._enqueue(key, max(ready, time.monotonic()))
+        if urgent:
+            self._make_urgent(key)
+        elif key not in self._queued and key not in self._sending:
+            self._enqueue(key, max(self._turn(key), time.monotonic()))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is queued for a deleted object."""
@@ -84,6 +113,17 @@ class StatusWriter:
         self._pending.pop(key, None)
         self._last_sent.pop(key, None)
         self._failures.pop(key, None)
+        self._urgent_after_send.discard(key)
+
+    def _turn(self, key: Key) -> float:
+        """The earliest moment ``key`` may be patched again."""
+        return self._last_sent.get(key, 0.0) + self._per_object_interval
+
+    def _make_urgent(self, key: Key) -> None:
+        if key not in self._urgent_keys:
+            self._urgent_keys.add(key)
+            self._urgent.append(key)
+            self._wakeup.set()
 
     def _enqueue(self, key: Key, ready: float) -> None:
         heapq.heappush(self._queue, (ready, next(self._sequence), key))
@@ -93,39 +133,65 @@ class StatusWriter:
     async def run(self) -> None:
         """Send queued patches until cancelled."""
         while True:
-            await self._send_due(ignore_interval=False)
+            await self._send_due(flushing=False)
             timeout = None
-            if self._queue:
+            if self._urgent:
+                timeout = 0.0
+            elif self._queue:
                 timeout = max(0.0, self._queue[0][0] - time.monotonic())
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
     async def flush(self) -> None:
-        """Send everything queued now, ignoring the per-object interval (used at shutdown)."""
-        while self._queue or self._in_flight:
-            await self._send_due(ignore_interval=True)
+        """Send everything queued now, ignoring both rate limits (used at shutdown)."""
+        while self._urgent or self._queue or self._in_flight:
+            await self._send_due(flushing=True)
             if self._in_flight:
                 await asyncio.wait(self._in_flight)
 
-    async def _send_due(self, *, ignore_interval: bool) -> None:
+    def _next_due(self, *, ignore_interval: bool) -> Key | None:
+        """The next key to patch now, if any."""
+        while self._urgent:
+            key = self._urgent.popleft()
+            self._urgent_keys.discard(key)
+            if key in self._sending:
+                self._urgent_after_send.add(key)
+            elif key in self._pending:
+                return key
         while self._queue and (ignore_interval or self._queue[0][0] <= time.monotonic()):
             _, _, key = heapq.heappop(self._queue)
             self._queued.discard(key)
-            status = self._pending.pop(key, None)
-            if status is None:
-                continue  # forgotten meanwhile
-            now = time.monotonic()
-            self._next_slot = max(self._next_slot + self._spacing, now)
-            if self._next_slot > now:
-                await asyncio.sleep(self._next_slot - now)
+            if key not in self._pending or key in self._sending:
+                continue  # sent by an urgent turn, forgotten, or queued again after the send
+            turn = self._turn(key)
+            if not ignore_interval and turn > time.monotonic():
+                self._enqueue(key, turn)  # an urgent patch went out after this was queued
+                continue
+            return key
+        return None
+
+    async def _send_due(self, *, flushing: bool) -> None:
+        while (key := self._next_due(ignore_interval=flushing)) is not None:
+            if not flushing:
+                now = time.monotonic()
+                self._next_slot = max(self._next_slot + self._spacing, now)
+                if self._next_slot > now:
+                    await asyncio.sleep(self._next_slot - now)
             await self._slots.acquire()
+            # Taken only now, so that what arrived during the wait goes out too.
+            status = self._pending.pop(key, None)
+            if status is None:  # forgotten meanwhile
+                self._slots.release()
+                continue
+            self._sending.add(key)
             self._last_sent[key] = time.monotonic()
             task = asyncio.get_running_loop().create_task(self._send(key, status))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
     async def _send(self, key: Key, status: dict[str, Any]) -> None:
+        retry_at = 0.0
         try:
             await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._patch, key[0], key[1], status
@@ -138,15 +204,21 @@ class StatusWriter:
             delay = min(RETRY_BASE_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
             log.warning("status patch of %s/%s failed (%s); retrying in %.1fs", *key, error, delay)
             self._pending[key] = merge(status, self._pending.get(key, {}))
-            if key not in self._queued:
-                self._enqueue(key, time.monotonic() + delay)
+            retry_at = time.monotonic() + delay
         except Exception:
             log.exception("status patch of %s/%s was refused; dropping it", *key)
         else:
             self.patches_sent += 1
             self._failures.pop(key, None)
         finally:
+            self._sending.discard(key)
             self._slots.release()
+            if key in self._pending:
+                if key in self._urgent_after_send:
+                    self._urgent_after_send.discard(key)
+                    self._make_urgent(key)
+                elif key not in self._queued:
+                    self._enqueue(key, max(self._turn(key), retry_at, time.monotonic()))
 
     def close(self) -> None:
         """Release the worker threads (after :meth:`flush`)."""

@@ -2,17 +2,29 @@
 
 Every record carries ``job_id`` when it is about a job, and ``trace_id`` and
 ``span_id`` while a run's span is current, so a log line leads to its trace.
+A JSON line holds ``time`` (RFC 3339, UTC), ``level``, ``logger``,
+``message``, ``job_id``, the trace ids inside a run, any other ``extra``
+fields, and ``exc_info`` (the formatted traceback) when one was logged.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(job_id)s] %(message)s"
+
+
+def _trace_ids(span_context: trace.SpanContext) -> dict[str, str]:
+    return {
+        "trace_id": format(span_context.trace_id, "032x"),
+        "span_id": format(span_context.span_id, "016x"),
+    }
 
 
 class TraceContextFilter(logging.Filter):
@@ -23,25 +35,57 @@ class TraceContextFilter(logging.Filter):
             record.job_id = None
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
-            record.trace_id = format(span_context.trace_id, "032x")
-            record.span_id = format(span_context.span_id, "016x")
+            record.__dict__.update(_trace_ids(span_context))
         return True
 
 
-def configure_logging(*, log_format: str = "json", level: str = "INFO") -> None:
-    """Send the root logger's records to stderr in ``log_format`` (``json`` or ``text``)."""
-    handler = logging.StreamHandler(sys.stderr)
+class _JsonFormatter(JsonFormatter):
+    """python-json-logger's formatter with ``time`` first, as people read a line left to right."""
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["time"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        super().add_fields(log_data, record, message_dict)
+
+
+def job_logger(
+    logger: logging.Logger, *, job_id: str, span: trace.Span
+) -> logging.LoggerAdapter[logging.Logger]:
+    """``logger`` bound to a job and its run's span.
+
+    The trace ids travel with the adapter, so lines logged after the span
+    stopped being current (the engine's own report of a failure) still lead
+    to the run's trace; a span current at the time of logging, such as a
+    job's own child span, takes precedence through :class:`TraceContextFilter`.
+    """
+    extra: dict[str, Any] = {"job_id": job_id}
+    span_context = span.get_span_context()
+    if span_context.is_valid:
+        extra |= _trace_ids(span_context)
+    return logging.LoggerAdapter(logger, extra)
+
+
+def make_handler(*, log_format: str = "json", stream: TextIO | None = None) -> logging.Handler:
+    """A handler writing ``log_format`` (``json`` or ``text``) to ``stream`` (default stderr)."""
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.addFilter(TraceContextFilter())
     if log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(message)s",
-                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                timestamp=False,
+            _JsonFormatter(
+                "%(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "name": "logger"},
             )
         )
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    return handler
+
+
+def configure_logging(*, log_format: str = "json", level: str = "INFO") -> None:
+    """Send the root logger's records to stderr in ``log_format`` (``json`` or ``text``)."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [make_handler(log_format=log_format)]
     root.setLevel(level)

@@ -1,0 +1,97 @@
+{{/* The chart's name, or nameOverride. */}}
+{{- define "podcron.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's full name: the prefix of every object the chart makes. */}}
+{{- define "podcron.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The name of cluster-scoped objects (ClusterRole, ClusterRoleBinding): with the namespace, so
+that releases of the same name in two namespaces do not take each other's.
+*/}}
+{{- define "podcron.clusterName" -}}
+{{- printf "%s-%s" (include "podcron.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "podcron.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "podcron.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "podcron.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podcron.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "podcron.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "podcron.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "podcron.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* Where the ConfigMap's config.yaml is mounted: PODCRON_CONFIG_DIR. */}}
+{{- define "podcron.configDir" -}}/etc/podcron{{- end }}
+
+{{/* The directory of the control socket, an emptyDir shared by the two containers. */}}
+{{- define "podcron.socketDir" -}}/var/run/podcron{{- end }}
+
+{{/* The ScheduledJob rules, for a ClusterRole or for the Role of each watched namespace. */}}
+{{- define "podcron.jobRules" -}}
+# kopf lists and watches ScheduledJobs (it never reads a single one: no get), and patches
+# them with its own annotations.
+- apiGroups: [podcron.dev]
+  resources: [scheduledjobs]
+  verbs: [list, watch, patch]
+# The status writer.
+- apiGroups: [podcron.dev]
+  resources: [scheduledjobs/status]
+  verbs: [patch]
+# Ready changes and failed runs are posted as core/v1 Events.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/* The environment of both containers: where the settings are, and OpenTelemetry's own. */}}
+{{- define "podcron.env" -}}
+- name: PODCRON_CONFIG_DIR
+  value: {{ include "podcron.configDir" . }}
+{{- with .Values.otlp.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $.Values.otlp.protocol | quote }}
+{{- end }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .Values.otlp.serviceName | quote }}
+{{- end }}
+
+{{- define "podcron.volumeMounts" -}}
+- name: config
+  mountPath: {{ include "podcron.configDir" . }}
+  readOnly: true
+- name: control
+  mountPath: {{ include "podcron.socketDir" . }}
+- name: tmp
+  mountPath: /tmp
+{{- end }}

@@ -1,0 +1,71 @@
+"""The operator's one TCP port: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz``.
+
+``/healthz`` answers 200 whenever the event loop does, which is what a
+liveness probe needs to know: a wedged loop runs no job. ``/readyz`` answers
+200 once the operator watches its resources and 503 again once it shuts down.
+The metrics are rendered in a worker thread: with thousands of jobs the text
+takes milliseconds to build, and the loop's timers must not wait for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+log = logging.getLogger("podcron.probes")
+
+
+class ProbeServer:
+    """An aiohttp server for the metrics and health endpoints; :attr:`ready` drives ``/readyz``."""
+
+    def __init__(self, *, host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:
+        self._host = host
+        self._port = port
+        self._registry = registry
+        self._runner: web.AppRunner | None = None
+        self.ready = False
+
+    @property
+    def port(self) -> int:
+        """The port listened on: the configured one, or the one the system chose for port 0."""
+        if self._runner is None or not self._runner.addresses:
+            return self._port
+        return int(self._runner.addresses[0][1])
+
+    async def start(self) -> None:
+        """Listen; raises :class:`OSError` when the address is taken."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        # No access log: a scrape every few seconds would drown the jobs' lines.
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._host, self._port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", self._host, self.port)
+
+    async def stop(self) -> None:
+        """Stop listening; safe to call more than once."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, self._registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        if self.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")

@@ -1,0 +1,104 @@
+"""``podcron sidecar`` as a real child process, and HTTP clients bound to a source address."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+OPENAPI = ROOT / "operator" / "podcron" / "sidecar" / "openapi.yaml"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class _SourceAddressAdapter(HTTPAdapter):
+    """Connects from ``source`` (any 127.x address routes over the loopback device)."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self._source, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+def client(source: str = "127.0.0.1") -> requests.Session:
+    """A session whose connections come from ``source``; proxies from the environment ignored."""
+    session = requests.Session()
+    session.trust_env = False
+    session.mount("http://", _SourceAddressAdapter(source))
+    return session
+
+
+class SidecarProcess:
+    """``podcron sidecar`` on a free port of 127.0.0.1, with its log in a file.
+
+    ``host`` is what it binds: ``::ffff:127.0.0.1`` makes an IPv6 listener that
+    still only accepts connections to 127.0.0.1, and reports their peers as
+    IPv4-mapped IPv6 addresses.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, *, host: str = "127.0.0.1") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "podcron", "sidecar"],
+            env=env
+            | {
+                "PODCRON_LOG_FORMAT": "text",
+                "PODCRON_SIDECAR_HOST": host,
+                "PODCRON_SIDECAR_PORT": str(self.port),
+            },
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,
+        )
+        health = client()
+
+        def serving() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the sidecar exited early:\n{self.log()}")
+            try:
+                return health.get(f"{self.url}/healthz", timeout=2).status_code == 200
+            except (requests.ConnectionError, requests.Timeout):
+                return False
+
+        try:
+            wait_for(serving, timeout=30, what="the sidecar to serve /healthz")
+        except BaseException:
+            self.stop()
+            raise
+
+    def log(self) -> str:
+        """Everything the sidecar logged so far."""
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (SIGKILL after 15 s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(15)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self._log.close()

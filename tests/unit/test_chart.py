@@ -1,0 +1,283 @@
+"""The Helm chart through the real helm, without a cluster: lint, the schema's refusals, and
+the rendered objects agreeing with podcron itself (its settings loader, its console script,
+its image). tests/integration/test_helm_rbac.py puts the same objects to a real API server.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helmtool import HELM_VERSION, Helm
+from podcron.config import Settings, load
+
+from ..chart import CHART, CUSTOM_VALUES, ROOT, VALUE_SETS, find, one, render, values_file
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SCRIPT = "podcron"
+UID = 65532
+JOB_RULES = {("podcron.dev", "scheduledjobs", verb) for verb in ("list", "watch", "patch")} | {
+    ("podcron.dev", "scheduledjobs/status", "patch"),
+    ("", "events", "create"),
+}
+CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    """A Role's or ClusterRole's rules as (apiGroup, resource, verb) triples."""
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    spec = one(objects, "Deployment")["spec"]["template"]["spec"]
+    return {container["name"]: container for container in spec["containers"]}
+
+
+@pytest.fixture(params=list(VALUE_SETS), ids=list(VALUE_SETS))
+def values(request: pytest.FixtureRequest) -> dict[str, Any]:
+    chosen: dict[str, Any] = VALUE_SETS[request.param]
+    return chosen
+
+
+@pytest.fixture
+def objects(helm: Helm, tmp_path: Path, values: dict[str, Any]) -> list[dict[str, Any]]:
+    return render(helm, tmp_path, values)
+
+
+def test_helm_is_the_version_tools_helm_builds() -> None:
+    go_mod = (ROOT / "tools" / "helm" / "go.mod").read_text()
+    assert re.search(rf"^require helm\.sh/helm/v3 {re.escape(HELM_VERSION)}$", go_mod, re.M)
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == PYPROJECT["project"]["version"]
+
+
+def test_lint_is_clean(helm: Helm, tmp_path: Path, values: dict[str, Any]) -> None:
+    # --strict fails on warnings too; what remains is helm's INFO that the chart has no icon.
+    result = helm.run("lint", "--strict", str(CHART), "-f", str(values_file(tmp_path, values)))
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"logFormat": "xml"}, "at '/logFormat': value must be one of 'json', 'text'"),
+        ({"logLevel": "TRACE"}, "at '/logLevel': value must be one of"),
+        ({"allowedCIDRs": "10.0.0.0/8"}, "at '/allowedCIDRs': got string, want array"),
+        ({"allowedCIDRs": ["10.0.0.0/33"]}, "at '/allowedCIDRs/0': 'anyOf' failed"),
+        ({"trustedProxies": ["proxy.local"]}, "at '/trustedProxies/0': 'anyOf' failed"),
+        ({"watchNamespaces": ["Shop"]}, "at '/watchNamespaces/0': 'Shop' does not match"),
+        ({"allowedCidrs": []}, "additional properties 'allowedCidrs' not allowed"),
+        ({"workerThreads": 0}, "at '/workerThreads': minimum: got 0, want 1"),
+        ({"maxConcurrentRuns": 2.5}, "at '/maxConcurrentRuns': got number, want integer"),
+        ({"shutdownTimeoutSeconds": -1}, "at '/shutdownTimeoutSeconds': minimum: got -1"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "at '/image/pullPolicy': value must be one of"),
+        ({"service": {"port": 70000}}, "at '/service/port': maximum: got 70,000, want 65,535"),
+        ({"otlp": {"endpoint": "otel:4317"}}, "at '/otlp/endpoint': 'otel:4317' does not match"),
+        (
+            {"terminationGracePeriodSeconds": 20},
+            "terminationGracePeriodSeconds (20) must be greater than shutdownTimeoutSeconds (25)",
+        ),
+        ({"service": {"port": 9090}}, "service.port and service.metricsPort must differ"),
+    ],
+    ids=lambda case: next(iter(case)) if isinstance(case, dict) else "",
+)
+def test_bad_values_are_refused_with_a_clear_message(
+    helm: Helm, tmp_path: Path, bad: dict[str, Any], message: str
+) -> None:
+    result = helm.run(
+        "template", "podcron", str(CHART), "-f", str(values_file(tmp_path, bad)), check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_config_map_holds_the_settings_podcron_reads(
+    objects: list[dict[str, Any]], values: dict[str, Any], tmp_path: Path
+) -> None:
+    config = one(objects, "ConfigMap")["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(config)
+    settings = load({"PODCRON_CONFIG_DIR": str(tmp_path)})  # raises on a setting it lacks
+    if not values:
+        # The chart's defaults are podcron's documented defaults.
+        assert settings == Settings()
+        return
+    assert settings.allowed_modules == tuple(values["allowedModules"])
+    assert settings.allowed_cidrs == tuple(values["allowedCIDRs"])
+    assert settings.trusted_proxies == tuple(values["trustedProxies"])
+    assert settings.namespaces == tuple(values["watchNamespaces"])
+    assert settings.cidr_refresh_seconds == values["cidrRefreshSeconds"]
+    assert settings.shutdown_timeout_seconds == values["shutdownTimeoutSeconds"]
+    assert settings.worker_threads == values["workerThreads"]
+    assert settings.max_concurrent_runs == values["maxConcurrentRuns"]
+    assert settings.status_patches_per_second == values["statusPatchesPerSecond"]
+    assert settings.log_format == values["logFormat"]
+    assert settings.log_level == values["logLevel"]
+    assert settings.sidecar_port == values["service"]["port"]
+    assert settings.metrics_port == values["service"]["metricsPort"]
+
+
+def test_containers_run_the_console_script_from_one_image(
+    objects: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    containers = _containers(objects)
+    assert set(containers) == {"operator", "sidecar"}
+    assert PYPROJECT["project"]["scripts"][SCRIPT] == "podcron.cli:main"
+    image = values.get("image", {})
+    expected = f"{image.get('repository', 'podcron')}:{image.get('tag') or '0.1.0'}"
+    for name, container in containers.items():
+        assert container["image"] == expected
+        assert container["command"] == [SCRIPT]
+        assert container["args"] == [name]
+        # The subcommand exists: the console script is `python -m podcron`.
+        run = subprocess.run(
+            [sys.executable, "-m", "podcron", *container["args"], "--help"],
+            capture_output=True,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+
+
+def test_the_image_runs_the_console_script_as_the_charts_user(
+    objects: list[dict[str, Any]],
+) -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f'ENTRYPOINT ["{SCRIPT}"]' in dockerfile
+    assert re.search(rf"^USER {UID}:{UID}$", dockerfile, re.M)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", dockerfile, re.M)
+    assert "ARG PYTHON_IMAGE=python:3.11-slim" in dockerfile
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == UID
+
+
+def test_pod_is_locked_down_and_probed(
+    objects: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 1, "a second replica would run every job twice"
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["enableServiceLinks"] is False
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace > values.get("shutdownTimeoutSeconds", Settings().shutdown_timeout_seconds)
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["control"] == {"name": "control", "emptyDir": {}}
+    for container in _containers(objects).values():
+        security = container["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+        assert container["resources"]["requests"]
+        assert container["resources"]["limits"]
+        ports = {port["name"] for port in container["ports"]}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": ports.pop()}
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+        # The socket's directory is shared, and is where the settings put the socket.
+        assert mounts["control"] == "/var/run/podcron"
+        assert Path(Settings().control_socket).parent == Path(mounts["control"])
+
+
+def test_service_exposes_the_system_api_and_metrics(
+    objects: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    service = one(objects, "Service")
+    ports = {port["name"]: port for port in service["spec"]["ports"]}
+    assert ports["http"]["port"] == values.get("service", {}).get("port", 8080)
+    assert ports["metrics"]["port"] == values.get("service", {}).get("metricsPort", 9090)
+    containers = _containers(objects)
+    assert [p["name"] for p in containers["sidecar"]["ports"]] == ["http"]
+    assert [p["name"] for p in containers["operator"]["ports"]] == ["metrics"]
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    monitors = find(objects, "ServiceMonitor")
+    if values.get("serviceMonitor", {}).get("enabled"):
+        endpoints = one(monitors, "ServiceMonitor")["spec"]["endpoints"]
+        assert endpoints == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    else:
+        assert monitors == []
+
+
+def test_otlp_endpoint_reaches_both_containers_only_when_set(
+    objects: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    for container in _containers(objects).values():
+        env = {variable["name"]: variable["value"] for variable in container["env"]}
+        assert env["PODCRON_CONFIG_DIR"] == "/etc/podcron"
+        otlp = values.get("otlp")
+        if otlp:
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == otlp["endpoint"]
+            assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == otlp["protocol"]
+            assert env["OTEL_SERVICE_NAME"] == otlp["serviceName"]
+        else:
+            assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+
+
+def test_cluster_wide_rbac_by_default(helm: Helm, tmp_path: Path) -> None:
+    objects = render(helm, tmp_path, {})
+    cluster_role = one(objects, "ClusterRole")
+    nodes = {("", "nodes", "list")}
+    assert _grants(cluster_role) == CRD_RULES | nodes | JOB_RULES
+    assert find(objects, "Role") == []
+    binding = one(objects, "ClusterRoleBinding")
+    account = one(objects, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+
+
+def test_watched_namespaces_get_roles_and_fixed_cidrs_no_nodes(helm: Helm, tmp_path: Path) -> None:
+    objects = render(helm, tmp_path, CUSTOM_VALUES, namespace="jobs-system")
+    namespaces = {("", "namespaces", verb) for verb in ("list", "watch")}
+    assert _grants(one(objects, "ClusterRole")) == CRD_RULES | namespaces
+    roles = find(objects, "Role")
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["billing", "shop"]
+    for role in roles:
+        assert _grants(role) == JOB_RULES
+    subject = {"kind": "ServiceAccount", "name": "jobs-runner", "namespace": "jobs-system"}
+    bindings = find(objects, "RoleBinding") + find(objects, "ClusterRoleBinding")
+    assert len(bindings) == 3
+    assert all(binding["subjects"] == [subject] for binding in bindings)
+
+
+def test_rbac_and_service_account_can_be_left_to_the_user(helm: Helm, tmp_path: Path) -> None:
+    objects = render(
+        helm,
+        tmp_path,
+        {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}},
+    )
+    kinds = {o["kind"] for o in objects}
+    assert kinds == {"ConfigMap", "Service", "Deployment"}
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "mine"
+
+
+def test_two_releases_in_two_namespaces_make_distinct_cluster_objects(
+    helm: Helm, tmp_path: Path
+) -> None:
+    names = {
+        o["metadata"]["name"]
+        for namespace in ("team-a", "team-b")
+        for o in render(helm, tmp_path, {}, namespace=namespace)
+        if o["kind"] in ("ClusterRole", "ClusterRoleBinding")
+    }
+    assert names == {"podcron-team-a", "podcron-team-b"}

@@ -1,0 +1,295 @@
+"""The control socket end to end: a real engine, the real server, the sidecar's real client.
+
+The client blocks (it runs in gunicorn workers), so each call goes through
+``asyncio.to_thread`` while the event loop serves the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import stat
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podcron import control_protocol as wire
+from podcron.context import JobContext, Trigger
+from podcron.controller.control import ControlServer, JobCatalogue
+from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
+from podcron.entrypoints import JobTarget
+from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.schedules import parse_schedule
+from podcron.sidecar.operator_client import OperatorClient, OperatorUnavailable
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+async def _noop(ctx: JobContext) -> None:
+    return None
+
+
+def _spec(name: str, target: JobTarget = _noop, **fields: Any) -> JobSpec:
+    return JobSpec(
+        job_id=f"ns/{name}",
+        namespace="ns",
+        name=name,
+        entry_point=f"tests:{name}",
+        target=target,
+        schedule=parse_schedule({"daily": {"at": "02:30"}}, time_zone="Europe/Berlin"),
+        **fields,
+    )
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    # Unix socket paths are limited to 108 bytes: pytest's tmp_path can be longer.
+    directory = Path(tempfile.mkdtemp(prefix="podcron-"))
+    yield directory / "run" / "control.sock"
+    for path in sorted(directory.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    directory.rmdir()
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    engine = Engine(shutdown_timeout_seconds=1.0)
+    yield engine
+    await engine.shutdown()
+
+
+@pytest.fixture
+async def server(engine: Engine, socket_path: Path) -> AsyncIterator[ControlServer]:
+    server = ControlServer(engine, socket_path)
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def client(socket_path: Path) -> OperatorClient:
+    """A client that revalidates the list on every call, so each test sees changes at once."""
+    return OperatorClient(str(socket_path), list_max_age=0)
+
+
+async def test_no_jobs_lists_nothing_and_knows_no_job(
+    server: ControlServer, client: OperatorClient
+) -> None:
+    await asyncio.to_thread(client.ping)
+    jobs = await asyncio.to_thread(client.list_jobs)
+    assert (jobs.total, jobs.data) == (0, b"[]")
+    with pytest.raises(JobNotFound):
+        await asyncio.to_thread(client.get_job, "ns/missing")
+    with pytest.raises(JobNotFound):
+        await asyncio.to_thread(client.trigger, "ns/missing", trace_headers={})
+
+
+async def test_the_list_is_job_metadata_by_job_id_and_revalidated_by_etag(
+    engine: Engine, server: ControlServer, client: OperatorClient
+) -> None:
+    engine.upsert(_spec("b"))
+    engine.upsert(_spec("a", suspended=True))
+    jobs = await asyncio.to_thread(client.list_jobs)
+    listed = json.loads(jobs.data)
+    assert jobs.total == 2
+    assert [job["jobId"] for job in listed] == ["ns/a", "ns/b"]
+    assert listed[0]["suspended"] is True
+    assert listed[0]["nextExecutionTime"] is None
+    assert listed[1]["humanReadable"] == "every day at 02:30 (Europe/Berlin)"
+    assert listed[1]["nextExecutionTime"].endswith("Z")
+
+    again = await asyncio.to_thread(client.list_jobs)
+    assert again is jobs, "an unchanged list must come from the cache"
+
+    engine.remove("ns/a")
+    changed = await asyncio.to_thread(client.list_jobs)
+    assert changed.etag != jobs.etag
+    assert [job["jobId"] for job in json.loads(changed.data)] == ["ns/b"]
+
+
+async def test_a_fresh_list_is_served_without_asking_until_a_trigger(
+    engine: Engine, server: ControlServer, socket_path: Path
+) -> None:
+    client = OperatorClient(str(socket_path), list_max_age=3600)
+    first = await asyncio.to_thread(client.list_jobs)
+    engine.upsert(_spec("a", concurrency_policy=ConcurrencyPolicy.ALLOW))
+    assert await asyncio.to_thread(client.list_jobs) is first, "within its max age"
+    await asyncio.to_thread(client.trigger, "ns/a", trace_headers={})
+    listed = json.loads((await asyncio.to_thread(client.list_jobs)).data)
+    assert [job["jobId"] for job in listed] == ["ns/a"], "a trigger makes the next list fresh"
+
+
+async def test_one_job_is_the_same_object_as_in_the_list(
+    engine: Engine, server: ControlServer, client: OperatorClient
+) -> None:
+    engine.upsert(_spec("a"))
+    one = json.loads(await asyncio.to_thread(client.get_job, "ns/a"))
+    listed = json.loads((await asyncio.to_thread(client.list_jobs)).data)
+    assert listed == [one]
+
+
+async def test_trigger_runs_the_job_manually_in_the_callers_trace(
+    engine: Engine, server: ControlServer, client: OperatorClient
+) -> None:
+    started = asyncio.Event()
+    contexts: list[JobContext] = []
+
+    async def job(ctx: JobContext) -> None:
+        contexts.append(ctx)
+        started.set()
+
+    engine.upsert(_spec("a", target=job))
+    answer = await asyncio.to_thread(
+        client.trigger, "ns/a", trace_headers={"traceparent": TRACEPARENT}
+    )
+    assert answer == {
+        "jobId": "ns/a",
+        "triggered": True,
+        "scheduledNextAt": json.loads(await asyncio.to_thread(client.get_job, "ns/a"))[
+            "nextExecutionTime"
+        ],
+    }
+    await asyncio.wait_for(started.wait(), timeout=5)
+    assert contexts[0].trigger is Trigger.MANUAL
+    assert contexts[0].trace_headers()["traceparent"].split("-")[1] == TRACE_ID
+
+
+async def test_trigger_of_a_running_forbid_job_is_refused(
+    engine: Engine, server: ControlServer, client: OperatorClient
+) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        started.set()
+        await release.wait()
+
+    engine.upsert(_spec("a", target=job, concurrency_policy=ConcurrencyPolicy.FORBID))
+    await asyncio.to_thread(client.trigger, "ns/a", trace_headers={})
+    await asyncio.wait_for(started.wait(), timeout=5)
+    listed = json.loads((await asyncio.to_thread(client.list_jobs)).data)
+    assert listed[0]["running"] is True
+    with pytest.raises(JobAlreadyRunning):
+        await asyncio.to_thread(client.trigger, "ns/a", trace_headers={})
+    release.set()
+
+
+async def test_the_socket_is_group_only_and_removed_at_stop(
+    engine: Engine, socket_path: Path
+) -> None:
+    server = ControlServer(engine, socket_path)
+    await server.start()
+    mode = (await asyncio.to_thread(socket_path.stat)).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o660
+    await server.stop()
+    assert not await asyncio.to_thread(socket_path.exists)
+
+
+async def test_a_stale_socket_is_replaced(engine: Engine, socket_path: Path) -> None:
+    socket_path.parent.mkdir(parents=True)
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(str(socket_path))  # bound, never listening: what a killed operator leaves
+    leftover.close()
+    server = ControlServer(engine, socket_path)
+    await server.start()
+    try:
+        await asyncio.to_thread(OperatorClient(str(socket_path)).ping)
+    finally:
+        await server.stop()
+
+
+async def test_a_live_socket_or_another_file_is_never_replaced(
+    engine: Engine, server: ControlServer, socket_path: Path
+) -> None:
+    with pytest.raises(RuntimeError, match="another process is serving"):
+        await ControlServer(engine, socket_path).start()
+    other = socket_path.with_name("not-a-socket")
+    other.write_text("precious")
+    with pytest.raises(RuntimeError, match="is not a socket"):
+        await ControlServer(engine, other).start()
+    assert other.read_text() == "precious"
+
+
+async def test_the_client_survives_an_operator_restart(
+    engine: Engine, socket_path: Path, client: OperatorClient
+) -> None:
+    first = ControlServer(engine, socket_path)
+    await first.start()
+    await asyncio.to_thread(client.ping)
+    await first.stop()
+    with pytest.raises(OperatorUnavailable):
+        await asyncio.to_thread(client.ping)
+    with pytest.raises(OperatorUnavailable):
+        await asyncio.to_thread(client.list_jobs)
+
+    engine.upsert(_spec("a"))
+    second = ControlServer(engine, socket_path)
+    await second.start()
+    try:
+        jobs = await asyncio.to_thread(client.list_jobs)
+        assert jobs.total == 1
+    finally:
+        await second.stop()
+
+
+async def test_a_kept_connection_from_a_previous_operator_is_replaced(
+    engine: Engine, socket_path: Path, client: OperatorClient
+) -> None:
+    first = ControlServer(engine, socket_path)
+    await first.start()
+    await asyncio.to_thread(client.ping)  # the client now keeps a connection to `first`
+    await first.stop()
+    second = ControlServer(engine, socket_path)
+    await second.start()
+    try:
+        await asyncio.to_thread(client.ping)
+    finally:
+        await second.stop()
+
+
+def _raw_exchange(path: Path, data: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as raw:
+        raw.settimeout(5)
+        raw.connect(str(path))
+        raw.sendall(data)
+        return wire.decode_line(raw.makefile("rb").readline())
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"not json\n", b"[1]\n", b'{"op": "dance"}\n', b'{"op": "get", "jobId": 7}\n'],
+    ids=["not-json", "not-an-object", "unknown-op", "bad-job-id"],
+)
+async def test_a_bad_request_is_answered_not_fatal(
+    server: ControlServer, socket_path: Path, line: bytes
+) -> None:
+    header = await asyncio.to_thread(_raw_exchange, socket_path, line)
+    assert header["ok"] is False
+    assert header["error"] == wire.BAD_REQUEST
+    await asyncio.to_thread(OperatorClient(str(socket_path)).ping)
+
+
+async def test_an_overlong_line_is_refused(server: ControlServer, socket_path: Path) -> None:
+    header = await asyncio.to_thread(_raw_exchange, socket_path, b"x" * (wire.MAX_LINE + 10))
+    assert header["error"] == wire.BAD_REQUEST
+
+
+async def test_the_catalogue_reencodes_only_after_a_change(engine: Engine) -> None:
+    engine.upsert(_spec("a"))
+    engine.upsert(_spec("b"))
+    catalogue = JobCatalogue(engine)
+    etag, total, listing = catalogue.listing()
+    assert total == 2
+    assert catalogue.listing()[2] is listing
+    one_b = catalogue.one("ns/b")
+    engine.upsert(_spec("a", suspended=True))
+    new_etag, _, new_listing = catalogue.listing()
+    assert new_etag != etag
+    assert json.loads(new_listing)[0]["suspended"] is True
+    assert catalogue.one("ns/b") is one_b, "an unchanged job keeps its encoding"

@@ -1,0 +1,255 @@
+"""The Prometheus metrics: each on a fresh registry, fed directly and by a real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from podcron.context import JobContext
+from podcron.controller.probes import ProbeServer
+from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished, RunStatus
+from podcron.entrypoints import JobTarget
+from podcron.schedules import parse_schedule
+from podcron.telemetry.metrics import JobMetrics
+
+DEADLINE = 5.0
+JOB = {"namespace": "ns", "name": "job"}
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry) -> JobMetrics:
+    return JobMetrics(registry)
+
+
+def runs(registry: CollectorRegistry, trigger: str, status: str, name: str = "job") -> float | None:
+    labels = {"namespace": "ns", "name": name, "trigger": trigger, "status": status}
+    return registry.get_sample_value("podcron_job_runs_total", labels)
+
+
+def test_a_registered_job_starts_with_zero_counts(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+    assert registry.get_sample_value("podcron_jobs_registered") == 1
+    assert runs(registry, "scheduled", "failure") == 0
+    assert runs(registry, "scheduled", "success") == 0
+    assert registry.get_sample_value("podcron_job_duration_seconds_count", JOB) == 0
+    # No success yet: no timestamp, rather than a misleading 1970.
+    assert registry.get_sample_value("podcron_job_last_success_timestamp_seconds", JOB) is None
+
+
+def test_outcomes_count_by_trigger_and_status(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+    outcome = {"duration_seconds": 0.2, "ended_at": 1_700_000_000.5}
+    metrics.run_recorded("ns", "job", trigger="scheduled", status="success", **outcome)
+    metrics.run_recorded("ns", "job", trigger="manual", status="failure", **outcome)
+    metrics.run_recorded(
+        "ns", "job", trigger="scheduled", status="skipped", duration_seconds=None, ended_at=0.0
+    )
+    assert runs(registry, "scheduled", "success") == 1
+    assert runs(registry, "manual", "failure") == 1
+    assert runs(registry, "scheduled", "skipped") == 1
+    # Two runs took time; the skipped tick did not.
+    assert registry.get_sample_value("podcron_job_duration_seconds_count", JOB) == 2
+    assert registry.get_sample_value("podcron_job_duration_seconds_sum", JOB) == pytest.approx(0.4)
+    assert (
+        registry.get_sample_value("podcron_job_last_success_timestamp_seconds", JOB)
+        == 1_700_000_000.5
+    )
+
+
+def test_lateness_resolves_milliseconds_and_counts_scheduled_runs_only(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.run_started("scheduled", 0.0007)
+    metrics.run_started("scheduled", 0.003)
+    metrics.run_started("manual", 0.0001)
+    metrics.run_started("catch-up", 250.0)
+
+    def bucket(le: str) -> float | None:
+        return registry.get_sample_value("podcron_job_schedule_lateness_seconds_bucket", {"le": le})
+
+    assert (bucket("0.0005"), bucket("0.001"), bucket("0.005"), bucket("+Inf")) == (0, 1, 2, 2)
+    assert registry.get_sample_value("podcron_jobs_running") == 4
+    metrics.run_ended()
+    assert registry.get_sample_value("podcron_jobs_running") == 3
+
+
+def test_forget_removes_every_series_of_the_job_and_no_other(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    for name in ("job", "other"):
+        metrics.job_added("ns", name)
+        for trigger, status in (("manual", "success"), ("catch-up", "failure")):
+            metrics.run_recorded(
+                "ns", name, trigger=trigger, status=status, duration_seconds=1.0, ended_at=5.0
+            )
+    metrics.job_removed("ns", "job")
+    remaining = {
+        (sample.name, sample.labels.get("name"))
+        for family in registry.collect()
+        for sample in family.samples
+        if "name" in sample.labels
+    }
+    assert remaining
+    assert all(name == "other" for _, name in remaining)
+    assert registry.get_sample_value("podcron_jobs_registered") == 1
+    assert runs(registry, "manual", "success", name="other") == 1
+    metrics.forget("ns", "never-registered")  # harmless
+
+
+class Outcomes:
+    """The engine's RunFinished events, and a way to wait for them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.finished: list[RunFinished] = []
+        self._changed = asyncio.Event()
+        engine.add_listener(self._on_event)
+
+    def _on_event(self, event: JobEvent) -> None:
+        if isinstance(event, RunFinished):
+            self.finished.append(event)
+            self._changed.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(DEADLINE):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def count(self, name: str, status: RunStatus) -> int:
+        return sum(1 for e in self.finished if e.name == name and e.status is status)
+
+
+def spec(target: JobTarget, name: str, **fields: Any) -> JobSpec:
+    return JobSpec(
+        job_id=f"ns/{name}",
+        namespace="ns",
+        name=name,
+        entry_point=f"tests:{name}",
+        target=target,
+        schedule=parse_schedule({"every": "1s"}),
+        **fields,
+    )
+
+
+@pytest.fixture
+async def engine(metrics: JobMetrics) -> AsyncIterator[Engine]:
+    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2, metrics=metrics)
+    yield engine
+    await engine.shutdown()
+
+
+async def test_the_engine_feeds_every_metric(engine: Engine, registry: CollectorRegistry) -> None:
+    outcomes = Outcomes(engine)
+    release = asyncio.Event()
+    running = asyncio.Event()
+
+    async def ok(ctx: JobContext) -> None:
+        pass
+
+    async def broken(ctx: JobContext) -> None:
+        raise ValueError("boom")
+
+    async def busy(ctx: JobContext) -> None:
+        running.set()
+        await release.wait()
+
+    engine.upsert(spec(ok, "ok"))
+    engine.upsert(spec(broken, "broken"))
+    engine.upsert(spec(busy, "busy", concurrency_policy=ConcurrencyPolicy.FORBID))
+    assert registry.get_sample_value("podcron_jobs_registered") == 3
+    engine.trigger("ns/ok")
+    engine.trigger("ns/broken")
+    engine.trigger("ns/busy")
+    await asyncio.wait_for(running.wait(), DEADLINE)
+    assert registry.get_sample_value("podcron_jobs_running") == 1
+    # The busy run outlasts its next tick, which Forbid skips.
+    await outcomes.until(lambda: outcomes.count("busy", RunStatus.SKIPPED) >= 1)
+    await outcomes.until(lambda: outcomes.count("ok", RunStatus.SUCCESS) >= 2)
+    release.set()
+    await outcomes.until(lambda: outcomes.count("busy", RunStatus.SUCCESS) >= 1)
+
+    assert runs(registry, "manual", "success", "ok") == 1
+    assert (
+        runs(registry, "scheduled", "success", "ok") == outcomes.count("ok", RunStatus.SUCCESS) - 1
+    )
+    assert runs(registry, "manual", "failure", "broken") == 1
+    assert runs(registry, "scheduled", "skipped", "busy") == outcomes.count(
+        "busy", RunStatus.SKIPPED
+    )
+    assert registry.get_sample_value("podcron_jobs_running") == 0
+    assert (registry.get_sample_value("podcron_job_schedule_lateness_seconds_count") or 0) >= 1
+    ok_labels = {"namespace": "ns", "name": "ok"}
+    assert (
+        registry.get_sample_value("podcron_job_last_success_timestamp_seconds", ok_labels) or 0
+    ) > 0
+    assert (
+        registry.get_sample_value(
+            "podcron_job_last_success_timestamp_seconds", {"namespace": "ns", "name": "broken"}
+        )
+        is None
+    )
+
+    engine.remove("ns/broken")
+    assert registry.get_sample_value("podcron_jobs_registered") == 2
+    assert runs(registry, "manual", "failure", "broken") is None
+    assert (
+        registry.get_sample_value(
+            "podcron_job_duration_seconds_count", {"namespace": "ns", "name": "broken"}
+        )
+        is None
+    )
+
+
+# No proxy from the environment: these requests stay on loopback.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with _opener.open(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+async def test_metrics_and_probes_are_served_over_http(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+    metrics.run_recorded(
+        "ns", "job", trigger="scheduled", status="success", duration_seconds=0.3, ended_at=7.0
+    )
+    server = ProbeServer(host="127.0.0.1", port=0, registry=registry)
+    await server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        status, text = await asyncio.to_thread(_get, f"{base}/metrics")
+        assert status == 200
+        families = {family.name: family for family in text_string_to_metric_families(text)}
+        assert families["podcron_job_runs"].type == "counter"
+        assert families["podcron_job_duration_seconds"].type == "histogram"
+        assert families["podcron_job_schedule_lateness_seconds"].type == "histogram"
+        assert families["podcron_jobs_registered"].samples[0].value == 1
+        assert families["podcron_job_last_success_timestamp_seconds"].samples[0].value == 7.0
+        assert all(family.documentation.endswith(".") for family in families.values())
+        assert await asyncio.to_thread(_get, f"{base}/healthz") == (200, "ok\n")
+        assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 503
+        server.ready = True
+        assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 200
+    finally:
+        await server.stop()
