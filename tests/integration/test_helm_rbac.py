@@ -40,6 +40,7 @@ from .scheduledjobs import (
     apply,
     manifest,
     namespace_for_module,
+    started_operator,
     status,
     wait_event,
     wait_ready,
@@ -157,22 +158,13 @@ def install(
 
 def start_operator(release: Release, workdir: Path) -> OperatorProcess:
     """The operator container as a local process, once it has started."""
-    operator = OperatorProcess(
+    return started_operator(
         release.plane,
         workdir,
-        release.env(workdir)
-        | {"PODCRON_METRICS_HOST": "127.0.0.1", "PODCRON_METRICS_PORT": str(free_port())},
+        **release.env(workdir),
+        PODCRON_METRICS_HOST="127.0.0.1",
+        PODCRON_METRICS_PORT=str(free_port()),
     )
-    try:
-        wait_for(
-            lambda: "podcron operator started" in operator.log(),
-            timeout=30,
-            what="operator start-up",
-        )
-    except BaseException:
-        operator.stop(signal.SIGKILL)
-        raise
-    return operator
 
 
 @pytest.fixture(scope="module")

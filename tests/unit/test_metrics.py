@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,12 +12,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from podcron.context import JobContext
 from podcron.controller.probes import ProbeServer
-from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished, RunStatus
-from podcron.entrypoints import JobTarget
-from podcron.schedules import parse_schedule
+from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.telemetry.metrics import JobMetrics
 
-DEADLINE = 5.0
+from .engine_support import DEADLINE, Recorder, spec
+
 JOB = {"namespace": "ns", "name": "job"}
 
 
@@ -111,41 +109,6 @@ def test_forget_removes_every_series_of_the_job_and_no_other(
     metrics.forget("ns", "never-registered")  # harmless
 
 
-class Outcomes:
-    """The engine's RunFinished events, and a way to wait for them."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.finished: list[RunFinished] = []
-        self._changed = asyncio.Event()
-        engine.add_listener(self._on_event)
-
-    def _on_event(self, event: JobEvent) -> None:
-        if isinstance(event, RunFinished):
-            self.finished.append(event)
-            self._changed.set()
-
-    async def until(self, condition: Callable[[], bool]) -> None:
-        async with asyncio.timeout(DEADLINE):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
-
-    def count(self, name: str, status: RunStatus) -> int:
-        return sum(1 for e in self.finished if e.name == name and e.status is status)
-
-
-def spec(target: JobTarget, name: str, **fields: Any) -> JobSpec:
-    return JobSpec(
-        job_id=f"ns/{name}",
-        namespace="ns",
-        name=name,
-        entry_point=f"tests:{name}",
-        target=target,
-        schedule=parse_schedule({"every": "1s"}),
-        **fields,
-    )
-
-
 @pytest.fixture
 async def engine(metrics: JobMetrics) -> AsyncIterator[Engine]:
     engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2, metrics=metrics)
@@ -154,7 +117,7 @@ async def engine(metrics: JobMetrics) -> AsyncIterator[Engine]:
 
 
 async def test_the_engine_feeds_every_metric(engine: Engine, registry: CollectorRegistry) -> None:
-    outcomes = Outcomes(engine)
+    outcomes = Recorder(engine)
     release = asyncio.Event()
     running = asyncio.Event()
 
