@@ -7,6 +7,7 @@ removes everything it started.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -53,71 +54,78 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     binaries = ensure_binaries()
     workdir = Path(tempfile.mkdtemp(prefix="podcron-demo-"))
-    with ControlPlane.start(binaries) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/scheduledjobs.podcron.dev",
-        )
-        log_path = workdir / "operator.log"
-        with log_path.open("w") as log:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "podcron", "operator"],
-                env=cluster.env()
-                | {
-                    "PODCRON_LOG_FORMAT": "text",
-                    "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
-                },
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                # Ctrl-C is for this script; it stops the operator itself, in order.
-                start_new_session=True,
+    crashed = False
+    try:
+        with ControlPlane.start(binaries) as cluster:
+            cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+            cluster.kubectl(
+                "wait",
+                "--for=condition=Established",
+                "--timeout=30s",
+                "crd/scheduledjobs.podcron.dev",
             )
-        sidecar_log = workdir / "sidecar.log"
-        port = _sidecar_port()
-        with sidecar_log.open("w") as log:
-            sidecar = subprocess.Popen(
-                [sys.executable, "-m", "podcron", "sidecar"],
-                env=cluster.env()
-                | {
-                    "PODCRON_LOG_FORMAT": "text",
-                    "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
-                    "PODCRON_SIDECAR_HOST": "127.0.0.1",
-                    "PODCRON_SIDECAR_PORT": str(port),
-                    "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
-                },
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            cluster.kubectl("apply", "-f", str(ROOT / "examples"))
-            print(
-                f"\nThe control plane is up. In another shell:\n"
-                f"  export KUBECONFIG={cluster.kubeconfig}\n"
-                f"  export PATH={binaries.kubectl.parent}:$PATH\n"
-                f"  kubectl get sj -o wide; kubectl describe sj hello\n"
-                f"The sidecar serves the System API on 127.0.0.1:{port}:\n"
-                f"  curl -s http://127.0.0.1:{port}/_sys/job\n"
-                f"  curl -s -X POST http://127.0.0.1:{port}/_sys/job/default/cleanup\n"
-                f"The operator logs to {log_path}, the sidecar to {sidecar_log}.\n"
-                f"Ctrl-C stops everything.\n"
-            )
-            while operator.poll() is None:
-                table = cluster.kubectl("get", "sj", "-A", check=False)
-                print(time.strftime("%H:%M:%S"), "kubectl get sj -A", flush=True)
-                print(table.stdout or table.stderr, flush=True)
-                time.sleep(REFRESH_SECONDS)
-            print(f"the operator exited with {operator.returncode}; see {log_path}")
-            return 1
-        except KeyboardInterrupt:
-            print("\nstopping the sidecar, the operator and the control plane …")
-            return 0
-        finally:
-            _stop(sidecar, timeout=15)
-            _stop(operator, timeout=40)
+            log_path = workdir / "operator.log"
+            with log_path.open("w") as log:
+                operator = subprocess.Popen(
+                    [sys.executable, "-m", "podcron", "operator"],
+                    env=cluster.env()
+                    | {
+                        "PODCRON_LOG_FORMAT": "text",
+                        "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
+                    },
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    # Ctrl-C is for this script; it stops the operator itself, in order.
+                    start_new_session=True,
+                )
+            sidecar_log = workdir / "sidecar.log"
+            port = _sidecar_port()
+            with sidecar_log.open("w") as log:
+                sidecar = subprocess.Popen(
+                    [sys.executable, "-m", "podcron", "sidecar"],
+                    env=cluster.env()
+                    | {
+                        "PODCRON_LOG_FORMAT": "text",
+                        "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
+                        "PODCRON_SIDECAR_HOST": "127.0.0.1",
+                        "PODCRON_SIDECAR_PORT": str(port),
+                        "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
+                    },
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                cluster.kubectl("apply", "-f", str(ROOT / "examples"))
+                print(
+                    f"\nThe control plane is up. In another shell:\n"
+                    f"  export KUBECONFIG={cluster.kubeconfig}\n"
+                    f"  export PATH={binaries.kubectl.parent}:$PATH\n"
+                    f"  kubectl get sj -o wide; kubectl describe sj hello\n"
+                    f"The sidecar serves the System API on 127.0.0.1:{port}:\n"
+                    f"  curl -s http://127.0.0.1:{port}/_sys/job\n"
+                    f"  curl -s -X POST http://127.0.0.1:{port}/_sys/job/default/cleanup\n"
+                    f"The operator logs to {log_path}, the sidecar to {sidecar_log}.\n"
+                    f"Ctrl-C stops everything.\n"
+                )
+                while operator.poll() is None:
+                    table = cluster.kubectl("get", "sj", "-A", check=False)
+                    print(time.strftime("%H:%M:%S"), "kubectl get sj -A", flush=True)
+                    print(table.stdout or table.stderr, flush=True)
+                    time.sleep(REFRESH_SECONDS)
+                print(f"the operator exited with {operator.returncode}; see {log_path}")
+                crashed = True
+                return 1
+            except KeyboardInterrupt:
+                print("\nstopping the sidecar, the operator and the control plane …")
+                return 0
+            finally:
+                _stop(sidecar, timeout=15)
+                _stop(operator, timeout=40)
+    finally:
+        # The logs are kept only when the operator died: they are what to read then.
+        if not crashed:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
