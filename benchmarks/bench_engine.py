@@ -15,11 +15,15 @@ Lateness is ``time.time()`` at the start of the job's body minus the tick's
 due time. Every system under test gets the same schedules: ``jobs`` fixed-rate
 jobs whose intervals are drawn (seeded) in whole milliseconds between 1 and
 10 s, ticking at multiples of the interval since the Unix epoch, so ticks do not
-all coincide. The systems are:
+all coincide. Many still do: an instant that many intervals divide is due for
+all of them, and at 50,000 jobs some milliseconds have several hundred ticks.
+Working through those bursts is what sets the p99 of every system, so p99 is
+roughly the per-run cost times a few hundred. The systems are:
 
 * ``podcron``: the engine, one ``Every`` job per interval, a no-op async body;
 * ``APScheduler``: 3.x's ``AsyncIOScheduler`` with an ``IntervalTrigger`` per
-  job starting on the same epoch-aligned tick, its default job options;
+  job starting on the same epoch-aligned tick, its default job options (it
+  drops runs more than a second late: they count as missed);
 * ``floor``: a bare ``loop.call_at`` chain per job at the same due times, the
   best any asyncio scheduler can do on this machine.
 
@@ -31,8 +35,9 @@ flatter a system.
 
 Per-run overhead is the engine's CPU time per scheduled run minus the floor's
 CPU time per callback, both over their 10,000-job windows: what the engine
-adds on top of a bare timer for a no-op job. A second figure, from manual
-triggers of one job, is printed as a cross-check.
+adds on top of a bare timer for a no-op job, wake-ups included (at 10,000 jobs
+few runs share one). A second figure, from manual triggers of one job in
+batches, is printed as a cross-check: the run alone, caches warm.
 """
 
 from __future__ import annotations
@@ -96,6 +101,7 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        """The full settings, or the QUICK ones when ``QUICK`` is set (and not 0)."""
         if os.environ.get("QUICK", "") not in ("", "0"):
             return cls(
                 window_s=3.0,
@@ -141,6 +147,7 @@ def peak_rss_mb() -> float:
 
 
 async def start_podcron(intervals: Sequence[int], record: Record) -> object:
+    """The engine with one ``Every`` job per interval; the body records its lateness."""
     engine = Engine()
 
     async def body(ctx: JobContext) -> None:
@@ -162,6 +169,7 @@ async def start_podcron(intervals: Sequence[int], record: Record) -> object:
 
 
 async def start_apscheduler(intervals: Sequence[int], record: Record) -> object:
+    """APScheduler 3's AsyncIOScheduler with an epoch-aligned IntervalTrigger per interval."""
     from apscheduler.events import EVENT_JOB_EXECUTED
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
     from apscheduler.triggers.interval import IntervalTrigger
@@ -188,6 +196,7 @@ async def start_apscheduler(intervals: Sequence[int], record: Record) -> object:
 
 
 async def start_floor(intervals: Sequence[int], record: Record) -> object:
+    """A bare ``loop.call_at`` chain per interval: no scheduler at all."""
     loop = asyncio.get_running_loop()
     # call_at runs on the monotonic clock; due times are wall-clock.
     offset = time.time() - loop.time()
@@ -333,6 +342,7 @@ def measure_lateness(system: str, jobs: int, settings: Settings) -> dict[str, An
 
 
 async def measure_idle(settings: Settings) -> dict[str, Any]:
+    """Process CPU of an engine with no jobs, as a percentage of one CPU."""
     engine = Engine()
     await asyncio.sleep(0.5)  # let start-up work settle
     cpu_start, wall_start = cpu_seconds(), time.time()
@@ -419,6 +429,7 @@ def run_child(kind: str, jobs: int) -> None:
 
 
 def spawn(kind: str, jobs: int, cpu: int) -> dict[str, Any]:
+    """Run one measurement in a subprocess of this script on ``cpu``; its JSON result."""
     print(f"  measuring {kind} with {jobs} jobs ...", end="", file=sys.stderr, flush=True)
     began = time.monotonic()
     completed = subprocess.run(
@@ -434,6 +445,7 @@ def spawn(kind: str, jobs: int, cpu: int) -> dict[str, Any]:
 
 
 def print_lateness(lateness: dict[tuple[str, int], Lateness]) -> None:
+    """The lateness table, one row per system and job count."""
     names = {
         "podcron": "podcron engine",
         "apscheduler": "APScheduler 3 AsyncIOScheduler",
@@ -458,6 +470,7 @@ def print_lateness(lateness: dict[tuple[str, int], Lateness]) -> None:
 
 
 def main() -> None:
+    """Run every measurement in turn, then print the table, the targets and RESULT."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=int, default=JOBS, help=argparse.SUPPRESS)

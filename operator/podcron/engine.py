@@ -249,6 +249,14 @@ def _error_text(error: BaseException) -> str:
     )
 
 
+def _failed(span: trace.Span, ctx: JobContext, failure: BaseException) -> str:
+    """Record a job's exception on its span and in its log; return the status text."""
+    error = _error_text(failure)
+    tracing.record_failure(span, failure, description=error)
+    ctx.log.error("run failed: %s", error, exc_info=failure)
+    return error
+
+
 class Engine:
     """Runs registered jobs on time. Every method must be called on the event loop's thread."""
 
@@ -553,17 +561,19 @@ class Engine:
                     cancelled=run.cancellation,
                     trace_context=trace_context,
                 )
+                guard = None if timeout is None else asyncio.timeout(timeout)
                 try:
-                    async with (
-                        self._slots,
-                        _NO_TIMEOUT if timeout is None else asyncio.timeout(timeout),
-                    ):
+                    async with self._slots, guard or _NO_TIMEOUT:
                         await self._call(job.is_async, spec.target, ctx)
                 except TimeoutError as timeout_error:
-                    run.cancellation.set()
-                    status, error = RunStatus.FAILURE, f"TimeoutError: run exceeded {timeout}s"
-                    tracing.record_failure(span, timeout_error, description=error)
-                    ctx.log.error("run timed out after %ss", timeout, exc_info=timeout_error)
+                    status = RunStatus.FAILURE
+                    if guard is not None and guard.expired():
+                        run.cancellation.set()
+                        error = f"TimeoutError: run exceeded {timeout}s"
+                        tracing.record_failure(span, timeout_error, description=error)
+                        ctx.log.error("run timed out after %ss", timeout, exc_info=timeout_error)
+                    else:  # the job's own TimeoutError, not its deadline
+                        error = _failed(span, ctx, timeout_error)
                 except asyncio.CancelledError as cancelled:
                     if run.cancel_reason is None:
                         raise
@@ -571,9 +581,7 @@ class Engine:
                     tracing.record_failure(span, cancelled, description=error)
                     ctx.log.error("run cancelled: %s", error)
                 except BaseException as failure:
-                    status, error = RunStatus.FAILURE, _error_text(failure)
-                    tracing.record_failure(span, failure, description=error)
-                    ctx.log.error("run failed: %s", error, exc_info=failure)
+                    status, error = RunStatus.FAILURE, _failed(span, ctx, failure)
         finally:
             if self._metrics is not None:
                 self._metrics.run_ended()

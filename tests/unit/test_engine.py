@@ -430,3 +430,15 @@ async def test_shutdown_interrupts_runs_that_outlive_the_timeout() -> None:
     assert outcomes["stubborn"].error is not None
     assert outcomes["stubborn"].error.startswith("Interrupted")
     release.set()
+
+
+async def test_a_jobs_own_timeout_error_is_a_plain_failure(engine: Engine) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        raise TimeoutError("upstream took too long")
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert recorder.finished()[0].error == "TimeoutError: upstream took too long"
