@@ -62,6 +62,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import bench_telemetry  # beside this file, on sys.path when run as a script
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
 from podcron.schedules import Every
@@ -527,6 +528,11 @@ def main() -> None:
         f" measured on CPU {cpu} at nice {nice}"
     )
 
+    print("\nper-run CPU with telemetry off and on (manual runs of a no-op job):")
+    telemetry = bench_telemetry.measure_overhead(quick=bool(quick), cpu=cpu)
+    bench_telemetry.print_overhead(telemetry)
+    telemetry_us = telemetry["overhead_us"]
+
     print("\ntargets")
     checks = [
         (f"p99 <= {TARGET_P99_MS:g} ms at {JOBS} jobs", engine.p99_ms <= TARGET_P99_MS),
@@ -542,6 +548,10 @@ def main() -> None:
         (f"per-run overhead <= {TARGET_OVERHEAD_US:g} µs", overhead_us <= TARGET_OVERHEAD_US),
         (f"RSS <= {TARGET_RSS_MB:g} MB at {JOBS} jobs", engine.rss_peak_mb <= TARGET_RSS_MB),
         (f"idle CPU <= {TARGET_IDLE_CPU_PCT:g}%", idle_cpu_pct <= TARGET_IDLE_CPU_PCT),
+        (
+            f"telemetry adds <= {bench_telemetry.TARGET_OVERHEAD_US:g} µs per run",
+            telemetry_us <= bench_telemetry.TARGET_OVERHEAD_US,
+        ),
     ]
     for label, ok in checks:
         print(f"  {'ok' if ok else 'MISSED':6} {label}")
@@ -551,7 +561,7 @@ def main() -> None:
         f" floor_p99_ms={floor.p99_ms:.3f} overhead_us={overhead_us:.1f}"
         f" rss_mb={engine.rss_peak_mb:.1f} idle_cpu_pct={idle_cpu_pct:.3f}"
         f" p99_50k_ms={engine_50k.p99_ms:.3f} apscheduler_p99_50k_ms={peer_p99_50k_ms:.3f}"
-        f" floor_p99_50k_ms={floor_50k.p99_ms:.3f}"
+        f" floor_p99_50k_ms={floor_50k.p99_ms:.3f} telemetry_overhead_us={telemetry_us:.1f}"
     )
 
 

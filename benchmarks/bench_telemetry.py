@@ -145,19 +145,10 @@ def spawn(mode: str, runs: int, cpu: int, receiver: OtlpReceiver) -> dict[str, A
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
-    arguments = parser.parse_args()
-    quick = os.environ.get("QUICK") == "1"
-    runs = arguments.runs or (5_000 if quick else 20_000)
-    if arguments.child:
-        run_child(arguments.child, runs)
-        return
-
+def measure_overhead(*, quick: bool, cpu: int, runs: int | None = None) -> dict[str, Any]:
+    """Per-run CPU in each telemetry mode, median over alternating rounds, with its table."""
+    runs = runs or (5_000 if quick else 20_000)
     rounds = 2 if quick else 5
-    cpu = int(os.environ.get("BENCH_CPU", max(os.sched_getaffinity(0))))
     print(
         f"bench-telemetry: {runs} manual runs per measurement, {rounds} rounds,"
         f" {os.cpu_count()} CPUs, measuring on CPU {cpu}",
@@ -173,8 +164,22 @@ def main() -> None:
                 samples[mode].append(result["cpu_per_run_us"])
                 spans, total = exported[mode]
                 exported[mode] = (spans + result["spans"], total + result["runs"])
-
     median = {mode: statistics.median(values) for mode, values in samples.items()}
+    complete = all(
+        spans == total for mode, (spans, total) in exported.items() if mode in ("tracing", "on")
+    )
+    return {
+        "samples": samples,
+        "exported": exported,
+        "median": median,
+        "overhead_us": median["on"] - median["off"],
+        "complete": complete,
+    }
+
+
+def print_overhead(result: dict[str, Any]) -> None:
+    """The telemetry on/off table and its targets."""
+    samples, exported, median = result["samples"], result["exported"], result["median"]
     header = (
         f"{'telemetry':10} {'CPU/run µs':>10} {'min':>7} {'max':>7} {'vs off µs':>10}"
         f" {'spans exported':>16}"
@@ -188,26 +193,39 @@ def main() -> None:
             f" {max(samples[mode]):>7.1f} {median[mode] - median['off']:>10.1f}"
             f" {spans:>7}/{total:<8}"
         )
-    overhead_us = median["on"] - median["off"]
-    complete = all(
-        spans == total for mode, (spans, total) in exported.items() if mode in ("tracing", "on")
-    )
     print(
         "\nCPU/run: process CPU (all threads, the span exporter's included) over the runs,"
         " median of the rounds.\n'on' = metrics + spans over OTLP/gRPC (batch processor)"
         " to a receiver on 127.0.0.1."
     )
-    print("\ntargets")
+    print("\ntelemetry targets")
+    overhead_us = result["overhead_us"]
     for label, ok in (
         (f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run", overhead_us <= TARGET_OVERHEAD_US),
-        ("every span of every run exported", complete),
+        ("every span of every run exported", result["complete"]),
     ):
         print(f"  {'ok' if ok else 'MISSED':6} {label}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    quick = os.environ.get("QUICK") == "1"
+    if arguments.child:
+        run_child(arguments.child, arguments.runs or (5_000 if quick else 20_000))
+        return
+    cpu = int(os.environ.get("BENCH_CPU", max(os.sched_getaffinity(0))))
+    result = measure_overhead(quick=quick, cpu=cpu, runs=arguments.runs)
+    print_overhead(result)
+    median = result["median"]
     print(
-        f"RESULT telemetry telemetry_overhead_us={overhead_us:.1f} off_us={median['off']:.1f}"
-        f" on_us={median['on']:.1f} tracing_us={median['tracing'] - median['off']:.1f}"
+        f"RESULT telemetry telemetry_overhead_us={result['overhead_us']:.1f}"
+        f" off_us={median['off']:.1f} on_us={median['on']:.1f}"
+        f" tracing_us={median['tracing'] - median['off']:.1f}"
         f" metrics_us={median['metrics'] - median['off']:.1f}"
-        f" spans_complete={'yes' if complete else 'no'}"
+        f" spans_complete={'yes' if result['complete'] else 'no'}"
     )
 
 
