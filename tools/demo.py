@@ -45,6 +45,19 @@ def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
             process.wait()
 
 
+def _start_podcron(command: str, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``podcron COMMAND`` with text logs into ``log_path``."""
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "podcron", command],
+            env=env | {"PODCRON_LOG_FORMAT": "text"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Ctrl-C is for this script; it stops both processes itself, in order.
+            start_new_session=True,
+        )
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -64,37 +77,22 @@ def main() -> int:
                 "--timeout=30s",
                 "crd/scheduledjobs.podcron.dev",
             )
+            socket_env = {"PODCRON_CONTROL_SOCKET": str(workdir / "control.sock")}
             log_path = workdir / "operator.log"
-            with log_path.open("w") as log:
-                operator = subprocess.Popen(
-                    [sys.executable, "-m", "podcron", "operator"],
-                    env=cluster.env()
-                    | {
-                        "PODCRON_LOG_FORMAT": "text",
-                        "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
-                    },
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    # Ctrl-C is for this script; it stops the operator itself, in order.
-                    start_new_session=True,
-                )
+            operator = _start_podcron("operator", log_path, cluster.env() | socket_env)
             sidecar_log = workdir / "sidecar.log"
             port = _sidecar_port()
-            with sidecar_log.open("w") as log:
-                sidecar = subprocess.Popen(
-                    [sys.executable, "-m", "podcron", "sidecar"],
-                    env=cluster.env()
-                    | {
-                        "PODCRON_LOG_FORMAT": "text",
-                        "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
-                        "PODCRON_SIDECAR_HOST": "127.0.0.1",
-                        "PODCRON_SIDECAR_PORT": str(port),
-                        "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
-                    },
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            sidecar = _start_podcron(
+                "sidecar",
+                sidecar_log,
+                cluster.env()
+                | socket_env
+                | {
+                    "PODCRON_SIDECAR_HOST": "127.0.0.1",
+                    "PODCRON_SIDECAR_PORT": str(port),
+                    "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
+                },
+            )
             try:
                 cluster.kubectl("apply", "-f", str(ROOT / "examples"))
                 print(
