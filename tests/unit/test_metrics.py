@@ -7,13 +7,13 @@ import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from podcron.context import JobContext
 from podcron.controller.probes import ProbeServer
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
-from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.metrics import DURATION_BUCKETS, LATENESS_BUCKETS, JobMetrics
 
 from .engine_support import DEADLINE, Recorder, spec
 
@@ -216,3 +216,34 @@ async def test_metrics_and_probes_are_served_over_http(
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 200
     finally:
         await server.stop()
+
+
+def test_histograms_render_as_prometheus_clients_own(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    # The same observations through prometheus-client's Histogram, on a registry of its own.
+    reference = CollectorRegistry()
+    duration = Histogram(
+        "d", "d", ["namespace", "name"], buckets=DURATION_BUCKETS, registry=reference
+    )
+    lateness = Histogram("l", "l", buckets=LATENESS_BUCKETS, registry=reference)
+    metrics.job_added("ns", "job")
+    for seconds in (0.0, 0.01, 0.0100001, 0.7, 5.0, 3600.0, 7200.0):
+        duration.labels("ns", "job").observe(seconds)
+        metrics.run_recorded(
+            "ns", "job", trigger="manual", status="success", duration_seconds=seconds, ended_at=1.0
+        )
+        lateness.observe(seconds / 1000)
+        metrics.run_started("scheduled", seconds / 1000)
+
+    def samples(registry: CollectorRegistry, name: str) -> dict[tuple[str, str], float]:
+        return {
+            (sample.name.removeprefix(name), sample.labels.get("le", "")): sample.value
+            for family in registry.collect()
+            if family.name == name
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    assert samples(registry, "podcron_job_duration_seconds") == samples(reference, "d")
+    assert samples(registry, "podcron_job_schedule_lateness_seconds") == samples(reference, "l")
