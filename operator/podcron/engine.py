@@ -538,7 +538,7 @@ class Engine:
                     lateness_seconds=started - scheduled_time.timestamp(),
                 )
             )
-            with tracing.run_span(
+            with tracing.start_run_span(
                 job_id=spec.job_id,
                 trigger=trigger.value,
                 entry_point=spec.entry_point,

@@ -1,20 +1,32 @@
-"""Which tracer provider the standard OTEL_* variables give; nothing is installed globally here."""
+"""The span pipeline the standard OTEL_* variables give, and run spans as the SDK would make them.
+
+Nothing is installed globally here.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from unittest.mock import patch
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
     OTLPSpanExporter as GrpcSpanExporter,
 )
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.trace import StatusCode
 
 from podcron.telemetry import tracing
 
@@ -38,11 +50,15 @@ def providers() -> Iterator[list[TracerProvider]]:
         each.shutdown()
 
 
-def build(providers: list[TracerProvider]) -> TracerProvider:
-    result = tracing.tracer_provider_from_environment()
+def build_pipeline(providers: list[TracerProvider]) -> tracing.Pipeline:
+    result = tracing.pipeline_from_environment()
     assert result is not None
-    providers.append(result)
+    providers.append(result.provider)
     return result
+
+
+def build(providers: list[TracerProvider]) -> TracerProvider:
+    return build_pipeline(providers).provider
 
 
 def exporter_of(provider: TracerProvider) -> object:
@@ -51,9 +67,24 @@ def exporter_of(provider: TracerProvider) -> object:
     return processor.span_exporter
 
 
-def test_no_endpoint_means_no_provider_and_no_exporter() -> None:
-    assert tracing.tracer_provider_from_environment() is None
+def test_no_endpoint_means_no_pipeline_and_no_exporter() -> None:
+    assert tracing.pipeline_from_environment() is None
     assert tracing.configure_tracing() is None
+    assert tracing.start_run_span(**RUN) is trace.INVALID_SPAN
+
+
+def test_otel_sdk_disabled_turns_tracing_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert tracing.pipeline_from_environment() is None
+
+
+def test_run_spans_go_to_the_providers_own_batch_processor(
+    monkeypatch: pytest.MonkeyPatch, providers: list[TracerProvider]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
+    pipeline = build_pipeline(providers)
+    assert pipeline.provider._active_span_processor._span_processors == (pipeline.processor,)
 
 
 @pytest.mark.parametrize(
@@ -97,5 +128,157 @@ def test_an_unsupported_protocol_leaves_tracing_off_with_a_warning(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-    assert tracing.tracer_provider_from_environment() is None
+    assert tracing.pipeline_from_environment() is None
     assert "'http/json' is not supported" in caplog.text
+
+
+# -- run spans, side by side with the SDK's own spans --------------------------
+
+SCHEDULED = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+RUN: dict[str, Any] = {
+    "job_id": "shop/report",
+    "trigger": "scheduled",
+    "entry_point": "shop.jobs:report",
+    "scheduled_time": SCHEDULED,
+    "parent": None,
+}
+REMOTE_PARENT = trace.SpanContext(
+    0x0AF7651916CD43DD8448EB211C80319C,
+    0xB7AD6B7169203331,
+    is_remote=True,
+    trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+)
+
+
+@dataclass
+class Pipelines:
+    """A run-span pipeline and an SDK tracer on one provider, exporting to memory."""
+
+    exporter: InMemorySpanExporter
+    sdk_tracer: trace.Tracer
+
+    def finished(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+
+@pytest.fixture
+def pipelines(sampler: Sampler) -> Iterator[Pipelines]:
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    resource = Resource.create({"service.name": "podcron"})
+    provider = TracerProvider(resource=resource, sampler=sampler)
+    provider.add_span_processor(processor)
+    with patch.object(tracing, "_pipeline", tracing.Pipeline.of(provider, processor)):
+        yield Pipelines(exporter, provider.get_tracer(tracing.TRACER_NAME))
+    provider.shutdown()
+
+
+@pytest.fixture
+def sampler() -> Sampler:
+    return ALWAYS_ON
+
+
+def as_exported(span: ReadableSpan) -> dict[str, Any]:
+    """What an exporter reads of a span, less the ids and times that differ by nature."""
+    return {
+        "name": span.name,
+        "kind": span.kind,
+        "attributes": dict(span.attributes or {}),
+        "events": [(event.name, dict(event.attributes or {})) for event in span.events],
+        "links": [(link.context, dict(link.attributes or {})) for link in span.links],
+        "status": (span.status.status_code, span.status.description),
+        "parent": span.parent,
+        "sampled": span.context.trace_flags.sampled,
+        "resource": span.resource,
+        "scope": span.instrumentation_scope,
+        "dropped": (span.dropped_attributes, span.dropped_events, span.dropped_links),
+    }
+
+
+def run_and_sdk_span(pipelines: Pipelines, parent: Context | None) -> tuple[ReadableSpan, ...]:
+    """One run span and one SDK span, each treated as a failing job would treat it."""
+    sdk = pipelines.sdk_tracer.start_span(
+        tracing.SPAN_NAME,
+        context=parent,
+        attributes={
+            "podcron.job.id": RUN["job_id"],
+            "podcron.job.trigger": RUN["trigger"],
+            "podcron.job.entry_point": RUN["entry_point"],
+            "podcron.job.scheduled_time": SCHEDULED.isoformat(),
+        },
+    )
+    run = tracing.start_run_span(**RUN | {"parent": parent})
+    try:
+        raise ValueError("no such table")
+    except ValueError as error:
+        for span in (run, sdk):
+            with span:
+                span.set_attribute("rows", 3)
+                span.set_attributes({"shop.tables": ["a", "b"], "shop.limits": {"rows": 10}})
+                span.add_event("retry", {"attempt": 2})
+                span.add_link(REMOTE_PARENT, {"why": "batch"})
+                tracing.record_failure(span, error, description="ValueError: no such table")
+    return pipelines.finished()
+
+
+def test_a_run_span_exports_exactly_what_the_sdk_span_would(pipelines: Pipelines) -> None:
+    run, sdk = run_and_sdk_span(pipelines, parent=None)
+    assert as_exported(run) == as_exported(sdk)
+    assert run.attributes is not None
+    assert run.attributes["rows"] == 3
+    assert run.status.status_code is StatusCode.ERROR
+    assert run.parent is None
+    assert run.start_time is not None
+    assert run.end_time is not None
+    assert run.start_time <= run.end_time
+
+
+def test_a_run_span_is_a_child_of_the_callers_trace(pipelines: Pipelines) -> None:
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE_PARENT))
+    run, sdk = run_and_sdk_span(pipelines, parent=parent)
+    assert as_exported(run) == as_exported(sdk)
+    assert run.context.trace_id == REMOTE_PARENT.trace_id
+    assert run.parent == REMOTE_PARENT
+
+
+@pytest.mark.parametrize("sampler", [ALWAYS_OFF])
+def test_a_sampler_that_drops_runs_gives_an_unsampled_span_with_ids(
+    pipelines: Pipelines,
+) -> None:
+    span = tracing.start_run_span(**RUN)
+    assert not span.is_recording()
+    assert span.get_span_context().is_valid
+    assert not span.get_span_context().trace_flags.sampled
+    span.end()
+    assert pipelines.finished() == ()
+
+
+def test_an_ok_status_is_final_as_on_an_sdk_span(pipelines: Pipelines) -> None:
+    for span in (tracing.start_run_span(**RUN), pipelines.sdk_tracer.start_span("sdk")):
+        with span:
+            span.set_status(StatusCode.OK)
+            span.set_status(StatusCode.ERROR, "too late")
+    assert [span.status.status_code for span in pipelines.finished()] == [StatusCode.OK] * 2
+
+
+def test_without_tracing_the_callers_trace_passes_through() -> None:
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE_PARENT))
+    span = tracing.start_run_span(**RUN | {"parent": parent})
+    assert not span.is_recording()
+    assert span.get_span_context() == REMOTE_PARENT
+
+
+def test_an_ended_run_span_takes_no_more_changes(pipelines: Pipelines) -> None:
+    span = tracing.start_run_span(**RUN)
+    assert span.is_recording()
+    span.end()
+    span.set_attribute("late", True)
+    span.add_event("late")
+    span.update_name("renamed")
+    span.end()
+    (exported,) = pipelines.finished()
+    assert not span.is_recording()
+    assert exported.name == tracing.SPAN_NAME
+    assert exported.attributes is not None
+    assert "late" not in exported.attributes
+    assert exported.events == ()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -51,6 +52,23 @@ class _JsonFormatter(JsonFormatter):
         super().add_fields(log_data, record, message_dict)
 
 
+class _RunLogger(logging.LoggerAdapter[logging.Logger]):
+    # Formats the trace ids when a line is logged, not when a run starts:
+    # most runs log nothing, and every run starts.
+    def __init__(self, logger: logging.Logger, job_id: str, span_context: trace.SpanContext):
+        super().__init__(logger, {"job_id": job_id})
+        self._span_context = span_context
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = dict(self.extra or {})
+        if self._span_context.is_valid:
+            extra |= _trace_ids(self._span_context)
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
 def job_logger(
     logger: logging.Logger, *, job_id: str, span: trace.Span
 ) -> logging.LoggerAdapter[logging.Logger]:
@@ -61,11 +79,7 @@ def job_logger(
     to the run's trace; a span current at the time of logging, such as a
     job's own child span, takes precedence through :class:`TraceContextFilter`.
     """
-    extra: dict[str, Any] = {"job_id": job_id}
-    span_context = span.get_span_context()
-    if span_context.is_valid:
-        extra |= _trace_ids(span_context)
-    return logging.LoggerAdapter(logger, extra)
+    return _RunLogger(logger, job_id, span.get_span_context())
 
 
 def make_handler(*, log_format: str = "json", stream: TextIO | None = None) -> logging.Handler:
