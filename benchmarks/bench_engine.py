@@ -66,6 +66,7 @@ from prometheus_client import CollectorRegistry
 
 import bench_telemetry  # beside this file, on sys.path when run as a script
 from otlp_receiver import OtlpReceiver  # tools/, put on sys.path by bench_telemetry
+from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
 from podcron.schedules import Every
@@ -87,7 +88,7 @@ TARGET_RSS_MB = 200.0
 TARGET_IDLE_CPU_PCT = 0.1
 
 Record = Callable[[float, float], None]
-# Registers the jobs and starts; returns the running scheduler.
+# Registers the jobs and starts; returns what must stay referenced while it runs.
 System = Callable[[Sequence[int], Record], Awaitable[object]]
 
 
@@ -155,8 +156,12 @@ def peak_rss_mb() -> float:
 async def start_podcron(
     intervals: Sequence[int], record: Record, *, metrics: JobMetrics | None = None
 ) -> object:
-    """The engine with one ``Every`` job per interval; the body records its lateness."""
+    """The engine with one ``Every`` job per interval; the body records its lateness.
+
+    As in the operator, a task freezes the heap once the jobs are registered.
+    """
     engine = Engine(metrics=metrics)
+    freezer = asyncio.create_task(latency.freeze_after_registrations(lambda: engine.job_count))
 
     async def body(ctx: JobContext) -> None:
         started = time.time()
@@ -173,7 +178,7 @@ async def start_podcron(
                 schedule=Every(interval=timedelta(milliseconds=interval)),
             )
         )
-    return engine
+    return engine, freezer
 
 
 async def start_apscheduler(intervals: Sequence[int], record: Record) -> object:
@@ -223,9 +228,10 @@ async def start_floor(intervals: Sequence[int], record: Record) -> object:
 
 
 async def start_podcron_telemetry(intervals: Sequence[int], record: Record) -> object:
-    """The engine as the operator runs it with telemetry on: metrics, spans over OTLP."""
-    if tracing.configure_tracing() is None:
-        raise RuntimeError("no OTLP endpoint: the parent sets OTEL_EXPORTER_OTLP_ENDPOINT")
+    """The engine as the operator runs it with telemetry on: metrics, spans over OTLP.
+
+    Tracing was configured when the process started, as the operator does.
+    """
     return await start_podcron(intervals, record, metrics=JobMetrics(CollectorRegistry()))
 
 
@@ -435,6 +441,10 @@ def run_child(kind: str, jobs: int) -> None:
     # APScheduler warns on every run it skips or misses; its results say so.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     settings = Settings.from_env()
+    if kind == "telemetry" and tracing.configure_tracing() is None:
+        raise RuntimeError("no OTLP endpoint: the parent sets OTEL_EXPORTER_OTLP_ENDPOINT")
+    # Every system runs in a process set up as the operator's is.
+    latency.tune_process()
     if kind == "idle":
         result = asyncio.run(measure_idle(settings))
     elif kind == "trigger":

@@ -370,6 +370,11 @@ class Engine:
         return self._version
 
     @property
+    def job_count(self) -> int:
+        """How many jobs are registered."""
+        return len(self._jobs)
+
+    @property
     def running_count(self) -> int:
         """How many runs are active now."""
         return sum(len(job.active) for job in self._jobs.values())

@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from podcron import latency
 from podcron.config import Settings
 from podcron.controller.control import ControlServer
 from podcron.controller.events import EventRecorder
@@ -52,6 +53,7 @@ async def run(settings: Settings) -> None:
     """Run the operator until SIGTERM/SIGINT, then shut down as DESIGN.md says."""
     api = KubeApi.from_environment()
     flush_spans = tracing.configure_tracing()
+    latency.tune_process()
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         worker_threads=settings.worker_threads,
@@ -103,8 +105,11 @@ async def run(settings: Settings) -> None:
     await probes.start()
     control = ControlServer(engine, settings.control_socket)
     await control.start()
-    # Started before kopf so that kopf's sweep of leftover tasks leaves it alone.
+    # Started before kopf so that kopf's sweep of leftover tasks leaves them alone.
     writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
+    freezer_task = asyncio.create_task(
+        latency.freeze_after_registrations(lambda: engine.job_count), name="podcron heap freezer"
+    )
     try:
         await kopf.operator(
             registry=registry,
@@ -113,6 +118,7 @@ async def run(settings: Settings) -> None:
             namespaces=settings.namespaces,
         )
     finally:
+        freezer_task.cancel()
         await control.stop()
         await probes.stop()
 

@@ -1,0 +1,118 @@
+"""podcron.latency: the switch interval, heap freezing, and why freezing jobs is safe."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from podcron import latency
+from podcron.context import JobContext
+from podcron.engine import Engine, RunStatus
+from podcron.telemetry.metrics import JobMetrics
+
+from .engine_support import DEADLINE, Recorder, spec
+
+
+@pytest.fixture(autouse=True)
+def restored_process() -> Iterator[None]:
+    """Each test leaves the interpreter as it found it: default interval, nothing frozen."""
+    interval = sys.getswitchinterval()
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    sys.setswitchinterval(interval)
+
+
+def test_tune_process_shortens_the_switch_interval_and_freezes_the_heap() -> None:
+    assert gc.get_freeze_count() == 0
+    latency.tune_process()
+    assert sys.getswitchinterval() == pytest.approx(latency.SWITCH_INTERVAL_SECONDS)
+    assert gc.get_freeze_count() > 1000  # the modules loaded so far, at least
+
+
+async def test_a_wave_of_registrations_is_frozen_and_a_trickle_is_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(latency, "FREEZE_CHECK_SECONDS", 0.0)
+    jobs = [0]
+    checked = asyncio.Event()
+
+    def job_count() -> int:
+        checked.set()
+        return jobs[0]
+
+    async def next_check() -> None:
+        # Two checks: the one in progress may have read the count before it changed.
+        for _ in range(2):
+            checked.clear()
+            await asyncio.wait_for(checked.wait(), DEADLINE)
+
+    freezer = asyncio.create_task(latency.freeze_after_registrations(job_count))
+    try:
+        jobs[0] = latency.FREEZE_AFTER_NEW_JOBS - 1
+        await next_check()
+        assert gc.get_freeze_count() == 0
+        jobs[0] = latency.FREEZE_AFTER_NEW_JOBS
+        await next_check()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        # Jobs replaced by as many new ones count as new.
+        jobs[0] = 0
+        await next_check()
+        gc.unfreeze()
+        jobs[0] = latency.FREEZE_AFTER_NEW_JOBS
+        await next_check()
+        assert gc.get_freeze_count() > 0
+    finally:
+        freezer.cancel()
+
+
+async def test_a_removed_jobs_objects_leave_no_cycles_behind() -> None:
+    """What makes freezing jobs safe: frozen, they are still freed when removed."""
+    await _run_freeze_and_remove_jobs()
+    gc.unfreeze()
+    # Whatever else the process holds may be cyclic garbage; none may be podcron's.
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+        left = {type(each).__qualname__ for each in gc.garbage if _is_podcrons(each)}
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == set()
+
+
+async def _run_freeze_and_remove_jobs() -> None:
+    """Jobs of each kind run once, are frozen with the heap, then removed."""
+    engine = Engine(worker_threads=2, metrics=JobMetrics(CollectorRegistry()))
+    outcomes = Recorder(engine)
+
+    async def async_job(ctx: JobContext) -> None:
+        ctx.log.info("async run")
+
+    def thread_job(ctx: JobContext) -> None:
+        ctx.log.info("thread run")
+
+    async def failing_job(ctx: JobContext) -> None:
+        raise ValueError("a failure's traceback is a cycle while it is alive")
+
+    targets = {"async": async_job, "thread": thread_job, "failing": failing_job}
+    for name, target in targets.items():
+        engine.upsert(spec(target, name, every="1h"))
+        engine.trigger(f"ns/{name}")
+    await outcomes.until(lambda: len(outcomes.finished()) == len(targets))
+    assert outcomes.count("failing", RunStatus.FAILURE) == 1
+    await engine.shutdown()
+    gc.collect()
+    gc.freeze()
+    for name in targets:
+        engine.remove(f"ns/{name}")
+
+
+def _is_podcrons(thing: object) -> bool:
+    return type(thing).__module__.startswith("podcron.")
