@@ -6,6 +6,7 @@ Nothing is installed globally here.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,18 @@ def test_otel_sdk_disabled_turns_tracing_off(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert tracing.pipeline_from_environment() is None
+
+
+def test_spans_are_exported_from_a_thread_at_idle_priority(
+    monkeypatch: pytest.MonkeyPatch, providers: list[TracerProvider]
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
+    before = set(threading.enumerate())
+    build(providers)
+    (exporting,) = set(threading.enumerate()) - before
+    assert exporting.native_id is not None
+    assert os.sched_getscheduler(exporting.native_id) == os.SCHED_IDLE
+    assert os.sched_getscheduler(threading.get_native_id()) != os.SCHED_IDLE
 
 
 def test_run_spans_go_to_the_providers_own_batch_processor(
