@@ -68,7 +68,7 @@ import bench_telemetry  # beside this file, on sys.path when run as a script
 from otlp_receiver import OtlpReceiver  # tools/, put on sys.path by bench_telemetry
 from podcron import latency
 from podcron.context import JobContext
-from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
+from podcron.engine import Engine, JobSpec
 from podcron.schedules import Every
 from podcron.telemetry import tracing
 from podcron.telemetry.metrics import JobMetrics
@@ -285,6 +285,8 @@ class Lateness:
     cpu_per_run_us: float
     register_s: float
     rss_peak_mb: float
+    # With telemetry on: spans the batch processor dropped, its queue full.
+    spans_dropped: int = 0
 
     @classmethod
     def summarise(
@@ -381,8 +383,15 @@ async def measure_idle(settings: Settings) -> dict[str, Any]:
 
 async def measure_trigger(settings: Settings) -> dict[str, Any]:
     """CPU per manual run of a no-op job through the engine, and per bare task."""
-    batch = 50  # below the engine's default concurrent-run limit
+    batch = bench_telemetry.BATCH
     rounds = settings.trigger_runs // batch
+    manual = bench_telemetry.ManualRuns()
+    cpu_start = cpu_seconds()
+    await manual.run(rounds * batch)
+    engine_us = (cpu_seconds() - cpu_start) / (rounds * batch) * 1e6
+    await manual.engine.shutdown()
+
+    # The same batches of bare tasks running the same no-op body.
     finished = 0
     batch_done = asyncio.Event()
 
@@ -392,46 +401,31 @@ async def measure_trigger(settings: Settings) -> dict[str, Any]:
         if finished % batch == 0:
             batch_done.set()
 
-    def on_event(event: JobEvent) -> None:
-        if isinstance(event, RunFinished):
-            count(event)
-
-    async def noop(ctx: JobContext | None) -> None:
+    async def noop() -> None:
         pass
 
-    engine = Engine(listeners=[on_event])
-    engine.upsert(
-        JobSpec(
-            job_id="bench/manual",
-            namespace="bench",
-            name="manual",
-            entry_point="bench:noop",
-            target=noop,
-            # Never due during the measurement: only manual runs happen.
-            schedule=Every(interval=timedelta(days=365)),
-            concurrency_policy=ConcurrencyPolicy.ALLOW,
-        )
-    )
     loop = asyncio.get_running_loop()
-
-    async def engine_batch() -> None:
+    cpu_start = cpu_seconds()
+    for _ in range(rounds):
+        batch_done.clear()
         for _ in range(batch):
-            engine.trigger("bench/manual")
+            loop.create_task(noop()).add_done_callback(count)
+        await batch_done.wait()
+    bare_us = (cpu_seconds() - cpu_start) / (rounds * batch) * 1e6
+    return {"engine_us": engine_us, "bare_us": bare_us}
 
-    async def bare_batch() -> None:
-        for _ in range(batch):
-            loop.create_task(noop(None)).add_done_callback(count)
 
-    results: dict[str, Any] = {}
-    for key, start_batch in (("engine_us", engine_batch), ("bare_us", bare_batch)):
-        cpu_start = cpu_seconds()
-        for _ in range(rounds):
-            batch_done.clear()
-            await start_batch()
-            await batch_done.wait()
-        results[key] = (cpu_seconds() - cpu_start) / (rounds * batch) * 1e6
-    await engine.shutdown()
-    return results
+class DroppedSpans(logging.Handler):
+    """Counts the spans the SDK's batch processor drops: it logs a warning for each."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+        logging.getLogger("opentelemetry.sdk._shared_internal").addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Queue full"):
+            self.count += 1
 
 
 def run_child(kind: str, jobs: int) -> None:
@@ -441,6 +435,7 @@ def run_child(kind: str, jobs: int) -> None:
     # APScheduler warns on every run it skips or misses; its results say so.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     settings = Settings.from_env()
+    dropped = DroppedSpans()
     if kind == "telemetry" and tracing.configure_tracing() is None:
         raise RuntimeError("no OTLP endpoint: the parent sets OTEL_EXPORTER_OTLP_ENDPOINT")
     # Every system runs in a process set up as the operator's is.
@@ -450,7 +445,7 @@ def run_child(kind: str, jobs: int) -> None:
     elif kind == "trigger":
         result = asyncio.run(measure_trigger(settings))
     else:
-        result = measure_lateness(kind, jobs, settings)
+        result = measure_lateness(kind, jobs, settings) | {"spans_dropped": dropped.count}
     print(json.dumps(result), flush=True)
     # A lateness run leaves its event loop running, maybe far behind: do not wait for it.
     os._exit(0)
@@ -559,6 +554,10 @@ def main() -> None:
         f" - bare task {trigger['bare_us']:.1f} µs):"
         f" {trigger['engine_us'] - trigger['bare_us']:.1f} µs"
     )
+    print(
+        f"telemetry on: {with_telemetry.spans_dropped} spans dropped by the batch processor"
+        " (queue full) during the whole run"
+    )
     print(f"RSS at {JOBS} jobs (peak): {engine.rss_peak_mb:.1f} MiB")
     print(f"idle engine, no jobs, {settings.idle_s:g}s: {idle_cpu_pct:.3f}% CPU")
     print(
@@ -595,6 +594,7 @@ def main() -> None:
             f"p99 <= {TARGET_P99_MS:g} ms at {JOBS} jobs with telemetry on",
             with_telemetry.p99_ms <= TARGET_P99_MS,
         ),
+        ("no span dropped with telemetry on", with_telemetry.spans_dropped == 0),
     ]
     for label, ok in checks:
         print(f"  {'ok' if ok else 'MISSED':6} {label}")
@@ -606,6 +606,7 @@ def main() -> None:
         f" p99_50k_ms={engine_50k.p99_ms:.3f} apscheduler_p99_50k_ms={peer_p99_50k_ms:.3f}"
         f" floor_p99_50k_ms={floor_50k.p99_ms:.3f} telemetry_overhead_us={telemetry_us:.1f}"
         f" p99_telemetry_ms={with_telemetry.p99_ms:.3f}"
+        f" spans_dropped={with_telemetry.spans_dropped}"
     )
 
 
