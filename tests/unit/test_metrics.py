@@ -10,9 +10,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from podcron.context import JobContext
+from podcron.context import JobContext, Trigger
 from podcron.controller.probes import ProbeServer
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
+from podcron.telemetry import metrics as metrics_module
 from podcron.telemetry.metrics import DURATION_BUCKETS, LATENESS_BUCKETS, JobMetrics
 
 from .engine_support import DEADLINE, Recorder, spec
@@ -247,3 +248,9 @@ def test_histograms_render_as_prometheus_clients_own(
 
     assert samples(registry, "podcron_job_duration_seconds") == samples(reference, "d")
     assert samples(registry, "podcron_job_schedule_lateness_seconds") == samples(reference, "l")
+
+
+def test_the_label_values_are_the_engines_triggers_and_statuses() -> None:
+    # metrics.py lists them itself, since telemetry does not import the engine.
+    assert tuple(Trigger) == metrics_module.TRIGGERS
+    assert tuple(RunStatus) == metrics_module.STATUSES
