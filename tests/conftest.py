@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from controlplane import BinariesUnavailable, ControlPlane, ensure_binaries
+from controlplane import ControlPlane, ensure_binaries
+from gobuild import BinariesUnavailable
 from helmtool import Helm, ensure_helm
 
 

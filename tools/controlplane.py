@@ -17,7 +17,6 @@ import base64
 import contextlib
 import ctypes
 import datetime
-import fcntl
 import ipaddress
 import json
 import os
@@ -31,7 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -42,21 +41,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import gobuild
+from gobuild import BinariesUnavailable
+
 # Must match tools/kube/go.mod and tools/etcd/go.mod (tests/unit/test_controlplane_versions.py).
 KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.0"
 
-TOOLS = Path(__file__).resolve().parent
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 # The first address of the range: the ClusterIP the API server gives Service `kubernetes`.
 KUBERNETES_SERVICE_IP = "10.0.0.1"
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-class BinariesUnavailable(RuntimeError):
-    """The binaries are not cached and cannot be built here (no Go toolchain, or build failed)."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -88,49 +85,22 @@ class Binaries:
         return all(os.access(path, os.X_OK) for path in astuple(self))
 
 
-def cache_dir() -> Path:
-    """Where the binaries of the pinned versions are cached."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    name = f"kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}"
-    return base / "podcron" / "controlplane" / name
-
-
 def ensure_binaries() -> Binaries:
     """The cached binaries, built first if missing; raises ``BinariesUnavailable``."""
-    target = cache_dir()
-    binaries = Binaries.in_dir(target)
-    if binaries.present():
-        return binaries
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.with_name(f"{target.name}.lock")):
-        if binaries.present():  # another run built them while we waited for the lock
-            return binaries
-        go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-        if go is None:
-            raise BinariesUnavailable(
-                "the Go toolchain (`go`) is not installed: it is needed once, to build "
-                f"kube-apiserver, kubectl and etcd into {target}. Install Go >= 1.26."
-            )
-        # Build next to the target and rename: a cache dir never holds half a build.
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-        try:
-            _go_build(
-                go,
-                TOOLS / "kube",
-                staging,
-                f"kube-apiserver and kubectl {KUBERNETES_VERSION}",
+    directory = gobuild.ensure_built(
+        f"controlplane/kubernetes-{KUBERNETES_VERSION}-etcd-{ETCD_VERSION}",
+        f"kube-apiserver and kubectl {KUBERNETES_VERSION}, etcd {ETCD_VERSION}",
+        [
+            gobuild.GoBuild(
+                "kube",
+                ["k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"],
                 _kubernetes_ldflags(),
-                "k8s.io/kubernetes/cmd/kube-apiserver",
-                "k8s.io/kubernetes/cmd/kubectl",
-            )
-            _go_build(go, TOOLS / "etcd", staging, f"etcd {ETCD_VERSION}", "-s -w", ".")
-            if target.exists():  # incomplete (a binary deleted by hand): rename needs it gone
-                shutil.rmtree(target)
-            staging.chmod(0o755)  # mkdtemp made it private; the binaries need not be
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return binaries
+            ),
+            gobuild.GoBuild("etcd", ["."]),
+        ],
+        ["kube-apiserver", "kubectl", "etcd"],
+    )
+    return Binaries.in_dir(directory)
 
 
 def _kubernetes_ldflags() -> str:
@@ -147,41 +117,6 @@ def _kubernetes_ldflags() -> str:
         )
     ]
     return " ".join(["-s -w", *stamps])
-
-
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path``; the kernel drops it if this process dies."""
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print("waiting for another run that is building the binaries…", file=sys.stderr)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
-def _go_build(go: str, module: Path, out: Path, what: str, ldflags: str, *packages: str) -> None:
-    print(f"building {what} (first run only, takes several minutes)…", file=sys.stderr, flush=True)
-    started = time.monotonic()
-    command = [go, "build", "-trimpath", "-buildvcs=false", f"-ldflags={ldflags}"]
-    # CGO off: static binaries, as Kubernetes releases them, and no C compiler needed.
-    result = subprocess.run(
-        [*command, "-o", f"{out}{os.sep}", *packages],
-        cwd=module,
-        env=os.environ | {"CGO_ENABLED": "0"},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        output = _tail(result.stdout + result.stderr)
-        raise BinariesUnavailable(f"building {what} failed (`go build` in {module}):\n{output}")
-    print(f"built {what} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-
-
-def _tail(text: str, lines: int = 40) -> str:
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _name(common_name: str, organization: str | None = None) -> x509.Name:
@@ -488,7 +423,7 @@ class ControlPlane:
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The last ``lines`` lines that ``etcd`` or ``kube-apiserver`` logged."""
         path = self.workdir / f"{name}.log"
-        return _tail(path.read_text(errors="replace"), lines) if path.exists() else ""
+        return gobuild.tail(path.read_text(errors="replace"), lines) if path.exists() else ""
 
     def check_running(self) -> None:
         """Raise ``ControlPlaneError`` (with the log tail) if a process has exited."""

@@ -1,7 +1,7 @@
 """The helm CLI, built once from the Go module proxy (``tools/helm``) and cached per version.
 
-Like kube-apiserver and kubectl (see ``controlplane.py``, whose build and lock helpers this
-shares), helm is not expected on the machine: the chart's tests need only Go.
+Like kube-apiserver and kubectl (see ``controlplane.py``; both build through ``gobuild.py``),
+helm is not expected on the machine: the chart's tests need only Go.
 
     python tools/helmtool.py        # build if missing, print the path of the binary
 """
@@ -9,26 +9,19 @@ shares), helm is not expected on the machine: the chart's tests need only Go.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane import TOOLS, BinariesUnavailable, _exclusive_lock, _go_build
+import gobuild
+from gobuild import BinariesUnavailable
 
 # Must match tools/helm/go.mod (tests/unit/test_chart.py).
 HELM_VERSION = "v3.22.0"
 # The Kubernetes version that helm's release build stamps in (that of its client-go,
 # k8s.io/client-go v0.37 -> 1.37): `helm template` and `helm lint` assume it without a cluster.
 HELM_KUBE_VERSION = ("1", "37")
-
-
-def cache_dir() -> Path:
-    """Where the helm binary of the pinned version is cached."""
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "podcron" / f"helm-{HELM_VERSION}"
 
 
 def _ldflags() -> str:
@@ -43,37 +36,13 @@ def _ldflags() -> str:
 
 def ensure_helm() -> Path:
     """The cached helm binary, built first if missing; raises ``BinariesUnavailable``."""
-    target = cache_dir()
-    helm = target / "helm"
-    if os.access(helm, os.X_OK):
-        return helm
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(target.with_name(f"{target.name}.lock")):
-        if os.access(helm, os.X_OK):  # another run built it while we waited for the lock
-            return helm
-        go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-        if go is None:
-            raise BinariesUnavailable(
-                f"the Go toolchain (`go`) is not installed: it is needed once, to build "
-                f"helm {HELM_VERSION} into {target}. Install Go >= 1.26."
-            )
-        # Build next to the target and rename: the cache never holds half a build.
-        staging = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
-        try:
-            _go_build(
-                go,
-                TOOLS / "helm",
-                staging,
-                f"helm {HELM_VERSION}",
-                _ldflags(),
-                "helm.sh/helm/v3/cmd/helm",
-            )
-            if target.exists():
-                shutil.rmtree(target)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return helm
+    directory = gobuild.ensure_built(
+        f"helm-{HELM_VERSION}",
+        f"helm {HELM_VERSION}",
+        [gobuild.GoBuild("helm", ["helm.sh/helm/v3/cmd/helm"], _ldflags())],
+        ["helm"],
+    )
+    return directory / "helm"
 
 
 class HelmError(subprocess.CalledProcessError):

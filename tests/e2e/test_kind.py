@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane import BinariesUnavailable, ensure_binaries
+from controlplane import ensure_binaries
+from gobuild import BinariesUnavailable
 from helmtool import Helm
 
 from ..chart import CHART, ROOT

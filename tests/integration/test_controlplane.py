@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane import KUBERNETES_VERSION, TOOLS, ControlPlane
+from controlplane import KUBERNETES_VERSION, ControlPlane
+from gobuild import TOOLS
 
 
 def _alive(pid: int) -> bool:
