@@ -63,15 +63,22 @@ def instant(tz: ZoneInfo, wall: datetime) -> datetime:
 
     Raises ``OverflowError`` when that instant is outside datetime's range.
     """
+    # A zone whose offset never changes answers utcoffset(None): no gaps, no folds.
+    fixed = tz.utcoffset(None)
+    if fixed is not None:
+        return wall.replace(tzinfo=UTC) - fixed
     # fold=0 reads a repeated wall time as its first occurrence, and a
-    # nonexistent one with the offset from before the gap (PEP 495).
-    offset = wall.replace(tzinfo=tz, fold=0).utcoffset()
-    later = wall.replace(tzinfo=tz, fold=1).utcoffset()
+    # nonexistent one with the offset from before the gap (PEP 495). Asking
+    # the zone directly spares a replace(tzinfo=...) on this hot path.
+    if wall.fold:
+        wall = wall.replace(fold=0)
+    offset = tz.utcoffset(wall)
+    later = tz.utcoffset(wall.replace(fold=1))
     # A ZoneInfo always has an offset.
     assert offset is not None
     assert later is not None
     if offset >= later:
-        return (wall - offset).replace(tzinfo=UTC)
+        return wall.replace(tzinfo=UTC) - offset
     return _end_of_gap(tz, wall, wall - later, wall - offset)
 
 
