@@ -393,7 +393,10 @@ class Engine:
         self._disarm(job)
         if job.spec.suspended or self._closing:
             return
-        due = job.spec.schedule.next_after(_utc(after)).timestamp()
+        following = job.spec.schedule.next_after(_utc(after))
+        if following is None:  # no further run (a date that never comes, or past 9999)
+            return
+        due = following.timestamp()
         job.next_due = due
         heapq.heappush(self._heap, (due, job.generation, job.spec.job_id))
         if self._timer_due is not None and due < self._timer_due:

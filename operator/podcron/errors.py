@@ -33,7 +33,7 @@ class InvalidSchedule(InvalidJobSpec):
 
 
 class UnknownTimeZone(InvalidJobSpec):
-    """``spec.timeZone`` is not an IANA time zone name known to pytz."""
+    """``spec.timeZone`` is not a zone of the tz database podcron uses (the tzdata package)."""
 
     reason = "UnknownTimeZone"
 

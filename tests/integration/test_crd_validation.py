@@ -84,6 +84,10 @@ VALID_SPECS: dict[str, dict[str, Any]] = {
     "monthly-last-day": _hello(monthly={"day": -1, "at": "12:00"}),
     "monthly-day-31": _hello(monthly={"day": 31, "at": "12:00"}),
     "cron-spaced": _hello(cron=" */5\t1-3  * jan-jun mon-fri "),
+    "cron-macro": _hello(cron="@daily"),
+    "cron-no-such-date": _hello(cron="0 0 30 2 *"),
+    # Go's unicode.IsSpace, as CronJob splits fields: no-break and ideographic spaces.
+    "cron-unicode-spaces": _hello(cron="0\u00a00\u3000*\v* *"),
     "module-function": {"entryPoint": "podcron_examples.hello:hello", "schedule": {"every": "5s"}},
     "everything-set": {
         "entryPoint": "cleanup",

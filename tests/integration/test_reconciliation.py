@@ -98,8 +98,8 @@ SEMANTIC_ERRORS: dict[str, tuple[dict[str, Any], str, str]] = {
         "InvalidSchedule",
         "spec.schedule.cron",
     ),
-    "cron-never-fires": (
-        {"entryPoint": "hello", "schedule": {"cron": "0 0 30 2 *"}},
+    "cron-last-day": (
+        {"entryPoint": "hello", "schedule": {"cron": "0 0 L * *"}},
         "InvalidSchedule",
         "spec.schedule.cron",
     ),

@@ -1,13 +1,15 @@
-"""When a ScheduledJob's ticks fall: pure schedule maths, no I/O and no clock.
+"""The schedule kinds of a ScheduledJob and when their ticks fall: no I/O and no clock.
 
-Every question takes ``now`` (any aware datetime) and answers in aware UTC.
+Every question takes ``now`` (any aware datetime) and answers in aware UTC, or
+``None`` where there is no such tick: none left before the end of year 9999
+(or before the start of year 1), or a cron expression that matches no date.
 
 ``every`` is a fixed rate whose ticks are the multiples of the interval since
 the Unix epoch, so every replica and every restart computes the same ticks.
 
 The other kinds are wall-clock schedules in ``time_zone``. Their ticks are wall
 times (naive local datetimes) that the schedule enumerates in order; each one
-is mapped to an instant with the DST rules of the design:
+is mapped to an instant by the DST rules of :mod:`podcron.schedules.zones`:
 
 * a wall time that does not exist that day (the clocks spring forward over it)
   runs at the first instant after the gap, so several ticks inside one gap
@@ -24,18 +26,16 @@ from __future__ import annotations
 
 import abc
 import calendar
-import copy
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar, TypeGuard
+from zoneinfo import ZoneInfo
 
-import pytz
-from croniter import CroniterBadDateError, CroniterError, croniter
-from pytz.tzinfo import BaseTzInfo, DstTzInfo
-
-from podcron.errors import InvalidSchedule, UnknownTimeZone
+from podcron.errors import InvalidSchedule
+from podcron.schedules import cron
+from podcron.schedules.zones import instant, time_zone
 
 __all__ = [
     "Cron",
@@ -56,6 +56,8 @@ _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
 _DAY = timedelta(days=1)
 _WEEK = timedelta(weeks=1)
+# 400 Gregorian years: the calendar and its weekdays repeat after exactly this long.
+_ERA = timedelta(days=146_097)
 
 _KINDS_TEXT = "every, hourly, daily, weekly, monthly, cron"
 
@@ -69,16 +71,6 @@ _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
 # Go's time.ParseDuration refuses anything past int64 nanoseconds (about 292
 # years); the same bound keeps every epoch-aligned tick inside datetime's range.
 _MAX_DURATION_MS = (2**63 - 1) // 1_000_000
-
-# croniter's hashed (H) and random (R) fields need a per-job seed or differ per
-# process, which would break "every replica computes the same ticks".
-_SEEDED_CRON_ITEM = re.compile(r"[HR](?:\(|/|$)", re.IGNORECASE)
-# croniter reads a range with equal ends ("1-1", "jan-jan") as the whole field,
-# where classic cron reads the one value: refused rather than silently widened.
-_CRON_RANGE_ITEM = re.compile(r"([0-9a-z]+)-([0-9a-z]+)(?:/[0-9]+)?", re.IGNORECASE)
-# Where croniter starts looking for a first tick when checking that an
-# expression fires at all; any fixed point will do, since cron has no year field.
-_CRON_PROBE_START = datetime(2000, 1, 1)
 
 
 def parse_duration(text: str, *, field_path: str = "spec.schedule.every") -> timedelta:
@@ -108,15 +100,6 @@ def _format_duration(duration: timedelta) -> str:
         if count:
             parts.append(f"{count}{unit}")
     return "".join(parts) or "0s"
-
-
-def _time_zone(name: object) -> BaseTzInfo:
-    if not isinstance(name, str):
-        raise UnknownTimeZone(name)
-    try:
-        return pytz.timezone(name)
-    except pytz.UnknownTimeZoneError as error:
-        raise UnknownTimeZone(name) from error
 
 
 def _require_aware(now: datetime) -> None:
@@ -149,13 +132,13 @@ class Schedule(abc.ABC):
     spec_key: ClassVar[str]
 
     time_zone: str = "UTC"
-    _tz: BaseTzInfo = field(init=False, repr=False, compare=False)
+    _tz: ZoneInfo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        tz = _time_zone(self.time_zone)
+        tz = time_zone(self.time_zone)
         object.__setattr__(self, "_tz", tz)
-        # pytz matches names case-insensitively; report the canonical spelling.
-        object.__setattr__(self, "time_zone", tz.zone)
+        # Names match in any case; report the canonical spelling.
+        object.__setattr__(self, "time_zone", tz.key)
         self._validate()
 
     @abc.abstractmethod
@@ -163,9 +146,11 @@ class Schedule(abc.ABC):
         """Check and normalise the kind's own fields."""
 
     @abc.abstractmethod
-    def next_after(self, now: datetime) -> datetime:
+    def next_after(self, now: datetime) -> datetime | None:
         """The first tick strictly after ``now``, as an aware UTC datetime.
 
+        ``None`` when there is no further run: the next tick would fall after
+        9999-12-31T23:59:59.999999Z, or the schedule matches no date at all.
         ``now`` may be in any time zone; a naive ``now`` raises ``ValueError``.
         """
 
@@ -173,7 +158,8 @@ class Schedule(abc.ABC):
     def last_at_or_before(self, now: datetime) -> datetime | None:
         """The most recent tick at or before ``now`` (for catch-up after downtime).
 
-        ``None`` only when that tick would fall before ``datetime.min``.
+        ``None`` when there is none: it would fall before 0001-01-01T00:00Z, or
+        the schedule matches no date at all.
         """
 
     @property
@@ -224,13 +210,16 @@ class Every(Schedule):
             )
         object.__setattr__(self, "_step_us", self.interval // _MICROSECOND)
 
-    def next_after(self, now: datetime) -> datetime:
+    def next_after(self, now: datetime) -> datetime | None:
         _require_aware(now)
         step = self._step_us
         # Integer microseconds throughout: floats would drift and could put a
         # tick one step late when `now` sits a microsecond before it.
         elapsed = (now - _EPOCH) // _MICROSECOND
-        return _EPOCH + timedelta(microseconds=(elapsed // step + 1) * step)
+        try:
+            return _EPOCH + timedelta(microseconds=(elapsed // step + 1) * step)
+        except OverflowError:  # past 9999-12-31
+            return None
 
     def last_at_or_before(self, now: datetime) -> datetime | None:
         _require_aware(now)
@@ -247,10 +236,9 @@ class Every(Schedule):
 
     @property
     def cron_expression(self) -> str | None:
-        if isinstance(self._tz, DstTzInfo):
-            return None
-        offset = self._tz.utcoffset(_CRON_PROBE_START) or timedelta(0)
-        if offset % self.interval:
+        # A tzinfo answers utcoffset(None) only if its offset never changes.
+        offset = self._tz.utcoffset(None)
+        if offset is None or offset % self.interval:
             return None
         if self.interval % _MINUTE or _DAY % self.interval:
             return None
@@ -263,48 +251,19 @@ class Every(Schedule):
         return {1: "0 * * * *", 24: "0 0 * * *"}.get(hours, f"0 */{hours} * * *")
 
 
-def _instant(tz: BaseTzInfo, wall: datetime) -> datetime:
-    """The instant a wall-clock tick runs at, by the DST rules in the module docstring."""
-    try:
-        return tz.localize(wall, is_dst=None).astimezone(UTC)
-    except pytz.AmbiguousTimeError:
-        return min(tz.localize(wall, is_dst=flag).astimezone(UTC) for flag in (True, False))
-    except pytz.NonExistentTimeError:
-        return _end_of_gap(tz, wall)
-
-
-def _end_of_gap(tz: BaseTzInfo, wall: datetime) -> datetime:
-    """The first instant after the gap that swallows the nonexistent ``wall``."""
-    # Asked to place a nonexistent wall time, pytz borrows the offset from one
-    # side of the gap or the other; the two readings bracket the transition.
-    # Transitions fall on whole seconds, so a bisection over seconds finds the
-    # first instant whose wall time is past `wall` without reaching into
-    # pytz's private transition tables.
-    low, high = sorted(tz.localize(wall, is_dst=flag).astimezone(UTC) for flag in (True, False))
-    below, above = 0, (high - low) // _SECOND
-    while above - below > 1:
-        middle = (below + above) // 2
-        moment = low + timedelta(seconds=middle)
-        if moment.astimezone(tz).replace(tzinfo=None) > wall:
-            above = middle
-        else:
-            below = middle
-    return low + timedelta(seconds=above)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _WallClock(Schedule):
     """A schedule whose ticks are wall times in ``time_zone``."""
 
     @abc.abstractmethod
-    def _wall_after(self, wall: datetime) -> datetime:
-        """The first wall tick strictly after the naive local ``wall``."""
+    def _wall_after(self, wall: datetime) -> datetime | None:
+        """The first wall tick strictly after the naive local ``wall``; None if none ever is."""
 
     @abc.abstractmethod
-    def _wall_at_or_before(self, wall: datetime) -> datetime:
-        """The last wall tick at or before the naive local ``wall``."""
+    def _wall_at_or_before(self, wall: datetime) -> datetime | None:
+        """The last wall tick at or before the naive local ``wall``; None if none ever is."""
 
-    def _bracket(self, now: datetime) -> tuple[datetime, datetime | None]:
+    def _bracket(self, now: datetime) -> tuple[datetime | None, datetime | None]:
         """The first tick after ``now``, and the last one at or before it if seen on the way.
 
         Ticks at or before now's own wall time all run at or before ``now``
@@ -313,29 +272,54 @@ class _WallClock(Schedule):
         is in the repeated hour after a fall-back: those are skipped, and the
         last of them is the most recent tick.
         """
-        _require_aware(now)
-        wall = now.astimezone(self._tz).replace(tzinfo=None)
+        wall: datetime | None = now.astimezone(self._tz).replace(tzinfo=None)
         latest = None
-        while True:
+        while wall is not None:
             wall = self._wall_after(wall)
-            instant = _instant(self._tz, wall)
-            if instant > now:
-                return instant, latest
-            latest = instant
+            if wall is None:
+                break
+            moment = instant(self._tz, wall)
+            if moment > now:
+                return moment, latest
+            latest = moment
+        return None, latest
 
-    def next_after(self, now: datetime) -> datetime:
-        return self._bracket(now)[0]
-
-    def last_at_or_before(self, now: datetime) -> datetime | None:
+    def _last(self, now: datetime) -> datetime | None:
         latest = self._bracket(now)[1]
         if latest is not None:
             return latest
-        wall = now.astimezone(self._tz).replace(tzinfo=None)
+        wall = self._wall_at_or_before(now.astimezone(self._tz).replace(tzinfo=None))
+        return None if wall is None else instant(self._tz, wall)
+
+    def _in_range(
+        self, now: datetime, answer: Callable[[datetime], datetime | None]
+    ) -> datetime | None:
+        """``answer(now)``, also where wall time runs past year 9999 or before year 1.
+
+        datetime cannot hold such wall times (it raises ``OverflowError`` or
+        ``ValueError``), so the question is asked 400 years nearer the middle
+        and the answer moved back. That is exact: the calendar and its weekdays
+        repeat every 400 years, and so does the zone there, which follows its
+        POSIX rule at the end (the tz database lists transitions only up to
+        2037) and its first offset at the start (local mean time).
+        """
         try:
-            return _instant(self._tz, self._wall_at_or_before(wall))
+            return answer(now)
         except (OverflowError, ValueError):
-            # datetime and croniter say "out of range" in either of these.
-            return None
+            shift = -_ERA if now.year > 5000 else _ERA
+            shifted = answer(now + shift)
+            try:
+                return None if shifted is None else shifted - shift
+            except OverflowError:  # that tick is outside datetime's range
+                return None
+
+    def next_after(self, now: datetime) -> datetime | None:
+        _require_aware(now)
+        return self._in_range(now, lambda moment: self._bracket(moment)[0])
+
+    def last_at_or_before(self, now: datetime) -> datetime | None:
+        _require_aware(now)
+        return self._in_range(now, self._last)
 
 
 def _check_minute(field_path: str, minute: object) -> None:
@@ -504,90 +488,52 @@ class Monthly(_WallClock):
 
     @property
     def cron_expression(self) -> str | None:
-        # The last day needs croniter's "L", which standard 5-field cron lacks.
+        # Kubernetes CronJob's cron has no way to say "the last day of the month".
         if self.day == -1:
             return None
         return f"{self._time.minute} {self._time.hour} {self.day} * *"
 
 
-def _same_cron_value(first: str, second: str) -> bool:
-    if first.isdigit() and second.isdigit():
-        return int(first) == int(second)
-    return first.lower() == second.lower()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Cron(_WallClock):
-    """A standard 5-field cron ``expression``, evaluated by croniter in ``time_zone``.
+    """A cron ``expression`` as Kubernetes CronJob reads it, in ``time_zone``.
 
-    Everything croniter accepts in 5 fields is allowed (names, ranges, steps,
-    ``L``, ``W``, ``#``) except its hashed ``H`` and random ``R`` fields, whose
-    ticks would differ between replicas, and ranges with equal ends (``1-1``),
-    which croniter widens to the whole field. An expression that can never fire
-    (``0 0 30 2 *``) is refused. Whitespace between fields is normalised.
+    The dialect is :mod:`podcron.schedules.cron`'s: 5 fields or a macro such
+    as ``@daily``. Whitespace between fields is normalised. An expression that
+    matches no date (``0 0 30 2 *``) is valid and never fires, as in CronJob.
     """
 
     schedule_type: ClassVar[str] = "cron"
     spec_key: ClassVar[str] = "cron"
 
     expression: str
-    _template: croniter[datetime] = field(init=False, repr=False, compare=False)
+    _spec: cron.CronSpec = field(init=False, repr=False, compare=False)
 
     def _validate(self) -> None:
         field_path = f"spec.schedule.{self.spec_key}"
-        fields = self.expression.split() if isinstance(self.expression, str) else []
-        if len(fields) != 5:
-            raise InvalidSchedule(
-                field_path, self.expression, "must have 5 fields: minute hour day month weekday"
-            )
-        for item in (item for text in fields for item in text.split(",")):
-            if _SEEDED_CRON_ITEM.match(item):
-                raise InvalidSchedule(
-                    field_path,
-                    self.expression,
-                    "hashed (H) and random (R) fields are not supported",
-                )
-            bounds = _CRON_RANGE_ITEM.fullmatch(item)
-            if bounds and _same_cron_value(*bounds.groups()):
-                raise InvalidSchedule(
-                    field_path, self.expression, f"range {item!r} has equal ends; write one value"
-                )
-        expression = " ".join(fields)
+        if not isinstance(self.expression, str):
+            raise InvalidSchedule(field_path, self.expression, "must be a string")
         try:
-            template = croniter(expression, _CRON_PROBE_START, ret_type=datetime)
-            template.get_next(datetime)
-        except CroniterBadDateError as error:
-            raise InvalidSchedule(field_path, self.expression, "never fires") from error
-        except CroniterError as error:
-            # croniter's own message says what is wrong (out of range, bad step, ...).
-            raise InvalidSchedule(field_path, self.expression, str(error)) from error
-        object.__setattr__(self, "expression", expression)
-        object.__setattr__(self, "_template", template)
+            spec = cron.parse(self.expression)
+        except cron.CronError as error:
+            raise InvalidSchedule(field_path, self.expression, str(error)) from None
+        object.__setattr__(self, "expression", spec.text)
+        object.__setattr__(self, "_spec", spec)
 
-    def _iterator_at(self, wall: datetime) -> croniter[datetime]:
-        # Parsing costs croniter about 100 µs; a shallow copy of the parsed
-        # template is a few µs, and gives each call its own position.
-        iterator = copy.copy(self._template)
-        iterator.set_current(wall, force=True)
-        return iterator
+    def _wall_after(self, wall: datetime) -> datetime | None:
+        return self._spec.next_wall(wall)
 
-    def _wall_after(self, wall: datetime) -> datetime:
-        # Cron ticks are whole minutes, so starting from the minute keeps
-        # croniter's float timestamps away from microseconds.
-        minute = wall.replace(second=0, microsecond=0)
-        return self._iterator_at(minute).get_next(datetime)
-
-    def _wall_at_or_before(self, wall: datetime) -> datetime:
-        minute = wall.replace(second=0, microsecond=0)
-        return self._iterator_at(minute + _MINUTE).get_prev(datetime)
+    def _wall_at_or_before(self, wall: datetime) -> datetime | None:
+        return self._spec.last_wall(wall)
 
     @property
     def human_readable(self) -> str:
-        return f"cron {self.expression} ({self.time_zone})"
+        never = ", which matches no date" if self._spec.matches_no_date else ""
+        return f"cron {self.expression} ({self.time_zone}){never}"
 
     @property
     def cron_expression(self) -> str | None:
-        return self.expression
+        return self._spec.five_fields
 
 
 def _fields(kind: str, value: object, names: tuple[str, ...]) -> dict[str, Any]:
