@@ -1,7 +1,8 @@
 """Reconciliation against the real control plane: one operator serves the whole module.
 
 The operator watches two namespaces (``watched`` and ``second``) out of three,
-and allows ``module:function`` entry points from ``podcron_examples`` only.
+and allows ``module:function`` entry points from ``podcron_examples`` and from
+``podcron_testjobs.allowed`` (in ``tests/jobs``, on its ``PYTHONPATH``) only.
 A valid job, ``steady`` (every second), runs from the start of the module to
 its end, next to everything the tests do.
 
@@ -12,19 +13,21 @@ a test does so it says why, and watches for about two ticks.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, get_job, wait_for
+from .conftest import ROOT, OperatorProcess, get_job, wait_for
 from .scheduledjobs import (
     annotate,
     apply,
@@ -41,6 +44,7 @@ from .scheduledjobs import (
 )
 
 RUN_NOW = "podcron.dev/run-now"
+TEST_JOBS = ROOT / "tests" / "jobs"
 EVERY_SECOND = {"entryPoint": "hello", "schedule": {"every": "1s"}}
 # Once a year: a job that runs only when triggered (or at New Year).
 YEARLY = {"cron": "0 0 1 1 *"}
@@ -55,6 +59,7 @@ class Cluster:
     second: str
     unwatched: str
     operator: OperatorProcess
+    canaries: Path  # where podcron_testjobs.outside leaves a file per job that called it
 
     def runs(self, name: str, namespace: str | None = None) -> list[tuple[str, datetime]]:
         """(trigger, due time) of every run of hello-job ``name`` so far."""
@@ -71,17 +76,22 @@ def cluster(crd: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # Applied before the operator starts: it must pick up existing objects.
         apply(crd, unwatched, manifest("ignored", EVERY_SECOND))
         apply(crd, watched, manifest("steady", EVERY_SECOND))
+        canaries = tmp_path_factory.mktemp("canaries")
         operator = OperatorProcess(
             crd,
             tmp_path_factory.mktemp("operator"),
             {
                 "PODCRON_NAMESPACES": f"{watched},{second}",
-                "PODCRON_ALLOWED_MODULES": "podcron_examples.*",
+                "PODCRON_ALLOWED_MODULES": "podcron_examples.*,podcron_testjobs.allowed",
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(TEST_JOBS), os.environ.get("PYTHONPATH")])
+                ),
+                "PODCRON_TEST_CANARY_DIR": str(canaries),
             },
         )
         try:
             wait_ready(crd, watched, "steady", reason="Scheduled", timeout=30)
-            yield Cluster(crd, watched, second, unwatched, operator)
+            yield Cluster(crd, watched, second, unwatched, operator, canaries)
         finally:
             operator.stop(signal.SIGKILL)
 
@@ -168,6 +178,58 @@ def test_semantic_errors_reach_ready_false_with_reason_and_event(cluster: Cluste
     steady = wait_for(steady_since_start, timeout=10, what="three runs of steady")
     _assert_every_tick_ran(steady, started, steady[-1])
     assert ready(status(plane, namespace, "steady"))["status"] == "True"
+
+
+# Paths out of the allowed module podcron_testjobs.allowed; each would call
+# podcron_testjobs.outside, which leaves a canary file when called.
+PATHS_OUT = {
+    "re-export": "touch",  # from .outside import touch
+    "module-attribute": "outside.touch",  # a module outside the allowlist
+    "foreign-call": "toucher",  # an instance whose __call__ is defined outside
+    "inherited-call": "inherited_call",  # a class defined here, __call__ inherited from outside
+    "partial": "partial_touch",
+    "replacing-decorator": "replaced",
+    "os-system": "os.system",
+    "builtin-re-export": "system",  # from os import system
+}
+
+
+def test_paths_out_of_an_allowed_module_never_run(cluster: Cluster) -> None:
+    plane, namespace = cluster.plane, cluster.watched
+    every_second = {"every": "1s"}
+    apply(
+        plane,
+        namespace,
+        *(
+            manifest(
+                name, {"entryPoint": f"podcron_testjobs.allowed:{attr}", "schedule": every_second}
+            )
+            for name, attr in PATHS_OUT.items()
+        ),
+        # Written in the allowed module, so it runs, and it calls the same canary.
+        manifest(
+            "calls-outside",
+            {"entryPoint": "podcron_testjobs.allowed:calls_outside", "schedule": every_second},
+        ),
+    )
+    for name, attr in PATHS_OUT.items():
+        found = wait_ready(plane, namespace, name, reason="EntryPointNotAllowed")
+        condition = ready(found)
+        assert condition["status"] == "False"
+        assert condition["message"].startswith("spec.entryPoint: "), condition["message"]
+        assert f"podcron_testjobs.allowed:{attr}" in condition["message"]
+        event = wait_event(plane, namespace, name, reason="EntryPointNotAllowed")
+        assert (event["type"], event["message"]) == ("Warning", condition["message"])
+    wait_ready(plane, namespace, "calls-outside", reason="Scheduled")
+    # Absence of calls: the allowed job calls the canary on every tick; by its third run
+    # the refused jobs, applied with it, had two ticks to run in, had they been scheduled.
+    wait_for(
+        lambda: status(plane, namespace, "calls-outside").get("runs", {}).get("succeeded", 0) >= 3,
+        timeout=15,
+        what="three runs of calls-outside",
+    )
+    assert sorted(path.name for path in cluster.canaries.iterdir()) == ["calls-outside"]
+    plane.kubectl("delete", "sj", "calls-outside", *PATHS_OUT, "-n", namespace)
 
 
 def test_failed_runs_post_events_and_successes_do_not(cluster: Cluster) -> None:

@@ -93,6 +93,7 @@ def testjobs(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
         "hello",  # async def
         "plain",  # def
         "short",  # a lambda written in the module
+        "calls_outside",  # written there, calling code from elsewhere
         "Jobs.static",  # a static method of a class defined there
         "Jobs.of_class",  # a class method
         "jobs.nightly",  # a method, bound to an instance of such a class
