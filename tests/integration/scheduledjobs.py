@@ -111,6 +111,22 @@ def wait_event(
     return result
 
 
+def table(
+    plane: ControlPlane, namespace: str, *names: str, wide: bool = False
+) -> list[dict[str, str]]:
+    """``kubectl get sj`` as printed: one dict per row, from column header to cell text."""
+    output = plane.kubectl("get", "sj", *names, "-n", namespace, *(["-o", "wide"] if wide else []))
+    header, *rows = output.stdout.splitlines()
+    # Columns are aligned: each starts where its header does (headers have single spaces).
+    starts = [match.start() for match in re.finditer(r"(?:^|(?<=\s\s))\S", header)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    titles = [header[start:end].strip() for start, end in bounds]
+    return [
+        {title: row[start:end].strip() for title, (start, end) in zip(titles, bounds, strict=True)}
+        for row in rows
+    ]
+
+
 def hello_runs(log: str, job_id: str) -> list[tuple[str, datetime]]:
     """(trigger, due time) of every run of hello-job ``job_id`` in an operator log."""
     return [
