@@ -94,6 +94,14 @@ def events(plane: ControlPlane, namespace: str, name: str | None = None) -> list
     return items
 
 
+def event_counts(plane: ControlPlane, namespace: str, name: str) -> dict[str, int]:
+    """Per reason, how often the Events about ``name`` say it happened (their ``count``)."""
+    counts: dict[str, int] = {}
+    for event in events(plane, namespace, name):
+        counts[event["reason"]] = counts.get(event["reason"], 0) + (event.get("count") or 1)
+    return counts
+
+
 def wait_event(
     plane: ControlPlane, namespace: str, name: str, *, reason: str, timeout: float = 15
 ) -> dict[str, Any]:

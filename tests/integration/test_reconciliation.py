@@ -31,6 +31,7 @@ from .conftest import ROOT, OperatorProcess, get_job, wait_for
 from .scheduledjobs import (
     annotate,
     apply,
+    event_counts,
     events,
     hello_runs,
     manifest,
@@ -232,14 +233,14 @@ def test_paths_out_of_an_allowed_module_never_run(cluster: Cluster) -> None:
     plane.kubectl("delete", "sj", "calls-outside", *PATHS_OUT, "-n", namespace)
 
 
-def test_failed_runs_post_events_and_successes_do_not(cluster: Cluster) -> None:
+def test_failed_runs_aggregate_into_one_event_and_successes_post_none(cluster: Cluster) -> None:
     plane, namespace = cluster.plane, cluster.watched
     # cleanup reads int(args.retentionDays): a ValueError on every run.
     failing = {"entryPoint": "cleanup", "schedule": {"every": "1s"}, "args": {"retentionDays": "x"}}
     apply(plane, namespace, manifest("failing", failing))
     event = wait_event(plane, namespace, "failing", reason="RunFailed")
     assert event["type"] == "Warning"
-    assert "ValueError" in event["message"]
+    assert event["message"].startswith("ValueError: invalid literal for int()")
 
     def failed_three_times() -> dict[str, Any] | None:
         found = status(plane, namespace, "failing")
@@ -248,9 +249,19 @@ def test_failed_runs_post_events_and_successes_do_not(cluster: Cluster) -> None:
     found = wait_for(failed_three_times, timeout=15, what="three failed runs in status")
     assert found["lastRunStatus"] == "failure"
     assert found["lastError"].startswith("ValueError: invalid literal for int()")
-    # One failure Event per job per interval, not one per failed run.
+    # The same Event again, counted: one object, not one per failed run.
+    counted = wait_for(
+        lambda: [e for e in events(plane, namespace, "failing") if e.get("count", 1) >= 3],
+        timeout=15,
+        what="the RunFailed Event counted three times",
+    )
     failures = [e for e in events(plane, namespace, "failing") if e["reason"] == "RunFailed"]
-    assert len(failures) == 1
+    assert [e["metadata"]["name"] for e in failures] == [counted[0]["metadata"]["name"]]
+    assert parse_time(counted[0]["lastTimestamp"]) > parse_time(counted[0]["firstTimestamp"])
+    described = plane.kubectl("describe", "sj", "failing", "-n", namespace).stdout
+    assert re.search(
+        r"RunFailed +\S+ \(x\d+ over \S+\) +podcron-operator +ValueError", described
+    ), described
     # A job that only ever succeeds has said one thing: that it was scheduled.
     assert [e["reason"] for e in events(plane, namespace, "steady")] == ["Scheduled"]
     plane.kubectl("delete", "sj", "failing", "-n", namespace)
@@ -320,8 +331,14 @@ def test_suspend_stops_runs_and_resume_restarts_them(cluster: Cluster) -> None:
         timeout=10,
         what="a run after resume",
     )
+    # Scheduled again: the first Scheduled Event, counted twice.
+    wait_for(
+        lambda: event_counts(plane, namespace, "pausable") == {"Scheduled": 2, "Suspended": 1},
+        timeout=10,
+        what="Scheduled counted twice, Suspended once",
+    )
     reasons = [e["reason"] for e in events(plane, namespace, "pausable")]
-    assert sorted(reasons) == ["Scheduled", "Scheduled", "Suspended"]
+    assert sorted(reasons) == ["Scheduled", "Suspended"]
 
 
 def test_run_now_annotation_runs_once_per_change(cluster: Cluster) -> None:
