@@ -90,3 +90,11 @@ def test_forget_drops_the_job() -> None:
     assert conditions.ready(JOB) is None
     conditions.seed(JOB, {})
     assert conditions.status(JOB) == {"conditions": [], "consecutiveFailures": 0}
+
+
+def test_an_unchanged_condition_is_kept_as_it_was() -> None:
+    conditions = JobConditions()
+    conditions.run_ended(JOB, succeeded=True, error=None)
+    first = conditions.status(JOB)["conditions"][0]
+    conditions.run_ended(JOB, succeeded=True, error=None)
+    assert conditions.status(JOB)["conditions"][0] is first

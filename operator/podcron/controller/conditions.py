@@ -100,18 +100,20 @@ class JobConditions:
     def run_ended(self, job_id: str, *, succeeded: bool, error: str | None) -> None:
         """A run ended: update ``LastRunSucceeded`` and the failure streak."""
         job = self._jobs.setdefault(job_id, _Job())
+        job.failures = 0 if succeeded else job.failures + 1
+        status = "True" if succeeded else "False"
+        reason = "RunSucceeded" if succeeded else "RunFailed"
+        message = "the last run succeeded" if succeeded else error or ""
         previous = job.conditions.get(LAST_RUN_SUCCEEDED)
-        if succeeded:
-            job.failures = 0
-            condition = make_condition(
-                previous, LAST_RUN_SUCCEEDED, ok=True, reason="RunSucceeded", message="succeeded"
-            )
-        else:
-            job.failures += 1
-            condition = make_condition(
-                previous, LAST_RUN_SUCCEEDED, ok=False, reason="RunFailed", message=error or ""
-            )
-        job.conditions[LAST_RUN_SUCCEEDED] = condition
+        if previous is not None and (
+            previous.get("status"),
+            previous.get("reason"),
+            previous.get("message"),
+        ) == (status, reason, message):
+            return  # the same as before: kept, not rebuilt for every run
+        job.conditions[LAST_RUN_SUCCEEDED] = make_condition(
+            previous, LAST_RUN_SUCCEEDED, ok=succeeded, reason=reason, message=message
+        )
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The status fields this module owns: every condition, and the failure streak."""
