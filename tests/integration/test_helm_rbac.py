@@ -55,8 +55,9 @@ POD_CIDR = "127.0.11.0/24"
 IN_POD_NETWORK = "127.0.11.5"
 OUTSIDE = "127.0.12.5"
 # What a refused request looks like in the two logs: kopf's own warnings about missing
-# permissions, the Kubernetes client's 403, and the sidecar's failed Node listing.
-REFUSALS = ("403", "Forbidden", "forbidden", "Not enough permissions", "cannot read Nodes")
+# permissions, the Kubernetes client's "(403)", and the sidecar's failed Node listing. A bare
+# "403" would also match a log line's milliseconds (",403") or a time ("12:00:00.403Z").
+REFUSALS = ("(403)", "Forbidden", "forbidden", "Not enough permissions", "cannot read Nodes")
 
 
 @dataclass(frozen=True)
