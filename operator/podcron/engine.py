@@ -623,10 +623,11 @@ class Engine:
         self._version += 1
         duration = 0.0
         job.history = None
-        job.last_status = status
         if started is None:
+            # A skipped tick is not a run: the last run's outcome stays what status shows.
             job.skipped += 1
         else:
+            job.last_status = status
             duration = time.time() - started
             job.last_run_time = _utc(started)
             job.last_duration_seconds = duration

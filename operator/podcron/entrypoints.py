@@ -6,6 +6,24 @@ pod, so only two kinds of reference resolve: a name registered in the
 owner put it there on purpose), or ``module:function`` where the module
 matches one of the operator's ``allowedModules`` patterns. The allowlist is
 checked before anything is imported, because importing a module runs code.
+
+Matching the module named in the reference is not enough: ``myjobs:os.system``
+names a module the allowlist permits, and an attribute path out of it. So what
+a ``module:attribute.path`` reference resolves to must be a function *defined
+in* an allowed module:
+
+* each object the path goes through is an allowed module, or a class (or an
+  instance of a class) defined in one: ``myjobs:os.system`` stops at ``os``;
+* the target is a Python function (``def``, ``async def`` or ``lambda``), a
+  method bound to one, or an instance whose class's ``__call__`` is one;
+* and that function's ``__module__`` matches ``allowedModules``. It is the
+  module the function was written in, so ``from os import system`` in an
+  allowed module does not make ``system`` one of its functions, while a job
+  wrapped by a decorator that uses :func:`functools.wraps` keeps its module.
+
+Builtins, classes (calling one runs ``__new__`` and ``__init__`` from wherever
+they were inherited), :func:`functools.partial` objects and other callables
+whose code lives elsewhere are refused, with reason ``EntryPointNotAllowed``.
 """
 
 from __future__ import annotations
@@ -14,8 +32,9 @@ import fnmatch
 import importlib
 import importlib.metadata
 import re
+import types
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from podcron.errors import EntryPointNotAllowed, EntryPointNotFound
 
@@ -87,11 +106,71 @@ def _resolve_reference(
         )
     try:
         target: object = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as error:
+    except ImportError as error:
         raise EntryPointNotFound(reference, f"cannot import: {error}") from error
-    return _callable(reference, target)
+    for part in attr.split("."):
+        # Checked before each step: getattr on a foreign object can run its code
+        # (a property, a module's __getattr__), and leads out of the allowlist.
+        _check_passage(reference, target, allowed_modules)
+        try:
+            target = getattr(target, part)
+        except AttributeError as error:
+            raise EntryPointNotFound(reference, f"cannot import: {error}") from error
+    _callable(reference, target)
+    function = _function_of(target)
+    if function is None:
+        raise EntryPointNotAllowed(
+            reference,
+            f"names {_describe(target)}; only a function (def, async def or lambda) defined "
+            "in a module of allowedModules, or an object whose __call__ is one, may run",
+        )
+    if not module_allowed(function.__module__ or "", allowed_modules):
+        raise EntryPointNotAllowed(
+            reference,
+            f"runs {function.__qualname__}, defined in module {function.__module__!r}, "
+            f"which matches none of allowedModules {list(allowed_modules)}",
+        )
+    return cast(JobTarget, target)
+
+
+def _check_passage(reference: str, container: object, allowed_modules: Sequence[str]) -> None:
+    """Refuse to look up an attribute of anything not defined in an allowed module."""
+    if isinstance(container, types.ModuleType):
+        kind, module = "module", container.__name__
+    elif isinstance(container, type):
+        kind, module = f"class {container.__qualname__} of module", container.__module__
+    else:
+        kind = f"a {type(container).__qualname__} object of module"
+        module = type(container).__module__
+    if not module_allowed(module, allowed_modules):
+        raise EntryPointNotAllowed(
+            reference,
+            f"goes through {kind} {module!r}, which matches none of allowedModules "
+            f"{list(allowed_modules)}",
+        )
+
+
+def _function_of(target: object) -> types.FunctionType | None:
+    """The Python function that calling ``target`` runs, or None if there is none."""
+    if isinstance(target, types.FunctionType):
+        return target
+    if isinstance(target, types.MethodType):
+        function = target.__func__
+        return function if isinstance(function, types.FunctionType) else None
+    if isinstance(target, type):
+        return None
+    call = getattr(type(target), "__call__", None)  # noqa: B004 - the class's, not the object's
+    return call if isinstance(call, types.FunctionType) else None
+
+
+def _describe(target: object) -> str:
+    if isinstance(target, type):
+        return f"class {target.__qualname__} (calling a class runs __new__ and __init__)"
+    if isinstance(target, types.BuiltinFunctionType):
+        module = f" of module {target.__module__!r}" if target.__module__ else ""
+        return f"built-in {target.__qualname__}{module}"
+    kind = type(target)
+    return f"a {kind.__module__}.{kind.__qualname__} object"
 
 
 def _callable(reference: str, target: object) -> JobTarget:

@@ -94,6 +94,14 @@ def events(plane: ControlPlane, namespace: str, name: str | None = None) -> list
     return items
 
 
+def event_counts(plane: ControlPlane, namespace: str, name: str) -> dict[str, int]:
+    """Per reason, how often the Events about ``name`` say it happened (their ``count``)."""
+    counts: dict[str, int] = {}
+    for event in events(plane, namespace, name):
+        counts[event["reason"]] = counts.get(event["reason"], 0) + (event.get("count") or 1)
+    return counts
+
+
 def wait_event(
     plane: ControlPlane, namespace: str, name: str, *, reason: str, timeout: float = 15
 ) -> dict[str, Any]:
@@ -109,6 +117,22 @@ def wait_event(
         posted, timeout=timeout, interval=0.3, what=f"Event {reason} about {namespace}/{name}"
     )
     return result
+
+
+def table(
+    plane: ControlPlane, namespace: str, *names: str, wide: bool = False
+) -> list[dict[str, str]]:
+    """``kubectl get sj`` as printed: one dict per row, from column header to cell text."""
+    output = plane.kubectl("get", "sj", *names, "-n", namespace, *(["-o", "wide"] if wide else []))
+    header, *rows = output.stdout.splitlines()
+    # Columns are aligned: each starts where its header does (headers have single spaces).
+    starts = [match.start() for match in re.finditer(r"(?:^|(?<=\s\s))\S", header)]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    titles = [header[start:end].strip() for start, end in bounds]
+    return [
+        {title: row[start:end].strip() for title, (start, end) in zip(titles, bounds, strict=True)}
+        for row in rows
+    ]
 
 
 def hello_runs(log: str, job_id: str) -> list[tuple[str, datetime]]:

@@ -79,6 +79,8 @@ VALID_SPECS: dict[str, dict[str, Any]] = {
     "every-compound": _hello(every="1m1500ms"),
     "every-longest": _hello(every="999999h999999h9h"),
     "hourly-minute-0": _hello(hourly={"minute": 0}),
+    "timeout-a-week": _hello(every="1h") | {"timeoutSeconds": 604800},
+    "starting-deadline-int64": _hello(every="1h") | {"startingDeadlineSeconds": 2**63 - 1},
     "daily-last-minute": _hello(daily={"at": "23:59"}),
     "weekly-any-case": _hello(weekly={"day": "sUNDAY", "at": "00:00"}),
     "monthly-last-day": _hello(monthly={"day": -1, "at": "12:00"}),
@@ -118,11 +120,11 @@ def test_short_name_category_and_printer_columns(crd: ControlPlane, namespace: s
     apply(crd, namespace, manifest("columns", {"entryPoint": "hello", "schedule": {"every": "5s"}}))
     header = crd.kubectl("get", "sj", "-n", namespace).stdout.splitlines()[0]
     assert re.split(r"\s{2,}", header.strip()) == [
-        "NAME", "SCHEDULE", "SUSPEND", "LAST STATUS", "LAST RUN", "NEXT RUN", "READY", "AGE",
+        "NAME", "SCHEDULE", "SUSPEND", "LAST STATUS", "FAILURES", "LAST RUN", "NEXT RUN",
+        "READY", "REASON", "AGE",
     ]  # fmt: skip
     wide = crd.kubectl("get", "sj", "columns", "-n", namespace, "-o", "wide").stdout
-    assert "REASON" in wide
-    assert "ENTRY POINT" in wide
+    assert re.split(r"\s{2,}", wide.splitlines()[0].strip())[-2:] == ["ENTRY POINT", "MESSAGE"]
     by_category = crd.kubectl("get", "podcron", "-n", namespace, "-o", "name").stdout
     assert "scheduledjob.podcron.dev/columns" in by_category.split()
 
@@ -136,7 +138,14 @@ FULL_STATUS: dict[str, Any] = {
             "reason": "Scheduled",
             "message": "scheduled every day at 02:30 (Europe/Berlin)",
             "lastTransitionTime": "2024-06-03T10:00:00Z",
-        }
+        },
+        {
+            "type": "LastRunSucceeded",
+            "status": "False",
+            "reason": "RunFailed",
+            "message": "1 run failed in a row: ValueError: boom",
+            "lastTransitionTime": "2024-06-03T00:30:00Z",
+        },
     ],
     "scheduleType": "daily",
     "humanReadable": "every day at 02:30 (Europe/Berlin)",
@@ -147,6 +156,7 @@ FULL_STATUS: dict[str, Any] = {
     "running": False,
     "lastRunDurationSeconds": 0.42,
     "lastError": "ValueError: boom",
+    "consecutiveFailures": 1,
     "runs": {"total": 10, "succeeded": 9, "failed": 1, "skipped": 2},
 }
 
@@ -166,8 +176,10 @@ def test_status_is_a_typed_subresource(crd: ControlPlane, namespace: str) -> Non
     assert _patch_status(crd, namespace, "status", FULL_STATUS).returncode == 0
     assert get_job(crd, namespace, "status")["status"] == FULL_STATUS
     printed = crd.kubectl("get", "sj", "status", "-n", namespace, "--no-headers").stdout
-    assert "every day at 02:30 (Europe/Berlin)" in printed
-    assert "failure" in printed
+    assert re.split(r"\s{2,}", printed.strip())[:5] == [
+        "status", "every day at 02:30 (Europe/Berlin)", "false", "failure", "1",
+    ]  # fmt: skip
+    assert re.split(r"\s{2,}", printed.strip())[-3:-1] == ["True", "Scheduled"]
 
     refused = _patch_status(crd, namespace, "status", {"lastRunStatus": "maybe"})
     assert refused.returncode != 0

@@ -38,6 +38,8 @@ from .conftest import OperatorProcess, wait_for
 from .scheduledjobs import (
     annotate,
     apply,
+    event_counts,
+    events,
     manifest,
     namespace_for_module,
     started_operator,
@@ -53,8 +55,9 @@ POD_CIDR = "127.0.11.0/24"
 IN_POD_NETWORK = "127.0.11.5"
 OUTSIDE = "127.0.12.5"
 # What a refused request looks like in the two logs: kopf's own warnings about missing
-# permissions, the Kubernetes client's 403, and the sidecar's failed Node listing.
-REFUSALS = ("403", "Forbidden", "forbidden", "Not enough permissions", "cannot read Nodes")
+# permissions, the Kubernetes client's "(403)", and the sidecar's failed Node listing. A bare
+# "403" would also match a log line's milliseconds (",403") or a time ("12:00:00.403Z").
+REFUSALS = ("(403)", "Forbidden", "forbidden", "Not enough permissions", "cannot read Nodes")
 
 
 @dataclass(frozen=True)
@@ -282,11 +285,14 @@ def test_jobs_run_with_status_and_events_under_the_charts_grants(
     release: Release, pod: Pod
 ) -> None:
     plane, watched = release.plane, release.watched
+    # cleanup reads int(args.retentionDays): a ValueError on every run.
+    failing = {"entryPoint": "cleanup", "schedule": {"every": "1s"}, "args": {"retentionDays": "x"}}
     apply(
         plane,
         watched,
         manifest("tick", {"entryPoint": "hello", "schedule": {"every": "1s"}}),
         manifest("shell", {"entryPoint": "os:system", "schedule": {"every": "1s"}}),
+        manifest("failing", failing),
     )
     wait_for(
         lambda: succeeded(plane, watched, "tick") >= 2,
@@ -297,6 +303,14 @@ def test_jobs_run_with_status_and_events_under_the_charts_grants(
     wait_event(plane, watched, "tick", reason="Scheduled")
     wait_ready(plane, watched, "shell", reason="EntryPointNotAllowed")
     wait_event(plane, watched, "shell", reason="EntryPointNotAllowed")
+    # Each failed run after the first patches the one RunFailed Event (patch on events).
+    wait_for(
+        lambda: event_counts(plane, watched, "failing").get("RunFailed", 0) >= 3,
+        timeout=30,
+        what="the RunFailed Event counted three times",
+    )
+    assert [e["reason"] for e in events(plane, watched, "failing")].count("RunFailed") == 1
+    plane.kubectl("delete", "sj", "failing", "-n", watched)
 
 
 def test_triggers_from_the_sidecar_and_from_kubectl_under_the_charts_grants(
@@ -375,9 +389,15 @@ def test_verbs_the_chart_does_not_grant_are_refused(release: Release) -> None:
         ("delete", "scheduledjobs.podcron.dev", "", release.watched),
         ("update", "scheduledjobs.podcron.dev", "", release.watched),
         ("update", "scheduledjobs.podcron.dev", "status", release.watched),
+        # Events are created and patched, never read, replaced or deleted:
+        ("get", "events", "", release.watched),
+        ("list", "events", "", release.watched),
+        ("update", "events", "", release.watched),
+        ("delete", "events", "", release.watched),
         # ScheduledJobs and Events only in the watched namespace:
         ("list", "scheduledjobs.podcron.dev", "", release.namespace),
         ("create", "events", "", release.namespace),
+        ("patch", "events", "", release.namespace),
         ("get", "nodes", "", ""),
         ("patch", "nodes", "", ""),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", "", ""),

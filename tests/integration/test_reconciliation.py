@@ -1,7 +1,8 @@
 """Reconciliation against the real control plane: one operator serves the whole module.
 
 The operator watches two namespaces (``watched`` and ``second``) out of three,
-and allows ``module:function`` entry points from ``podcron_examples`` only.
+and allows ``module:function`` entry points from ``podcron_examples`` and from
+``podcron_testjobs.allowed`` (in ``tests/jobs``, on its ``PYTHONPATH``) only.
 A valid job, ``steady`` (every second), runs from the start of the module to
 its end, next to everything the tests do.
 
@@ -12,22 +13,25 @@ a test does so it says why, and watches for about two ticks.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, get_job, wait_for
+from .conftest import ROOT, OperatorProcess, get_job, wait_for
 from .scheduledjobs import (
     annotate,
     apply,
+    event_counts,
     events,
     hello_runs,
     manifest,
@@ -41,6 +45,7 @@ from .scheduledjobs import (
 )
 
 RUN_NOW = "podcron.dev/run-now"
+TEST_JOBS = ROOT / "tests" / "jobs"
 EVERY_SECOND = {"entryPoint": "hello", "schedule": {"every": "1s"}}
 # Once a year: a job that runs only when triggered (or at New Year).
 YEARLY = {"cron": "0 0 1 1 *"}
@@ -55,6 +60,7 @@ class Cluster:
     second: str
     unwatched: str
     operator: OperatorProcess
+    canaries: Path  # where podcron_testjobs.outside leaves a file per job that called it
 
     def runs(self, name: str, namespace: str | None = None) -> list[tuple[str, datetime]]:
         """(trigger, due time) of every run of hello-job ``name`` so far."""
@@ -71,17 +77,22 @@ def cluster(crd: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
         # Applied before the operator starts: it must pick up existing objects.
         apply(crd, unwatched, manifest("ignored", EVERY_SECOND))
         apply(crd, watched, manifest("steady", EVERY_SECOND))
+        canaries = tmp_path_factory.mktemp("canaries")
         operator = OperatorProcess(
             crd,
             tmp_path_factory.mktemp("operator"),
             {
                 "PODCRON_NAMESPACES": f"{watched},{second}",
-                "PODCRON_ALLOWED_MODULES": "podcron_examples.*",
+                "PODCRON_ALLOWED_MODULES": "podcron_examples.*,podcron_testjobs.allowed",
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(TEST_JOBS), os.environ.get("PYTHONPATH")])
+                ),
+                "PODCRON_TEST_CANARY_DIR": str(canaries),
             },
         )
         try:
             wait_ready(crd, watched, "steady", reason="Scheduled", timeout=30)
-            yield Cluster(crd, watched, second, unwatched, operator)
+            yield Cluster(crd, watched, second, unwatched, operator, canaries)
         finally:
             operator.stop(signal.SIGKILL)
 
@@ -170,14 +181,66 @@ def test_semantic_errors_reach_ready_false_with_reason_and_event(cluster: Cluste
     assert ready(status(plane, namespace, "steady"))["status"] == "True"
 
 
-def test_failed_runs_post_events_and_successes_do_not(cluster: Cluster) -> None:
+# Paths out of the allowed module podcron_testjobs.allowed; each would call
+# podcron_testjobs.outside, which leaves a canary file when called.
+PATHS_OUT = {
+    "re-export": "touch",  # from .outside import touch
+    "module-attribute": "outside.touch",  # a module outside the allowlist
+    "foreign-call": "toucher",  # an instance whose __call__ is defined outside
+    "inherited-call": "inherited_call",  # a class defined here, __call__ inherited from outside
+    "partial": "partial_touch",
+    "replacing-decorator": "replaced",
+    "os-system": "os.system",
+    "builtin-re-export": "system",  # from os import system
+}
+
+
+def test_paths_out_of_an_allowed_module_never_run(cluster: Cluster) -> None:
+    plane, namespace = cluster.plane, cluster.watched
+    every_second = {"every": "1s"}
+    apply(
+        plane,
+        namespace,
+        *(
+            manifest(
+                name, {"entryPoint": f"podcron_testjobs.allowed:{attr}", "schedule": every_second}
+            )
+            for name, attr in PATHS_OUT.items()
+        ),
+        # Written in the allowed module, so it runs, and it calls the same canary.
+        manifest(
+            "calls-outside",
+            {"entryPoint": "podcron_testjobs.allowed:calls_outside", "schedule": every_second},
+        ),
+    )
+    for name, attr in PATHS_OUT.items():
+        found = wait_ready(plane, namespace, name, reason="EntryPointNotAllowed")
+        condition = ready(found)
+        assert condition["status"] == "False"
+        assert condition["message"].startswith("spec.entryPoint: "), condition["message"]
+        assert f"podcron_testjobs.allowed:{attr}" in condition["message"]
+        event = wait_event(plane, namespace, name, reason="EntryPointNotAllowed")
+        assert (event["type"], event["message"]) == ("Warning", condition["message"])
+    wait_ready(plane, namespace, "calls-outside", reason="Scheduled")
+    # Absence of calls: the allowed job calls the canary on every tick; by its third run
+    # the refused jobs, applied with it, had two ticks to run in, had they been scheduled.
+    wait_for(
+        lambda: status(plane, namespace, "calls-outside").get("runs", {}).get("succeeded", 0) >= 3,
+        timeout=15,
+        what="three runs of calls-outside",
+    )
+    assert sorted(path.name for path in cluster.canaries.iterdir()) == ["calls-outside"]
+    plane.kubectl("delete", "sj", "calls-outside", *PATHS_OUT, "-n", namespace)
+
+
+def test_failed_runs_aggregate_into_one_event_and_successes_post_none(cluster: Cluster) -> None:
     plane, namespace = cluster.plane, cluster.watched
     # cleanup reads int(args.retentionDays): a ValueError on every run.
     failing = {"entryPoint": "cleanup", "schedule": {"every": "1s"}, "args": {"retentionDays": "x"}}
     apply(plane, namespace, manifest("failing", failing))
     event = wait_event(plane, namespace, "failing", reason="RunFailed")
     assert event["type"] == "Warning"
-    assert "ValueError" in event["message"]
+    assert event["message"].startswith("ValueError: invalid literal for int()")
 
     def failed_three_times() -> dict[str, Any] | None:
         found = status(plane, namespace, "failing")
@@ -186,9 +249,19 @@ def test_failed_runs_post_events_and_successes_do_not(cluster: Cluster) -> None:
     found = wait_for(failed_three_times, timeout=15, what="three failed runs in status")
     assert found["lastRunStatus"] == "failure"
     assert found["lastError"].startswith("ValueError: invalid literal for int()")
-    # One failure Event per job per interval, not one per failed run.
+    # The same Event again, counted: one object, not one per failed run.
+    counted = wait_for(
+        lambda: [e for e in events(plane, namespace, "failing") if e.get("count", 1) >= 3],
+        timeout=15,
+        what="the RunFailed Event counted three times",
+    )
     failures = [e for e in events(plane, namespace, "failing") if e["reason"] == "RunFailed"]
-    assert len(failures) == 1
+    assert [e["metadata"]["name"] for e in failures] == [counted[0]["metadata"]["name"]]
+    assert parse_time(counted[0]["lastTimestamp"]) > parse_time(counted[0]["firstTimestamp"])
+    described = plane.kubectl("describe", "sj", "failing", "-n", namespace).stdout
+    assert re.search(
+        r"RunFailed +\S+ \(x\d+ over \S+\) +podcron-operator +ValueError", described
+    ), described
     # A job that only ever succeeds has said one thing: that it was scheduled.
     assert [e["reason"] for e in events(plane, namespace, "steady")] == ["Scheduled"]
     plane.kubectl("delete", "sj", "failing", "-n", namespace)
@@ -258,8 +331,14 @@ def test_suspend_stops_runs_and_resume_restarts_them(cluster: Cluster) -> None:
         timeout=10,
         what="a run after resume",
     )
+    # Scheduled again: the first Scheduled Event, counted twice.
+    wait_for(
+        lambda: event_counts(plane, namespace, "pausable") == {"Scheduled": 2, "Suspended": 1},
+        timeout=10,
+        what="Scheduled counted twice, Suspended once",
+    )
     reasons = [e["reason"] for e in events(plane, namespace, "pausable")]
-    assert sorted(reasons) == ["Scheduled", "Scheduled", "Suspended"]
+    assert sorted(reasons) == ["Scheduled", "Suspended"]
 
 
 def test_run_now_annotation_runs_once_per_change(cluster: Cluster) -> None:

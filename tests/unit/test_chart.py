@@ -26,6 +26,7 @@ UID = 65532
 JOB_RULES = {("podcron.dev", "scheduledjobs", verb) for verb in ("list", "watch", "patch")} | {
     ("podcron.dev", "scheduledjobs/status", "patch"),
     ("", "events", "create"),
+    ("", "events", "patch"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+import types
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,95 @@ def test_unresolvable_references_are_not_found(reference: str, allowed_modules: 
     with pytest.raises(EntryPointNotFound) as caught:
         resolve(reference, allowed_modules=allowed_modules)
     assert caught.value.reason == "EntryPointNotFound"
+
+
+# -- what counts as "defined in" an allowed module ----------------------------------------
+
+JOBS = Path(__file__).resolve().parents[1] / "jobs"
+ALLOWED = ["podcron_testjobs.allowed"]
+
+
+@pytest.fixture
+def testjobs(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """tests/jobs on the path; returns the allowed module."""
+    monkeypatch.syspath_prepend(str(JOBS))
+    return importlib.import_module("podcron_testjobs.allowed")
+
+
+@pytest.mark.parametrize(
+    "attr",
+    [
+        "hello",  # async def
+        "plain",  # def
+        "short",  # a lambda written in the module
+        "calls_outside",  # written there, calling code from elsewhere
+        "Jobs.static",  # a static method of a class defined there
+        "Jobs.of_class",  # a class method
+        "jobs.nightly",  # a method, bound to an instance of such a class
+        "callable_job",  # an instance whose __call__ is written there
+        "decorated",  # wrapped by a decorator that keeps its identity (functools.wraps)
+    ],
+)
+def test_functions_defined_in_an_allowed_module_resolve(
+    testjobs: types.ModuleType, attr: str
+) -> None:
+    expected: object = testjobs
+    for part in attr.split("."):
+        expected = getattr(expected, part)
+    target = resolve(f"podcron_testjobs.allowed:{attr}", allowed_modules=ALLOWED)
+    assert target == expected
+
+
+# attribute path out of the allowed module: the message names what was refused
+PATHS_OUT: dict[str, str] = {
+    "os.system": "goes through module 'os'",
+    "time.sleep": "goes through module 'time'",
+    "sys.exit": "goes through module 'sys'",
+    "system": "built-in system of module 'posix'",  # from os import system
+    "touch": "runs touch, defined in module 'podcron_testjobs.outside'",  # a re-export
+    "outside.touch": "goes through module 'podcron_testjobs.outside'",  # a module not allowed
+    "outside.Toucher.__call__": "goes through module 'podcron_testjobs.outside'",
+    "Toucher": "names class Toucher",  # a class: calling it runs __new__ and __init__
+    "Jobs": "names class Jobs",  # even one defined in the module
+    "toucher": "runs Toucher.__call__, defined in module 'podcron_testjobs.outside'",
+    "inherited_call": "runs Toucher.__call__, defined in module 'podcron_testjobs.outside'",
+    "partial_touch": "names a functools.partial object",
+    "partial_plain": "names a functools.partial object",
+    "replaced": "runs replacing.<locals>.wrapper, defined in module 'podcron_testjobs.outside'",
+    "functools.partial": "goes through module 'functools'",
+    "contextlib.suppress": "goes through module 'contextlib'",
+    "hello.__globals__": "goes through a function object of module 'builtins'",
+    "plain.__call__": "goes through a function object of module 'builtins'",
+    "jobs.nightly.__func__": "goes through a method object of module 'builtins'",
+    "Jobs.__class__.__call__": "goes through class type of module 'builtins'",
+    "Jobs.__init_subclass__": "names built-in Jobs.__init_subclass__",
+    "Jobs.mro": "names built-in Jobs.mro",
+    "jobs.__class__": "names class Jobs",
+    "jobs.__init__": "names a builtins.method-wrapper object",
+    "__builtins__.exec": "goes through a dict object of module 'builtins'",
+    "__loader__.load_module": "goes through a SourceFileLoader object of module",
+    "__spec__.loader.load_module": "goes through a ModuleSpec object of module",
+}
+
+
+@pytest.mark.parametrize("attr", list(PATHS_OUT), ids=list(PATHS_OUT))
+def test_paths_out_of_an_allowed_module_are_refused(testjobs: types.ModuleType, attr: str) -> None:
+    with pytest.raises(EntryPointNotAllowed) as caught:
+        resolve(f"podcron_testjobs.allowed:{attr}", allowed_modules=ALLOWED)
+    message = str(caught.value)
+    assert PATHS_OUT[attr] in message, message
+    assert message.startswith("spec.entryPoint: ")
+    assert "\n" not in message
+
+
+def test_builtins_are_not_attributes_of_a_module(testjobs: types.ModuleType) -> None:
+    with pytest.raises(EntryPointNotFound):
+        resolve("podcron_testjobs.allowed:print", allowed_modules=ALLOWED)
+
+
+def test_a_sibling_module_is_refused_before_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(JOBS))
+    monkeypatch.delitem(sys.modules, "podcron_testjobs.outside", raising=False)
+    with pytest.raises(EntryPointNotAllowed):
+        resolve("podcron_testjobs.outside:touch", allowed_modules=ALLOWED)
+    assert "podcron_testjobs.outside" not in sys.modules

@@ -66,10 +66,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [podcron.dev]
   resources: [scheduledjobs/status]
   verbs: [patch]
-# Ready changes and failed runs are posted as core/v1 Events.
+# Ready changes and failed runs are posted as core/v1 Events; a repeat patches the
+# earlier Event's count and time instead of creating another.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, patch]
 {{- end }}
 
 {{/* The environment of both containers: where the settings are, and OpenTelemetry's own. */}}

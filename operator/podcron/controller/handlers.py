@@ -11,55 +11,31 @@ engine does not know yet (operator start, creation, a spec fixed after being
 invalid) seeds it from status: counters continue, and ``lastRunTime`` decides
 the one catch-up run ``startingDeadlineSeconds`` allows.
 
+Conditions and the failure streak are kept by
+:mod:`podcron.controller.conditions`, seeded from status the same way.
+
 Events: one whenever the ``Ready`` condition changes (status, reason or
-message: a new schedule is news too), one per manual trigger, and failed runs
-at most once per job per interval (see :mod:`podcron.controller.events`).
-Successful runs post none.
+message: a new schedule is news too), one per manual trigger, and one per
+failed run; repeats aggregate into one Event with a count (see
+:mod:`podcron.controller.events`). Successful runs post none.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
 from podcron.config import Settings
 from podcron.controller import jobspecs, resource
+from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine, JobEvent, RunFinished, RunStatus
 from podcron.errors import JobAlreadyRunning, JobNotFound, PodcronError
 
 log = logging.getLogger("podcron.controller")
-
-
-def _condition(
-    previous: Mapping[str, Any] | None, *, ok: bool, reason: str, message: str
-) -> dict[str, Any]:
-    status = "True" if ok else "False"
-    # As in Kubernetes' own conditions: the transition time moves with the status only.
-    unchanged = previous is not None and previous.get("status") == status
-    return {
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": (
-            previous.get("lastTransitionTime")
-            if unchanged and previous is not None
-            else jobspecs.format_time(datetime.now(UTC).replace(microsecond=0))
-        ),
-    }
-
-
-def _ready_condition(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    for condition in status.get("conditions") or ():
-        if isinstance(condition, Mapping) and condition.get("type") == "Ready":
-            return condition
-    return None
 
 
 class Reconciler:
@@ -73,9 +49,7 @@ class Reconciler:
         self._events = events
         self._settings = settings
         self._refs: dict[str, ObjectRef] = {}
-        # The Ready condition last written per job: status read from the
-        # object lags behind it while the status writer coalesces.
-        self._conditions: dict[str, Mapping[str, Any]] = {}
+        self._conditions = JobConditions()
         engine.add_listener(self._on_job_event)
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
@@ -113,7 +87,7 @@ class Reconciler:
         jid = jobspecs.job_id(namespace, name)
         self._engine.remove(jid)
         self._writer.forget(namespace, name)
-        self._conditions.pop(jid, None)
+        self._conditions.forget(jid)
         log.info("job %s removed", jid, extra={"job_id": jid})
         ref = self._refs.pop(jid, None)
         if ref is not None:
@@ -161,7 +135,8 @@ class Reconciler:
         jid = jobspecs.job_id(namespace, name)
         ref = ObjectRef(namespace, name, str(meta.uid))
         self._refs[jid] = ref
-        previous = self._conditions.get(jid) or _ready_condition(status)
+        self._conditions.seed(jid, status)
+        previous = self._conditions.ready(jid)
         patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
         try:
             job_spec = jobspecs.build_spec(
@@ -169,10 +144,11 @@ class Reconciler:
             )
         except PodcronError as error:
             self._engine.remove(jid)
-            condition = _condition(previous, ok=False, reason=error.reason, message=str(error))
+            condition = self._conditions.set_ready(
+                jid, ok=False, reason=error.reason, message=str(error)
+            )
             # The schedule fields describe a spec that no longer applies.
             patch |= {
-                "conditions": [condition],
                 "nextRunTime": None,
                 "running": False,
                 "scheduleType": None,
@@ -186,25 +162,21 @@ class Reconciler:
             # Ignored for a job the engine already runs: its own history is newer.
             snapshot = self._engine.upsert(job_spec, history=jobspecs.history_from_status(status))
             if job_spec.suspended:
-                condition = _condition(
-                    previous,
-                    ok=True,
-                    reason="Suspended",
-                    message="suspended: no runs are scheduled",
+                condition = self._conditions.set_ready(
+                    jid, ok=True, reason="Suspended", message="suspended: no runs are scheduled"
                 )
             else:
-                condition = _condition(
-                    previous,
+                condition = self._conditions.set_ready(
+                    jid,
                     ok=True,
                     reason="Scheduled",
                     message=f"scheduled {job_spec.schedule.human_readable}",
                 )
-            patch["conditions"] = [condition]
             patch |= jobspecs.schedule_status(job_spec.schedule)
             patch |= jobspecs.run_status(snapshot)
+        patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)
-        self._conditions[jid] = condition
         if previous is None or any(
             previous.get(key) != condition[key] for key in ("status", "reason", "message")
         ):
@@ -220,8 +192,13 @@ class Reconciler:
             snapshot = self._engine.snapshot(event.job_id)
         except JobNotFound:
             return
-        self._writer.update(event.namespace, event.name, jobspecs.run_status(snapshot))
-        if isinstance(event, RunFinished) and event.status is RunStatus.FAILURE:
-            ref = self._refs.get(event.job_id)
-            if ref is not None:
-                self._events.run_failed(ref, event.error)
+        patch = jobspecs.run_status(snapshot)
+        if isinstance(event, RunFinished) and event.status is not RunStatus.SKIPPED:
+            succeeded = event.status is RunStatus.SUCCESS
+            self._conditions.run_ended(event.job_id, succeeded=succeeded, error=event.error)
+            patch |= self._conditions.status(event.job_id)
+            if not succeeded:
+                ref = self._refs.get(event.job_id)
+                if ref is not None:
+                    self._events.run_failed(ref, event.error)
+        self._writer.update(event.namespace, event.name, patch)

@@ -34,12 +34,22 @@ def parse_time(text: object) -> datetime | None:
         return None
 
 
-def _optional_seconds(spec: Mapping[str, Any], key: str) -> float | None:
+# The CRD's bound on spec.timeoutSeconds (a week). Checked here too: an object stored
+# before the CRD had it still reaches the operator, and a deadline computed from a huge
+# value overflows.
+MAX_TIMEOUT_SECONDS = 604800
+
+
+def _optional_seconds(
+    spec: Mapping[str, Any], key: str, *, minimum: float = 0, maximum: float | None = None
+) -> float | None:
     value = spec.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidSchedule(f"spec.{key}", value, "must be a non-negative number of seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise InvalidSchedule(f"spec.{key}", value, f"must be a number of seconds >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise InvalidSchedule(f"spec.{key}", value, f"must be at most {maximum} seconds")
     return float(value)
 
 
@@ -74,7 +84,9 @@ def build_spec(
         args=dict(args),
         concurrency_policy=policy,
         suspended=bool(spec.get("suspend", False)),
-        timeout_seconds=_optional_seconds(spec, "timeoutSeconds"),
+        timeout_seconds=_optional_seconds(
+            spec, "timeoutSeconds", minimum=1, maximum=MAX_TIMEOUT_SECONDS
+        ),
         starting_deadline_seconds=_optional_seconds(spec, "startingDeadlineSeconds"),
     )
 

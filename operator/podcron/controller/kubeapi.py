@@ -17,21 +17,23 @@ from kubernetes.client.exceptions import ApiException
 from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
 
 COMPONENT = "podcron-operator"
+# events.k8s.io/v1 refuses a note over 1 kB; the same bound on core/v1 messages.
+MESSAGE_LIMIT = 1024
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 class ObjectGone(Exception):
-    """The ScheduledJob no longer exists; writing to it is pointless, not an error."""
+    """The object no longer exists (a ScheduledJob deleted, an Event expired): not an error."""
 
 
 class TransientApiError(Exception):
     """A failure worth retrying: throttling, conflicts, server errors, lost connections."""
 
 
-def _call(function: Callable[..., object], *args: object) -> None:
+def _call(function: Callable[..., Any], *args: object, **kwargs: object) -> Any:
     """Call the client, turning its errors into the two that callers act on."""
     try:
-        function(*args)
+        return function(*args, **kwargs)
     except ApiException as error:
         if error.status == 404:
             raise ObjectGone(str(error.reason)) from error
@@ -40,6 +42,11 @@ def _call(function: Callable[..., object], *args: object) -> None:
         raise
     except (OSError, urllib3.exceptions.HTTPError) as error:
         raise TransientApiError(f"{type(error).__name__}: {error}") from error
+
+
+def _micro_time(moment: datetime) -> str:
+    """An Event's timestamp (RFC 3339 UTC with microseconds)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class KubeApi:
@@ -75,10 +82,24 @@ class KubeApi:
         )
 
     def create_event(
-        self, *, namespace: str, name: str, uid: str, event_type: str, reason: str, message: str
-    ) -> None:
-        """Post a core/v1 Event about a ScheduledJob."""
-        now = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        self,
+        *,
+        namespace: str,
+        name: str,
+        uid: str,
+        event_type: str,
+        reason: str,
+        message: str,
+        count: int = 1,
+        first_timestamp: datetime | None = None,
+        last_timestamp: datetime | None = None,
+    ) -> str:
+        """Post a core/v1 Event about a ScheduledJob; returns the Event's name.
+
+        ``count`` and the timestamps let a repeated Event be posted again as it
+        stood, when the API server has already expired the first one.
+        """
+        last = last_timestamp or datetime.now(UTC)
         body = {
             "metadata": {"generateName": f"{name}.", "namespace": namespace},
             "involvedObject": {
@@ -90,12 +111,32 @@ class KubeApi:
             },
             "type": event_type,
             "reason": reason,
-            "message": message[:1024],
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
+            "message": message[:MESSAGE_LIMIT],
+            "firstTimestamp": _micro_time(first_timestamp or last),
+            "lastTimestamp": _micro_time(last),
+            "count": count,
             "source": {"component": COMPONENT},
             "reportingComponent": f"{GROUP}/operator",
             "reportingInstance": self._instance,
         }
-        _call(self._core.create_namespaced_event, namespace, body)
+        created = _call(self._core.create_namespaced_event, namespace, body)
+        return str(created.metadata.name)
+
+    def patch_event(
+        self, *, namespace: str, name: str, count: int, message: str, last_timestamp: datetime
+    ) -> None:
+        """Record that Event ``name`` happened again: its count, last time and latest message.
+
+        Raises ObjectGone when the API server has expired it.
+        """
+        _call(
+            self._core.patch_namespaced_event,
+            name,
+            namespace,
+            {
+                "count": count,
+                "lastTimestamp": _micro_time(last_timestamp),
+                "message": message[:MESSAGE_LIMIT],
+            },
+            _content_type="application/merge-patch+json",
+        )

@@ -1,0 +1,47 @@
+"""A skipped tick is counted, and never hides how the last run ended."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from podcron.context import JobContext, Trigger
+from podcron.engine import Engine, RunStatus
+
+from .engine_support import Recorder, spec
+
+
+@pytest.fixture
+async def engine() -> Any:
+    engine = Engine(shutdown_timeout_seconds=1.0)
+    yield engine
+    await engine.shutdown()
+
+
+@pytest.mark.parametrize("outcome", [RunStatus.SUCCESS, RunStatus.FAILURE])
+async def test_skipped_ticks_keep_the_last_runs_status(engine: Engine, outcome: RunStatus) -> None:
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        if ctx.trigger is Trigger.MANUAL:
+            if outcome is RunStatus.FAILURE:
+                raise ValueError("boom")
+            return
+        await release.wait()  # the scheduled run lasts until released: later ticks skip
+
+    engine.upsert(spec(job))  # every 1s, concurrencyPolicy Forbid
+    engine.trigger("ns/job")
+    await recorder.until(lambda: recorder.count("job", outcome) == 1)
+    ran = len(recorder.finished())
+    # A tick skipped after that run, while the scheduled run lasts.
+    await recorder.until(
+        lambda: any(e.status is RunStatus.SKIPPED for e in recorder.finished()[ran:])
+    )
+    history = engine.snapshot("ns/job").history
+    assert history.last_status is outcome
+    assert history.counts.skipped >= 1
+    assert history.counts.total == 1
+    release.set()

@@ -1,0 +1,37 @@
+"""From a ScheduledJob's spec to the engine's record: the timing fields' bounds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from podcron.controller.jobspecs import MAX_TIMEOUT_SECONDS, build_spec
+from podcron.errors import InvalidSchedule
+
+INT64_MAX = 2**63 - 1
+
+
+def _build(**fields: Any) -> Any:
+    spec = {"entryPoint": "hello", "schedule": {"every": "5s"}} | fields
+    return build_spec("ns", "job", spec, allowed_modules=())
+
+
+@pytest.mark.parametrize("seconds", [MAX_TIMEOUT_SECONDS + 1, 300_000_000_000, INT64_MAX, 0, -1])
+def test_a_timeout_out_of_bounds_is_refused(seconds: int) -> None:
+    # The CRD refuses these; an object stored before it did still reaches the operator.
+    with pytest.raises(InvalidSchedule) as caught:
+        _build(timeoutSeconds=seconds)
+    assert str(caught.value).startswith("spec.timeoutSeconds: must be ")
+    assert caught.value.reason == "InvalidSchedule"
+
+
+@pytest.mark.parametrize("seconds", [1, MAX_TIMEOUT_SECONDS])
+def test_a_timeout_within_bounds_is_kept(seconds: int) -> None:
+    assert _build(timeoutSeconds=seconds).timeout_seconds == seconds
+
+
+@pytest.mark.parametrize("seconds", [0, 300_000_000_000, INT64_MAX])
+def test_any_starting_deadline_the_api_server_stores_is_kept(seconds: int) -> None:
+    # Only compared with the age of a missed tick: no bound is needed (nor has CronJob one).
+    assert _build(startingDeadlineSeconds=seconds).starting_deadline_seconds == float(seconds)
