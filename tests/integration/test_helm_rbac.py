@@ -224,7 +224,13 @@ def test_rendered_objects_pass_a_server_side_dry_run(
     assert len(applied) == len(objects)
     assert all(line.endswith("serverside-applied (server dry run)") for line in applied)
     kinds = {o["kind"] for o in objects}
-    assert {"CustomResourceDefinition", "Deployment", "ClusterRole", "ConfigMap"} <= kinds
+    assert {
+        "CustomResourceDefinition",
+        "Deployment",
+        "ClusterRole",
+        "ConfigMap",
+        "NetworkPolicy",
+    } <= kinds
 
 
 def test_bad_values_fail_helm_install_and_leave_nothing(
