@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from podcron.sidecar.protocol import HEAD_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
-from podcron.sidecar.server import API_LIMITS
+from podcron.sidecar.server import API_LIMITS, WORKERS
 
 from .conftest import wait_for
 from .sidecar_process import SidecarProcess, client, raw_exchange
@@ -141,12 +141,13 @@ def test_slowloris_from_a_refused_address_costs_nothing(sidecar: SidecarProcess)
 def test_slow_heads_from_an_admitted_peer_are_cut_at_the_deadline(
     sidecar: SidecarProcess,
 ) -> None:
-    # The trusted proxy is admitted at accept; it may hold API_LIMITS.per_peer connections.
-    count = API_LIMITS.per_peer + 36
-    slow = SlowClients(sidecar.url, source=PROXY, count=count)
+    # The trusted proxy is admitted at accept, up to API_LIMITS.per_peer connections in each
+    # worker (the kernel decides which worker accepts which connection).
+    most = WORKERS * API_LIMITS.per_peer
+    slow = SlowClients(sidecar.url, source=PROXY, count=most + 36)
     try:
         wait_for(
-            lambda: slow.open == API_LIMITS.per_peer,
+            lambda: slow.open <= most,
             timeout=30,
             what="the connections over the per-peer limit to be refused",
         )
@@ -160,7 +161,7 @@ def test_slow_heads_from_an_admitted_peer_are_cut_at_the_deadline(
     finally:
         slow.stop()
     answered = [answer for answer in slow.answers.values() if answer]
-    assert len(answered) == API_LIMITS.per_peer
+    assert API_LIMITS.per_peer <= len(answered) <= most
     for answer in answered:
         head, body = answer.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 408 ")

@@ -1,18 +1,22 @@
-"""``podcron sidecar``: the System API and the probes under uvicorn, in one event loop.
+"""``podcron sidecar``: the System API and the probes under uvicorn, in two worker processes.
 
 Two listening sockets on ``sidecarHost``: ``sidecarPort`` for the API, where
 only allowed peers and trusted proxies may connect, and ``sidecarProbePort``
 for the kubelet, open to every address but answering only ``/healthz`` and
-``/readyz``. Both are served by uvicorn's httptools protocol extended with
-podcron's defences (:mod:`podcron.sidecar.protocol`): a caller costs a
-coroutine, never a thread, so slow or hostile connections cannot starve the
-others. With an empty ``allowedCIDRs`` the Nodes' pod CIDRs are discovered on
-a background thread while the sidecar already serves loopback.
+``/readyz``. The process binds them, forks :data:`WORKERS` workers that share
+them, and supervises: it passes SIGTERM on and stops all when one dies. Each
+worker serves both sockets with uvicorn's httptools protocol extended with
+podcron's defences (:mod:`podcron.sidecar.protocol`) in one event loop: a
+caller costs a coroutine, never a thread, so slow or hostile connections
+cannot starve the others. With an empty ``allowedCIDRs`` each worker discovers
+the Nodes' pod CIDRs on a background thread while it already serves loopback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -30,12 +34,17 @@ from podcron.sidecar.protocol import Listener, protocol_class
 
 log = logging.getLogger("podcron.sidecar")
 
-#: Connections open at once on the API port: per peer address (a trusted proxy
+#: Worker processes, each with its own event loop, sharing the listening sockets (the
+#: kernel hands each connection to one). Two use two cores, as gunicorn's two workers did,
+#: and under CPU contention each process is one share of the scheduler's.
+WORKERS = 2
+#: Connections open at once on the API port, per worker: per peer address (a trusted proxy
 #: is one peer), and in all. wrk in benchmarks/bench_sidecar.py holds 16.
-API_LIMITS = Limits(per_peer=64, total=512)
+API_LIMITS = Limits(per_peer=32, total=256)
 #: The kubelet holds one connection per probe; anyone else may connect here too.
-PROBE_LIMITS = Limits(per_peer=8, total=128)
+PROBE_LIMITS = Limits(per_peer=4, total=64)
 BACKLOG = 1024
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 #: Seconds a connection may stay idle between requests.
 KEEP_ALIVE_SECONDS = 5
 #: At SIGTERM, requests in progress get this long to finish.
@@ -108,6 +117,35 @@ def main(settings: Settings) -> int:
             sock.close()
         return 2
 
+    log.info(
+        "podcron sidecar: the System API on %s, probes on port %d, operator at %s, allowed %s",
+        address_text(host, settings.sidecar_port),
+        settings.sidecar_probe_port,
+        settings.control_socket,
+        ", ".join(settings.allowed_cidrs) or "pod CIDRs of the Nodes and loopback",
+    )
+    # A stop signal that arrives while the workers start waits until the supervisor's
+    # handler can pass it on.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    children = []
+    for _ in range(WORKERS):
+        # Before any thread or event loop exists: each worker starts its own after the fork.
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+            code = 1
+            try:
+                code = _serve(settings, sockets)
+            finally:
+                os._exit(code)  # never back into the supervisor's code
+        children.append(pid)
+    for sock in sockets:
+        sock.close()  # the workers hold them
+    return _supervise(children)
+
+
+def _serve(settings: Settings, sockets: list[socket.socket]) -> int:
+    """One worker: its own allowlist, operator client, apps and event loop, until SIGTERM."""
     trusted_proxies = parse_networks(settings.trusted_proxies)
     if settings.allowed_cidrs:
         allowlist = Allowlist(parse_networks(settings.allowed_cidrs))
@@ -142,19 +180,49 @@ def main(settings: Settings) -> int:
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
-    log.info(
-        "podcron sidecar: the System API on %s, probes on port %d, operator at %s, allowed %s",
-        address_text(host, settings.sidecar_port),
-        settings.sidecar_probe_port,
-        settings.control_socket,
-        ", ".join(settings.allowed_cidrs) or "pod CIDRs of the Nodes and loopback",
-    )
     # uvicorn shuts down gracefully on SIGTERM or SIGINT, then raises the signal again for
-    # the handler it found: this one, so that a graceful stop exits 0, as the operator does.
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # the handler it found: this one, so that a graceful stop exits 0.
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _stopped)
     uvicorn.Server(config).run(sockets=sockets)
     return 0
+
+
+def _supervise(children: list[int]) -> int:
+    """Pass SIGTERM on to the workers and wait for them; stop all if one exits by itself.
+
+    Returns 0 when every worker stopped cleanly after SIGTERM (or SIGINT, which a terminal
+    sends the workers itself), else 1: the kubelet then restarts the container.
+    """
+    stopping = False
+    remaining = set(children)
+
+    def signal_all(signum: int) -> None:
+        for pid in remaining:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        if signum == signal.SIGTERM:
+            signal_all(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    exit_code = 0
+    while remaining:
+        pid, status = os.wait()
+        remaining.discard(pid)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0 or not stopping:
+            exit_code = 1
+        if not stopping:
+            log.error("sidecar worker %d exited (%d) on its own; stopping the others", pid, code)
+            stopping = True
+            signal_all(signal.SIGTERM)
+    return exit_code
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
