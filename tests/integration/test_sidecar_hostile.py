@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -297,3 +299,36 @@ def test_a_client_that_never_reads_is_dropped_at_the_write_deadline(
             what="the write deadline to drop the connection",
         )
     _served(sidecar)
+
+
+def _workers(pid: int) -> list[int]:
+    return [
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    ]
+
+
+def test_a_worker_that_dies_stops_the_sidecar_with_a_failure(tmp_path: Path) -> None:
+    sidecar = SidecarProcess(
+        dict(os.environ)
+        | {
+            "PODCRON_ALLOWED_CIDRS": f"{ALLOWED}/32",
+            "PODCRON_CONTROL_SOCKET": str(tmp_path / "absent.sock"),
+        },
+        tmp_path / "sidecar.log",
+    )
+    try:
+        workers = _workers(sidecar.process.pid)
+        assert len(workers) == WORKERS
+        os.kill(workers[0], signal.SIGKILL)
+        # The kubelet restarts a container that exits: half a sidecar would serve on.
+        assert sidecar.process.wait(30) == 1
+        assert f"sidecar worker {workers[0]} exited (-9) on its own" in sidecar.log()
+        assert not Path(f"/proc/{workers[1]}").exists() or _zombie(workers[1])
+    finally:
+        sidecar.stop()
+
+
+def _zombie(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
