@@ -52,7 +52,8 @@ test: venv binaries lint
 demo: venv binaries
 	$(PY) tools/demo.py
 
-# GET /_sys/job under wrk (Debian's package, installed when missing) and POST-to-start.
+# GET /_sys/job under wrk (Debian's package, installed when missing), plain and gzip, at 1,000
+# and 10,000 jobs, and POST-to-start.
 bench-sidecar: venv
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(PY) benchmarks/bench_sidecar.py

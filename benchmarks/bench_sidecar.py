@@ -1,4 +1,5 @@
-"""Sidecar benchmark (issue 5): ``GET /_sys/job`` under load, and the time from ``POST`` to start.
+"""Sidecar benchmark: ``GET /_sys/job`` under load, plain and gzip, and the time from ``POST``
+to start.
 
 Run with ``make bench-sidecar`` (``QUICK=1`` for a reduced run of under a
 minute). It prints a table and, as its last line, a ``RESULT sidecar ...`` line.
@@ -9,10 +10,11 @@ Three processes per job count, each started by this script:
   with ``jobs`` jobs and the real :class:`ControlServer` on a Unix socket.
   kopf and the API server are left out: they are not on the request path, and
   their CPU would only blur the sidecar's figures;
-* the sidecar: ``podcron sidecar``, exactly as in the pod (gunicorn, its
-  workers, the CIDR filter with ``allowedCIDRs=127.0.0.1/32``);
+* the sidecar: ``podcron sidecar``, exactly as in the pod (uvicorn, the
+  guarded protocol, the CIDR filter with ``allowedCIDRs=127.0.0.1/32``);
 * the load generator: ``wrk`` (Debian's package), 16 connections for 30 s,
-  with its latency distribution.
+  with its latency distribution, once without ``Accept-Encoding`` and once
+  with ``Accept-Encoding: gzip``.
 
 The jobs are varied like a real registry (every kind of schedule, several
 time zones, histories with counts) so each JobMetadata has its real size;
@@ -24,8 +26,8 @@ one request at a time; the job's body prints ``time.monotonic_ns()`` (one
 clock for all processes on a machine) and the figure is that instant minus
 the one just before the request was sent.
 
-The CPU columns are the sidecar's (gunicorn master and workers) and the
-operator side's CPU time during the load, per request: unlike the latencies,
+The CPU columns are the sidecar's and the operator side's CPU time during
+the load, per request: unlike the latencies,
 they hardly depend on what else the machine is doing. ``others`` is the share
 of the machine's CPU that other processes took during the load: on a shared
 machine it explains most of the spread in the latencies.
@@ -142,18 +144,29 @@ class WrkResult:
 
 
 @dataclass(frozen=True)
-class Row:
-    """One line of the table: one job count."""
+class Load:
+    """One wrk run: one job count, one encoding."""
 
     jobs: int
+    gzip: bool
     body_kb: float
     wrk: WrkResult
-    trigger_p50_ms: float
-    trigger_p99_ms: float
-    trigger_max_ms: float
     sidecar_cpu_ms: float
     operator_cpu_ms: float
     others_busy: float
+    load_average: float
+
+
+@dataclass(frozen=True)
+class Row:
+    """The figures of one job count."""
+
+    jobs: int
+    plain: Load
+    gzip: Load
+    trigger_p50_ms: float
+    trigger_p99_ms: float
+    trigger_max_ms: float
 
 
 def _milliseconds(value: str, unit: str) -> float:
@@ -252,6 +265,62 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+GZIP = {"Accept-Encoding": "gzip"}
+
+
+def _load(
+    url: str,
+    count: int,
+    gzip: bool,
+    pids: tuple[int, int],
+    *,
+    duration: int,
+    connections: int,
+    session: requests.Session,
+) -> Load:
+    """wrk against ``GET /_sys/job``, with the CPU the sidecar, the operator and others took."""
+    headers = GZIP if gzip else {"Accept-Encoding": "identity"}
+    body = session.get(f"{url}/_sys/job", headers=headers, stream=True).raw.read()
+    sidecar_pid, operator_pid = pids
+    cpu_before = cpu_seconds(sidecar_pid), cpu_seconds(operator_pid)
+    busy_before, wrk_before, started = (
+        machine_busy_seconds(),
+        _children_cpu_seconds(),
+        time.monotonic(),
+    )
+    wrk = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            *(["-H", "Accept-Encoding: gzip"] if gzip else []),
+            f"{url}/_sys/job",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    load = parse_wrk(wrk.stdout)
+    sidecar_cpu = cpu_seconds(sidecar_pid) - cpu_before[0]
+    operator_cpu = cpu_seconds(operator_pid) - cpu_before[1]
+    # What the rest of the machine took meanwhile: the latencies depend on it.
+    others = machine_busy_seconds() - busy_before
+    others -= sidecar_cpu + operator_cpu + _children_cpu_seconds() - wrk_before
+    others_busy = max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
+    return Load(
+        jobs=count,
+        gzip=gzip,
+        body_kb=len(body) / 1024,
+        wrk=load,
+        sidecar_cpu_ms=sidecar_cpu * 1000 / load.requests,
+        operator_cpu_ms=operator_cpu * 1000 / load.requests,
+        others_busy=others_busy,
+        load_average=os.getloadavg()[0],
+    )
+
+
 def measure(count: int, *, duration: int, connections: int, triggers: int, workdir: Path) -> Row:
     """Start the three processes for ``count`` jobs and measure."""
     socket_path = str(workdir / f"control-{count}.sock")
@@ -272,6 +341,7 @@ def measure(count: int, *, duration: int, connections: int, triggers: int, workd
             "PODCRON_CONTROL_SOCKET": socket_path,
             "PODCRON_SIDECAR_HOST": "127.0.0.1",
             "PODCRON_SIDECAR_PORT": str(port),
+            "PODCRON_SIDECAR_PROBE_PORT": str(_free_port()),
             "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
             "PODCRON_LOG_LEVEL": "WARNING",
         },
@@ -291,26 +361,18 @@ def measure(count: int, *, duration: int, connections: int, triggers: int, workd
                 return False
 
         _wait_until(listed, 60, f"the sidecar to list {count} jobs")
-        body_kb = len(session.get(f"{url}/_sys/job").content) / 1024
-        cpu_before = cpu_seconds(sidecar.pid), cpu_seconds(host.pid)
-        busy_before, wrk_before, started = (
-            machine_busy_seconds(),
-            _children_cpu_seconds(),
-            time.monotonic(),
+        plain, packed = (
+            _load(
+                url,
+                count,
+                gzip,
+                (sidecar.pid, host.pid),
+                duration=duration,
+                connections=connections,
+                session=session,
+            )
+            for gzip in (False, True)
         )
-        wrk = subprocess.run(
-            ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", f"{url}/_sys/job"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        load = parse_wrk(wrk.stdout)
-        sidecar_cpu = cpu_seconds(sidecar.pid) - cpu_before[0]
-        operator_cpu = cpu_seconds(host.pid) - cpu_before[1]
-        # What the rest of the machine took meanwhile: the latencies depend on it.
-        others = machine_busy_seconds() - busy_before
-        others -= sidecar_cpu + operator_cpu + _children_cpu_seconds() - wrk_before
-        others_busy = max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
 
         delays: list[float] = []
         trigger_url = f"{url}/_sys/job/{TRIGGER_JOB}"
@@ -323,14 +385,11 @@ def measure(count: int, *, duration: int, connections: int, triggers: int, workd
             delays.append((int(line.split()[1]) - sent) / 1e6)
         return Row(
             jobs=count,
-            body_kb=body_kb,
-            wrk=load,
+            plain=plain,
+            gzip=packed,
             trigger_p50_ms=statistics.median(delays),
             trigger_p99_ms=_percentile(delays, 0.99),
             trigger_max_ms=max(delays),
-            sidecar_cpu_ms=sidecar_cpu * 1000 / load.requests,
-            operator_cpu_ms=operator_cpu * 1000 / load.requests,
-            others_busy=others_busy,
         )
     finally:
         _stop(sidecar)
@@ -346,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--socket", required=True)
     serve.add_argument("--count", type=int, required=True)
     quick = bool(os.environ.get("QUICK"))
-    parser.add_argument("--jobs", default="100,1000", help="job counts, comma-separated")
+    parser.add_argument("--jobs", default="1000,10000", help="job counts, comma-separated")
     parser.add_argument("--duration", type=int, default=5 if quick else 30, help="seconds")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--triggers", type=int, default=50 if quick else 300)
@@ -361,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(n) for n in arguments.jobs.split(",")]
     print(
         f"GET /_sys/job: wrk, 2 threads, {arguments.connections} connections, "
-        f"{arguments.duration} s per job count; then {arguments.triggers} sequential POSTs "
-        f"(trigger to job start). {os.cpu_count()} CPUs, load average "
+        f"{arguments.duration} s per job count and encoding; then {arguments.triggers} "
+        f"sequential POSTs (trigger to job start). {os.cpu_count()} CPUs, load average "
         f"{os.getloadavg()[0]:.1f} at start (other work on the machine shares them)."
     )
     rows = []
@@ -378,31 +437,41 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
     header = (
-        f"{'jobs':>6} {'body KB':>8} {'requests':>9} {'rps':>8} {'p50 ms':>7} {'p90 ms':>7} "
-        f"{'p99 ms':>7} {'errors':>6} {'trig p50':>9} {'trig p99':>9} {'trig max':>9} "
-        f"{'cpu/req sidecar':>15} {'operator':>8} {'others':>6}"
+        f"{'jobs':>6} {'gzip':>4} {'body KB':>8} {'requests':>9} {'rps':>8} {'p50 ms':>7} "
+        f"{'p90 ms':>7} {'p99 ms':>7} {'errors':>6} {'trig p50':>9} {'trig p99':>9} "
+        f"{'trig max':>9} {'cpu/req sidecar':>15} {'operator':>8} {'others':>6} {'load':>5}"
     )
     print(header)
     print("-" * len(header))
     for row in rows:
-        w = row.wrk
-        print(
-            f"{row.jobs:>6} {row.body_kb:>8.1f} {w.requests:>9} {w.rps:>8.0f} {w.p50_ms:>7.2f} "
-            f"{w.p90_ms:>7.2f} {w.p99_ms:>7.2f} {w.errors:>6} {row.trigger_p50_ms:>9.2f} "
-            f"{row.trigger_p99_ms:>9.2f} {row.trigger_max_ms:>9.2f} "
-            f"{row.sidecar_cpu_ms:>12.3f} ms {row.operator_cpu_ms:>5.3f} ms "
-            f"{row.others_busy:>6.0%}"
-        )
+        for load in (row.plain, row.gzip):
+            w = load.wrk
+            trigger = (
+                f"{row.trigger_p50_ms:>9.2f} {row.trigger_p99_ms:>9.2f} {row.trigger_max_ms:>9.2f}"
+                if load is row.plain
+                else f"{'':>9} {'':>9} {'':>9}"
+            )
+            print(
+                f"{row.jobs:>6} {'yes' if load.gzip else 'no':>4} {load.body_kb:>8.1f} "
+                f"{w.requests:>9} {w.rps:>8.0f} {w.p50_ms:>7.2f} {w.p90_ms:>7.2f} "
+                f"{w.p99_ms:>7.2f} {w.errors:>6} {trigger} "
+                f"{load.sidecar_cpu_ms:>12.3f} ms {load.operator_cpu_ms:>5.3f} ms "
+                f"{load.others_busy:>6.0%} {load.load_average:>5.1f}"
+            )
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
-    last = rows[-1]
+    first, last = rows[0], rows[-1]
     print(
-        f"targets at {last.jobs} jobs: p99 <= {TARGET_P99_MS} ms with zero errors, "
+        f"targets at {first.jobs} jobs: p99 <= {TARGET_P99_MS} ms with zero errors, "
         f"trigger-to-start p99 <= {TARGET_TRIGGER_P99_MS} ms"
     )
     print(
-        f"RESULT sidecar jobs={last.jobs} p50_ms={last.wrk.p50_ms:.2f} "
-        f"p99_ms={last.wrk.p99_ms:.2f} rps={last.wrk.rps:.0f} errors={last.wrk.errors} "
-        f"trigger_to_start_p99_ms={last.trigger_p99_ms:.2f}"
+        f"RESULT sidecar jobs={first.jobs} p50_ms={first.plain.wrk.p50_ms:.2f} "
+        f"p99_ms={first.plain.wrk.p99_ms:.2f} rps={first.plain.wrk.rps:.0f} "
+        f"errors={first.plain.wrk.errors + first.gzip.wrk.errors} "
+        f"trigger_to_start_p99_ms={first.trigger_p99_ms:.2f} "
+        f"gzip_p99_ms={first.gzip.wrk.p99_ms:.2f} gzip_rps={first.gzip.wrk.rps:.0f} "
+        f"jobs_{last.jobs}_p99_ms={last.plain.wrk.p99_ms:.2f} "
+        f"jobs_{last.jobs}_gzip_p99_ms={last.gzip.wrk.p99_ms:.2f}"
     )
     return 0
 

@@ -28,6 +28,8 @@ CUSTOM_VALUES: dict[str, Any] = {
     "allowedCIDRs": ["10.244.0.0/16", "fd00:10:244::/56", "192.168.7.1"],
     "trustedProxies": ["10.244.3.7"],
     "cidrRefreshSeconds": 15,
+    "podCIDRsMinPrefixV4": 12,
+    "podCIDRsMinPrefixV6": 48,
     "otlp": {
         "endpoint": "http://otel-collector.observability:4317",
         "protocol": "http/protobuf",
@@ -41,6 +43,18 @@ CUSTOM_VALUES: dict[str, Any] = {
     "maxConcurrentRuns": 20,
     "statusPatchesPerSecond": 25.5,
     "service": {"type": "NodePort", "port": 8181, "metricsPort": 9191},
+    "sidecarProbePort": 8282,
+    "networkPolicy": {
+        "enabled": True,
+        "metrics": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}},
+            "podSelector": {
+                "matchExpressions": [
+                    {"key": "app.kubernetes.io/name", "operator": "In", "values": ["prometheus"]}
+                ]
+            },
+        },
+    },
     "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
     "serviceAccount": {
         "create": True,

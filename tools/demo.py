@@ -22,13 +22,14 @@ from controlplane import ControlPlane, ensure_binaries
 ROOT = Path(__file__).resolve().parents[1]
 REFRESH_SECONDS = 2.0
 SIDECAR_PORT = 8080
+SIDECAR_PROBE_PORT = 8081
 
 
-def _sidecar_port() -> int:
-    """8080 as in the pod, or any free port when something else already has it."""
+def _sidecar_port(preferred: int) -> int:
+    """``preferred``, as in the pod, or any free port when something else already has it."""
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", SIDECAR_PORT))
+            probe.bind(("127.0.0.1", preferred))
         except OSError:
             probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
@@ -81,7 +82,7 @@ def main() -> int:
             log_path = workdir / "operator.log"
             operator = _start_podcron("operator", log_path, cluster.env() | socket_env)
             sidecar_log = workdir / "sidecar.log"
-            port = _sidecar_port()
+            port = _sidecar_port(SIDECAR_PORT)
             sidecar = _start_podcron(
                 "sidecar",
                 sidecar_log,
@@ -90,6 +91,7 @@ def main() -> int:
                 | {
                     "PODCRON_SIDECAR_HOST": "127.0.0.1",
                     "PODCRON_SIDECAR_PORT": str(port),
+                    "PODCRON_SIDECAR_PROBE_PORT": str(_sidecar_port(SIDECAR_PROBE_PORT)),
                     "PODCRON_ALLOWED_CIDRS": "127.0.0.1/32",
                 },
             )

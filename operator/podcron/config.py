@@ -47,8 +47,13 @@ class Settings:
     #: Address and port the sidecar listens on.
     sidecar_host: str = "0.0.0.0"
     sidecar_port: int = 8080
+    #: The sidecar's port for the kubelet's probes, open to every address (the API port is not).
+    sidecar_probe_port: int = 8081
     #: How often the sidecar re-reads pod CIDRs from Nodes.
     cidr_refresh_seconds: float = 60.0
+    #: Discovered pod CIDRs wider than these prefixes are ignored (a Node claiming 0.0.0.0/0).
+    pod_cidrs_min_prefix_v4: int = 8
+    pod_cidrs_min_prefix_v6: int = 32
     #: ``json`` (one object per line) or ``text`` (for people at a terminal).
     log_format: str = "json"
     #: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.

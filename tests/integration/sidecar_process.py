@@ -46,8 +46,32 @@ def client(source: str = "127.0.0.1") -> requests.Session:
     return session
 
 
+def raw_exchange(url: str, data: bytes, *, source: str = "127.0.0.1", timeout: float = 10) -> bytes:
+    """Send ``data`` as it is to the server of ``url`` from ``source``; everything it answers
+    until it closes the connection (b"" when it closed without a word)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout, (source, 0)) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+        answer = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                return answer
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+class _PortTaken(Exception):
+    """Another process bound a port between free_port() and the sidecar."""
+
+
 class SidecarProcess:
-    """``podcron sidecar`` on a free port of 127.0.0.1, with its log in a file.
+    """``podcron sidecar`` on free ports of 127.0.0.1, with its log in a file.
 
     ``host`` is what it binds: ``::ffff:127.0.0.1`` makes an IPv6 listener that
     still only accepts connections to 127.0.0.1, and reports their peers as
@@ -55,10 +79,24 @@ class SidecarProcess:
     """
 
     def __init__(self, env: dict[str, str], log_path: Path, *, host: str = "127.0.0.1") -> None:
+        self.log_path = log_path
+        # free_port() races with every other process of the machine: another one may take
+        # a port before the sidecar binds it. Then, and only then, try other ports.
+        for attempt in range(1, 4):
+            try:
+                self._start(env, host)
+                return
+            except _PortTaken:
+                if attempt == 3:
+                    raise
+
+    def _start(self, env: dict[str, str], host: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("w")
+        # The kubelet's port: open to every address, only /healthz and /readyz.
+        self.probe_port = free_port()
+        self.probe_url = f"http://127.0.0.1:{self.probe_port}"
+        self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "podcron", "sidecar"],
             env=env
@@ -66,18 +104,21 @@ class SidecarProcess:
                 "PODCRON_LOG_FORMAT": "text",
                 "PODCRON_SIDECAR_HOST": host,
                 "PODCRON_SIDECAR_PORT": str(self.port),
+                "PODCRON_SIDECAR_PROBE_PORT": str(self.probe_port),
             },
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=log_path.parent,
+            cwd=self.log_path.parent,
         )
         health = client()
 
         def serving() -> bool:
             if self.process.poll() is not None:
+                if "Address already in use" in self.log():
+                    raise _PortTaken
                 raise AssertionError(f"the sidecar exited early:\n{self.log()}")
             try:
-                return health.get(f"{self.url}/healthz", timeout=2).status_code == 200
+                return health.get(f"{self.probe_url}/healthz", timeout=2).status_code == 200
             except (requests.ConnectionError, requests.Timeout):
                 return False
 

@@ -1,4 +1,4 @@
-"""The System API over real HTTP: a real operator, the sidecar under gunicorn, real peers.
+"""The System API over real HTTP: a real operator, the sidecar under its real server, real peers.
 
 One operator (watching one namespace) and two sidecars serve the whole module:
 ``open_sidecar`` allows 127.0.0.1 (the contract tests and schemathesis run
@@ -8,6 +8,7 @@ from there); ``filtering_sidecar`` allows only 127.0.0.2/32 and trusts
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -274,9 +275,32 @@ def test_unknown_paths_and_methods_answer_in_the_envelope(open_sidecar: SidecarP
     assert wrong.json() == {
         "data": None,
         "meta": {},
-        "error": {"code": "METHOD_NOT_ALLOWED", "message": "405 Method Not Allowed"},
+        "error": {
+            "code": "METHOD_NOT_ALLOWED",
+            "message": "DELETE is not allowed on /_sys/job; allowed: GET, HEAD, OPTIONS",
+        },
     }
-    assert "GET" in wrong.headers["Allow"]
+    options = session.options(f"{open_sidecar.url}/_sys/job")
+    assert options.status_code == 200
+    assert options.headers["Allow"] == wrong.headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert _validated(options, "/_sys/job") == {
+        "data": {"methods": ["GET", "HEAD", "OPTIONS"]},
+        "meta": {},
+    }
+
+
+def test_head_answers_on_every_get_route(
+    open_sidecar: SidecarProcess, jobs: list[str], namespace: str
+) -> None:
+    session = client()
+    for path in ("/_sys/job", f"/_sys/job/{namespace}/slow", "/_sys/openapi.yaml", "/healthz"):
+        got = session.get(f"{open_sidecar.url}{path}", headers={"Accept-Encoding": "identity"})
+        head = session.head(f"{open_sidecar.url}{path}", headers={"Accept-Encoding": "identity"})
+        assert head.status_code == got.status_code == 200, path
+        assert head.content == b""
+        assert head.headers["Content-Type"] == got.headers["Content-Type"]
+        if path != "/_sys/job":  # the list may change between the two requests
+            assert head.headers["Content-Length"] == str(len(got.content))
 
 
 def test_the_openapi_document_is_served_as_shipped(open_sidecar: SidecarProcess) -> None:
@@ -286,7 +310,16 @@ def test_the_openapi_document_is_served_as_shipped(open_sidecar: SidecarProcess)
     assert response.content == OPENAPI.read_bytes()
 
 
-def test_the_allowlist_is_judged_by_the_tcp_peer(
+def _refused(session: requests.Session, method: str, url: str, **options: Any) -> bool:
+    """Whether the server closed the connection without answering a word."""
+    try:
+        session.request(method, url, timeout=10, **options)
+    except requests.ConnectionError:
+        return True
+    return False
+
+
+def test_the_allowlist_is_judged_by_the_tcp_peer_at_accept(
     filtering_sidecar: SidecarProcess, jobs: list[str], namespace: str
 ) -> None:
     base = filtering_sidecar.url
@@ -295,18 +328,22 @@ def test_the_allowlist_is_judged_by_the_tcp_peer(
     assert allowed.get(f"{base}/_sys/job").json()["meta"]["total"] == 3
     assert allowed.get(one).status_code == 200
     assert _trigger(allowed, one).status_code == 200
-    for method, url, path in [
-        ("GET", f"{base}/_sys/job", "/_sys/job"),
-        ("GET", one, JOB_PATH),
-        ("POST", one, JOB_PATH),
-        ("GET", f"{base}/_sys/openapi.yaml", "/_sys/openapi.yaml"),
+    # Every path, known or not: an outsider does not even learn that this is HTTP.
+    for method, url in [
+        ("GET", f"{base}/_sys/job"),
+        ("GET", one),
+        ("POST", one),
+        ("GET", f"{base}/_sys/openapi.yaml"),
+        ("GET", f"{base}/_sys/nothing"),
+        ("GET", f"{base}/healthz"),
     ]:
-        _error(denied.request(method, url), path, 403, "FORBIDDEN")
-    # Unknown paths too: an outsider does not even learn which paths exist.
-    assert denied.get(f"{base}/_sys/nothing").status_code == 403
+        assert _refused(denied, method, url), (method, url)
     for probe in ("/healthz", "/readyz"):
-        assert denied.get(f"{base}{probe}").status_code == 200
-    assert "denied GET /_sys/job from peer 127.0.0.3" in filtering_sidecar.log()
+        assert denied.get(f"{filtering_sidecar.probe_url}{probe}").status_code == 200
+    assert allowed.get(f"{filtering_sidecar.probe_url}/_sys/job").status_code == 404
+    assert "System API: refused a connection from 127.0.0.3: not in allowedCIDRs" in (
+        filtering_sidecar.log()
+    )
 
 
 def test_forwarded_for_counts_only_from_a_trusted_proxy(
@@ -314,16 +351,16 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(
 ) -> None:
     url = f"{filtering_sidecar.url}/_sys/job"
     spoofing, proxy = client("127.0.0.3"), client("127.0.0.4")
-    assert spoofing.get(url, headers={"X-Forwarded-For": "127.0.0.2"}).status_code == 403
+    assert _refused(spoofing, "GET", url, headers={"X-Forwarded-For": "127.0.0.2"})
     assert proxy.get(url, headers={"X-Forwarded-For": "127.0.0.2"}).status_code == 200
-    assert proxy.get(url, headers={"X-Forwarded-For": "127.0.0.3"}).status_code == 403
+    _error(proxy.get(url, headers={"X-Forwarded-For": "127.0.0.3"}), "/_sys/job", 403, "FORBIDDEN")
     assert proxy.get(url).status_code == 403, "the proxy itself is not allowed"
     # A client may prepend anything; only the hop the trusted proxy appended counts.
     forged = {"X-Forwarded-For": "127.0.0.2, 127.0.0.3"}
     assert proxy.get(url, headers=forged).status_code == 403
     allowed = client("127.0.0.2")
     assert allowed.get(url, headers={"X-Forwarded-For": "127.0.0.3"}).status_code == 200
-    assert "denied GET /_sys/job from peer 127.0.0.3 (X-Forwarded-For '127.0.0.2')" in (
+    assert "denied GET /_sys/job from peer 127.0.0.4 (X-Forwarded-For '127.0.0.3')" in (
         filtering_sidecar.log()
     )
 
@@ -390,3 +427,74 @@ def test_operator_down_then_back(
         what="the jobs to be listed again",
     )
     assert _trigger(session, one).status_code == 200
+
+
+def test_the_list_is_gzipped_and_revalidated_by_etag(
+    open_sidecar: SidecarProcess, jobs: list[str]
+) -> None:
+    session = client()
+    url = f"{open_sidecar.url}/_sys/job"
+
+    def same_version() -> tuple[requests.Response, requests.Response] | None:
+        # hello runs every 2 s and changes the list: compare two answers of one version.
+        plain = session.get(url, headers={"Accept-Encoding": "identity"})
+        packed = session.get(url, headers={"Accept-Encoding": "gzip"}, stream=True)
+        if plain.headers["ETag"] != packed.headers["ETag"]:
+            return None
+        return plain, packed
+
+    plain, packed = wait_for(same_version, timeout=20, what="two answers of one list version")
+    assert "Content-Encoding" not in plain.headers
+    assert packed.headers["Content-Encoding"] == "gzip"
+    assert plain.headers["Vary"] == packed.headers["Vary"] == "Accept-Encoding"
+    body = packed.raw.read(decode_content=False)
+    assert gzip.decompress(body) == plain.content
+    assert len(body) < len(plain.content)
+    _validated(plain, "/_sys/job")
+
+    etag = plain.headers["ETag"]
+    revalidated: list[requests.Response] = []
+
+    def not_modified() -> bool:
+        revalidated.append(session.get(url, headers={"If-None-Match": etag}))
+        return revalidated[-1].status_code == 304
+
+    def modified() -> bool:
+        revalidated.append(session.get(url, headers={"If-None-Match": etag}))
+        return revalidated[-1].status_code == 200
+
+    # The ETag is the current one for a while, then hello's runs change the list.
+    if session.head(url).headers["ETag"] == etag:
+        wait_for(not_modified, timeout=5, interval=0.01, what="a 304 for the current ETag")
+        assert revalidated[-1].content == b""
+        assert revalidated[-1].headers["ETag"] == etag
+    wait_for(modified, timeout=20, what="a new version of the list after hello ran")
+    assert revalidated[-1].headers["ETag"] != etag
+    assert revalidated[-1].json()["meta"]["total"] == 3
+
+
+def test_an_encoded_slash_never_reaches_a_job(
+    operator: Operator, open_sidecar: SidecarProcess, jobs: list[str], namespace: str
+) -> None:
+    session = client()
+    before = session.get(f"{open_sidecar.url}/_sys/job/{namespace}/report").json()["data"]
+    for method in ("POST", "GET"):
+        response = session.request(method, f"{open_sidecar.url}/_sys/job/{namespace}%2Freport")
+        # A path the server decodes before routing would reach report: it must not.
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "BAD_REQUEST"
+    after = session.get(f"{open_sidecar.url}/_sys/job/{namespace}/report").json()["data"]
+    assert after["totalExecutions"] == before["totalExecutions"]
+    assert after["running"] is False
+
+
+def test_a_manual_run_is_logged_with_the_client_the_filter_judged(
+    filtering_sidecar: SidecarProcess, jobs: list[str], namespace: str
+) -> None:
+    proxy = client("127.0.0.4")
+    url = f"{filtering_sidecar.url}/_sys/job/{namespace}/hello"
+    assert _trigger(proxy, url, **{"X-Forwarded-For": "127.0.0.2"}).status_code == 200
+    # The text format shows job_id in brackets.
+    job = f"{namespace}/hello"
+    line = f"[{job}] manual run of {job} requested by 127.0.0.2 (via 127.0.0.4)"
+    wait_for(lambda: line in filtering_sidecar.log(), timeout=10, what="the manual-run line")

@@ -97,6 +97,15 @@ def test_lint_is_clean(helm: Helm, tmp_path: Path, values: dict[str, Any]) -> No
             "terminationGracePeriodSeconds (20) must be greater than shutdownTimeoutSeconds (25)",
         ),
         ({"service": {"port": 9090}}, "service.port and service.metricsPort must differ"),
+        ({"sidecarProbePort": 8080}, "sidecarProbePort (8080) must differ from service.port"),
+        ({"sidecarProbePort": 9090}, "sidecarProbePort (9090) must differ from service.port"),
+        ({"podCIDRsMinPrefixV4": 33}, "at '/podCIDRsMinPrefixV4': maximum: got 33, want 32"),
+        ({"podCIDRsMinPrefixV6": -1}, "at '/podCIDRsMinPrefixV6': minimum: got -1, want 0"),
+        ({"networkPolicy": {"enabled": "yes"}}, "at '/networkPolicy/enabled': got string"),
+        (
+            {"networkPolicy": {"metrics": {"podSelector": {"app": "prometheus"}}}},
+            "additional properties 'app' not allowed",
+        ),
     ],
     ids=lambda case: next(iter(case)) if isinstance(case, dict) else "",
 )
@@ -125,6 +134,9 @@ def test_config_map_holds_the_settings_podcron_reads(
     assert settings.trusted_proxies == tuple(values["trustedProxies"])
     assert settings.namespaces == tuple(values["watchNamespaces"])
     assert settings.cidr_refresh_seconds == values["cidrRefreshSeconds"]
+    assert settings.pod_cidrs_min_prefix_v4 == values["podCIDRsMinPrefixV4"]
+    assert settings.pod_cidrs_min_prefix_v6 == values["podCIDRsMinPrefixV6"]
+    assert settings.sidecar_probe_port == values["sidecarProbePort"]
     assert settings.shutdown_timeout_seconds == values["shutdownTimeoutSeconds"]
     assert settings.worker_threads == values["workerThreads"]
     assert settings.max_concurrent_runs == values["maxConcurrentRuns"]
@@ -188,9 +200,11 @@ def test_pod_is_locked_down_and_probed(
         assert security["capabilities"] == {"drop": ["ALL"]}
         assert container["resources"]["requests"]
         assert container["resources"]["limits"]
-        ports = {port["name"] for port in container["ports"]}
-        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": ports.pop()}
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        # The sidecar's probes have a port of their own: its API port refuses the node.
+        probe_port = "probes" if container["name"] == "sidecar" else "metrics"
+        assert probe_port in {port["name"] for port in container["ports"]}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": probe_port}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": probe_port}
         mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
         # The socket's directory is shared, and is where the settings put the socket.
         assert mounts["control"] == "/var/run/podcron"
@@ -205,14 +219,21 @@ def test_service_exposes_the_system_api_and_metrics(
     assert ports["http"]["port"] == values.get("service", {}).get("port", 8080)
     assert ports["metrics"]["port"] == values.get("service", {}).get("metricsPort", 9090)
     containers = _containers(objects)
-    assert [p["name"] for p in containers["sidecar"]["ports"]] == ["http"]
+    sidecar_ports = {p["name"]: p["containerPort"] for p in containers["sidecar"]["ports"]}
+    assert sidecar_ports == {
+        "http": values.get("service", {}).get("port", 8080),
+        "probes": values.get("sidecarProbePort", 8081),
+    }
+    assert "probes" not in ports, "the probe port is for the kubelet only"
     assert [p["name"] for p in containers["operator"]["ports"]] == ["metrics"]
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     monitors = find(objects, "ServiceMonitor")
     if values.get("serviceMonitor", {}).get("enabled"):
         endpoints = one(monitors, "ServiceMonitor")["spec"]["endpoints"]
-        assert endpoints == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+        assert endpoints == [
+            {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+        ]
     else:
         assert monitors == []
 
@@ -267,7 +288,7 @@ def test_rbac_and_service_account_can_be_left_to_the_user(helm: Helm, tmp_path: 
         {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}},
     )
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"ConfigMap", "Service", "Deployment"}
+    assert kinds == {"ConfigMap", "Service", "Deployment", "NetworkPolicy"}
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "mine"
 
@@ -282,3 +303,60 @@ def test_two_releases_in_two_namespaces_make_distinct_cluster_objects(
         if o["kind"] in ("ClusterRole", "ClusterRoleBinding")
     }
     assert names == {"podcron-team-a", "podcron-team-b"}
+
+
+def test_the_sidecar_has_a_startup_probe_on_its_probe_port(objects: list[dict[str, Any]]) -> None:
+    startup = _containers(objects)["sidecar"]["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "probes"}
+    # A minute for a slow node before liveness counts.
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+
+
+def _ingress(objects: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The NetworkPolicy's peers by the port (name) they may reach."""
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "egress stays open (the API server)"
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    rules: dict[str, list[dict[str, Any]]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            assert port["protocol"] == "TCP"
+            rules[port["port"]] = rule["from"]
+    return rules
+
+
+def test_the_network_policy_admits_the_pod_network_and_prometheus_by_default(
+    helm: Helm, tmp_path: Path
+) -> None:
+    rules = _ingress(render(helm, tmp_path, {}))
+    assert set(rules) == {"http", "metrics"}, "probes come from the node, never blocked"
+    assert rules["http"] == [{"namespaceSelector": {}}]
+    assert rules["metrics"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {},
+        }
+    ]
+
+
+def test_the_network_policy_admits_exactly_the_allowed_cidrs_and_proxies(
+    helm: Helm, tmp_path: Path
+) -> None:
+    rules = _ingress(render(helm, tmp_path, CUSTOM_VALUES))
+    assert rules["http"] == [
+        {"ipBlock": {"cidr": "10.244.0.0/16"}},
+        {"ipBlock": {"cidr": "fd00:10:244::/56"}},
+        {"ipBlock": {"cidr": "192.168.7.1/32"}},
+        {"ipBlock": {"cidr": "10.244.3.7/32"}},  # the trusted proxy
+    ]
+    metrics = CUSTOM_VALUES["networkPolicy"]["metrics"]
+    assert rules["metrics"] == [
+        {"namespaceSelector": metrics["namespaceSelector"], "podSelector": metrics["podSelector"]}
+    ]
+
+
+def test_the_network_policy_can_be_left_out(helm: Helm, tmp_path: Path) -> None:
+    assert (
+        find(render(helm, tmp_path, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+    )

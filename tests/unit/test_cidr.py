@@ -16,7 +16,7 @@ from podcron.sidecar.cidr import (
     parse_network,
     parse_networks,
 )
-from podcron.sidecar.discovery import pod_cidrs
+from podcron.sidecar.discovery import Ignored, MinimumPrefixes, pod_cidrs
 
 
 @pytest.mark.parametrize(
@@ -146,13 +146,49 @@ def test_pod_cidrs_reads_spec_pod_cidrs_and_the_older_single_field() -> None:
         {"metadata": {"name": "d"}, "spec": {}},
         {"metadata": {"name": "e"}},
     ]
-    assert pod_cidrs(nodes) == (
-        IPv4Network("10.244.1.0/24"),
-        IPv4Network("10.244.2.0/24"),
-        IPv6Network("fd00:10:244:1::/64"),
+    assert pod_cidrs(nodes, MinimumPrefixes()) == (
+        (
+            IPv4Network("10.244.1.0/24"),
+            IPv4Network("10.244.2.0/24"),
+            IPv6Network("fd00:10:244:1::/64"),
+        ),
+        [],
     )
 
 
 def test_pod_cidrs_skips_an_invalid_entry() -> None:
     nodes = [{"metadata": {"name": "a"}, "spec": {"podCIDRs": ["nonsense", "10.244.1.0/24"]}}]
-    assert pod_cidrs(nodes) == (IPv4Network("10.244.1.0/24"),)
+    assert pod_cidrs(nodes, MinimumPrefixes()) == (
+        (IPv4Network("10.244.1.0/24"),),
+        [Ignored("a", "nonsense", "not an IP network")],
+    )
+
+
+@pytest.mark.parametrize(
+    ("cidr", "plausible"),
+    [
+        ("0.0.0.0/0", False),
+        ("10.0.0.0/7", False),
+        ("10.0.0.0/8", True),
+        ("10.244.0.0/16", True),
+        ("::ffff:0.0.0.0/96", False),  # 0.0.0.0/0, spelt as IPv4-mapped IPv6
+        ("::/0", False),
+        ("fd00::/31", False),
+        ("fd00::/32", True),
+        ("fd00:10:244::/64", True),
+    ],
+)
+def test_pod_cidrs_wider_than_the_minimum_prefix_are_ignored(cidr: str, plausible: bool) -> None:
+    nodes = [{"metadata": {"name": "wide"}, "spec": {"podCIDRs": [cidr]}}]
+    networks, ignored = pod_cidrs(nodes, MinimumPrefixes(ipv4=8, ipv6=32))
+    assert bool(networks) is plausible
+    if not plausible:
+        assert [(i.node, i.text) for i in ignored] == [("wide", cidr)]
+        assert "wider than /" in ignored[0].reason
+
+
+def test_the_minimum_prefixes_are_settings() -> None:
+    nodes = [{"metadata": {"name": "n"}, "spec": {"podCIDRs": ["10.244.0.0/16", "fd00::/48"]}}]
+    networks, ignored = pod_cidrs(nodes, MinimumPrefixes(ipv4=20, ipv6=56))
+    assert networks == ()
+    assert len(ignored) == 2

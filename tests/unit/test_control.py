@@ -1,7 +1,6 @@
 """The control socket end to end: a real engine, the real server, the sidecar's real client.
 
-The client blocks (it runs in gunicorn workers), so each call goes through
-``asyncio.to_thread`` while the event loop serves the socket.
+The client is asyncio's, as in the sidecar: it shares the event loop with the server.
 """
 
 from __future__ import annotations
@@ -22,9 +21,8 @@ from podcron.context import JobContext, Trigger
 from podcron.controller.control import ControlServer, JobCatalogue
 from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
 from podcron.entrypoints import JobTarget
-from podcron.errors import JobAlreadyRunning, JobNotFound
 from podcron.schedules import parse_schedule
-from podcron.sidecar.operator_client import OperatorClient, OperatorUnavailable
+from podcron.sidecar.operator_client import OperatorClient, OperatorRefused, OperatorUnavailable
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -80,13 +78,15 @@ def client(socket_path: Path) -> OperatorClient:
 async def test_no_jobs_lists_nothing_and_knows_no_job(
     server: ControlServer, client: OperatorClient
 ) -> None:
-    await asyncio.to_thread(client.ping)
-    jobs = await asyncio.to_thread(client.list_jobs)
+    await client.ping()
+    jobs = await client.list_jobs()
     assert (jobs.total, jobs.data) == (0, b"[]")
-    with pytest.raises(JobNotFound):
-        await asyncio.to_thread(client.get_job, "ns/missing")
-    with pytest.raises(JobNotFound):
-        await asyncio.to_thread(client.trigger, "ns/missing", trace_headers={})
+    with pytest.raises(OperatorRefused) as refused:
+        await client.get_job("ns/missing")
+    assert (refused.value.code, refused.value.job_id) == (wire.JOB_NOT_FOUND, "ns/missing")
+    with pytest.raises(OperatorRefused) as refused:
+        await client.trigger("ns/missing", trace_headers={})
+    assert refused.value.code == wire.JOB_NOT_FOUND
 
 
 async def test_the_list_is_job_metadata_by_job_id_and_revalidated_by_etag(
@@ -94,7 +94,7 @@ async def test_the_list_is_job_metadata_by_job_id_and_revalidated_by_etag(
 ) -> None:
     engine.upsert(_spec("b"))
     engine.upsert(_spec("a", suspended=True))
-    jobs = await asyncio.to_thread(client.list_jobs)
+    jobs = await client.list_jobs()
     listed = json.loads(jobs.data)
     assert jobs.total == 2
     assert [job["jobId"] for job in listed] == ["ns/a", "ns/b"]
@@ -103,11 +103,11 @@ async def test_the_list_is_job_metadata_by_job_id_and_revalidated_by_etag(
     assert listed[1]["humanReadable"] == "every day at 02:30 (Europe/Berlin)"
     assert listed[1]["nextExecutionTime"].endswith("Z")
 
-    again = await asyncio.to_thread(client.list_jobs)
+    again = await client.list_jobs()
     assert again is jobs, "an unchanged list must come from the cache"
 
     engine.remove("ns/a")
-    changed = await asyncio.to_thread(client.list_jobs)
+    changed = await client.list_jobs()
     assert changed.etag != jobs.etag
     assert [job["jobId"] for job in json.loads(changed.data)] == ["ns/b"]
 
@@ -116,11 +116,11 @@ async def test_a_fresh_list_is_served_without_asking_until_a_trigger(
     engine: Engine, server: ControlServer, socket_path: Path
 ) -> None:
     client = OperatorClient(str(socket_path), list_max_age=3600)
-    first = await asyncio.to_thread(client.list_jobs)
+    first = await client.list_jobs()
     engine.upsert(_spec("a", concurrency_policy=ConcurrencyPolicy.ALLOW))
-    assert await asyncio.to_thread(client.list_jobs) is first, "within its max age"
-    await asyncio.to_thread(client.trigger, "ns/a", trace_headers={})
-    listed = json.loads((await asyncio.to_thread(client.list_jobs)).data)
+    assert await client.list_jobs() is first, "within its max age"
+    await client.trigger("ns/a", trace_headers={})
+    listed = json.loads((await client.list_jobs()).data)
     assert [job["jobId"] for job in listed] == ["ns/a"], "a trigger makes the next list fresh"
 
 
@@ -128,8 +128,8 @@ async def test_one_job_is_the_same_object_as_in_the_list(
     engine: Engine, server: ControlServer, client: OperatorClient
 ) -> None:
     engine.upsert(_spec("a"))
-    one = json.loads(await asyncio.to_thread(client.get_job, "ns/a"))
-    listed = json.loads((await asyncio.to_thread(client.list_jobs)).data)
+    one = json.loads(await client.get_job("ns/a"))
+    listed = json.loads((await client.list_jobs()).data)
     assert listed == [one]
 
 
@@ -144,15 +144,11 @@ async def test_trigger_runs_the_job_manually_in_the_callers_trace(
         started.set()
 
     engine.upsert(_spec("a", target=job))
-    answer = await asyncio.to_thread(
-        client.trigger, "ns/a", trace_headers={"traceparent": TRACEPARENT}
-    )
+    answer = await client.trigger("ns/a", trace_headers={"traceparent": TRACEPARENT})
     assert answer == {
         "jobId": "ns/a",
         "triggered": True,
-        "scheduledNextAt": json.loads(await asyncio.to_thread(client.get_job, "ns/a"))[
-            "nextExecutionTime"
-        ],
+        "scheduledNextAt": json.loads(await client.get_job("ns/a"))["nextExecutionTime"],
     }
     await asyncio.wait_for(started.wait(), timeout=5)
     assert contexts[0].trigger is Trigger.MANUAL
@@ -170,12 +166,13 @@ async def test_trigger_of_a_running_forbid_job_is_refused(
         await release.wait()
 
     engine.upsert(_spec("a", target=job, concurrency_policy=ConcurrencyPolicy.FORBID))
-    await asyncio.to_thread(client.trigger, "ns/a", trace_headers={})
+    await client.trigger("ns/a", trace_headers={})
     await asyncio.wait_for(started.wait(), timeout=5)
-    listed = json.loads((await asyncio.to_thread(client.list_jobs)).data)
+    listed = json.loads((await client.list_jobs()).data)
     assert listed[0]["running"] is True
-    with pytest.raises(JobAlreadyRunning):
-        await asyncio.to_thread(client.trigger, "ns/a", trace_headers={})
+    with pytest.raises(OperatorRefused) as refused:
+        await client.trigger("ns/a", trace_headers={})
+    assert refused.value.code == wire.JOB_ALREADY_RUNNING
     release.set()
 
 
@@ -199,7 +196,7 @@ async def test_a_stale_socket_is_replaced(engine: Engine, socket_path: Path) -> 
     server = ControlServer(engine, socket_path)
     await server.start()
     try:
-        await asyncio.to_thread(OperatorClient(str(socket_path)).ping)
+        await OperatorClient(str(socket_path)).ping()
     finally:
         await server.stop()
 
@@ -221,18 +218,18 @@ async def test_the_client_survives_an_operator_restart(
 ) -> None:
     first = ControlServer(engine, socket_path)
     await first.start()
-    await asyncio.to_thread(client.ping)
+    await client.ping()
     await first.stop()
     with pytest.raises(OperatorUnavailable):
-        await asyncio.to_thread(client.ping)
+        await client.ping()
     with pytest.raises(OperatorUnavailable):
-        await asyncio.to_thread(client.list_jobs)
+        await client.list_jobs()
 
     engine.upsert(_spec("a"))
     second = ControlServer(engine, socket_path)
     await second.start()
     try:
-        jobs = await asyncio.to_thread(client.list_jobs)
+        jobs = await client.list_jobs()
         assert jobs.total == 1
     finally:
         await second.stop()
@@ -243,12 +240,12 @@ async def test_a_kept_connection_from_a_previous_operator_is_replaced(
 ) -> None:
     first = ControlServer(engine, socket_path)
     await first.start()
-    await asyncio.to_thread(client.ping)  # the client now keeps a connection to `first`
+    await client.ping()  # the client now keeps a connection to `first`
     await first.stop()
     second = ControlServer(engine, socket_path)
     await second.start()
     try:
-        await asyncio.to_thread(client.ping)
+        await client.ping()
     finally:
         await second.stop()
 
@@ -272,7 +269,7 @@ async def test_a_bad_request_is_answered_not_fatal(
     header = await asyncio.to_thread(_raw_exchange, socket_path, line)
     assert header["ok"] is False
     assert header["error"] == wire.BAD_REQUEST
-    await asyncio.to_thread(OperatorClient(str(socket_path)).ping)
+    await OperatorClient(str(socket_path)).ping()
 
 
 async def test_an_overlong_line_is_refused(server: ControlServer, socket_path: Path) -> None:

@@ -96,3 +96,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - name: tmp
   mountPath: /tmp
 {{- end }}
+
+{{/* A network of allowedCIDRs or trustedProxies as a CIDR: a bare address becomes /32 or /128. */}}
+{{- define "podcron.cidr" -}}
+{{- if contains "/" . }}{{ . }}{{ else if contains ":" . }}{{ . }}/128{{ else }}{{ . }}/32{{ end }}
+{{- end }}

@@ -1,50 +1,64 @@
-"""The System API (DESIGN.md) as a Falcon WSGI app: ``/_sys/job`` over the control socket.
+"""The System API as a Falcon ASGI app: ``/_sys/job`` over the control socket.
 
 Every answer is the ``{"data", "meta"}`` envelope, errors included
-(``{"data": null, "meta": {}, "error": {"code", "message"}}``). The job list
-passes through as the operator serialised it: the sidecar never decodes it.
+(``{"data": null, "meta": {}, "error": {"code", "message"}}``), and every
+route answers ``HEAD`` where it answers ``GET``, and ``OPTIONS`` with the
+same ``Allow`` list as its 405. The job list passes through as the operator
+serialised it: the sidecar never decodes it.
+
+Two apps: :func:`create_app` for the API port, where every path is filtered
+by the caller's address, and :func:`create_probe_app` for the kubelet's
+probes on a port of their own, which only answers ``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 import falcon
+import falcon.asgi
+from falcon import constants
 
-from podcron.config import Settings
-from podcron.errors import JobAlreadyRunning, JobNotFound
-from podcron.sidecar.cidr import Allowlist, Network, client_address, parse_networks
-from podcron.sidecar.operator_client import EMPTY, JobList, OperatorClient, OperatorUnavailable
+from podcron import control_protocol as wire
+from podcron.sidecar import envelope
+from podcron.sidecar.cidr import Allowlist, Network, client_address
+from podcron.sidecar.joblist import Versions, accepts_gzip
+from podcron.sidecar.operator_client import (
+    EMPTY,
+    OperatorClient,
+    OperatorRefused,
+    OperatorUnavailable,
+)
+from podcron.sidecar.ratelimited_log import RateLimitedLog
 
 log = logging.getLogger("podcron.sidecar")
 
-FORBIDDEN = "FORBIDDEN"
-JOB_NOT_FOUND = "JOB_NOT_FOUND"
-JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
-OPERATOR_UNAVAILABLE = "OPERATOR_UNAVAILABLE"
-INTERNAL_ERROR = "INTERNAL_ERROR"
+#: The operator's refusals (control_protocol's error codes) as HTTP statuses; the
+#: envelope's code is the operator's. A code missing here answers 500.
+REFUSALS: dict[str, int] = {
+    wire.JOB_NOT_FOUND: 404,
+    wire.JOB_ALREADY_RUNNING: 409,
+}
 #: Codes for errors Falcon raises itself; any other 4xx is BAD_REQUEST, 5xx INTERNAL_ERROR.
 STATUS_CODES = {
-    400: "BAD_REQUEST",
-    403: FORBIDDEN,
-    404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED",
-    500: INTERNAL_ERROR,
+    400: envelope.BAD_REQUEST,
+    403: envelope.FORBIDDEN,
+    404: envelope.NOT_FOUND,
+    405: envelope.METHOD_NOT_ALLOWED,
+    500: envelope.INTERNAL_ERROR,
 }
-#: Probes: kubelet calls them from the node's address, outside any allowlist.
-UNFILTERED_PATHS = frozenset({"/healthz", "/readyz"})
+#: The longest namespace (an RFC 1123 label) and name (a DNS subdomain) Kubernetes accepts.
+MAX_NAMESPACE, MAX_NAME = 63, 253
 #: Request headers handed to the run so that its span joins the caller's trace.
 TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 JSON = falcon.MEDIA_JSON
 OPENAPI_DOCUMENT = "openapi.yaml"
+OK = envelope.data({"status": "ok"})
 
-
-def _encode(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":")).encode()
+App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 
 class ApiError(falcon.HTTPError):
@@ -58,166 +72,268 @@ class ApiError(falcon.HTTPError):
 def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     status = error.status_code
     code = getattr(error, "error_code", None) or STATUS_CODES.get(
-        status, "BAD_REQUEST" if status < 500 else INTERNAL_ERROR
+        status, envelope.BAD_REQUEST if status < 500 else envelope.INTERNAL_ERROR
     )
     message = error.description or error.title or str(error.status)
-    resp.data = _encode({"data": None, "meta": {}, "error": {"code": code, "message": message}})
+    if status == 405:
+        allowed = dict(error.headers or ()).get("Allow", "")
+        message = f"{req.method} is not allowed on {req.path}; allowed: {allowed}"
+    resp.data = envelope.error(code, message)
     resp.content_type = JSON
 
 
-def _unexpected_error(
-    req: falcon.Request, resp: falcon.Response, error: Exception, params: dict[str, Any]
+async def _unexpected_error(
+    req: falcon.asgi.Request, resp: falcon.asgi.Response, error: Exception, params: dict[str, Any]
 ) -> None:
     log.error("%s %s failed", req.method, req.path, exc_info=error)
-    raise ApiError(500, INTERNAL_ERROR, "the sidecar failed; see its log")
+    raise ApiError(500, envelope.INTERNAL_ERROR, "the sidecar failed; see its log")
 
 
 def _unavailable(error: OperatorUnavailable) -> ApiError:
     log.warning("the operator is unreachable: %s", error)
-    return ApiError(503, OPERATOR_UNAVAILABLE, "the operator is not reachable; try again shortly")
+    return ApiError(
+        503, envelope.OPERATOR_UNAVAILABLE, "the operator is not reachable; try again shortly"
+    )
+
+
+def _refused(error: OperatorRefused) -> ApiError:
+    status = REFUSALS.get(error.code)
+    if status is None:
+        raise error  # a code this sidecar does not know: _unexpected_error's 500
+    subject = f"job {error.job_id}: " if error.job_id else ""
+    return ApiError(status, error.code, f"{subject}{error.message}")
 
 
 class CIDRFilter:
-    """Middleware: 403 for callers outside the allowlist, except on the probes."""
+    """Middleware: 403 for a caller outside the allowlist.
+
+    Peers that are neither allowed nor trusted proxies never get this far (the
+    protocol refuses them at accept); this judges the client a trusted proxy
+    names in ``X-Forwarded-For``, and peers whose network left the allowlist
+    while their connection stayed open. The client judged is kept in
+    ``req.context.client`` for the log lines that name the caller.
+    """
 
     def __init__(self, allowlist: Allowlist, trusted_proxies: tuple[Network, ...]) -> None:
         self._allowlist = allowlist
         self._trusted_proxies = trusted_proxies
+        self._denials = RateLimitedLog(log)
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Deny before routing, so an outsider learns nothing, not even which paths exist."""
-        if req.path in UNFILTERED_PATHS:
-            return
         forwarded = req.get_header("X-Forwarded-For")
         client = client_address(req.remote_addr, forwarded, self._trusted_proxies)
+        peer = req.remote_addr
+        req.context.client = (
+            f"{client} (via {peer})" if client is not None and str(client) != peer else peer
+        )
         if self._allowlist.allows(client):
             return
-        log.warning(
+        self._denials.warning(
             "denied %s %s from peer %s%s",
             req.method,
-            req.path,
-            req.remote_addr,
+            req.path[:200],
+            peer,
             f" (X-Forwarded-For {forwarded[:200]!r})" if forwarded else "",
         )
-        raise ApiError(403, FORBIDDEN, "your address may not call this API")
+        raise ApiError(403, envelope.FORBIDDEN, "your address may not call this API")
 
 
-class JobsResource:
-    """``/_sys/job``: every job the operator runs."""
+class EncodedSlashFilter:
+    """Middleware: 400 for ``%2F`` in the path.
 
-    def __init__(self, operator: OperatorClient) -> None:
-        self._operator = operator
-        self._envelope: tuple[JobList, bytes] = (EMPTY, self._wrap(EMPTY))
+    The server decodes the path before routing, so ``/_sys/job/ns%2Fname``
+    would otherwise reach the job ``ns/name``. Namespaces and names never hold
+    a ``/``: such a path is a mistake or a probe, and is refused on every method.
+    """
 
-    @staticmethod
-    def _wrap(jobs: JobList) -> bytes:
-        return b'{"data":%s,"meta":{"total":%d}}' % (jobs.data, jobs.total)
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """Refuse before routing."""
+        raw_path: bytes = req.scope.get("raw_path") or b""
+        if b"%2f" in raw_path.lower():
+            raise ApiError(
+                400,
+                envelope.BAD_REQUEST,
+                "the path holds an encoded '/' (%2F); a job is /_sys/job/{namespace}/{name}",
+            )
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        """All jobs; an empty list while the operator is not up (DESIGN.md)."""
-        try:
-            jobs = self._operator.list_jobs()
-        except OperatorUnavailable as error:
-            log.debug("listing no jobs: %s", error)
-            jobs = EMPTY
-        cached_jobs, envelope = self._envelope
-        if jobs is not cached_jobs:
-            envelope = self._wrap(jobs)
-            self._envelope = (jobs, envelope)
-        resp.data = envelope
+
+class Resource:
+    """``OPTIONS`` for a resource: the methods it has, exactly as its 405 lists them."""
+
+    async def on_options(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
+        """The allowed methods, in the ``Allow`` header and in the envelope."""
+        methods = [
+            m
+            for m in sorted(constants.COMBINED_METHODS)
+            if m != "WEBSOCKET" and hasattr(self, f"on_{m.lower()}")
+        ]
+        resp.set_header("Allow", ", ".join(methods))
+        resp.data = envelope.data({"methods": methods})
         resp.content_type = JSON
 
 
-class JobResource:
+class JobsResource(Resource):
+    """``/_sys/job``: every job the operator runs, gzip-encoded on request, with an ETag."""
+
+    def __init__(self, operator: OperatorClient) -> None:
+        self._operator = operator
+        self._versions = Versions()
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        """All jobs; an empty list while the operator is not up."""
+        try:
+            jobs = await self._operator.list_jobs()
+        except OperatorUnavailable as error:
+            log.debug("listing no jobs: %s", error)
+            jobs = EMPTY
+        version = self._versions.of(jobs)
+        resp.set_header("ETag", version.etag)
+        resp.set_header("Vary", "Accept-Encoding")
+        resp.set_header("Cache-Control", "no-cache")
+        if _matches(req.if_none_match, version.opaque_tag):
+            resp.status = 304
+            return
+        resp.content_type = JSON
+        if accepts_gzip(req.get_header("Accept-Encoding")):
+            resp.set_header("Content-Encoding", "gzip")
+            resp.data = await version.gzipped()
+        else:
+            resp.data = version.identity
+
+    on_head = on_get
+
+
+def _matches(tags: list[falcon.ETag | Literal["*"]] | None, opaque_tag: str) -> bool:
+    """If-None-Match's weak comparison (RFC 9110, section 13.1.2)."""
+    return any(tag == "*" or tag == opaque_tag for tag in tags or ())
+
+
+def _job_id(namespace: str, name: str) -> str:
+    """``namespace/name``; 404 at once for what no ScheduledJob can be called."""
+    if not (0 < len(namespace) <= MAX_NAMESPACE and 0 < len(name) <= MAX_NAME):
+        raise ApiError(404, wire.JOB_NOT_FOUND, f"no job can be called {namespace}/{name}")
+    return f"{namespace}/{name}"
+
+
+class JobResource(Resource):
     """``/_sys/job/{namespace}/{name}``: one job, and its manual trigger."""
 
     def __init__(self, operator: OperatorClient) -> None:
         self._operator = operator
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, namespace: str, name: str) -> None:
+    async def on_options(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
+        """The allowed methods, for a path that can name a job."""
+        _job_id(params["namespace"], params["name"])
+        await super().on_options(req, resp)
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, namespace: str, name: str
+    ) -> None:
         """The job's JobMetadata."""
-        job_id = f"{namespace}/{name}"
         try:
-            data = self._operator.get_job(job_id)
-        except JobNotFound as error:
-            raise ApiError(404, JOB_NOT_FOUND, str(error)) from error
+            data = await self._operator.get_job(_job_id(namespace, name))
+        except OperatorRefused as error:
+            raise _refused(error) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
         resp.data = b'{"data":%s,"meta":{}}' % data
         resp.content_type = JSON
 
-    def on_post(
-        self, req: falcon.Request, resp: falcon.Response, namespace: str, name: str
+    on_head = on_get
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, namespace: str, name: str
     ) -> None:
         """Run the job once now (trigger ``manual``), in the caller's trace if it sent one."""
-        job_id = f"{namespace}/{name}"
+        job_id = _job_id(namespace, name)
         trace_headers = {h: v for h in TRACE_HEADERS if (v := req.get_header(h)) is not None}
         try:
-            answer = self._operator.trigger(job_id, trace_headers=trace_headers)
-        except JobNotFound as error:
-            raise ApiError(404, JOB_NOT_FOUND, str(error)) from error
-        except JobAlreadyRunning as error:
-            raise ApiError(409, JOB_ALREADY_RUNNING, str(error)) from error
+            answer = await self._operator.trigger(job_id, trace_headers=trace_headers)
+        except OperatorRefused as error:
+            raise _refused(error) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
-        log.info("manual run of %s requested by %s", job_id, req.remote_addr)
-        resp.data = _encode({"data": answer, "meta": {}})
+        log.info(
+            "manual run of %s requested by %s",
+            job_id,
+            getattr(req.context, "client", req.remote_addr),
+            extra={"job_id": job_id},
+        )
+        resp.data = envelope.data(answer)
         resp.content_type = JSON
 
 
-class HealthResource:
+class HealthResource(Resource):
     """``/healthz``: the sidecar process serves requests."""
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """Always ``ok`` while the process can answer at all."""
-        resp.data = b'{"data":{"status":"ok"},"meta":{}}'
+        resp.data = OK
         resp.content_type = JSON
 
+    on_head = on_get
 
-class ReadyResource:
+
+class ReadyResource(Resource):
     """``/readyz``: ready only while the operator answers on the control socket."""
 
     def __init__(self, operator: OperatorClient) -> None:
         self._operator = operator
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """``ok``, or 503 ``OPERATOR_UNAVAILABLE``."""
         try:
-            self._operator.ping()
+            await self._operator.ping()
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
-        resp.data = b'{"data":{"status":"ok"},"meta":{}}'
+        resp.data = OK
         resp.content_type = JSON
 
+    on_head = on_get
 
-class OpenAPIResource:
+
+class OpenAPIResource(Resource):
     """``/_sys/openapi.yaml``: the OpenAPI 3 document of this API."""
 
     def __init__(self) -> None:
         self._document = resources.files(__package__).joinpath(OPENAPI_DOCUMENT).read_bytes()
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         """The document as shipped in the package."""
         resp.data = self._document
         resp.content_type = falcon.MEDIA_YAML
 
+    on_head = on_get
 
-def create_app(
-    settings: Settings, operator: OperatorClient, allowlist: Allowlist
-) -> falcon.App[falcon.Request, falcon.Response]:
-    """The System API wired to ``operator``, filtering callers by ``allowlist``.
 
-    Raises ``ValueError`` when ``settings.trusted_proxies`` holds a bad network.
-    """
-    app = falcon.App(
-        media_type=JSON,
-        middleware=[CIDRFilter(allowlist, parse_networks(settings.trusted_proxies))],
-    )
+def _app(*middleware: CIDRFilter | EncodedSlashFilter) -> App:
+    app = App(media_type=JSON, middleware=list(middleware))
     app.set_error_serializer(_serialize_error)
     app.add_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def create_app(
+    operator: OperatorClient, allowlist: Allowlist, trusted_proxies: tuple[Network, ...]
+) -> App:
+    """The System API wired to ``operator``, filtering callers by ``allowlist``."""
+    app = _app(CIDRFilter(allowlist, trusted_proxies), EncodedSlashFilter())
     app.add_route("/_sys/job", JobsResource(operator))
     app.add_route("/_sys/job/{namespace}/{name}", JobResource(operator))
     app.add_route("/_sys/openapi.yaml", OpenAPIResource())
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadyResource(operator))
+    return app
+
+
+def create_probe_app(operator: OperatorClient) -> App:
+    """``/healthz`` and ``/readyz`` for anyone: the kubelet calls from the node's address."""
+    app = _app()
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(operator))
     return app

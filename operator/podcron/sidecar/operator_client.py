@@ -1,25 +1,27 @@
-"""The sidecar's end of the control socket (:mod:`podcron.control_protocol`).
+"""The sidecar's end of the control socket (:mod:`podcron.control_protocol`), for asyncio.
 
-Each thread keeps one connection open and reconnects once when the operator
-restarted under it. The job list is cached with the operator's ETag and
-revalidated when it is older than ``list_max_age`` (50 ms): a "not modified"
-answer is a few dozen bytes where the list itself can be half a megabyte, and
-under load most requests need no exchange with the operator at all.
+A few connections are kept open and reused, one exchange at a time each. A
+kept connection that the operator closed (it restarted) is noticed before
+use and replaced; if one still fails, a request the operator cannot have
+acted on is sent once more on a fresh connection.
+
+The job list is cached with the operator's ETag and revalidated when it is
+older than ``list_max_age`` (50 ms): a "not modified" answer is a few dozen
+bytes where the list itself can be half a megabyte, and under load most
+requests need no exchange with the operator at all. Requests that find the
+list due share one revalidation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import socket
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from io import BufferedReader
-from typing import Any, NoReturn
+from typing import Any
 
 from podcron import control_protocol as wire
-from podcron.errors import JobAlreadyRunning, JobNotFound
 
 #: How long one exchange may take before the operator counts as unreachable.
 TIMEOUT_SECONDS = 5.0
@@ -27,10 +29,22 @@ TIMEOUT_SECONDS = 5.0
 #: Far below what a person or a poller notices, and it takes the operator off
 #: the path of nearly every request under load (benchmarks/bench_sidecar.py).
 LIST_MAX_AGE_SECONDS = 0.05
+#: Exchanges in flight at once; further requests wait for a connection.
+MAX_CONNECTIONS = 4
 
 
 class OperatorUnavailable(ConnectionError):
     """The operator does not answer on the control socket."""
+
+
+class OperatorRefused(Exception):
+    """The operator answered with one of the protocol's error codes."""
+
+    def __init__(self, code: str, message: str, job_id: str | None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.job_id = job_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,123 +59,150 @@ class JobList:
 EMPTY = JobList(etag=None, total=0, data=b"[]")
 
 
-class _Stale(ConnectionError):
-    """Sending failed: the operator never saw the request, so it may be sent again."""
+class _Unsent(ConnectionError):
+    """The request never reached the operator, so it may be sent again."""
 
 
 class _Connection:
-    def __init__(self, path: str) -> None:
-        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._socket.settimeout(TIMEOUT_SECONDS)
-        try:
-            self._socket.connect(path)
-        except OSError:
-            self._socket.close()
-            raise
-        self._reader: BufferedReader = self._socket.makefile("rb")
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
 
-    def exchange(self, request: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+    @classmethod
+    async def open(cls, path: str) -> _Connection:
         try:
-            self._socket.sendall(wire.encode_line(request))
+            reader, writer = await asyncio.open_unix_connection(path, limit=wire.MAX_LINE)
         except OSError as error:
-            raise _Stale(str(error)) from error
-        line = self._reader.readline(wire.MAX_LINE)
-        if not line:
-            raise ConnectionResetError("the operator closed the connection")
+            raise _Unsent(str(error)) from error
+        return cls(reader, writer)
+
+    @property
+    def usable(self) -> bool:
+        """False once the operator closed its end (it stopped or restarted)."""
+        return not (self._reader.at_eof() or self._writer.is_closing())
+
+    async def exchange(self, request: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
+        try:
+            self._writer.write(wire.encode_line(request))
+            await self._writer.drain()
+        except OSError as error:
+            raise _Unsent(str(error)) from error
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as error:
+            raise ConnectionResetError("the operator closed the connection") from error
+        except asyncio.LimitOverrunError as error:
+            raise wire.ProtocolError("an answer header over the line limit") from error
         header = wire.decode_line(line)
         length = header.get("length")
         if not isinstance(length, int) or length < 0:
             raise wire.ProtocolError(f"bad length in {header!r}")
-        body = self._reader.read(length) if length else b""
-        if len(body) != length:
-            raise ConnectionResetError("the operator closed the connection mid-answer")
+        try:
+            body = await self._reader.readexactly(length) if length else b""
+        except asyncio.IncompleteReadError as error:
+            raise ConnectionResetError("the operator closed the connection mid-answer") from error
         return header, body
 
     def close(self) -> None:
-        self._reader.close()
-        self._socket.close()
+        self._writer.close()
 
 
 class OperatorClient:
-    """Calls the operator over the control socket at ``path``; safe to share between threads."""
+    """Calls the operator over the control socket at ``path``, from one event loop."""
 
-    def __init__(self, path: str, *, list_max_age: float = LIST_MAX_AGE_SECONDS) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        list_max_age: float = LIST_MAX_AGE_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.path = path
-        self._local = threading.local()
         self._list_max_age = list_max_age
-        # The list and when the operator last confirmed it (monotonic), replaced
-        # together so that threads never see one without the other.
+        self._slots = asyncio.Semaphore(max_connections)
+        self._idle: list[_Connection] = []
+        # The list and when the operator last confirmed it (monotonic).
         self._jobs: tuple[JobList, float] = (EMPTY, -float("inf"))
+        self._revalidation: asyncio.Future[JobList] | None = None
 
-    def _exchange(self, request: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
-        for _ in range(2):
-            connection: _Connection | None = getattr(self._local, "connection", None)
-            kept = connection is not None
-            try:
-                if connection is None:
-                    connection = self._local.connection = _Connection(self.path)
-                header, body = connection.exchange(request)
-            except _Stale as error:
-                self._drop()
-                # A kept connection dies with the operator that accepted it:
-                # try once more on a fresh one, which reaches its successor.
-                if kept:
-                    continue
-                raise OperatorUnavailable(f"control socket {self.path}: {error}") from error
-            except (OSError, wire.ProtocolError) as error:
-                self._drop()
-                raise OperatorUnavailable(f"control socket {self.path}: {error}") from error
-            if header.get("ok") is not True:
-                self._raise(request, header)
-            return header, body
-        raise OperatorUnavailable(f"control socket {self.path}: the connection broke twice")
-
-    def _drop(self) -> None:
-        connection: _Connection | None = getattr(self._local, "connection", None)
-        if connection is not None:
+    def _kept(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.usable:
+                return connection
             connection.close()
-        self._local.connection = None
+        return None
 
-    @staticmethod
-    def _raise(request: Mapping[str, Any], header: Mapping[str, Any]) -> NoReturn:
-        code, job_id = header.get("error"), str(request.get("jobId"))
-        if code == wire.JOB_NOT_FOUND:
-            raise JobNotFound(job_id)
-        if code == wire.JOB_ALREADY_RUNNING:
-            raise JobAlreadyRunning(job_id)
-        raise wire.ProtocolError(f"the operator refused {request.get('op')}: {header!r}")
+    async def _exchange(
+        self, request: Mapping[str, Any], *, idempotent: bool
+    ) -> tuple[dict[str, Any], bytes]:
+        async with self._slots:
+            for attempt in (1, 2):
+                connection = self._kept()
+                kept = connection is not None
+                try:
+                    async with asyncio.timeout(TIMEOUT_SECONDS):
+                        if connection is None:
+                            connection = await _Connection.open(self.path)
+                        header, body = await connection.exchange(request)
+                except (OSError, wire.ProtocolError) as error:
+                    if connection is not None:
+                        connection.close()
+                    # A kept connection can die with the operator that accepted it:
+                    # once more on a fresh one, which reaches its successor.
+                    retry = kept and attempt == 1 and (idempotent or isinstance(error, _Unsent))
+                    if retry:
+                        continue
+                    raise OperatorUnavailable(f"control socket {self.path}: {error}") from error
+                self._idle.append(connection)
+                if header.get("ok") is not True:
+                    raise OperatorRefused(
+                        str(header.get("error")), str(header.get("message")), request.get("jobId")
+                    )
+                return header, body
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
-    def ping(self) -> None:
+    async def ping(self) -> None:
         """Return when the operator answers; raise :class:`OperatorUnavailable` otherwise."""
-        self._exchange({"op": wire.Op.PING})
+        await self._exchange({"op": wire.Op.PING}, idempotent=True)
 
-    def list_jobs(self) -> JobList:
+    async def list_jobs(self) -> JobList:
         """Every job: the cached list, revalidated with the operator once it is too old.
 
         Raises :class:`OperatorUnavailable` when the revalidation fails; a failed
         one leaves the list due, so the next call asks the operator again.
         """
         cached, checked = self._jobs
-        now = time.monotonic()
-        if now - checked < self._list_max_age:
+        if time.monotonic() - checked < self._list_max_age:
             return cached
-        header, body = self._exchange({"op": wire.Op.LIST, "etag": cached.etag})
-        if not header.get("notModified"):
-            etag, total = header.get("etag"), header.get("total")
-            if not isinstance(etag, str) or not isinstance(total, int):
-                raise OperatorUnavailable(f"a list answer without etag or total: {header!r}")
-            cached = JobList(etag=etag, total=total, data=body)
-        self._jobs = (cached, now)
-        return cached
+        if self._revalidation is None:
+            self._revalidation = asyncio.ensure_future(self._revalidate(cached))
+        return await asyncio.shield(self._revalidation)
 
-    def get_job(self, job_id: str) -> bytes:
-        """One job's JobMetadata as JSON; raises :class:`JobNotFound`."""
-        return self._exchange({"op": wire.Op.GET, "jobId": job_id})[1]
+    async def _revalidate(self, cached: JobList) -> JobList:
+        try:
+            asked = time.monotonic()
+            header, body = await self._exchange(
+                {"op": wire.Op.LIST, "etag": cached.etag}, idempotent=True
+            )
+            if not header.get("notModified"):
+                etag, total = header.get("etag"), header.get("total")
+                if not isinstance(etag, str) or not isinstance(total, int):
+                    raise OperatorUnavailable(f"a list answer without etag or total: {header!r}")
+                cached = JobList(etag=etag, total=total, data=body)
+            self._jobs = (cached, asked)
+            return cached
+        finally:
+            self._revalidation = None
 
-    def trigger(self, job_id: str, *, trace_headers: Mapping[str, str]) -> dict[str, Any]:
-        """Run the job once now; raises :class:`JobNotFound` or :class:`JobAlreadyRunning`."""
+    async def get_job(self, job_id: str) -> bytes:
+        """One job's JobMetadata as JSON; raises :class:`OperatorRefused` (JOB_NOT_FOUND)."""
+        return (await self._exchange({"op": wire.Op.GET, "jobId": job_id}, idempotent=True))[1]
+
+    async def trigger(self, job_id: str, *, trace_headers: Mapping[str, str]) -> dict[str, Any]:
+        """Run the job once now; raises :class:`OperatorRefused` when the operator refuses."""
         request = {"op": wire.Op.TRIGGER, "jobId": job_id, "traceHeaders": dict(trace_headers)}
-        answer: dict[str, Any] = json.loads(self._exchange(request)[1])
-        # The job now runs: the next list from this worker must say so.
+        answer: dict[str, Any] = json.loads((await self._exchange(request, idempotent=False))[1])
+        # The job now runs: the next list must say so.
         self._jobs = (self._jobs[0], -float("inf"))
         return answer
