@@ -15,7 +15,7 @@ from typing import Any
 import falcon
 
 from podcron.config import Settings
-from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 from podcron.sidecar.cidr import Allowlist, Network, client_address, parse_networks
 from podcron.sidecar.operator_client import EMPTY, JobList, OperatorClient, OperatorUnavailable
 
@@ -24,6 +24,7 @@ log = logging.getLogger("podcron.sidecar")
 FORBIDDEN = "FORBIDDEN"
 JOB_NOT_FOUND = "JOB_NOT_FOUND"
 JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
+TOO_MANY_MANUAL_RUNS = "TOO_MANY_MANUAL_RUNS"
 OPERATOR_UNAVAILABLE = "OPERATOR_UNAVAILABLE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 #: Codes for errors Falcon raises itself; any other 4xx is BAD_REQUEST, 5xx INTERNAL_ERROR.
@@ -50,8 +51,12 @@ def _encode(document: object) -> bytes:
 class ApiError(falcon.HTTPError):
     """An error answered with the envelope and one of this module's codes."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(falcon.code_to_http_status(status), title=code, description=message)
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            falcon.code_to_http_status(status), title=code, description=message, headers=headers
+        )
         self.error_code = code
 
 
@@ -158,6 +163,9 @@ class JobResource:
             raise ApiError(404, JOB_NOT_FOUND, str(error)) from error
         except JobAlreadyRunning as error:
             raise ApiError(409, JOB_ALREADY_RUNNING, str(error)) from error
+        except TooManyManualRuns as error:
+            retry_after = {"Retry-After": str(error.retry_after_seconds)}
+            raise ApiError(429, TOO_MANY_MANUAL_RUNS, str(error), retry_after) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
         log.info("manual run of %s requested by %s", job_id, req.remote_addr)

@@ -19,7 +19,7 @@ from io import BufferedReader
 from typing import Any, NoReturn
 
 from podcron import control_protocol as wire
-from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 
 #: How long one exchange may take before the operator counts as unreachable.
 TIMEOUT_SECONDS = 5.0
@@ -128,7 +128,14 @@ class OperatorClient:
         if code == wire.JOB_NOT_FOUND:
             raise JobNotFound(job_id)
         if code == wire.JOB_ALREADY_RUNNING:
-            raise JobAlreadyRunning(job_id)
+            why = header.get("why")
+            raise JobAlreadyRunning(job_id, *([why] if isinstance(why, str) else []))
+        if code == wire.TOO_MANY_MANUAL_RUNS:
+            retry_after = header.get("retryAfter")
+            raise TooManyManualRuns(
+                str(header.get("message")),
+                retry_after_seconds=retry_after if isinstance(retry_after, int) else 1,
+            )
         raise wire.ProtocolError(f"the operator refused {request.get('op')}: {header!r}")
 
     def ping(self) -> None:
@@ -159,7 +166,10 @@ class OperatorClient:
         return self._exchange({"op": wire.Op.GET, "jobId": job_id})[1]
 
     def trigger(self, job_id: str, *, trace_headers: Mapping[str, str]) -> dict[str, Any]:
-        """Run the job once now; raises :class:`JobNotFound` or :class:`JobAlreadyRunning`."""
+        """Run the job once now.
+
+        Raises :class:`JobNotFound`, :class:`JobAlreadyRunning` or :class:`TooManyManualRuns`.
+        """
         request = {"op": wire.Op.TRIGGER, "jobId": job_id, "traceHeaders": dict(trace_headers)}
         answer: dict[str, Any] = json.loads(self._exchange(request)[1])
         # The job now runs: the next list from this worker must say so.
