@@ -369,6 +369,9 @@ class Engine:
       threads (one each, within ``max_manual_runs``).
     * ``threads_per_job``: active runs one plain ``def`` job may have under
       Allow; ticks beyond are skipped, manual runs refused.
+
+    And under Allow, a tick is skipped while an earlier run of the same job
+    still waits to start, so the queue holds at most one run per job.
     """
 
     def __init__(
@@ -628,7 +631,7 @@ class Engine:
             log.info("job %s catches up on its tick of %s", job.spec.job_id, missed.isoformat())
             self._dispatch(job, Trigger.CATCH_UP, missed, parent=None, manual=False)
 
-    def _busy(self, job: _Job) -> str | None:
+    def _busy(self, job: _Job, *, manual: bool) -> str | None:
         """Why the job may not start another run now, or None; it has active runs."""
         policy = job.spec.concurrency_policy
         if policy is ConcurrencyPolicy.FORBID:
@@ -638,9 +641,11 @@ class Engine:
                 return "the run it would replace has not stopped yet (concurrencyPolicy Replace)"
             return None
         if not job.is_async and len(job.active) >= self._threads_per_job:
-            return (
-                f"its {len(job.active)} runs hold all the threads one job may use (threadsPerJob)"
-            )
+            return f"its {len(job.active)} runs hold the threads one job may use (threadsPerJob)"
+        # One queued tick per job is enough: more would pile up without bound
+        # while the run slots are all taken. (Manual runs have their own budget.)
+        if not manual and any(run.started is None for run in job.active.values()):
+            return "a run of it still waits for a run slot (concurrencyPolicy Allow)"
         return None
 
     def _dispatch(
@@ -655,7 +660,7 @@ class Engine:
         spec = job.spec
         replaced: list[_ActiveRun] | None = None
         if job.active:
-            why = self._busy(job)
+            why = self._busy(job, manual=manual)
             if why is not None:
                 if manual:
                     raise JobAlreadyRunning(spec.job_id, why)

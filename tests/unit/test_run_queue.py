@@ -8,8 +8,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from podcron.context import JobContext
-from podcron.engine import Engine, RunStatus
+from podcron.context import JobContext, Trigger
+from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.telemetry.metrics import JobMetrics
 
 from .engine_support import Recorder, spec
@@ -62,3 +62,28 @@ async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_b
     await engine.shutdown()
     assert gauge("podcron_jobs_running") == 0
     assert gauge("podcron_jobs_queued") == 0
+
+
+async def test_allow_queues_at_most_one_tick_per_job() -> None:
+    registry = CollectorRegistry()
+    engine = Engine(
+        max_concurrent_runs=1, shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry)
+    )
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def hog(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(hog, name="hog", every="1s"))
+    await recorder.until(lambda: len(recorder.started("ns/hog")) == 1)
+    engine.upsert(spec(hog, name="busy", every="1s", concurrency_policy=ConcurrencyPolicy.ALLOW))
+    await recorder.until(lambda: recorder.count("busy", RunStatus.SKIPPED) >= 2)
+    assert engine.snapshot("ns/busy").running
+    assert registry.get_sample_value("podcron_jobs_queued") == 1
+    # Manual runs are not held back by the queued tick: they have their own budget.
+    engine.trigger("ns/busy")
+    await recorder.until(lambda: len(recorder.started("ns/busy")) == 1)
+    assert recorder.started("ns/busy")[0].trigger is Trigger.MANUAL
+    release.set()
+    await engine.shutdown()
