@@ -15,7 +15,7 @@ from podcron.telemetry.metrics import JobMetrics
 
 from .engine_support import Recorder, spec
 
-# Long enough that the watchdog thread, woken every 0.1 s, sees it on a busy machine.
+# Long enough that the watchdog thread, woken every 0.25 s, sees it on a busy machine.
 BLOCK_SECONDS = 1.5
 
 

@@ -266,7 +266,7 @@ class JobMetrics:
             ),
             HistogramMetricFamily(
                 "podcron_event_loop_lag_seconds",
-                "How late the event loop ran a heartbeat due every 0.1 s: how long it was held.",
+                "How late the event loop ran a heartbeat due every 0.25 s: how long it was held.",
             ),
         )
 
