@@ -7,15 +7,17 @@ other job waits for it. The loop cannot notice this itself: it is the one held.
 So the loop keeps a heartbeat, a callback due every :data:`HEARTBEAT_SECONDS`
 that records how late it ran (the loop's lag), and a daemon thread wakes as
 often to look at it. When the last beat is older than :data:`STALL_SECONDS`
-past its due time, the loop is stuck inside one step of one task, and the
-thread reads which one (``asyncio.current_task(loop)`` is a dictionary read,
-safe from another thread) and logs a WARNING naming it, at most once per
-:data:`WARN_INTERVAL_SECONDS` for the same name.
+past its due time and the same task was running at two looks in a row, that
+task is stuck inside one step: the thread reads which one
+(``asyncio.current_task(loop)`` is a dictionary read, safe from another
+thread) and logs a WARNING naming it, at most once per
+:data:`WARN_INTERVAL_SECONDS` for the same name. A loop that is late because
+it has too much to do, or held by a plain callback, only shows in the lag.
 
 Nothing here runs per job run: the cost is the heartbeat and the thread's
 wake-ups, four of each a second, about 0.1% of a CPU on a busy machine. So a
-block shorter than about half a second may go unnamed (it still shows in the
-lag of the heartbeat that fell due during it).
+block shorter than about three quarters of a second may go unnamed (it still
+shows in the lag of the heartbeat that fell due during it).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ HEARTBEAT_SECONDS = 0.25
 STALL_SECONDS = 0.25
 #: The same holder is named at most once per this long.
 WARN_INTERVAL_SECONDS = 60.0
-#: The key under which stalls outside any named holder are rate-limited together.
-_UNNAMED = ""
+#: The key under which tasks that are no job's run are rate-limited together.
+_OTHER_TASK = ""
 
 
 class LoopWatchdog:
@@ -88,17 +90,29 @@ class LoopWatchdog:
         self._handle = self._loop.call_at(self._due, self._beat)
 
     def _watch(self) -> None:
+        # The task seen holding the loop at the last look, and the beat it held up.
+        suspect: asyncio.Task[object] | None = None
+        suspect_beat = 0.0
         while not self._stop.wait(HEARTBEAT_SECONDS):
             if self._loop.is_closed():
                 return
-            held = time.monotonic() - self._last_beat - HEARTBEAT_SECONDS
-            if held >= STALL_SECONDS and self._loop.is_running():
-                self._stalled(held)
+            last_beat = self._last_beat
+            held = time.monotonic() - last_beat - HEARTBEAT_SECONDS
+            if held < STALL_SECONDS or not self._loop.is_running():
+                suspect = None
+                continue
+            task = asyncio.current_task(self._loop)
+            # A loop merely overloaded runs thousands of short steps, and any of
+            # them may be current at one look. One task held it only if it is
+            # current at two looks with no beat in between: a task's next step
+            # always comes after a due heartbeat.
+            if task is not None and task is suspect and last_beat == suspect_beat:
+                self._held_by(task, held)
+            suspect, suspect_beat = task, last_beat
 
-    def _stalled(self, held: float) -> None:
-        task = asyncio.current_task(self._loop)
-        job_id = None if task is None else self._holder(task)
-        key = job_id if job_id is not None else _UNNAMED
+    def _held_by(self, task: asyncio.Task[object], held: float) -> None:
+        job_id = self._holder(task)
+        key = job_id if job_id is not None else _OTHER_TASK
         now = time.monotonic()
         if now - self._warned.get(key, -WARN_INTERVAL_SECONDS) < WARN_INTERVAL_SECONDS:
             return
@@ -118,7 +132,7 @@ class LoopWatchdog:
             )
         else:
             log.warning(
-                "the event loop has been held for %.1fs by %s, outside any job's run",
+                "task %r, not a job's run, has held the event loop for %.1fs",
+                task.get_name(),
                 held,
-                "a callback" if task is None else f"task {task.get_name()!r}",
             )
