@@ -221,6 +221,7 @@ class _ActiveRun:
     # Set once the outcome is recorded: at shutdown the engine records runs
     # that ignore cancellation itself, and their task must not record again.
     recorded: bool = False
+    # When a run whose thread outlived it was recorded (for the abandonment log).
     recorded_at: float = 0.0
     # What it holds until its body has returned, released by Engine._end.
     holds_slot: bool = False
@@ -845,7 +846,6 @@ class Engine:
                 self._end(job, run_id, run)
             if not run.recorded:
                 run.recorded = True
-                run.recorded_at = time.time()
                 self._record(
                     job,
                     trigger,
@@ -892,6 +892,7 @@ class Engine:
     def _await_thread(self, job: _Job, run_id: int, run: _ActiveRun) -> None:
         """The run has its outcome but its thread runs on: the job stays active until it returns."""
         loop = asyncio.get_running_loop()
+        run.recorded_at = time.time()
         assert run.thread is not None
         run.thread.add_done_callback(
             functools.partial(
