@@ -756,6 +756,8 @@ class Engine:
                     lateness_seconds=lateness,
                 )
             )
+            timeout = spec.timeout_seconds
+            deadline = None if timeout is None else _deadline(started, timeout)
             with tracing.start_run_span(
                 job_id=spec.job_id,
                 trigger=trigger.value,
@@ -764,7 +766,6 @@ class Engine:
                 parent=parent,
             ) as span:
                 trace_context = trace.set_span_in_context(span, parent)
-                timeout = spec.timeout_seconds
                 ctx = JobContext(
                     job_id=spec.job_id,
                     namespace=spec.namespace,
@@ -773,7 +774,7 @@ class Engine:
                     scheduled_time=scheduled_time,
                     args=spec.args,
                     log=logs.job_logger(job_log, job_id=spec.job_id, span=span),
-                    deadline=None if timeout is None else _deadline(started, timeout),
+                    deadline=deadline,
                     cancelled=run.cancellation,
                     trace_context=trace_context,
                 )
