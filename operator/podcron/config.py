@@ -33,8 +33,12 @@ class Settings:
     shutdown_timeout_seconds: float = 25.0
     #: Threads that run plain ``def`` jobs.
     worker_threads: int = 8
-    #: Runs active at once over all jobs; further runs wait for a slot.
+    #: Scheduled and catch-up runs active at once over all jobs; further runs wait for a slot.
     max_concurrent_runs: int = 100
+    #: Manual runs active at once over all jobs, beside ``max_concurrent_runs``; more get 429.
+    max_manual_runs: int = 10
+    #: Runs of one plain ``def`` job active at once under Allow; further ticks are skipped.
+    threads_per_job: int = 2
     #: Namespaces to watch; empty: all namespaces.
     namespaces: tuple[str, ...] = ()
     #: Status patches per second over all jobs (each job is also held to about one per second).
@@ -68,6 +72,8 @@ class Settings:
             raise ValueError("workerThreads and maxConcurrentRuns must be at least 1")
         if self.status_patches_per_second <= 0:
             raise ValueError("statusPatchesPerSecond must be positive")
+        if self.max_manual_runs < 1 or self.threads_per_job < 1:
+            raise ValueError("maxManualRuns and threadsPerJob must be at least 1")
 
 
 def _camel(name: str) -> str:

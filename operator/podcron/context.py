@@ -1,4 +1,4 @@
-"""What a job receives when it runs: the :class:`JobContext` of DESIGN.md."""
+"""What a job receives when it runs: the :class:`JobContext`."""
 
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ class JobContext:
     """Everything a job knows about the run it is in.
 
     ``args`` is the ScheduledJob's ``spec.args``; ``deadline`` is the wall-clock
-    instant the run times out at (``None`` without ``timeoutSeconds``).
+    instant the run times out at: ``timeoutSeconds`` after the job was called
+    (``None`` without one; 9999-12-31 for one that reaches past the calendar).
     """
 
     job_id: str

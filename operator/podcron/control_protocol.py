@@ -14,7 +14,8 @@ JSON; the answer is one line of JSON (the header) followed by exactly
     {"op": "ping"}                              an empty answer: the operator is up
 
 A refused request answers ``{"ok": false, "error": CODE, "message": …}``
-with CODE one of :data:`JOB_NOT_FOUND`, :data:`JOB_ALREADY_RUNNING`,
+with CODE one of :data:`JOB_NOT_FOUND`, :data:`JOB_ALREADY_RUNNING` (with
+``"why"``), :data:`TOO_MANY_MANUAL_RUNS` (with ``"retryAfter": seconds``),
 :data:`BAD_REQUEST`. Try it by hand with
 ``socat - UNIX-CONNECT:/var/run/podcron/control.sock`` and a line of JSON.
 
@@ -35,6 +36,8 @@ MAX_LINE = 64 * 1024
 
 JOB_NOT_FOUND = "JOB_NOT_FOUND"
 JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
+#: Manual runs use their whole budget; the header also carries ``retryAfter`` (seconds).
+TOO_MANY_MANUAL_RUNS = "TOO_MANY_MANUAL_RUNS"
 BAD_REQUEST = "BAD_REQUEST"
 
 
@@ -78,6 +81,6 @@ def encode_answer_header(length: int, **fields: Any) -> bytes:
     return encode_line({"ok": True, "length": length, **fields})
 
 
-def encode_error(code: str, message: str) -> bytes:
-    """A refusal: a header line with the error code and message, and no body."""
-    return encode_line({"ok": False, "length": 0, "error": code, "message": message})
+def encode_error(code: str, message: str, **fields: Any) -> bytes:
+    """A refusal: a header line with the error code, message and ``fields``, and no body."""
+    return encode_line({"ok": False, "length": 0, "error": code, "message": message, **fields})

@@ -9,13 +9,24 @@ and zero jobs cost none. Due times are wall-clock (schedules are about wall
 time) while asyncio timers run on the monotonic clock, so each wake-up
 re-reads the wall clock: a clock stepped back re-arms instead of firing
 early, and a clock stepped forward fires what became due instead of skipping it.
+
+A run is *queued* from the moment it is accepted until its body starts (it
+waits for a run slot, for a thread, or for the run it replaces to stop),
+*running* while its body executes, and *active* (what the overlap policy and
+``status.running`` see) until its body has returned. Its outcome is recorded
+exactly once, when the body returns, fails or is cancelled, or at its
+deadline. A plain ``def`` body cannot be stopped: a thread that outlives its
+run's outcome keeps the job active until it returns. docs/engine.md explains
+the model and its budgets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
+import functools
 import heapq
 import inspect
 import itertools
@@ -23,7 +34,6 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,10 +43,11 @@ from opentelemetry import trace
 
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.entrypoints import JobTarget
-from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 from podcron.schedules import Schedule
 from podcron.telemetry import logs, tracing
 from podcron.telemetry.metrics import JobMetrics
+from podcron.watchdog import LoopWatchdog
 
 log = logging.getLogger("podcron.engine")
 job_log = logging.getLogger("podcron.job")
@@ -54,6 +65,15 @@ MAX_SLEEP_SECONDS = 60.0
 DISPATCH_BATCH = 32
 ERROR_TEXT_LIMIT = 1024
 INTERRUPTED = "Interrupted: the operator shut down before the run finished"
+NOT_STARTED = "Interrupted: the operator shut down before the run started"
+#: A thread still running this long after its run's outcome is abandoned: it no
+#: longer takes one of ``worker_threads``, and a Warning is raised. Long enough
+#: for a job that polls ``ctx.cancelled`` to notice and return.
+ABANDON_AFTER_SECONDS = 1.0
+#: What a refused manual run's caller is told to wait (``Retry-After``).
+MANUAL_RETRY_AFTER_SECONDS = 1
+#: The engine names each run's task this plus the job id (the watchdog reads it back).
+RUN_TASK_PREFIX = "podcron-run "
 # Most jobs have no timeout; entering asyncio.timeout(None) still costs a
 # timer-less Timeout object per run.
 _NO_TIMEOUT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
@@ -125,7 +145,7 @@ class JobSnapshot:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunStarted:
-    """A run began; ``lateness_seconds`` is its start minus its due time."""
+    """A run's body began; ``lateness_seconds`` is the body's start minus the due time."""
 
     job_id: str
     namespace: str
@@ -137,7 +157,10 @@ class RunStarted:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished:
-    """A run ended, or a tick was skipped (``status`` SKIPPED, no RunStarted before it)."""
+    """A run's outcome, or a tick that did not run (``status`` SKIPPED, no RunStarted before it).
+
+    ``duration_seconds`` is the body's own time, from its start to the outcome.
+    """
 
     job_id: str
     namespace: str
@@ -149,7 +172,35 @@ class RunFinished:
     error: str | None
 
 
-JobEvent = RunStarted | RunFinished
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadAbandoned:
+    """A plain ``def`` run's thread still runs :data:`ABANDON_AFTER_SECONDS` after its outcome.
+
+    ``error`` is the outcome recorded (the timeout, Replaced, ...). The job
+    stays active until the thread returns; ``abandoned_threads`` counts such
+    threads over all jobs, this one included.
+    """
+
+    job_id: str
+    namespace: str
+    name: str
+    scheduled_time: datetime
+    error: str | None
+    abandoned_threads: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThreadReturned:
+    """The thread of a run whose outcome was already recorded has returned: the job is free."""
+
+    job_id: str
+    namespace: str
+    name: str
+    scheduled_time: datetime
+    seconds_after_outcome: float
+
+
+JobEvent = RunStarted | RunFinished | ThreadAbandoned | ThreadReturned
 Listener = Callable[[JobEvent], None]
 
 
@@ -157,7 +208,12 @@ Listener = Callable[[JobEvent], None]
 class _ActiveRun:
     trigger: Trigger
     scheduled_time: datetime
-    started: float
+    # The spec the run was accepted under: an update must not change a run midway.
+    spec: JobSpec
+    is_async: bool
+    manual: bool
+    # When the body started; None while queued.
+    started: float | None = None
     cancellation: Cancellation = field(default_factory=Cancellation)
     task: asyncio.Task[None] | None = None
     # Why the engine cancelled it, recorded as the run's error.
@@ -165,6 +221,18 @@ class _ActiveRun:
     # Set once the outcome is recorded: at shutdown the engine records runs
     # that ignore cancellation itself, and their task must not record again.
     recorded: bool = False
+    # When a run whose thread outlived it was recorded (for the abandonment log).
+    recorded_at: float = 0.0
+    # What it holds until its body has returned, released by Engine._end.
+    holds_slot: bool = False
+    holds_thread: bool = False
+    # A plain def body's thread, and whether it outlived the run (abandoned).
+    thread: concurrent.futures.Future[None] | None = None
+    abandoned: bool = False
+    abandon_timer: asyncio.TimerHandle | None = None
+    ended: bool = False
+    # Runs (of Replace) waiting for this one to end.
+    successors: list[asyncio.Future[None]] | None = None
 
 
 class _ActiveRuns(dict[int, _ActiveRun]):
@@ -257,20 +325,76 @@ def _failed(span: trace.Span, ctx: JobContext, failure: BaseException) -> str:
     return error
 
 
+def _deadline(started: float, timeout: float) -> datetime:
+    """When a run that started at ``started`` times out; any positive timeout is accepted.
+
+    One beyond what a datetime can hold (past the year 9999) is that far:
+    the run is never cut short, and its context says 9999-12-31.
+    """
+    if not timeout > 0:  # also NaN
+        raise ValueError(f"timeoutSeconds must be positive, got {timeout}")
+    try:
+        return _utc(started) + timedelta(seconds=timeout)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
+def _timed_out(run: _ActiveRun, span: trace.Span, ctx: JobContext, timeout: TimeoutError) -> str:
+    """Record a run's timeout on its span and in its log; return the status text."""
+    seconds = run.spec.timeout_seconds
+    error = run.cancel_reason = f"TimeoutError: run exceeded {seconds}s"
+    run.cancellation.set()
+    tracing.record_failure(span, timeout, description=error)
+    ctx.log.error("run timed out after %ss", seconds, exc_info=timeout)
+    return error
+
+
+def _job_of_task(task: asyncio.Task[Any]) -> str | None:
+    name = task.get_name()
+    return name[len(RUN_TASK_PREFIX) :] if name.startswith(RUN_TASK_PREFIX) else None
+
+
 class Engine:
-    """Runs registered jobs on time. Every method must be called on the event loop's thread."""
+    """Runs registered jobs on time. Every method must be called on the event loop's thread.
+
+    Budgets, each bounding what one kind of caller can take from the others:
+
+    * ``max_concurrent_runs``: scheduled and catch-up runs active at once;
+      further ones queue for a slot.
+    * ``max_manual_runs``: manual runs active at once, beside those slots, so
+      that manual runs never delay scheduled ones; further manual runs are
+      refused with :class:`TooManyManualRuns`.
+    * ``worker_threads``: threads for the bodies of scheduled plain ``def``
+      runs; further ones queue. A thread abandoned by its run is replaced, up
+      to ``worker_threads`` replacements at once. Manual runs bring their own
+      threads (one each, within ``max_manual_runs``).
+    * ``threads_per_job``: active runs one plain ``def`` job may have under
+      Allow; ticks beyond are skipped, manual runs refused.
+
+    And under Allow, a tick is skipped while an earlier run of the same job
+    still waits to start, so the queue holds at most one run per job.
+    """
 
     def __init__(
         self,
         *,
         max_concurrent_runs: int = 100,
+        max_manual_runs: int = 10,
         worker_threads: int = 8,
+        threads_per_job: int = 2,
         shutdown_timeout_seconds: float = 25.0,
         listeners: Iterable[Listener] = (),
         metrics: JobMetrics | None = None,
+        loop_watchdog: bool = True,
     ) -> None:
-        if max_concurrent_runs < 1:
-            raise ValueError(f"max_concurrent_runs must be at least 1, got {max_concurrent_runs}")
+        for name, value in (
+            ("max_concurrent_runs", max_concurrent_runs),
+            ("max_manual_runs", max_manual_runs),
+            ("worker_threads", worker_threads),
+            ("threads_per_job", threads_per_job),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
         self._jobs: dict[str, _Job] = {}
         # (due, generation, job id): entries hold no reference to the job, so
         # the garbage collector untracks them rather than keep one more
@@ -282,10 +406,23 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
         self._slots = asyncio.Semaphore(max_concurrent_runs)
-        self._pool = ThreadPoolExecutor(worker_threads, thread_name_prefix="podcron-job")
+        self._max_manual_runs = max_manual_runs
+        self._manual_runs = 0
+        self._thread_slots = asyncio.Semaphore(worker_threads)
+        self._threads_per_job = threads_per_job
+        self._max_replacements = worker_threads
+        self._replacements = 0
+        self._abandoned = 0
+        # Enough threads that a body admitted by the budgets above never waits
+        # inside the pool: scheduled bodies, their replacements, manual bodies.
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            2 * worker_threads + max_manual_runs, thread_name_prefix="podcron-job"
+        )
         self._shutdown_timeout = shutdown_timeout_seconds
         self._listeners = list(listeners)
         self._metrics = metrics
+        self._loop_watchdog = loop_watchdog
+        self._watchdog: LoopWatchdog | None = None
         self._closing = False
         self._version = 0
 
@@ -305,6 +442,15 @@ class Engine:
         """
         if self._closing:
             raise RuntimeError("the engine is shutting down")
+        if self._watchdog is None and self._loop_watchdog:
+            # Started with the first job, on the loop it watches: no job, nothing to watch.
+            metrics = self._metrics
+            self._watchdog = LoopWatchdog(
+                asyncio.get_running_loop(),
+                holder=_job_of_task,
+                on_lag=None if metrics is None else metrics.loop_lag,
+            )
+            self._watchdog.start()
         job = self._jobs.get(spec.job_id)
         is_new = job is None
         if job is None:
@@ -339,8 +485,11 @@ class Engine:
     ) -> JobSnapshot:
         """Run a job once now (trigger ``manual``), honouring its concurrency policy.
 
-        Raises :class:`JobNotFound`, or :class:`JobAlreadyRunning` under Forbid.
-        A ``traceparent`` in ``trace_headers`` makes the run's span its child.
+        Raises :class:`JobNotFound`, :class:`JobAlreadyRunning` when the job may
+        not start another run now (Forbid, a replaced run that has not stopped,
+        ``threads_per_job``), or :class:`TooManyManualRuns` when manual runs
+        use their whole budget. A ``traceparent`` in ``trace_headers`` makes
+        the run's span its child.
         """
         job = self._jobs.get(job_id)
         if job is None or self._closing:
@@ -376,8 +525,13 @@ class Engine:
 
     @property
     def running_count(self) -> int:
-        """How many runs are active now."""
+        """How many runs are active now: queued, running, or waiting for their thread."""
         return sum(len(job.active) for job in self._jobs.values())
+
+    @property
+    def abandoned_threads(self) -> int:
+        """How many threads outlive the run they belong to."""
+        return self._abandoned
 
     def _snapshot(self, job: _Job) -> JobSnapshot:
         return JobSnapshot(
@@ -481,6 +635,23 @@ class Engine:
             log.info("job %s catches up on its tick of %s", job.spec.job_id, missed.isoformat())
             self._dispatch(job, Trigger.CATCH_UP, missed, parent=None, manual=False)
 
+    def _busy(self, job: _Job, *, manual: bool) -> str | None:
+        """Why the job may not start another run now, or None; it has active runs."""
+        policy = job.spec.concurrency_policy
+        if policy is ConcurrencyPolicy.FORBID:
+            return "concurrencyPolicy Forbid"
+        if policy is ConcurrencyPolicy.REPLACE:
+            if any(run.cancel_reason is not None for run in job.active.values()):
+                return "the run it would replace has not stopped yet (concurrencyPolicy Replace)"
+            return None
+        if not job.is_async and len(job.active) >= self._threads_per_job:
+            return f"its {len(job.active)} runs hold the threads one job may use (threadsPerJob)"
+        # One queued tick per job is enough: more would pile up without bound
+        # while the run slots are all taken. (Manual runs have their own budget.)
+        if not manual and any(run.started is None for run in job.active.values()):
+            return "a run of it still waits for a run slot (concurrencyPolicy Allow)"
+        return None
+
     def _dispatch(
         self,
         job: _Job,
@@ -491,36 +662,63 @@ class Engine:
         manual: bool,
     ) -> None:
         spec = job.spec
+        replaced: list[_ActiveRun] | None = None
         if job.active:
-            policy = spec.concurrency_policy
-            if policy is ConcurrencyPolicy.FORBID:
+            why = self._busy(job, manual=manual)
+            if why is not None:
                 if manual:
-                    raise JobAlreadyRunning(spec.job_id)
+                    raise JobAlreadyRunning(spec.job_id, why)
                 log.info(
-                    "job %s skipped its %s tick: a run is active (concurrencyPolicy Forbid)",
+                    "job %s skipped its %s tick: a run is active (%s)",
                     spec.job_id,
                     scheduled_time.isoformat(),
+                    why,
                     extra={"job_id": spec.job_id},
                 )
                 self._record(job, trigger, scheduled_time, RunStatus.SKIPPED, None, None)
                 return
-            if policy is ConcurrencyPolicy.REPLACE:
-                for run in job.active.values():
-                    self._cancel(run, "Replaced: a newer run started (concurrencyPolicy Replace)")
-        run = _ActiveRun(trigger=trigger, scheduled_time=scheduled_time, started=time.time())
+            if spec.concurrency_policy is ConcurrencyPolicy.REPLACE:
+                replaced = list(job.active.values())
+        if manual:
+            if self._manual_runs >= self._max_manual_runs:
+                raise TooManyManualRuns(
+                    f"{self._manual_runs} manual runs are active, as many as maxManualRuns"
+                    f" allows; retry in {MANUAL_RETRY_AFTER_SECONDS}s",
+                    retry_after_seconds=MANUAL_RETRY_AFTER_SECONDS,
+                )
+            self._manual_runs += 1
+        if replaced is not None:
+            for old in replaced:
+                self._cancel(old, "Replaced: a newer run started (concurrencyPolicy Replace)")
+        run = _ActiveRun(
+            trigger=trigger,
+            scheduled_time=scheduled_time,
+            spec=spec,
+            is_async=job.is_async,
+            manual=manual,
+        )
         run_id = next(self._run_ids)
         job.active[run_id] = run
         self._version += 1
+        if self._metrics is not None:
+            self._metrics.run_queued()
         run.task = asyncio.get_running_loop().create_task(
-            self._run(job, run_id, run, parent), name=f"podcron-run {spec.job_id}"
+            self._run(job, run_id, run, parent, replaced), name=RUN_TASK_PREFIX + spec.job_id
         )
 
     def _cancel(self, run: _ActiveRun, reason: str) -> None:
         if run.cancel_reason is None:
             run.cancel_reason = reason
         run.cancellation.set()
-        if run.task is not None:
-            run.task.cancel()
+        task = run.task
+        if task is None:
+            return
+        # A task cancelled before its first step never runs its coroutine, so
+        # the run would never record nor release anything: such a run sees
+        # cancel_reason as it begins instead.
+        coro = task.get_coro()
+        if not inspect.iscoroutine(coro) or inspect.getcoroutinestate(coro) != "CORO_CREATED":
+            task.cancel()
 
     async def _run(
         self,
@@ -528,14 +726,29 @@ class Engine:
         run_id: int,
         run: _ActiveRun,
         parent: otel_context.Context | None,
+        replaced: list[_ActiveRun] | None,
     ) -> None:
-        spec, trigger, scheduled_time = job.spec, run.trigger, run.scheduled_time
-        # Time spent queued on the loop after dispatch counts as lateness.
-        started = run.started = time.time()
-        status, error = RunStatus.SUCCESS, None
+        spec, trigger, scheduled_time = run.spec, run.trigger, run.scheduled_time
+        # Not a success until the body has returned: anything that goes wrong
+        # on the way (the deadline, telemetry, the context) fails the run.
+        status, error, started = RunStatus.FAILURE, None, None
         try:
+            if run.cancel_reason is not None:  # cancelled before its task began
+                raise asyncio.CancelledError
+            # Queued: waiting is lateness, never duration, and the timeout
+            # clock has not started.
+            if replaced:
+                await self._until_ended(replaced)
+            if not run.manual:
+                await self._slots.acquire()
+                run.holds_slot = True
+                if not run.is_async:
+                    await self._thread_slots.acquire()
+                    run.holds_thread = True
+            started = run.started = time.time()
+            lateness = started - scheduled_time.timestamp()
             if self._metrics is not None:
-                self._metrics.run_started(trigger, started - scheduled_time.timestamp())
+                self._metrics.run_started(trigger, lateness)
             self._emit(
                 RunStarted(
                     job_id=spec.job_id,
@@ -543,9 +756,11 @@ class Engine:
                     name=spec.name,
                     trigger=trigger,
                     scheduled_time=scheduled_time,
-                    lateness_seconds=started - scheduled_time.timestamp(),
+                    lateness_seconds=lateness,
                 )
             )
+            timeout = spec.timeout_seconds
+            deadline = None if timeout is None else _deadline(started, timeout)
             with tracing.start_run_span(
                 job_id=spec.job_id,
                 trigger=trigger.value,
@@ -554,7 +769,6 @@ class Engine:
                 parent=parent,
             ) as span:
                 trace_context = trace.set_span_in_context(span, parent)
-                timeout = spec.timeout_seconds
                 ctx = JobContext(
                     job_id=spec.job_id,
                     namespace=spec.namespace,
@@ -563,51 +777,204 @@ class Engine:
                     scheduled_time=scheduled_time,
                     args=spec.args,
                     log=logs.job_logger(job_log, job_id=spec.job_id, span=span),
-                    deadline=None
-                    if timeout is None
-                    else _utc(started) + timedelta(seconds=timeout),
+                    deadline=deadline,
                     cancelled=run.cancellation,
                     trace_context=trace_context,
                 )
                 guard = None if timeout is None else asyncio.timeout(timeout)
                 try:
-                    async with self._slots, guard or _NO_TIMEOUT:
-                        await self._call(job.is_async, spec.target, ctx)
+                    async with guard or _NO_TIMEOUT:
+                        if run.is_async:
+                            token = otel_context.attach(trace_context)
+                            try:
+                                await spec.target(ctx)
+                            finally:
+                                otel_context.detach(token)
+                        else:
+                            run.thread = self._pool.submit(_call_in_thread, spec.target, ctx)
+                            await asyncio.wrap_future(run.thread)
                 except TimeoutError as timeout_error:
-                    status = RunStatus.FAILURE
                     if guard is not None and guard.expired():
-                        run.cancellation.set()
-                        error = f"TimeoutError: run exceeded {timeout}s"
-                        tracing.record_failure(span, timeout_error, description=error)
-                        ctx.log.error("run timed out after %ss", timeout, exc_info=timeout_error)
+                        error = _timed_out(run, span, ctx, timeout_error)
                     else:  # the job's own TimeoutError, not its deadline
                         error = _failed(span, ctx, timeout_error)
                 except asyncio.CancelledError as cancelled:
-                    if run.cancel_reason is None:
-                        raise
-                    status, error = RunStatus.FAILURE, run.cancel_reason
-                    tracing.record_failure(span, cancelled, description=error)
-                    ctx.log.error("run cancelled: %s", error)
+                    if run.cancel_reason is not None:
+                        error = run.cancel_reason
+                        tracing.record_failure(span, cancelled, description=error)
+                        ctx.log.error("run cancelled: %s", error)
+                    else:
+                        # The job raised it itself, or awaited something that
+                        # was cancelled: a failure like any other exception.
+                        error = _failed(span, ctx, cancelled)
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise  # someone else cancels this task: let them see it
                 except BaseException as failure:
-                    status, error = RunStatus.FAILURE, _failed(span, ctx, failure)
+                    error = _failed(span, ctx, failure)
+                else:
+                    if guard is not None and guard.expired():
+                        # It swallowed the timeout's cancellation and returned late.
+                        error = _timed_out(run, span, ctx, TimeoutError())
+                    elif run.cancel_reason is None:
+                        status = RunStatus.SUCCESS
+                    else:  # cancelled by the engine, yet returned: still cut short
+                        error = run.cancel_reason
+                        tracing.record_failure(span, asyncio.CancelledError(), description=error)
+        except asyncio.CancelledError:
+            if started is None:
+                error = run.cancel_reason or "cancelled before it started"
+                log.info(
+                    "job %s: the run due %s did not start: %s",
+                    spec.job_id,
+                    scheduled_time.isoformat(),
+                    error,
+                    extra={"job_id": spec.job_id},
+                )
+            if run.cancel_reason is None:
+                raise
+        except BaseException as failure:
+            # Around the job's call: the context, the span, a listener.
+            error = _error_text(failure)
+            log.error(
+                "run of job %s failed around its call: %s",
+                spec.job_id,
+                error,
+                exc_info=failure,
+                extra={"job_id": spec.job_id},
+            )
         finally:
-            if self._metrics is not None:
-                self._metrics.run_ended()
-            job.active.pop(run_id, None)
-            self._version += 1
+            thread = run.thread
+            finished = thread is None or thread.done()
+            if finished:
+                self._end(job, run_id, run)
             if not run.recorded:
                 run.recorded = True
-                self._record(job, trigger, scheduled_time, status, started, error)
+                self._record(
+                    job,
+                    trigger,
+                    scheduled_time,
+                    RunStatus.SKIPPED if started is None else status,
+                    started,
+                    error,
+                )
+            if not finished:
+                self._await_thread(job, run_id, run)
 
-    async def _call(self, is_async: bool, target: JobTarget, ctx: JobContext) -> None:
-        if is_async:
-            token = otel_context.attach(ctx.trace_context or otel_context.get_current())
-            try:
-                await target(ctx)
-            finally:
-                otel_context.detach(token)
+    async def _until_ended(self, runs: list[_ActiveRun]) -> None:
+        """Return once every run in ``runs`` has ended (Replace: one body at a time)."""
+        loop = asyncio.get_running_loop()
+        for old in runs:
+            if not old.ended:
+                waiter = loop.create_future()
+                if old.successors is None:
+                    old.successors = []
+                old.successors.append(waiter)
+                await waiter
+
+    def _end(self, job: _Job, run_id: int, run: _ActiveRun) -> None:
+        """The run's body has returned (or never started): release what it held."""
+        run.ended = True
+        job.active.pop(run_id, None)
+        self._version += 1
+        if run.holds_slot:
+            self._slots.release()
+        if run.holds_thread:
+            self._thread_slots.release()
+        if run.manual:
+            self._manual_runs -= 1
+        if self._metrics is not None:
+            if run.started is None:
+                self._metrics.run_dropped()
+            else:
+                self._metrics.run_ended()
+        if run.successors is not None:
+            for waiter in run.successors:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _await_thread(self, job: _Job, run_id: int, run: _ActiveRun) -> None:
+        """The run has its outcome but its thread runs on: the job stays active until it returns."""
+        loop = asyncio.get_running_loop()
+        run.recorded_at = time.time()
+        assert run.thread is not None
+        run.thread.add_done_callback(
+            functools.partial(
+                _on_loop, loop, functools.partial(self._thread_returned, job, run_id, run)
+            )
+        )
+        if not self._closing and not run.ended:
+            run.abandon_timer = loop.call_later(ABANDON_AFTER_SECONDS, self._abandon, job, run)
+
+    def _abandon(self, job: _Job, run: _ActiveRun) -> None:
+        """The thread has not returned well after its run's outcome: stop counting on it."""
+        run.abandon_timer = None
+        if run.ended:
             return
-        await asyncio.get_running_loop().run_in_executor(self._pool, _call_in_thread, target, ctx)
+        run.abandoned = True
+        self._abandoned += 1
+        # Its place among worker_threads goes to the others, within a bound:
+        # a thread cannot be killed, and each abandoned one is one more thread.
+        if run.holds_thread and self._replacements < self._max_replacements:
+            run.holds_thread = False
+            self._replacements += 1
+            self._thread_slots.release()
+        if self._metrics is not None:
+            self._metrics.abandoned_threads(self._abandoned)
+        spec = run.spec
+        log.warning(
+            "job %s: the thread of its run due %s still runs %.0fs after the run ended (%s);"
+            " the job counts as running until it returns (%d abandoned threads)",
+            spec.job_id,
+            run.scheduled_time.isoformat(),
+            time.time() - run.recorded_at,
+            run.cancel_reason or "its task was cancelled",
+            self._abandoned,
+            extra={"job_id": spec.job_id},
+        )
+        if not job.removed:
+            self._emit(
+                ThreadAbandoned(
+                    job_id=spec.job_id,
+                    namespace=spec.namespace,
+                    name=spec.name,
+                    scheduled_time=run.scheduled_time,
+                    error=run.cancel_reason,
+                    abandoned_threads=self._abandoned,
+                )
+            )
+
+    def _thread_returned(self, job: _Job, run_id: int, run: _ActiveRun) -> None:
+        if run.abandon_timer is not None:
+            run.abandon_timer.cancel()
+            run.abandon_timer = None
+        if run.abandoned:
+            self._abandoned -= 1
+            if not run.holds_thread:
+                self._replacements -= 1
+            if self._metrics is not None:
+                self._metrics.abandoned_threads(self._abandoned)
+        late = time.time() - run.recorded_at
+        spec = run.spec
+        log.log(
+            logging.WARNING if run.abandoned else logging.INFO,
+            "job %s: the thread of its run due %s returned %.1fs after the run ended",
+            spec.job_id,
+            run.scheduled_time.isoformat(),
+            late,
+            extra={"job_id": spec.job_id},
+        )
+        self._end(job, run_id, run)
+        if not job.removed:
+            self._emit(
+                ThreadReturned(
+                    job_id=spec.job_id,
+                    namespace=spec.namespace,
+                    name=spec.name,
+                    scheduled_time=run.scheduled_time,
+                    seconds_after_outcome=late,
+                )
+            )
 
     def _record(
         self,
@@ -671,18 +1038,25 @@ class Engine:
     async def shutdown(self) -> None:
         """Stop arming timers, signal cancellation, wait up to the shutdown timeout.
 
-        Runs still active after ``shutdown_timeout_seconds`` are cancelled and
-        recorded as failures (Interrupted). Returns at once when nothing runs.
+        Queued runs never start. Runs still active after
+        ``shutdown_timeout_seconds`` are cancelled and recorded as failures
+        (Interrupted). Runs whose outcome is recorded already (a thread that
+        outlived its run) are not waited for. Returns at once when nothing runs.
         """
         self._closing = True
         self._cancel_timer()
         self._heap.clear()
+        if self._watchdog is not None:
+            self._watchdog.stop()
         runs = [
             (job, run_id, run) for job in self._jobs.values() for run_id, run in job.active.items()
         ]
         for _, _, run in runs:
-            run.cancellation.set()
-        tasks = {run.task for _, _, run in runs if run.task is not None}
+            if run.started is None:
+                self._cancel(run, NOT_STARTED)
+            else:
+                run.cancellation.set()
+        tasks = {run.task for _, _, run in runs if run.task is not None and not run.task.done()}
         if tasks:
             log.info("waiting up to %ss for %d active runs", self._shutdown_timeout, len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self._shutdown_timeout)
@@ -701,13 +1075,23 @@ class Engine:
                         job,
                         run.trigger,
                         run.scheduled_time,
-                        RunStatus.FAILURE,
+                        RunStatus.FAILURE if run.started is not None else RunStatus.SKIPPED,
                         run.started,
                         INTERRUPTED,
                     )
         # Threads cannot be killed; whoever owns the process decides whether
         # to wait for them. Queued thread work that never started is dropped.
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _on_loop(
+    loop: asyncio.AbstractEventLoop,
+    callback: Callable[[], None],
+    _: concurrent.futures.Future[None],
+) -> None:
+    """A thread's done callback: call ``callback`` on ``loop``'s thread, unless it is closed."""
+    with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits for it any more
+        loop.call_soon_threadsafe(callback)
 
 
 def _call_in_thread(target: JobTarget, ctx: JobContext) -> None:

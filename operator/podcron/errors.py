@@ -75,10 +75,28 @@ class JobNotFound(PodcronError, LookupError):
 
 
 class JobAlreadyRunning(PodcronError, RuntimeError):
-    """A trigger refused because the job is running and its policy is Forbid."""
+    """A trigger refused because the job is running and may not start another run now.
+
+    ``why`` says what holds it: its policy is Forbid, the run Replace would
+    replace has not stopped yet, or its runs hold all the threads one job may use.
+    """
 
     reason = "JobAlreadyRunning"
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, why: str = "concurrencyPolicy Forbid") -> None:
         self.job_id = job_id
-        super().__init__(f"job {job_id!r} is already running (concurrencyPolicy Forbid)")
+        self.why = why
+        super().__init__(f"job {job_id!r} is already running ({why})")
+
+
+class TooManyManualRuns(PodcronError, RuntimeError):
+    """A manual run refused because manual runs use their whole budget (``maxManualRuns``).
+
+    ``retry_after_seconds`` is when asking again makes sense.
+    """
+
+    reason = "TooManyManualRuns"
+
+    def __init__(self, message: str, *, retry_after_seconds: int) -> None:
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(message)

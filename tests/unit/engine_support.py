@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from podcron.engine import Engine, JobEvent, JobSpec, RunFinished, RunStarted, RunStatus
 from podcron.entrypoints import JobTarget
@@ -12,6 +12,8 @@ from podcron.schedules import parse_schedule
 
 # Each wait below is on an event with this deadline; no test sleeps to hope.
 DEADLINE = 5.0
+
+E = TypeVar("E", bound=JobEvent)
 
 
 class Recorder:
@@ -38,6 +40,12 @@ class Recorder:
             e
             for e in self.events
             if isinstance(e, RunStarted) and (job_id is None or e.job_id == job_id)
+        ]
+
+    def of(self, kind: type[E], job_id: str | None = None) -> list[E]:
+        """The events of one kind (ThreadAbandoned, ThreadReturned, ...)."""
+        return [
+            e for e in self.events if isinstance(e, kind) and (job_id is None or e.job_id == job_id)
         ]
 
     def count(self, name: str, status: RunStatus) -> int:

@@ -207,7 +207,7 @@ async def test_replace_cancels_the_active_run_then_starts(engine: Engine) -> Non
     assert engine.running_count == 1
 
 
-async def test_global_limit_bounds_concurrent_runs() -> None:
+async def test_global_limit_bounds_concurrent_scheduled_runs() -> None:
     engine = Engine(max_concurrent_runs=1)
     recorder = Recorder(engine)
     active, peak = 0, 0
@@ -220,9 +220,8 @@ async def test_global_limit_bounds_concurrent_runs() -> None:
         active -= 1
 
     for name in ("a", "b", "c"):
-        engine.upsert(spec(job, name=name, every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
-        engine.trigger(f"ns/{name}")
-    await recorder.until(lambda: len(recorder.finished()) == 3)
+        engine.upsert(spec(job, name=name, every="1s", concurrency_policy=ConcurrencyPolicy.ALLOW))
+    await recorder.until(lambda: len(recorder.finished()) >= 3)
     assert peak == 1
     await engine.shutdown()
 

@@ -73,18 +73,35 @@ def test_outcomes_count_by_trigger_and_status(
 def test_lateness_resolves_milliseconds_and_counts_scheduled_runs_only(
     registry: CollectorRegistry, metrics: JobMetrics
 ) -> None:
+    for _ in range(6):
+        metrics.run_queued()
     metrics.run_started("scheduled", 0.0007)
     metrics.run_started("scheduled", 0.003)
     metrics.run_started("manual", 0.0001)
     metrics.run_started("catch-up", 250.0)
+    metrics.run_dropped()
 
     def bucket(le: str) -> float | None:
         return registry.get_sample_value("podcron_job_schedule_lateness_seconds_bucket", {"le": le})
 
     assert (bucket("0.0005"), bucket("0.001"), bucket("0.005"), bucket("+Inf")) == (0, 1, 2, 2)
     assert registry.get_sample_value("podcron_jobs_running") == 4
+    assert registry.get_sample_value("podcron_jobs_queued") == 1
     metrics.run_ended()
     assert registry.get_sample_value("podcron_jobs_running") == 3
+
+
+def test_loop_lag_and_abandoned_threads(registry: CollectorRegistry, metrics: JobMetrics) -> None:
+    for seconds in (0.0001, 0.02, 1.5):
+        metrics.loop_lag(seconds)
+    metrics.abandoned_threads(2)
+
+    def lag(le: str) -> float | None:
+        return registry.get_sample_value("podcron_event_loop_lag_seconds_bucket", {"le": le})
+
+    assert (lag("0.0005"), lag("0.025"), lag("1.0"), lag("+Inf")) == (1, 2, 2, 3)
+    assert registry.get_sample_value("podcron_event_loop_lag_seconds_sum") == pytest.approx(1.5201)
+    assert registry.get_sample_value("podcron_job_threads_abandoned") == 2
 
 
 def test_forget_removes_every_series_of_the_job_and_no_other(

@@ -28,7 +28,7 @@ from podcron import control_protocol as wire
 from podcron.controller import jobmetadata
 from podcron.controller.jobspecs import format_time
 from podcron.engine import Engine, History, JobSnapshot, JobSpec
-from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 
 log = logging.getLogger("podcron.control")
 
@@ -201,7 +201,15 @@ class ControlServer:
         except JobNotFound as error:
             return [wire.encode_error(wire.JOB_NOT_FOUND, str(error))]
         except JobAlreadyRunning as error:
-            return [wire.encode_error(wire.JOB_ALREADY_RUNNING, str(error))]
+            return [wire.encode_error(wire.JOB_ALREADY_RUNNING, str(error), why=error.why)]
+        except TooManyManualRuns as error:
+            return [
+                wire.encode_error(
+                    wire.TOO_MANY_MANUAL_RUNS,
+                    str(error),
+                    retryAfter=error.retry_after_seconds,
+                )
+            ]
 
     def _handle(self, op: wire.Op, request: dict[str, Any]) -> list[bytes]:
         if op is wire.Op.PING:

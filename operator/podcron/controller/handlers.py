@@ -32,8 +32,8 @@ from podcron.controller import jobspecs, resource
 from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
 from podcron.controller.status import StatusWriter
-from podcron.engine import Engine, JobEvent, RunFinished, RunStatus
-from podcron.errors import JobAlreadyRunning, JobNotFound, PodcronError
+from podcron.engine import Engine, JobEvent, RunFinished, RunStatus, ThreadAbandoned
+from podcron.errors import JobAlreadyRunning, JobNotFound, PodcronError, TooManyManualRuns
 
 log = logging.getLogger("podcron.controller")
 
@@ -109,7 +109,7 @@ class Reconciler:
         ref = self._refs.get(jid)
         try:
             self._engine.trigger(jid)
-        except JobAlreadyRunning as error:
+        except (JobAlreadyRunning, TooManyManualRuns) as error:
             if ref is not None:
                 self._events.post(ref, warning=True, reason="RunNowRefused", message=str(error))
         except JobNotFound:
@@ -201,4 +201,14 @@ class Reconciler:
                 ref = self._refs.get(event.job_id)
                 if ref is not None:
                     self._events.run_failed(ref, event.error)
+        elif isinstance(event, ThreadAbandoned):
+            ref = self._refs.get(event.job_id)
+            if ref is not None:
+                self._events.post(
+                    ref,
+                    warning=True,
+                    reason="ThreadAbandoned",
+                    message=f"a run's thread did not stop ({event.error}); the job counts as"
+                    f" running until it returns ({event.abandoned_threads} abandoned threads)",
+                )
         self._writer.update(event.namespace, event.name, patch)

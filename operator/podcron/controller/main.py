@@ -56,7 +56,9 @@ async def run(settings: Settings) -> None:
     latency.tune_process()
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
+        max_manual_runs=settings.max_manual_runs,
         worker_threads=settings.worker_threads,
+        threads_per_job=settings.threads_per_job,
         shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
         metrics=JobMetrics(),
     )

@@ -40,6 +40,7 @@ log = logging.getLogger("podcron.sidecar")
 REFUSALS: dict[str, int] = {
     wire.JOB_NOT_FOUND: 404,
     wire.JOB_ALREADY_RUNNING: 409,
+    wire.TOO_MANY_MANUAL_RUNS: 429,
 }
 #: Codes for errors Falcon raises itself; any other 4xx is BAD_REQUEST, 5xx INTERNAL_ERROR.
 STATUS_CODES = {
@@ -64,8 +65,12 @@ App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 class ApiError(falcon.HTTPError):
     """An error answered with the envelope and one of this module's codes."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(falcon.code_to_http_status(status), title=code, description=message)
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            falcon.code_to_http_status(status), title=code, description=message, headers=headers
+        )
         self.error_code = code
 
 
@@ -101,7 +106,8 @@ def _refused(error: OperatorRefused) -> ApiError:
     if status is None:
         raise error  # a code this sidecar does not know: _unexpected_error's 500
     subject = f"job {error.job_id}: " if error.job_id else ""
-    return ApiError(status, error.code, f"{subject}{error.message}")
+    headers = None if error.retry_after is None else {"Retry-After": str(error.retry_after)}
+    return ApiError(status, error.code, f"{subject}{error.message}", headers)
 
 
 class CIDRFilter:

@@ -40,11 +40,15 @@ class OperatorUnavailable(ConnectionError):
 class OperatorRefused(Exception):
     """The operator answered with one of the protocol's error codes."""
 
-    def __init__(self, code: str, message: str, job_id: str | None) -> None:
+    def __init__(
+        self, code: str, message: str, job_id: str | None, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.job_id = job_id
+        #: Seconds after which asking again makes sense, when the operator said so.
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,8 +160,12 @@ class OperatorClient:
                     raise OperatorUnavailable(f"control socket {self.path}: {error}") from error
                 self._idle.append(connection)
                 if header.get("ok") is not True:
+                    retry_after = header.get("retryAfter")
                     raise OperatorRefused(
-                        str(header.get("error")), str(header.get("message")), request.get("jobId")
+                        str(header.get("error")),
+                        str(header.get("message")),
+                        request.get("jobId"),
+                        retry_after=retry_after if isinstance(retry_after, int) else None,
                     )
                 return header, body
         raise AssertionError("unreachable: the second attempt returns or raises")

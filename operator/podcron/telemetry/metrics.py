@@ -1,4 +1,4 @@
-"""The Prometheus metrics of DESIGN.md, fed by the engine with plain values.
+"""The Prometheus metrics podcron exports, fed by the engine with plain values.
 
 Labels are bounded: a job is ``namespace`` and ``name`` (one series set per
 ScheduledJob, removed with it), ``trigger`` and ``status`` have three values
@@ -75,12 +75,14 @@ _DURATION_LABELS = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
 _LATENESS_LABELS = (*(repr(bound) for bound in LATENESS_BUCKETS), "+Inf")
 
 _RUNS_HELP = "Runs of a job that ended, and ticks it skipped, by trigger and status."
-_DURATION_HELP = "How long a job's runs took, from start to end, failed runs included."
+_DURATION_HELP = (
+    "How long a job's runs took, from the body's start to the run's outcome, failed runs included."
+)
 _LAST_SUCCESS_HELP = "When a job's last successful run ended, in seconds since the Unix epoch."
 
 
 class JobMetrics:
-    """The six podcron metrics on ``registry``; every method is quick and never blocks.
+    """The podcron metrics on ``registry``; every method is quick and never blocks.
 
     The engine calls the methods from its event loop's thread; a scrape reads
     from another thread. Each read copies a job's array in one step (the GIL
@@ -89,9 +91,12 @@ class JobMetrics:
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self._registered = 0
+        self._queued = 0
         self._running = 0
-        # Lateness: per-bucket counts (not cumulative; +Inf last), then the sum.
+        self._abandoned_threads = 0
+        # Lateness and loop lag: per-bucket counts (not cumulative; +Inf last), then the sum.
         self._lateness = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
+        self._loop_lag = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
         self._jobs: dict[tuple[str, str], array[float]] = {}
         registry.register(self)
 
@@ -109,12 +114,21 @@ class JobMetrics:
         """Remove every series labelled with the job, so a deleted job leaves none behind."""
         self._jobs.pop((namespace, name), None)
 
+    def run_queued(self) -> None:
+        """A run was accepted and waits for its turn (a run slot, a thread)."""
+        self._queued += 1
+
+    def run_dropped(self) -> None:
+        """A queued run left the queue without starting (replaced, deleted, shut down)."""
+        self._queued -= 1
+
     def run_started(self, trigger: str, lateness_seconds: float) -> None:
-        """A run started ``lateness_seconds`` after it was due.
+        """A queued run's body started ``lateness_seconds`` after it was due.
 
         Only scheduled runs count towards lateness: a manual run is due when
         asked for, and a catch-up run is late by design.
         """
+        self._queued -= 1
         self._running += 1
         if trigger == LATENESS_TRIGGER:
             lateness = self._lateness
@@ -122,8 +136,18 @@ class JobMetrics:
             lateness[-1] += lateness_seconds
 
     def run_ended(self) -> None:
-        """A run that :meth:`run_started` counted is no longer active."""
+        """The body of a run that :meth:`run_started` counted has returned."""
         self._running -= 1
+
+    def abandoned_threads(self, count: int) -> None:
+        """How many job threads now outlive the run they belong to."""
+        self._abandoned_threads = count
+
+    def loop_lag(self, seconds: float) -> None:
+        """The event loop ran a callback ``seconds`` after it was due."""
+        lag = self._loop_lag
+        lag[bisect_left(LATENESS_BUCKETS, seconds)] += 1
+        lag[-1] += seconds
 
     def run_recorded(
         self,
@@ -157,11 +181,24 @@ class JobMetrics:
 
     def collect(self) -> Iterator[Metric]:
         """Every family with its samples; called by each scrape."""
-        runs, duration, last_success, running, registered, lateness = self._families()
+        (
+            runs,
+            duration,
+            last_success,
+            running,
+            registered,
+            lateness,
+            queued,
+            abandoned,
+            loop_lag,
+        ) = self._families()
         running.add_metric([], self._running)
+        queued.add_metric([], self._queued)
+        abandoned.add_metric([], self._abandoned_threads)
         registered.add_metric([], self._registered)
-        values = self._lateness[:]
-        lateness.add_metric([], _cumulative(values[:-1], _LATENESS_LABELS), sum_value=values[-1])
+        for family, live in ((lateness, self._lateness), (loop_lag, self._loop_lag)):
+            values = live[:]
+            family.add_metric([], _cumulative(values[:-1], _LATENESS_LABELS), sum_value=values[-1])
         # list() copies the items in one step: jobs come and go during a scrape.
         for (namespace, name), live in list(self._jobs.items()):
             values = live[:]
@@ -175,13 +212,26 @@ class JobMetrics:
             )
             if not math.isnan(values[_LAST_SUCCESS_AT]):
                 last_success.add_metric([namespace, name], values[_LAST_SUCCESS_AT])
-        yield from (runs, duration, last_success, running, registered, lateness)
+        yield from (
+            runs,
+            duration,
+            last_success,
+            running,
+            registered,
+            lateness,
+            queued,
+            abandoned,
+            loop_lag,
+        )
 
     @staticmethod
     def _families() -> tuple[
         CounterMetricFamily,
         HistogramMetricFamily,
         GaugeMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
         GaugeMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
@@ -195,14 +245,28 @@ class JobMetrics:
             GaugeMetricFamily(
                 "podcron_job_last_success_timestamp_seconds", _LAST_SUCCESS_HELP, labels=job
             ),
-            GaugeMetricFamily("podcron_jobs_running", "Runs active now, over all jobs."),
+            GaugeMetricFamily(
+                "podcron_jobs_running", "Runs whose body is executing now, over all jobs."
+            ),
             GaugeMetricFamily(
                 "podcron_jobs_registered",
                 "ScheduledJobs registered with the engine, suspended ones included.",
             ),
             HistogramMetricFamily(
                 "podcron_job_schedule_lateness_seconds",
-                "How late scheduled runs started: start time minus due time.",
+                "How late scheduled runs started: body start time minus due time.",
+            ),
+            GaugeMetricFamily(
+                "podcron_jobs_queued",
+                "Runs waiting for a run slot, a thread or the run they replace, over all jobs.",
+            ),
+            GaugeMetricFamily(
+                "podcron_job_threads_abandoned",
+                "Threads of plain def runs still running after their run's outcome was recorded.",
+            ),
+            HistogramMetricFamily(
+                "podcron_event_loop_lag_seconds",
+                "How late the event loop ran a heartbeat due every 0.25 s: how long it was held.",
             ),
         )
 

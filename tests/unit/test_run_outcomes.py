@@ -1,0 +1,221 @@
+"""A run's outcome tells the truth: only a body that returned is a success.
+
+Errors raised before or around the job's call (the deadline, telemetry, the
+context) fail the run with their message; a job's own ``CancelledError`` is a
+plain failure; only the engine's own cancellations end a run otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from podcron.context import JobContext
+from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
+from podcron.telemetry import tracing
+
+from .engine_support import Recorder, spec
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2)
+    yield engine
+    await engine.shutdown()
+
+
+@pytest.mark.parametrize("seconds", [300_000_000_000, math.inf], ids=["huge", "infinite"])
+async def test_a_timeout_beyond_the_calendar_runs_the_job_without_a_deadline(
+    engine: Engine, seconds: float
+) -> None:
+    recorder = Recorder(engine)
+    deadlines: list[datetime | None] = []
+
+    async def job(ctx: JobContext) -> None:
+        deadlines.append(ctx.deadline)
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=seconds))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert deadlines == [datetime.max.replace(tzinfo=UTC)], "the body ran, the deadline is far"
+    assert recorder.finished()[0].status is RunStatus.SUCCESS
+
+
+@pytest.mark.parametrize("seconds", [math.nan, 0.0, -5.0])
+async def test_a_timeout_that_is_no_duration_fails_the_run_with_a_message(
+    engine: Engine, seconds: float
+) -> None:
+    recorder = Recorder(engine)
+    called = False
+
+    async def job(ctx: JobContext) -> None:
+        nonlocal called
+        called = True
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=seconds))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    finished = recorder.finished()[0]
+    assert not called
+    assert finished.status is RunStatus.FAILURE
+    assert finished.error == f"ValueError: timeoutSeconds must be positive, got {seconds}"
+    history = engine.snapshot("ns/job").history
+    assert (history.counts.succeeded, history.counts.failed) == (0, 1)
+
+
+async def test_an_error_around_the_call_is_a_failure_with_its_message(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    recorder = Recorder(engine)
+    called = False
+
+    def broken_span(**_: Any) -> Any:
+        raise RuntimeError("the span could not open")
+
+    async def job(ctx: JobContext) -> None:
+        nonlocal called
+        called = True
+
+    monkeypatch.setattr(tracing, "start_run_span", broken_span)
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert not called
+    finished = recorder.finished()[0]
+    assert finished.status is RunStatus.FAILURE
+    assert finished.error == "RuntimeError: the span could not open"
+    assert "run of job ns/job failed around its call" in caplog.text
+    assert not engine.snapshot("ns/job").running
+
+
+async def test_a_job_that_raises_cancelled_error_itself_is_a_plain_failure(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        raise asyncio.CancelledError("the job gave up")
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    finished = recorder.finished()[0]
+    assert finished.status is RunStatus.FAILURE
+    assert finished.error == "asyncio.exceptions.CancelledError: the job gave up"
+    assert engine.snapshot("ns/job").history.counts.succeeded == 0
+
+
+async def test_a_job_awaiting_a_task_someone_else_cancelled_is_a_plain_failure(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        helper = asyncio.create_task(asyncio.sleep(30))
+        asyncio.get_running_loop().call_soon(helper.cancel)
+        await helper
+
+    engine.upsert(spec(job, every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
+    for _ in range(3):
+        engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 3)
+    assert [e.status for e in recorder.finished()] == [RunStatus.FAILURE] * 3
+    assert all("CancelledError" in (e.error or "") for e in recorder.finished())
+
+
+async def test_a_run_task_cancelled_from_outside_the_engine_fails_and_stays_cancelled(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+    started = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job")
+    await started.wait()
+    (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "podcron-run ns/job"]
+    task.cancel()
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert recorder.finished()[0].status is RunStatus.FAILURE
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not engine.snapshot("ns/job").running
+
+
+async def test_a_replaced_run_that_swallows_its_cancellation_is_still_a_failure(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+    first = True
+
+    async def job(ctx: JobContext) -> None:
+        nonlocal first
+        if first:
+            first = False
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                return  # swallowed: it still did not finish its work
+
+    engine.upsert(spec(job, every="1h", concurrency_policy=ConcurrencyPolicy.REPLACE))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    replaced, replacement = recorder.finished()
+    assert replaced.status is RunStatus.FAILURE
+    assert (replaced.error or "").startswith("Replaced")
+    assert replacement.status is RunStatus.SUCCESS
+
+
+async def test_a_job_that_swallows_its_timeout_is_still_timed_out(engine: Engine) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            return  # swallowed: it did not finish its work in time
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=0.2))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    finished = recorder.finished()[0]
+    assert finished.status is RunStatus.FAILURE
+    assert finished.error == "TimeoutError: run exceeded 0.2s"
+
+
+async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothing() -> None:
+    engine = Engine(max_manual_runs=3, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h", concurrency_policy=ConcurrencyPolicy.REPLACE))
+    engine.upsert(spec(job, name="gone", every="1h"))
+    # All within one loop step: no run's task has begun when it is replaced or deleted.
+    engine.trigger("ns/gone")
+    engine.remove("ns/gone")
+    engine.trigger("ns/job")
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    replaced, replacement = recorder.finished()
+    assert (replaced.status, replacement.status) == (RunStatus.SKIPPED, RunStatus.SUCCESS)
+    assert (replaced.error or "").startswith("Replaced")
+    assert engine.running_count == 0
+    assert len(recorder.started()) == 1
+    # Nothing leaked from the manual budget: three more runs are accepted at once.
+    engine.upsert(spec(job, name="allow", every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
+    for _ in range(3):
+        engine.trigger("ns/allow")
+    await recorder.until(lambda: len(recorder.finished("ns/allow")) == 3)
+    await engine.shutdown()
