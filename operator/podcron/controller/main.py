@@ -91,11 +91,12 @@ async def run(settings: Settings) -> None:
             if flush_spans is not None
             else None
         )
+        # Stopped, the writer puts back a key it was waiting to send.
         writer_task.cancel()
-        try:
-            await asyncio.wait_for(writer.flush(), timeout=5.0)
-        except TimeoutError:
-            log.warning("status not fully flushed at shutdown")
+        await asyncio.wait([writer_task])
+        unsent = await writer.flush(until=asyncio.get_running_loop().time() + 5.0)
+        if unsent:
+            log.warning("the last status of %d jobs was not written at shutdown", unsent)
         writer.close()
         await events.close()
         if spans_flushed is not None:
