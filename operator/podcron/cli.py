@@ -21,8 +21,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = config.load()
     except ValueError as error:
         parser.exit(2, f"podcron: bad configuration: {error}\n")
-    configure_logging(log_format=settings.log_format, level=settings.log_level)
-    if arguments.command == "operator":
+    operator = arguments.command == "operator"
+    # The operator's event loop must never wait for its log's reader; the
+    # sidecar forks gunicorn workers, which a writer thread would not survive.
+    configure_logging(log_format=settings.log_format, level=settings.log_level, background=operator)
+    if operator:
         from podcron.controller import main as operator_main
 
         return operator_main.main(settings)

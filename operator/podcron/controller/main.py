@@ -19,7 +19,7 @@ from podcron.controller.kubeapi import KubeApi
 from podcron.controller.probes import ProbeServer
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
-from podcron.telemetry import tracing
+from podcron.telemetry import logs, tracing
 from podcron.telemetry.metrics import JobMetrics
 
 log = logging.getLogger("podcron.operator")
@@ -133,6 +133,7 @@ def main(settings: Settings) -> int:
         # interpreter would wait for them at exit: their runs are already
         # recorded as Interrupted, so leave without waiting.
         log.warning("exiting with %d job threads still running", len(stuck))
+        logs.stop_background_writer()
         logging.shutdown()
         os._exit(0)
     return 0
