@@ -87,7 +87,7 @@ async def run(settings: Settings) -> None:
         await engine.shutdown()
         # Every run's span has ended: export them while status is flushed.
         spans_flushed = (
-            asyncio.create_task(asyncio.to_thread(flush_spans), name="podcron span flush")
+            asyncio.create_task(asyncio.to_thread(flush_spans, 5.0), name="podcron span flush")
             if flush_spans is not None
             else None
         )
