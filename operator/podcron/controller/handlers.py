@@ -20,7 +20,7 @@ Successful runs post none.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,12 +66,21 @@ class Reconciler:
     """The operator's handlers, bound to one engine, status writer and event recorder."""
 
     def __init__(
-        self, *, engine: Engine, writer: StatusWriter, events: EventRecorder, settings: Settings
+        self,
+        *,
+        engine: Engine,
+        writer: StatusWriter,
+        events: EventRecorder,
+        settings: Settings,
+        on_reconciled: Callable[[str, str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._writer = writer
         self._events = events
         self._settings = settings
+        # Told (namespace, name) of each object registered, found invalid or
+        # removed: readiness waits for the objects that existed at start-up.
+        self._on_reconciled = on_reconciled
         self._refs: dict[str, ObjectRef] = {}
         # The Ready condition last written per job: status read from the
         # object lags behind it while the status writer coalesces.
@@ -114,6 +123,8 @@ class Reconciler:
         self._engine.remove(jid)
         self._writer.forget(namespace, name)
         self._conditions.pop(jid, None)
+        if self._on_reconciled is not None:
+            self._on_reconciled(namespace, name)
         log.info("job %s removed", jid, extra={"job_id": jid})
         ref = self._refs.pop(jid, None)
         if ref is not None:
@@ -214,6 +225,8 @@ class Reconciler:
                 reason=condition["reason"],
                 message=condition["message"],
             )
+        if self._on_reconciled is not None:
+            self._on_reconciled(namespace, name)
 
     def _on_job_event(self, event: JobEvent) -> None:
         try:

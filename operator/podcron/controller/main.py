@@ -17,6 +17,7 @@ from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi
 from podcron.controller.probes import ProbeServer
+from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
 from podcron.telemetry import logs, tracing
@@ -62,8 +63,16 @@ async def run(settings: Settings) -> None:
     )
     writer = StatusWriter(api.patch_status, patches_per_second=settings.status_patches_per_second)
     events = EventRecorder(api)
+    gate = StartupGate()
+    stopping = False
     registry = kopf.OperatorRegistry()
-    Reconciler(engine=engine, writer=writer, events=events, settings=settings).register(registry)
+    Reconciler(
+        engine=engine,
+        writer=writer,
+        events=events,
+        settings=settings,
+        on_reconciled=gate.reconciled,
+    ).register(registry)
 
     # A registry of our own gets none of kopf's default login handlers.
     @kopf.on.login(registry=registry)
@@ -73,7 +82,6 @@ async def run(settings: Settings) -> None:
     @kopf.on.startup(registry=registry)
     async def configure(**kwargs: Any) -> None:
         _configure_kopf(kwargs["settings"], settings)
-        probes.ready = True
         log.info("podcron operator started")
 
     # kopf stops the watchers before cleanup handlers run, and cancels every
@@ -81,7 +89,8 @@ async def run(settings: Settings) -> None:
     # where runs can still finish and their outcome reach status.
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
-        probes.ready = False
+        nonlocal stopping
+        stopping = True
         # No triggers during shutdown: the sidecar reports the operator gone at once.
         await control.stop()
         await engine.shutdown()
@@ -102,15 +111,32 @@ async def run(settings: Settings) -> None:
         if spans_flushed is not None:
             await spans_flushed
 
-    probes = ProbeServer(host=settings.metrics_host, port=settings.metrics_port)
+    probes = ProbeServer(
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        ready=lambda: gate.complete and not stopping,
+    )
     await probes.start()
-    control = ControlServer(engine, settings.control_socket)
+    control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
     await control.start()
+    log.info(
+        "serving /metrics, /healthz and /readyz on %s:%d; control socket %s",
+        settings.metrics_host,
+        probes.port,
+        settings.control_socket,
+    )
     # Started before kopf so that kopf's sweep of leftover tasks leaves them alone.
     writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
     freezer_task = asyncio.create_task(
         latency.freeze_after_registrations(lambda: engine.job_count), name="podcron heap freezer"
     )
+
+    def list_jobs() -> set[Key]:
+        if not settings.namespaces:
+            return api.list_job_keys()
+        return set().union(*(api.list_job_keys(namespace) for namespace in settings.namespaces))
+
+    readiness_task = asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness")
     try:
         await kopf.operator(
             registry=registry,
@@ -119,6 +145,7 @@ async def run(settings: Settings) -> None:
             namespaces=settings.namespaces,
         )
     finally:
+        readiness_task.cancel()
         freezer_task.cancel()
         await control.stop()
         await probes.stop()

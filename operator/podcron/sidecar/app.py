@@ -17,7 +17,13 @@ import falcon
 from podcron.config import Settings
 from podcron.errors import JobAlreadyRunning, JobNotFound
 from podcron.sidecar.cidr import Allowlist, Network, client_address, parse_networks
-from podcron.sidecar.operator_client import EMPTY, JobList, OperatorClient, OperatorUnavailable
+from podcron.sidecar.operator_client import (
+    EMPTY,
+    JobList,
+    OperatorClient,
+    OperatorStarting,
+    OperatorUnavailable,
+)
 
 log = logging.getLogger("podcron.sidecar")
 
@@ -73,6 +79,8 @@ def _unexpected_error(
 
 
 def _unavailable(error: OperatorUnavailable) -> ApiError:
+    if isinstance(error, OperatorStarting):
+        return ApiError(503, OPERATOR_UNAVAILABLE, "the operator is starting; try again shortly")
     log.warning("the operator is unreachable: %s", error)
     return ApiError(503, OPERATOR_UNAVAILABLE, "the operator is not reachable; try again shortly")
 

@@ -33,6 +33,10 @@ class OperatorUnavailable(ConnectionError):
     """The operator does not answer on the control socket."""
 
 
+class OperatorStarting(OperatorUnavailable):
+    """The operator answers, but still registers the jobs that existed at its start."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobList:
     """The operator's job list: a JSON array of JobMetadata, kept as bytes."""
@@ -129,6 +133,8 @@ class OperatorClient:
             raise JobNotFound(job_id)
         if code == wire.JOB_ALREADY_RUNNING:
             raise JobAlreadyRunning(job_id)
+        if code == wire.NOT_READY:
+            raise OperatorStarting(str(header.get("message")))
         raise wire.ProtocolError(f"the operator refused {request.get('op')}: {header!r}")
 
     def ping(self) -> None:
