@@ -1,7 +1,9 @@
 """The ``podcron`` command: ``podcron operator`` and ``podcron sidecar``.
 
-A configuration that cannot be used ends the command with one line on stderr,
-naming the file or setting and the fix, and exit code 2.
+A configuration that cannot work (a bad setting, a port in use, no
+Kubernetes credentials, a control socket another operator serves) ends the
+command with one line on stderr, naming the file or setting and the fix, and
+exit code 2.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ def test_hello_runs_every_two_seconds_and_stops_when_deleted(
     crd: ControlPlane, namespace: str, start_operator: Callable[..., OperatorProcess]
 ) -> None:
     operator = start_operator()
+    # Start-up (imports, kopf's first listing) takes seconds on a loaded machine: not the test.
+    wait_for(lambda: "podcron operator started" in operator.log(), timeout=30, what="start-up")
     crd.kubectl("apply", "-n", namespace, "-f", str(HELLO))
     marker = f"hello from {namespace}/hello"
 
