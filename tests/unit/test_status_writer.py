@@ -256,3 +256,20 @@ async def test_the_flush_stops_at_its_deadline_and_says_what_it_did_not_write() 
     finally:
         release.set()
         writer.close()
+
+
+async def test_the_writer_stops_when_cancelled_as_an_update_wakes_it() -> None:
+    api = RecordingApi()
+    writer = StatusWriter(api.patch)
+    task = asyncio.create_task(writer.run())
+    writer.update("ns", "a", {"runs": {"total": 1}})
+    await until(lambda: len(api.patches) == 1)
+    # Waits for its per-object interval: the writer sleeps with a timeout.
+    writer.update("ns", "a", {"runs": {"total": 2}})
+    await asyncio.sleep(0)
+    writer.update("ns", "b", {"running": True}, urgent=True)  # wakes the writer ...
+    task.cancel()  # ... as the shutdown stops it
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert done, "the cancellation was swallowed: the writer kept running"
+    assert await writer.flush(until=soon()) == 0
+    writer.close()

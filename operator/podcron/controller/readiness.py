@@ -117,5 +117,6 @@ async def watch_startup(
             gate.open()
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(gate.wait(), min(relist_seconds, remaining))
+            async with asyncio.timeout(min(relist_seconds, remaining)):
+                await gate.wait()
     log.info("ready: the %d ScheduledJobs that existed at start-up are reconciled", listed or 0)

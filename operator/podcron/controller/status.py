@@ -161,8 +161,11 @@ class StatusWriter:
             elif self._queue:
                 timeout = max(0.0, self._queue[0][0] - time.monotonic())
             self._wakeup.clear()
+            # Not asyncio.wait_for: in Python 3.11 it swallows a cancellation
+            # that comes as the event is set, and the writer would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
     async def flush(
         self, *, until: float, first: Callable[[Mapping[str, Any]], bool] | None = None
