@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +59,8 @@ KOPF_EXIT_SECONDS = 0.3
 FLUSH_CONCURRENCY = 64
 #: A shutdown still running this long after its budget is cut short.
 HARD_EXIT_SECONDS = 10.0
+#: How long the exit waits for idle worker threads to end.
+EXIT_JOIN_SECONDS = 0.2
 
 
 class StartupError(Exception):
@@ -211,9 +213,6 @@ async def run(settings: Settings) -> None:
     async def shutdown(**_: Any) -> None:
         end = loop.time() + budget if deadline is None else deadline
         start = end - budget
-        # kopf's stopped watchers leave their async generators in reference
-        # cycles, and each holds a task kopf would otherwise wait 5 s for.
-        gc.collect()
         await (control_stopped or control.stop())
         await engine.shutdown()
         log.info("runs ended %.2fs after the signal", loop.time() - start)
@@ -245,6 +244,11 @@ async def run(settings: Settings) -> None:
         writer.close()
         if spans_flushed is not None:
             await spans_flushed
+        # Every task of ours has ended. What is left is kopf's: a watcher
+        # cancelled in the middle of its stream leaves its pause-waiter task
+        # behind, and kopf waits 5 s for such tasks before it cancels them.
+        for task in asyncio.all_tasks() - kopf_started_with - {asyncio.current_task()}:
+            task.cancel()
 
     # Started before kopf so that kopf's sweep of leftover tasks leaves them alone.
     writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
@@ -258,8 +262,8 @@ async def run(settings: Settings) -> None:
         return set().union(*(api.list_job_keys(namespace) for namespace in settings.namespaces))
 
     readiness_task = asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness")
+    kopf_started_with = asyncio.all_tasks()
     try:
-        existing = asyncio.all_tasks()
         tasks = await kopf.spawn_tasks(
             registry=registry,
             standalone=True,
@@ -270,7 +274,7 @@ async def run(settings: Settings) -> None:
         # In place of kopf's own handlers, which do not say when the signal came.
         for received in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(received, on_signal, received)
-        await kopf.run_tasks(tasks, ignored=existing)
+        await kopf.run_tasks(tasks, ignored=kopf_started_with)
     finally:
         readiness_task.cancel()
         freezer_task.cancel()
@@ -286,10 +290,12 @@ def main(settings: Settings) -> int:
         logs.stop_background_writer()
         print(f"podcron: {error}", file=sys.stderr)
         return 2
+    # Idle pool threads are on their way out: give them a moment, all together.
+    until = time.monotonic() + EXIT_JOIN_SECONDS
     stuck = []
     for thread in threading.enumerate():
         if thread.name.startswith(("podcron-job", "podcron-status")):
-            thread.join(0.1)  # an idle pool thread is on its way out
+            thread.join(max(0.0, until - time.monotonic()))
             if thread.is_alive():
                 stuck.append(thread)
     if stuck:
