@@ -67,7 +67,8 @@ def test_operator_exits_promptly_on_sigterm_when_idle(
     started = time.monotonic()
     code = operator.stop()
     assert code == 0
-    # DESIGN.md: under a second with nothing running; the bound leaves room for a loaded CI.
+    # Under a second with nothing running (docs/operations.md); the bound leaves room for a
+    # loaded CI.
     elapsed = time.monotonic() - started
     print(f"exit after SIGTERM took {elapsed:.2f}s")
     assert elapsed < 3
