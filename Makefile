@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine
+.PHONY: demo test lint unit integration e2e binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench-telemetry: venv
 # 1,000 ScheduledJobs against a real API server: time to Ready, status patch rate, RSS.
 bench-api: venv binaries
 	$(PY) benchmarks/bench_api.py
+
+# SIGTERM with 1,000 every-1s jobs: time to exit, and whether every job's last state reached status.
+bench-shutdown: venv binaries
+	$(PY) benchmarks/bench_shutdown.py
 
 # Dispatch lateness at 10,000 and 50,000 jobs against APScheduler and a bare loop; QUICK=1 for <1 min.
 bench-engine: $(BENCH_STAMP)

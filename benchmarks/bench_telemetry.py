@@ -138,7 +138,7 @@ async def measure(mode: str, runs: int) -> dict[str, Any]:
     await run(WARMUP_RUNS)
     cpu_start = cpu_seconds()
     await run(runs)
-    if flush is not None and not flush():
+    if flush is not None and not flush(5.0):
         raise RuntimeError("spans were not flushed in time")
     cpu = cpu_seconds() - cpu_start
     await manual.engine.shutdown()

@@ -33,6 +33,7 @@ class ReceivedSpan:
     status_message: str
     events: list[tuple[str, dict[str, Any]]]
     scope: str
+    scope_version: str
     resource: dict[str, Any]
 
 
@@ -126,6 +127,7 @@ class OtlpReceiver:
                 status_message=span.status.message,
                 events=[(event.name, _attributes(event.attributes)) for event in span.events],
                 scope=scope_spans.scope.name,
+                scope_version=scope_spans.scope.version,
                 resource=_attributes(resource_spans.resource.attributes),
             )
             for request in requests

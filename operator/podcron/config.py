@@ -5,18 +5,25 @@ upper snake case, lists comma-separated), ``config.<env>.yaml`` (``<env>``
 from ``PODCRON_ENV``), ``config.yaml``, then the defaults below. Both files
 are read from ``PODCRON_CONFIG_DIR`` (default: the working directory) and
 use the camelCase names, e.g. ``allowedModules: ["myjobs.*"]``.
+
+A setting that cannot be used raises :class:`ValueError` with a one-line
+message naming the file or variable it came from, the setting, and what it
+must be; ``podcron`` prints it and exits with code 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +73,20 @@ class Settings:
     def __post_init__(self) -> None:
         if self.log_format not in ("json", "text"):
             raise ValueError(f"logFormat must be 'json' or 'text', got {self.log_format!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"logLevel must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        # Frozen: the one way to store the spelling logging accepts.
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        for setting, port in (
+            ("metricsPort", self.metrics_port),
+            ("sidecarPort", self.sidecar_port),
+        ):
+            if not 0 <= port <= 65535:
+                raise ValueError(
+                    f"{setting} must be a port from 1 to 65535 (0: any free one), got {port}"
+                )
         if self.shutdown_timeout_seconds < 0:
             raise ValueError("shutdownTimeoutSeconds must not be negative")
         if self.worker_threads < 1 or self.max_concurrent_runs < 1:
@@ -85,43 +106,79 @@ _DEFAULTS = Settings()
 _CAMEL_TO_FIELD = {_camel(f.name): f.name for f in fields(Settings)}
 
 
-def _convert(name: str, value: Any) -> Any:
+def _convert(name: str, value: Any, source: str) -> Any:
     default = getattr(_DEFAULTS, name)
     if isinstance(default, tuple):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         if isinstance(value, list):
             return tuple(str(part) for part in value)
-        raise ValueError(f"{_camel(name)} must be a list, got {value!r}")
+        raise ValueError(f"{source}: {_camel(name)} must be a list, got {value!r}")
+    kind = type(default)
     try:
-        return type(default)(value)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{_camel(name)}: {error}") from error
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{source}: {_camel(name)} must be {_TYPE_NAMES.get(kind, kind.__name__)}, "
+            f"got {value!r}"
+        ) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    loaded = yaml.safe_load(path.read_text()) or {}
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ValueError(f"{path}: cannot be read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ValueError(
+            f"{path}: not valid YAML ({problem}{where}); it must be a mapping such as "
+            "'logLevel: INFO'"
+        ) from None
     if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: expected a mapping of settings")
+        raise ValueError(f"{path}: expected a mapping of settings such as 'logLevel: INFO'")
     unknown = set(loaded) - set(_CAMEL_TO_FIELD)
     if unknown:
         raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
     return {_CAMEL_TO_FIELD[key]: value for key, value in loaded.items()}
 
 
-def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from files and the environment (``os.environ`` by default)."""
+def load(
+    environ: Mapping[str, str] | None = None, *, warn: Callable[[str], None] | None = None
+) -> Settings:
+    """Read the settings from files and the environment (``os.environ`` by default).
+
+    ``warn`` is told of what is likely a mistake but not an error: a
+    ``PODCRON_ENV`` without its file.
+    """
     env = os.environ if environ is None else environ
     directory = Path(env.get("PODCRON_CONFIG_DIR", "."))
-    values: dict[str, Any] = _read_yaml(directory / "config.yaml")
+    files = [directory / "config.yaml"]
     if env.get("PODCRON_ENV"):
-        values |= _read_yaml(directory / f"config.{env['PODCRON_ENV']}.yaml")
+        files.append(directory / f"config.{env['PODCRON_ENV']}.yaml")
+        if not files[-1].is_file() and warn is not None:
+            warn(
+                f"PODCRON_ENV is {env['PODCRON_ENV']!r} but {files[-1]} does not exist: "
+                "only config.yaml and PODCRON_* variables apply"
+            )
+    # Each setting's value and where it came from, the last one winning.
+    values: dict[str, tuple[Any, str]] = {}
+    for path in files:
+        values |= {name: (value, str(path)) for name, value in _read_yaml(path).items()}
     for f in fields(Settings):
         variable = "PODCRON_" + f.name.upper()
         if variable in env:
-            values[f.name] = env[variable]
-    return dataclasses.replace(
-        _DEFAULTS, **{name: _convert(name, value) for name, value in values.items()}
-    )
+            values[f.name] = (env[variable], variable)
+    converted = {name: _convert(name, value, source) for name, (value, source) in values.items()}
+    try:
+        return dataclasses.replace(_DEFAULTS, **converted)
+    except ValueError as error:
+        # The checks name the setting; say where it was set, if not by default.
+        sources = [source for name, (_, source) in values.items() if _camel(name) in str(error)]
+        raise ValueError(f"{sources[0]}: {error}" if sources else str(error)) from None

@@ -16,7 +16,9 @@ JSON; the answer is one line of JSON (the header) followed by exactly
 A refused request answers ``{"ok": false, "error": CODE, "message": …}``
 with CODE one of :data:`JOB_NOT_FOUND`, :data:`JOB_ALREADY_RUNNING` (with
 ``"why"``), :data:`TOO_MANY_MANUAL_RUNS` (with ``"retryAfter": seconds``),
-:data:`BAD_REQUEST`. Try it by hand with
+:data:`BAD_REQUEST`, or :data:`NOT_READY`: the operator is still registering
+the jobs that existed when it started, so it cannot say yet whether a job it
+does not hold exists (``ping`` and ``list`` answer it too until then). Try it by hand with
 ``socat - UNIX-CONNECT:/var/run/podcron/control.sock`` and a line of JSON.
 
 Why not HTTP: the sidecar revalidates its cached job list on every request,
@@ -39,6 +41,7 @@ JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
 #: Manual runs use their whole budget; the header also carries ``retryAfter`` (seconds).
 TOO_MANY_MANUAL_RUNS = "TOO_MANY_MANUAL_RUNS"
 BAD_REQUEST = "BAD_REQUEST"
+NOT_READY = "NOT_READY"
 
 
 class Op(enum.StrEnum):

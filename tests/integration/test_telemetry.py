@@ -14,8 +14,10 @@ first in this file, and the span and log tests, which stop the operator, after t
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -264,14 +266,29 @@ def test_scheduled_runs_have_a_span_each(spans: list[ReceivedSpan], deployment: 
     span = hello[0]
     assert span.attributes["podcron.job.id"] == f"{deployment.namespace}/hello"
     assert span.attributes["podcron.job.entry_point"] == "hello"
-    assert datetime.fromisoformat(span.attributes["podcron.job.scheduled_time"]).microsecond == 0
+    # Due on a whole second, as an `every: 1s` tick is.
+    assert span.attributes["podcron.job.scheduled_time"].endswith(".000Z")
     assert span.kind == SPAN_KIND_INTERNAL
     assert span.status_code != STATUS_ERROR
     assert span.parent_span_id == ""
-    assert span.scope == "podcron"
+    assert (span.scope, span.scope_version) == ("podcron", importlib.metadata.version("podcron"))
     assert span.resource["service.name"] == "podcron"
+    assert span.resource["service.version"] == importlib.metadata.version("podcron")
     # One trace per scheduled run.
     assert len({s.trace_id for s in hello}) == len(hello)
+
+
+@pytest.mark.parametrize(
+    ("job", "trigger"), [("hello", "scheduled"), ("hello", "manual"), ("broken", "scheduled")]
+)
+def test_the_scheduled_time_is_written_as_status_writes_times(
+    spans: list[ReceivedSpan], job: str, trigger: str
+) -> None:
+    times = [span.attributes["podcron.job.scheduled_time"] for span in of(spans, job, trigger)]
+    assert times
+    for written in times:
+        # RFC 3339 in UTC with milliseconds, as in status and the System API.
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", written), written
 
 
 def test_a_manual_run_is_a_child_of_the_callers_span(spans: list[ReceivedSpan]) -> None:

@@ -52,3 +52,64 @@ def test_bad_settings_are_named(
     (tmp_path / "config.yaml").write_text(content)
     with pytest.raises(ValueError, match=message):
         load({"PODCRON_CONFIG_DIR": str(tmp_path)} | environ)
+
+
+@pytest.mark.parametrize(
+    ("content", "environ", "message"),
+    [
+        (
+            "logLevel: INFO\n  workerThreads: [2\n",
+            {},
+            r"config\.yaml: not valid YAML \(.* at line 2, column \d+\)",
+        ),
+        (
+            "",
+            {"PODCRON_LOG_LEVEL": "verbose"},
+            r"^PODCRON_LOG_LEVEL: logLevel must be one of DEBUG",
+        ),
+        ("logLevel: loud\n", {}, r"config\.yaml: logLevel must be one of DEBUG, INFO"),
+        (
+            "",
+            {"PODCRON_METRICS_PORT": "70000"},
+            r"^PODCRON_METRICS_PORT: metricsPort must be a port",
+        ),
+        ("sidecarPort: -1\n", {}, r"config\.yaml: sidecarPort must be a port"),
+        (
+            "",
+            {"PODCRON_WORKER_THREADS": "many"},
+            r"^PODCRON_WORKER_THREADS: workerThreads must be a whole number, got 'many'$",
+        ),
+    ],
+    ids=[
+        "malformed-yaml",
+        "bad-level-env",
+        "bad-level-file",
+        "port-out-of-range",
+        "negative-port",
+        "not-a-number",
+    ],
+)
+def test_errors_name_where_the_setting_came_from(
+    tmp_path: Path, content: str, environ: dict[str, str], message: str
+) -> None:
+    (tmp_path / "config.yaml").write_text(content)
+    with pytest.raises(ValueError, match=message) as raised:
+        load({"PODCRON_CONFIG_DIR": str(tmp_path)} | environ)
+    assert "\n" not in str(raised.value)
+
+
+def test_log_levels_are_accepted_in_any_case(tmp_path: Path) -> None:
+    settings = load({"PODCRON_CONFIG_DIR": str(tmp_path), "PODCRON_LOG_LEVEL": "debug"})
+    assert settings.log_level == "DEBUG"
+
+
+def test_an_environment_without_its_file_is_warned_about(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    load({"PODCRON_CONFIG_DIR": str(tmp_path), "PODCRON_ENV": "prod"}, warn=warnings.append)
+    (warning,) = warnings
+    assert "PODCRON_ENV is 'prod'" in warning
+    assert str(tmp_path / "config.prod.yaml") in warning
+    warnings.clear()
+    (tmp_path / "config.prod.yaml").write_text("workerThreads: 2\n")
+    load({"PODCRON_CONFIG_DIR": str(tmp_path), "PODCRON_ENV": "prod"}, warn=warnings.append)
+    assert warnings == []

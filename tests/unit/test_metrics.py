@@ -215,7 +215,8 @@ async def test_metrics_and_probes_are_served_over_http(
     metrics.run_recorded(
         "ns", "job", trigger="scheduled", status="success", duration_seconds=0.3, ended_at=7.0
     )
-    server = ProbeServer(host="127.0.0.1", port=0, registry=registry)
+    ready = False
+    server = ProbeServer(host="127.0.0.1", port=0, ready=lambda: ready, registry=registry)
     await server.start()
     try:
         base = f"http://127.0.0.1:{server.port}"
@@ -230,7 +231,7 @@ async def test_metrics_and_probes_are_served_over_http(
         assert all(family.documentation.endswith(".") for family in families.values())
         assert await asyncio.to_thread(_get, f"{base}/healthz") == (200, "ok\n")
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 503
-        server.ready = True
+        ready = True
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 200
     finally:
         await server.stop()

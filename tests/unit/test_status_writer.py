@@ -101,7 +101,7 @@ async def test_gone_objects_are_dropped(running: Any) -> None:
     writer = running(StatusWriter(api.patch, per_object_interval=0.05))
     writer.update("ns", "gone", {"running": False})
     await until(lambda: not api.fail_next)
-    await writer.flush()
+    await writer.flush(until=asyncio.get_running_loop().time() + 5)
     assert api.patches == []
 
 
@@ -109,9 +109,9 @@ async def test_flush_sends_what_waits_for_its_interval() -> None:
     api = RecordingApi()
     writer = StatusWriter(api.patch, per_object_interval=60)
     writer.update("ns", "a", {"runs": {"total": 1}})
-    await writer.flush()
+    await writer.flush(until=asyncio.get_running_loop().time() + 5)
     writer.update("ns", "a", {"runs": {"total": 2}})
-    await writer.flush()
+    await writer.flush(until=asyncio.get_running_loop().time() + 5)
     assert [p[2]["runs"]["total"] for p in api.patches] == [1, 2]
     writer.close()
 
@@ -154,8 +154,122 @@ async def test_flush_at_shutdown_is_not_held_to_the_rate() -> None:
     for index in range(20):
         writer.update("ns", f"job-{index}", {"running": False})
     started = time.monotonic()
-    await writer.flush()
+    await writer.flush(until=asyncio.get_running_loop().time() + 5)
     # At 1 patch/s this would take 19 s: the last outcomes would be lost.
     assert len(api.patches) == 20
     assert time.monotonic() - started < 5
+    writer.close()
+
+
+def soon(seconds: float = 5.0) -> float:
+    """A flush deadline ``seconds`` from now, on the event loop's clock."""
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    """Cancel the writer's run() as the operator's shutdown does, and wait for it."""
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def test_stopping_the_writer_while_a_patch_waits_for_its_turn_loses_nothing() -> None:
+    api = RecordingApi()
+    # 10 patches a second: the second object waits 100 ms for its turn.
+    writer = StatusWriter(api.patch, patches_per_second=10)
+    task = asyncio.create_task(writer.run())
+    writer.update("ns", "a", {"running": False, "runs": {"total": 3}})
+    writer.update("ns", "b", {"running": False, "runs": {"total": 5}})
+    await until(lambda: len(api.patches) == 1)
+    await stop(task)
+    assert await writer.flush(until=soon()) == 0
+    assert sorted((job, status["runs"]["total"]) for _, job, status in api.patches) == [
+        ("ns/a", 3),
+        ("ns/b", 5),
+    ]
+    writer.close()
+
+
+async def test_stopping_the_writer_while_a_patch_waits_for_a_free_slot_loses_nothing() -> None:
+    started, release = threading.Event(), threading.Event()
+    sent: list[str] = []
+
+    def patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if name == "slow":
+            started.set()
+            release.wait(5)
+        sent.append(name)
+
+    # One patch in flight at a time: "b" waits for the slot "slow" holds.
+    writer = StatusWriter(patch, concurrency=1, flush_concurrency=1)
+    task = asyncio.create_task(writer.run())
+    writer.update("ns", "slow", {"running": False})
+    writer.update("ns", "b", {"running": False})
+    await until(started.is_set)
+    # The writer has taken "b" from its queue, and waits for the slot.
+    await until(lambda: ("ns", "b") not in writer._queued)
+    await stop(task)
+    release.set()
+    assert await writer.flush(until=soon()) == 0
+    assert sorted(sent) == ["b", "slow"]
+    writer.close()
+
+
+async def test_the_flush_has_many_patches_in_flight_at_once() -> None:
+    # Every patch waits until 64 are in flight together: fewer, and none returns.
+    together = threading.Barrier(64, timeout=10)
+    api = RecordingApi()
+
+    def patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        together.wait()
+        api.patch(namespace, name, status)
+
+    writer = StatusWriter(patch, concurrency=16, flush_concurrency=64)
+    for index in range(64):
+        writer.update("ns", f"job-{index}", {"running": False})
+    assert await writer.flush(until=soon(30)) == 0
+    assert len(api.patches) == 64
+    writer.close()
+
+
+async def test_the_flush_retries_a_transient_failure_while_time_remains() -> None:
+    api = RecordingApi()
+    api.fail_next = [TransientApiError("503 Service Unavailable")] * 2
+    writer = StatusWriter(api.patch)
+    writer.update("ns", "a", {"running": False})
+    assert await writer.flush(until=soon(10)) == 0
+    assert [job for _, job, _ in api.patches] == ["ns/a"]
+    writer.close()
+
+
+async def test_the_flush_stops_at_its_deadline_and_says_what_it_did_not_write() -> None:
+    release = threading.Event()
+
+    def patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if name == "hung":
+            release.wait(10)
+
+    writer = StatusWriter(patch)
+    writer.update("ns", "hung", {"running": False})
+    writer.update("ns", "fine", {"running": False})
+    try:
+        assert await writer.flush(until=soon(0.5)) == 1
+    finally:
+        release.set()
+        writer.close()
+
+
+async def test_the_writer_stops_when_cancelled_as_an_update_wakes_it() -> None:
+    api = RecordingApi()
+    writer = StatusWriter(api.patch)
+    task = asyncio.create_task(writer.run())
+    writer.update("ns", "a", {"runs": {"total": 1}})
+    await until(lambda: len(api.patches) == 1)
+    # Waits for its per-object interval: the writer sleeps with a timeout.
+    writer.update("ns", "a", {"runs": {"total": 2}})
+    await asyncio.sleep(0)
+    writer.update("ns", "b", {"running": True}, urgent=True)  # wakes the writer ...
+    task.cancel()  # ... as the shutdown stops it
+    done, _ = await asyncio.wait([task], timeout=5)
+    assert done, "the cancellation was swallowed: the writer kept running"
+    assert await writer.flush(until=soon()) == 0
     writer.close()

@@ -5,11 +5,13 @@ Nothing is installed globally here.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from unittest.mock import patch
 
@@ -114,6 +116,7 @@ def test_an_endpoint_gives_a_batching_grpc_exporter_named_podcron(
     built = build(providers)
     assert isinstance(exporter_of(built), GrpcSpanExporter)
     assert built.resource.attributes["service.name"] == "podcron"
+    assert built.resource.attributes["service.version"] == importlib.metadata.version("podcron")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +189,7 @@ def pipelines(sampler: Sampler) -> Iterator[Pipelines]:
     provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(processor)
     with patch.object(tracing, "_pipeline", tracing.Pipeline.of(provider, processor)):
-        yield Pipelines(exporter, provider.get_tracer(tracing.TRACER_NAME))
+        yield Pipelines(exporter, provider.get_tracer(tracing.TRACER_NAME, tracing.VERSION))
     provider.shutdown()
 
 
@@ -221,7 +224,7 @@ def run_and_sdk_span(pipelines: Pipelines, parent: Context | None) -> tuple[Read
             "podcron.job.id": RUN["job_id"],
             "podcron.job.trigger": RUN["trigger"],
             "podcron.job.entry_point": RUN["entry_point"],
-            "podcron.job.scheduled_time": SCHEDULED.isoformat(),
+            "podcron.job.scheduled_time": "2026-11-27T05:00:00.000Z",
         },
     )
     run = tracing.start_run_span(**RUN | {"parent": parent})
@@ -248,6 +251,38 @@ def test_a_run_span_exports_exactly_what_the_sdk_span_would(pipelines: Pipelines
     assert run.start_time is not None
     assert run.end_time is not None
     assert run.start_time <= run.end_time
+
+
+@pytest.mark.parametrize(
+    "scheduled_time",
+    [
+        SCHEDULED,
+        # A manual run is due when asked for: microseconds, any offset.
+        datetime(2026, 11, 27, 6, 30, 15, 123456, tzinfo=timezone(timedelta(hours=1))),
+    ],
+    ids=["scheduled", "manual"],
+)
+def test_the_scheduled_time_is_written_as_the_api_writes_times(
+    pipelines: Pipelines, scheduled_time: datetime
+) -> None:
+    with tracing.start_run_span(**RUN | {"scheduled_time": scheduled_time}):
+        pass
+    (span,) = pipelines.finished()
+    assert span.attributes is not None
+    written = span.attributes["podcron.job.scheduled_time"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(written))
+    assert datetime.fromisoformat(str(written).replace("Z", "+00:00")) == scheduled_time.replace(
+        microsecond=scheduled_time.microsecond // 1000 * 1000
+    )
+
+
+def test_the_scope_names_podcrons_version(pipelines: Pipelines) -> None:
+    with tracing.start_run_span(**RUN):
+        pass
+    (span,) = pipelines.finished()
+    assert span.instrumentation_scope is not None
+    assert span.instrumentation_scope.name == "podcron"
+    assert span.instrumentation_scope.version == importlib.metadata.version("podcron")
 
 
 def test_a_run_span_is_a_child_of_the_callers_trace(pipelines: Pipelines) -> None:

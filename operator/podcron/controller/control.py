@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -115,11 +116,34 @@ def _trace_headers(value: object) -> dict[str, str]:
     }
 
 
-class ControlServer:
-    """Serves :mod:`podcron.control_protocol` for one engine on a Unix socket."""
+#: What a job the engine does not hold answers before the operator is ready.
+NOT_READY_MESSAGE = (
+    "the operator is still registering the ScheduledJobs that existed at its start; "
+    "try again shortly"
+)
 
-    def __init__(self, engine: Engine, path: str | os.PathLike[str]) -> None:
+
+def _always_ready() -> bool:
+    return True
+
+
+class ControlServer:
+    """Serves :mod:`podcron.control_protocol` for one engine on a Unix socket.
+
+    Until ``ready()`` is true, ``ping``, ``list`` and any request about a job
+    the engine does not hold answer ``NOT_READY``: the job may exist and not
+    be registered yet. Jobs already registered are served as usual.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        path: str | os.PathLike[str],
+        *,
+        ready: Callable[[], bool] = _always_ready,
+    ) -> None:
         self._engine = engine
+        self._ready = ready
         self._catalogue = JobCatalogue(engine)
         self.path = Path(path)
         self._server: asyncio.Server | None = None
@@ -139,7 +163,6 @@ class ControlServer:
         )
         os.chmod(self.path, SOCKET_MODE)
         self._inode = self.path.stat().st_ino
-        log.info("control socket listening on %s", self.path)
 
     def _remove_stale(self) -> None:
         try:
@@ -196,9 +219,13 @@ class ControlServer:
             op = wire.Op(str(request.get("op")))
         except (wire.ProtocolError, ValueError) as error:
             return [wire.encode_error(wire.BAD_REQUEST, str(error))]
+        if op in (wire.Op.PING, wire.Op.LIST) and not self._ready():
+            return [wire.encode_error(wire.NOT_READY, NOT_READY_MESSAGE)]
         try:
             return self._handle(op, request)
         except JobNotFound as error:
+            if not self._ready():
+                return [wire.encode_error(wire.NOT_READY, NOT_READY_MESSAGE)]
             return [wire.encode_error(wire.JOB_NOT_FOUND, str(error))]
         except JobAlreadyRunning as error:
             return [wire.encode_error(wire.JOB_ALREADY_RUNNING, str(error), why=error.why)]

@@ -23,6 +23,7 @@ failed run; repeats aggregate into one Event with a count (see
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -42,12 +43,21 @@ class Reconciler:
     """The operator's handlers, bound to one engine, status writer and event recorder."""
 
     def __init__(
-        self, *, engine: Engine, writer: StatusWriter, events: EventRecorder, settings: Settings
+        self,
+        *,
+        engine: Engine,
+        writer: StatusWriter,
+        events: EventRecorder,
+        settings: Settings,
+        on_reconciled: Callable[[str, str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._writer = writer
         self._events = events
         self._settings = settings
+        # Told (namespace, name) of each object registered, found invalid or
+        # removed: readiness waits for the objects that existed at start-up.
+        self._on_reconciled = on_reconciled
         self._refs: dict[str, ObjectRef] = {}
         self._conditions = JobConditions()
         engine.add_listener(self._on_job_event)
@@ -88,6 +98,8 @@ class Reconciler:
         self._engine.remove(jid)
         self._writer.forget(namespace, name)
         self._conditions.forget(jid)
+        if self._on_reconciled is not None:
+            self._on_reconciled(namespace, name)
         log.info("job %s removed", jid, extra={"job_id": jid})
         ref = self._refs.pop(jid, None)
         if ref is not None:
@@ -186,6 +198,8 @@ class Reconciler:
                 reason=condition["reason"],
                 message=condition["message"],
             )
+        if self._on_reconciled is not None:
+            self._on_reconciled(namespace, name)
 
     def _on_job_event(self, event: JobEvent) -> None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kubernetes
 import urllib3
@@ -80,6 +80,25 @@ class KubeApi:
             name,
             {"status": dict(status)},
         )
+
+    def list_job_keys(self, namespace: str | None = None) -> set[tuple[str, str]]:
+        """(namespace, name) of every ScheduledJob, in ``namespace`` or in all of them."""
+        keys: set[tuple[str, str]] = set()
+        token: str | None = None
+        while True:
+            if namespace is None:
+                found = self._custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, limit=500, _continue=token
+                )
+            else:
+                found = self._custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, limit=500, _continue=token
+                )
+            page = cast(dict[str, Any], found)
+            keys.update((i["metadata"]["namespace"], i["metadata"]["name"]) for i in page["items"])
+            token = page["metadata"].get("continue")
+            if not token:
+                return keys
 
     def create_event(
         self,

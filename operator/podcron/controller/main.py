@@ -1,14 +1,31 @@
-"""``podcron operator``: the engine and the kopf handlers in one asyncio loop."""
+"""``podcron operator``: the engine and the kopf handlers in one asyncio loop.
+
+Start-up takes the API credentials, the metrics port and the control socket
+before anything else, so that a configuration that cannot work ends at once
+with one line (:class:`StartupError`). The operator is ready once it holds
+every ScheduledJob that existed when it started (:mod:`.readiness`).
+
+Shutdown has one budget, ``shutdownTimeoutSeconds`` from the signal on, so
+that it ends inside the pod's grace period; docs/operations.md gives the
+order and the figures.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import signal
+import sys
 import threading
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import kubernetes
+import yaml
 
 from podcron import latency
 from podcron.config import Settings
@@ -17,9 +34,10 @@ from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi
 from podcron.controller.probes import ProbeServer
+from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
-from podcron.telemetry import tracing
+from podcron.telemetry import logs, tracing
 from podcron.telemetry.metrics import JobMetrics
 
 log = logging.getLogger("podcron.operator")
@@ -28,9 +46,33 @@ log = logging.getLogger("podcron.operator")
 # leaves it out of the object's essence, so with plain `podcron.dev` it would
 # never see a change of `podcron.dev/run-now`.
 KOPF_PREFIX = "kopf.podcron.dev"
+#: Of the shutdown budget, what is kept for after the runs (at most half of
+#: it): recording the runs it interrupts, which the engine gives up to a
+#: second, then writing every job's last status and exporting the last spans.
+STATUS_RESERVE_SECONDS = 5.0
+#: How long kopf's watchers get at shutdown to finish the event in hand. The
+#: events still queued are echoes of status patches, or changes the next
+#: operator handles anyway: kopf compares each object with the state it
+#: last handled, recorded in the object's annotations.
+KOPF_EXIT_SECONDS = 0.3
+#: Status patches in flight at once when the last status is written at shutdown.
+FLUSH_CONCURRENCY = 64
+#: A shutdown still running this long after its budget is cut short.
+HARD_EXIT_SECONDS = 10.0
+#: How long the exit waits for idle worker threads to end.
+EXIT_JOIN_SECONDS = 0.2
 
 
-def _configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None:
+class StartupError(Exception):
+    """The operator cannot start: one line naming what to change."""
+
+
+def run_budget(shutdown_timeout: float) -> float:
+    """How long running jobs get at shutdown, out of the whole budget."""
+    return shutdown_timeout - min(STATUS_RESERVE_SECONDS, shutdown_timeout / 2)
+
+
+def _configure_kopf(operator: kopf.OperatorSettings) -> None:
     # podcron posts its own Events (state changes and failures only); kopf's
     # per-handler Events would flood the namespace.
     operator.posting.enabled = False
@@ -38,9 +80,7 @@ def _configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None
     operator.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
-    # kopf SIGKILLs itself if shutting down takes longer than this; the jobs
-    # get their shutdown timeout first, plus time to flush status.
-    operator.process.ultimate_exiting_timeout = settings.shutdown_timeout_seconds + 10
+    operator.queueing.exit_timeout = KOPF_EXIT_SECONDS
     operator.watching.server_timeout = 300
     # kopf logs every handler call at INFO, and the deletion watcher is called
     # for every watch event (every status patch): a thousand jobs would log
@@ -49,23 +89,114 @@ def _configure_kopf(operator: kopf.OperatorSettings, settings: Settings) -> None
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
+def _kube_api() -> KubeApi:
+    try:
+        # One connection per thread that calls: the status writer's and the event recorder's.
+        return KubeApi.from_environment(pool_size=FLUSH_CONCURRENCY + 4)
+    except kubernetes.config.ConfigException as error:
+        raise StartupError(
+            f"no Kubernetes credentials ({error}): outside a pod, point KUBECONFIG at a "
+            "kubeconfig file or create ~/.kube/config"
+        ) from None
+    except (OSError, TypeError, ValueError, yaml.YAMLError) as error:
+        where = os.environ.get("KUBECONFIG") or "~/.kube/config"
+        raise StartupError(f"the kubeconfig {where} cannot be used ({error}); fix it") from None
+
+
+async def _listen(probes: ProbeServer, control: ControlServer, settings: Settings) -> None:
+    """Take the metrics port and the control socket, or raise :class:`StartupError`."""
+    address = f"{settings.metrics_host}:{settings.metrics_port}"
+    try:
+        await probes.start()
+    except OSError as error:
+        reason = "the port is in use" if error.errno == errno.EADDRINUSE else error.strerror
+        raise StartupError(
+            f"cannot serve /metrics on {address} ({reason}): set metricsPort "
+            "(PODCRON_METRICS_PORT) or metricsHost to a free address"
+        ) from None
+    try:
+        await control.start()
+    except (OSError, RuntimeError) as error:
+        await probes.stop()
+        if isinstance(error, OSError):
+            reason = f"cannot serve the control socket {settings.control_socket}: {error.strerror}"
+        else:
+            reason = str(error)
+        raise StartupError(
+            f"{reason}; stop the operator that serves it, or set controlSocket "
+            "(PODCRON_CONTROL_SOCKET)"
+        ) from None
+    log.info(
+        "serving /metrics, /healthz and /readyz on %s:%d; control socket %s",
+        settings.metrics_host,
+        probes.port,
+        settings.control_socket,
+    )
+
+
+def _failed(status: Mapping[str, Any]) -> bool:
+    """Whether a status update reports a failed run: interrupted ones at shutdown among them."""
+    return status.get("lastRunStatus") == "failure"
+
+
+def _hard_exit() -> None:
+    log.error("shutdown still running %ss past its budget: exiting now", HARD_EXIT_SECONDS)
+    logs.stop_background_writer()
+    os._exit(1)
+
+
 async def run(settings: Settings) -> None:
-    """Run the operator until SIGTERM/SIGINT, then shut down as DESIGN.md says."""
-    api = KubeApi.from_environment()
-    flush_spans = tracing.configure_tracing()
-    latency.tune_process()
+    """Run the operator until SIGTERM/SIGINT, then shut down within the budget."""
+    loop = asyncio.get_running_loop()
+    api = _kube_api()
+    budget = settings.shutdown_timeout_seconds
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
         worker_threads=settings.worker_threads,
         threads_per_job=settings.threads_per_job,
-        shutdown_timeout_seconds=settings.shutdown_timeout_seconds,
+        shutdown_timeout_seconds=run_budget(budget),
         metrics=JobMetrics(),
     )
-    writer = StatusWriter(api.patch_status, patches_per_second=settings.status_patches_per_second)
+    writer = StatusWriter(
+        api.patch_status,
+        patches_per_second=settings.status_patches_per_second,
+        flush_concurrency=FLUSH_CONCURRENCY,
+    )
     events = EventRecorder(api)
+    gate = StartupGate()
+    stop = asyncio.Event()
+    probes = ProbeServer(
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        ready=lambda: gate.complete and not stop.is_set(),
+    )
+    control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
+    await _listen(probes, control, settings)
+    flush_spans = tracing.configure_tracing()
+    latency.tune_process()
     registry = kopf.OperatorRegistry()
-    Reconciler(engine=engine, writer=writer, events=events, settings=settings).register(registry)
+    Reconciler(
+        engine=engine,
+        writer=writer,
+        events=events,
+        settings=settings,
+        on_reconciled=gate.reconciled,
+    ).register(registry)
+    # The budget runs from the signal; kopf's own start of the shutdown comes later.
+    deadline: float | None = None
+    control_stopped: asyncio.Task[None] | None = None
+
+    def on_signal(received: signal.Signals) -> None:
+        nonlocal deadline, control_stopped
+        if stop.is_set():
+            return
+        deadline = loop.time() + budget
+        log.info("%s received: shutting down within %ss", received.name, budget)
+        stop.set()  # /readyz answers 503 from now on, and kopf stops its watchers
+        # No more triggers: the sidecar reports the operator gone at once.
+        control_stopped = loop.create_task(control.stop(), name="podcron control stop")
+        loop.call_later(budget + HARD_EXIT_SECONDS, _hard_exit)
 
     # A registry of our own gets none of kopf's default login handlers.
     @kopf.on.login(registry=registry)
@@ -74,8 +205,7 @@ async def run(settings: Settings) -> None:
 
     @kopf.on.startup(registry=registry)
     async def configure(**kwargs: Any) -> None:
-        _configure_kopf(kwargs["settings"], settings)
-        probes.ready = True
+        _configure_kopf(kwargs["settings"])
         log.info("podcron operator started")
 
     # kopf stops the watchers before cleanup handlers run, and cancels every
@@ -83,43 +213,72 @@ async def run(settings: Settings) -> None:
     # where runs can still finish and their outcome reach status.
     @kopf.on.cleanup(registry=registry)
     async def shutdown(**_: Any) -> None:
-        probes.ready = False
-        # No triggers during shutdown: the sidecar reports the operator gone at once.
-        await control.stop()
+        end = loop.time() + budget if deadline is None else deadline
+        start = end - budget
+        await (control_stopped or control.stop())
         await engine.shutdown()
-        # Every run's span has ended: export them while status is flushed.
+        log.info("runs ended %.2fs after the signal", loop.time() - start)
         spans_flushed = (
-            asyncio.create_task(asyncio.to_thread(flush_spans), name="podcron span flush")
+            asyncio.create_task(
+                asyncio.to_thread(flush_spans, end - loop.time()), name="podcron span flush"
+            )
             if flush_spans is not None
             else None
         )
         writer_task.cancel()
-        try:
-            await asyncio.wait_for(writer.flush(), timeout=5.0)
-        except TimeoutError:
-            log.warning("status not fully flushed at shutdown")
+        await asyncio.wait([writer_task])
+        started, pending = loop.time(), writer.pending
+        unsent, _closed = await asyncio.gather(
+            writer.flush(until=end, first=_failed), events.close()
+        )
+        log.info(
+            "wrote the last status of %d of %d jobs in %.2fs",
+            pending - unsent,
+            pending,
+            loop.time() - started,
+        )
+        if unsent:
+            log.warning(
+                "the last status of %d jobs was not written within shutdownTimeoutSeconds (%ss)",
+                unsent,
+                budget,
+            )
         writer.close()
-        await events.close()
         if spans_flushed is not None:
             await spans_flushed
+        # Every task of ours has ended. What is left is kopf's: a watcher
+        # cancelled in the middle of its stream leaves its pause-waiter task
+        # behind, and kopf waits 5 s for such tasks before it cancels them.
+        for task in asyncio.all_tasks() - kopf_started_with - {asyncio.current_task()}:
+            task.cancel()
 
-    probes = ProbeServer(host=settings.metrics_host, port=settings.metrics_port)
-    await probes.start()
-    control = ControlServer(engine, settings.control_socket)
-    await control.start()
     # Started before kopf so that kopf's sweep of leftover tasks leaves them alone.
     writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
     freezer_task = asyncio.create_task(
         latency.freeze_after_registrations(lambda: engine.job_count), name="podcron heap freezer"
     )
+
+    def list_jobs() -> set[Key]:
+        if not settings.namespaces:
+            return api.list_job_keys()
+        return set().union(*(api.list_job_keys(namespace) for namespace in settings.namespaces))
+
+    readiness_task = asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness")
+    kopf_started_with = asyncio.all_tasks()
     try:
-        await kopf.operator(
+        tasks = await kopf.spawn_tasks(
             registry=registry,
             standalone=True,
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
+            stop_flag=stop,
         )
+        # In place of kopf's own handlers, which do not say when the signal came.
+        for received in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(received, on_signal, received)
+        await kopf.run_tasks(tasks, ignored=kopf_started_with)
     finally:
+        readiness_task.cancel()
         freezer_task.cancel()
         await control.stop()
         await probes.stop()
@@ -127,13 +286,27 @@ async def run(settings: Settings) -> None:
 
 def main(settings: Settings) -> int:
     """Run the operator; returns the process exit code."""
-    asyncio.run(run(settings))
-    stuck = [t for t in threading.enumerate() if t.name.startswith("podcron-job")]
+    try:
+        asyncio.run(run(settings))
+    except StartupError as error:
+        logs.stop_background_writer()
+        print(f"podcron: {error}", file=sys.stderr)
+        return 2
+    # Idle pool threads are on their way out: give them a moment, all together.
+    until = time.monotonic() + EXIT_JOIN_SECONDS
+    stuck = []
+    for thread in threading.enumerate():
+        if thread.name.startswith(("podcron-job", "podcron-status")):
+            thread.join(max(0.0, until - time.monotonic()))
+            if thread.is_alive():
+                stuck.append(thread)
     if stuck:
-        # Plain-def jobs that ignored cancellation cannot be stopped, and the
-        # interpreter would wait for them at exit: their runs are already
-        # recorded as Interrupted, so leave without waiting.
-        log.warning("exiting with %d job threads still running", len(stuck))
+        # Plain-def jobs that ignored cancellation cannot be stopped, nor can
+        # status patches the API server does not answer, and the interpreter
+        # would wait for them at exit: the runs are recorded as Interrupted
+        # and the budget is spent, so leave without waiting.
+        log.warning("exiting with %d job or status threads still running", len(stuck))
+        logs.stop_background_writer()
         logging.shutdown()
         os._exit(0)
     return 0

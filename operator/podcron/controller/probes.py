@@ -2,7 +2,8 @@
 
 ``/healthz`` answers 200 whenever the event loop does, which is what a
 liveness probe needs to know: a wedged loop runs no job. ``/readyz`` answers
-200 once the operator watches its resources and 503 again once it shuts down.
+200 while ``ready()`` says so: the operator holds every ScheduledJob that
+existed when it started, and is not shutting down.
 The metrics are rendered in a worker thread: with thousands of jobs the text
 takes milliseconds to build, and the loop's timers must not wait for it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -19,14 +21,21 @@ log = logging.getLogger("podcron.probes")
 
 
 class ProbeServer:
-    """An aiohttp server for the metrics and health endpoints; :attr:`ready` drives ``/readyz``."""
+    """An aiohttp server for the metrics and health endpoints; ``ready()`` drives ``/readyz``."""
 
-    def __init__(self, *, host: str, port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        ready: Callable[[], bool],
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
         self._host = host
         self._port = port
+        self._ready = ready
         self._registry = registry
         self._runner: web.AppRunner | None = None
-        self.ready = False
 
     @property
     def port(self) -> int:
@@ -36,7 +45,7 @@ class ProbeServer:
         return int(self._runner.addresses[0][1])
 
     async def start(self) -> None:
-        """Listen; raises :class:`OSError` when the address is taken."""
+        """Listen; raises :class:`OSError` when the address is taken or cannot be used."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -50,7 +59,6 @@ class ProbeServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        log.info("serving /metrics, /healthz and /readyz on %s:%d", self._host, self.port)
 
     async def stop(self) -> None:
         """Stop listening; safe to call more than once."""
@@ -66,6 +74,6 @@ class ProbeServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _: web.Request) -> web.Response:
-        if self.ready:
+        if self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")

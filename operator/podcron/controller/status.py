@@ -17,9 +17,13 @@ Patches are sent from worker threads, several at once: under a loaded API
 server each takes long enough that one at a time would fall far below the
 rate limit.
 
-:meth:`StatusWriter.flush` (at shutdown) sends everything at once, past both
-limits: it happens once per process, and at the ceiling a thousand jobs would
-need longer than the shutdown allows; what it does not send is lost.
+:meth:`StatusWriter.flush` (at shutdown) sends every object's last state at
+once, past both limits and with more patches in flight: it happens once per
+process, and at the ceiling a thousand jobs would need ten seconds. It stops at
+the deadline it is given (what is left of the shutdown budget) and says how
+many objects it could not write. A key the writer took from its queue is put
+back if the writer is cancelled while it waits for its turn, so stopping the
+writer never loses an update.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class StatusWriter:
         patches_per_second: float = 100.0,
         per_object_interval: float = 1.0,
         concurrency: int = 16,
+        flush_concurrency: int = 64,
     ) -> None:
         self._patch = patch
         self._spacing = 1.0 / patches_per_second
@@ -93,7 +98,15 @@ class StatusWriter:
         self._wakeup = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(concurrency)
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="podcron-status")
+        # Threads start on demand: the semaphore keeps normal operation to
+        # `concurrency` of them; only the flush at shutdown uses them all.
+        self._flush_concurrency = max(concurrency, flush_concurrency)
+        self._pool = ThreadPoolExecutor(
+            self._flush_concurrency, thread_name_prefix="podcron-status"
+        )
+        # While flushing: keys to send, by when they may go (now, or after a
+        # failed patch's back-off), in place of the rate-limited queues.
+        self._flush_queue: list[tuple[float, int, Key]] | None = None
         self.patches_sent = 0
 
     def update(
@@ -102,10 +115,18 @@ class StatusWriter:
         """Queue ``status`` to be merged into the object's status; ``urgent`` goes first."""
         key = (namespace, name)
         self._pending[key] = merge(self._pending.get(key, {}), status)
-        if urgent:
+        if self._flush_queue is not None:
+            if key not in self._sending:
+                self._enqueue_flush(key, 0.0)
+        elif urgent:
             self._make_urgent(key)
         elif key not in self._queued and key not in self._sending:
             self._enqueue(key, max(self._turn(key), time.monotonic()))
+
+    @property
+    def pending(self) -> int:
+        """How many objects have an update not written yet."""
+        return len(self._pending.keys() | self._sending)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is queued for a deleted object."""
@@ -140,15 +161,78 @@ class StatusWriter:
             elif self._queue:
                 timeout = max(0.0, self._queue[0][0] - time.monotonic())
             self._wakeup.clear()
+            # Not asyncio.wait_for: in Python 3.11 it swallows a cancellation
+            # that comes as the event is set, and the writer would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wakeup.wait()
 
-    async def flush(self) -> None:
-        """Send everything queued now, ignoring both rate limits (used at shutdown)."""
-        while self._urgent or self._queue or self._in_flight:
-            await self._send_due(flushing=True)
-            if self._in_flight:
-                await asyncio.wait(self._in_flight)
+    async def flush(
+        self, *, until: float, first: Callable[[Mapping[str, Any]], bool] | None = None
+    ) -> int:
+        """Send every object's pending update now, past both rate limits (used at shutdown).
+
+        Up to ``flush_concurrency`` patches are in flight at once, one per
+        object; a patch that fails transiently is retried after its back-off
+        while time remains. Objects whose update ``first`` picks go first,
+        then those whose update waited longest: when the API server cannot
+        take them all in time, those matter most. Returns when everything is
+        written, or at ``until`` (the event loop's time) with the number of
+        objects whose last update was not written; patches still in flight
+        then are abandoned to their threads, and count as not written.
+        Stop :meth:`run` first; updates that arrive meanwhile are sent too.
+        """
+        loop = asyncio.get_running_loop()
+        self._flush_queue = []
+        self._urgent.clear()
+        self._urgent_keys.clear()
+        self._queue.clear()
+        self._queued.clear()
+        order = sorted(
+            (key for key in self._pending if key not in self._sending),  # those come back
+            key=lambda key: (
+                not (first is not None and first(self._pending[key])),
+                self._last_sent.get(key, 0.0),
+            ),
+        )
+        for key in order:
+            self._enqueue_flush(key, 0.0)
+        try:
+            while self._pending or self._in_flight:
+                self._start_flush_patches()
+                now = loop.time()
+                if now >= until:
+                    break
+                wake = until - now
+                if self._flush_queue and len(self._in_flight) < self._flush_concurrency:
+                    # A failed patch's back-off, or an update that arrived meanwhile.
+                    wake = min(wake, max(0.0, self._flush_queue[0][0] - time.monotonic()))
+                if self._in_flight:
+                    await asyncio.wait(
+                        self._in_flight, timeout=wake, return_when=asyncio.FIRST_COMPLETED
+                    )
+                else:
+                    await asyncio.sleep(wake)
+            unsent = self.pending
+            for task in self._in_flight:
+                task.cancel()
+            return unsent
+        finally:
+            self._flush_queue = None
+
+    def _enqueue_flush(self, key: Key, ready: float) -> None:
+        assert self._flush_queue is not None
+        heapq.heappush(self._flush_queue, (ready, next(self._sequence), key))
+
+    def _start_flush_patches(self) -> None:
+        queue = self._flush_queue
+        assert queue is not None
+        now = time.monotonic()
+        while queue and queue[0][0] <= now and len(self._in_flight) < self._flush_concurrency:
+            _, _, key = heapq.heappop(queue)
+            status = None if key in self._sending else self._pending.pop(key, None)
+            if status is not None:  # else sent meanwhile, forgotten, or queued after its patch
+                self._start(key, status)
 
     def _next_due(self, *, ignore_interval: bool) -> Key | None:
         """The next key to patch now, if any."""
@@ -173,24 +257,36 @@ class StatusWriter:
 
     async def _send_due(self, *, flushing: bool) -> None:
         while (key := self._next_due(ignore_interval=flushing)) is not None:
-            if not flushing:
-                now = time.monotonic()
-                self._next_slot = max(self._next_slot + self._spacing, now)
-                if self._next_slot > now:
-                    await asyncio.sleep(self._next_slot - now)
-            await self._slots.acquire()
+            # The key is out of every queue while its turn is awaited: if the
+            # writer is stopped here, it goes back, or its update would never
+            # be sent (not even by flush, which finds keys in the queues).
+            try:
+                if not flushing:
+                    now = time.monotonic()
+                    self._next_slot = max(self._next_slot + self._spacing, now)
+                    if self._next_slot > now:
+                        await asyncio.sleep(self._next_slot - now)
+                await self._slots.acquire()
+            except BaseException:
+                if key in self._pending:
+                    self._make_urgent(key)
+                raise
             # Taken only now, so that what arrived during the wait goes out too.
             status = self._pending.pop(key, None)
             if status is None:  # forgotten meanwhile
                 self._slots.release()
                 continue
-            self._sending.add(key)
-            self._last_sent[key] = time.monotonic()
-            task = asyncio.get_running_loop().create_task(self._send(key, status))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._start(key, status, slot=True)
 
-    async def _send(self, key: Key, status: dict[str, Any]) -> None:
+    def _start(self, key: Key, status: dict[str, Any], *, slot: bool = False) -> None:
+        """Patch ``key`` with ``status`` in a worker thread; ``slot``: release one when done."""
+        self._sending.add(key)
+        self._last_sent[key] = time.monotonic()
+        task = asyncio.get_running_loop().create_task(self._send(key, status, slot=slot))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _send(self, key: Key, status: dict[str, Any], *, slot: bool) -> None:
         retry_at = 0.0
         try:
             await asyncio.get_running_loop().run_in_executor(
@@ -212,9 +308,13 @@ class StatusWriter:
             self._failures.pop(key, None)
         finally:
             self._sending.discard(key)
-            self._slots.release()
+            if slot:
+                self._slots.release()
             if key in self._pending:
-                if key in self._urgent_after_send:
+                if self._flush_queue is not None:
+                    self._urgent_after_send.discard(key)
+                    self._enqueue_flush(key, retry_at)
+                elif key in self._urgent_after_send:
                     self._urgent_after_send.discard(key)
                     self._make_urgent(key)
                 elif key not in self._queued:

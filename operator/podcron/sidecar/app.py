@@ -29,6 +29,7 @@ from podcron.sidecar.operator_client import (
     EMPTY,
     OperatorClient,
     OperatorRefused,
+    OperatorStarting,
     OperatorUnavailable,
 )
 from podcron.sidecar.ratelimited_log import RateLimitedLog
@@ -95,6 +96,10 @@ async def _unexpected_error(
 
 
 def _unavailable(error: OperatorUnavailable) -> ApiError:
+    if isinstance(error, OperatorStarting):
+        return ApiError(
+            503, envelope.OPERATOR_UNAVAILABLE, "the operator is starting; try again shortly"
+        )
     log.warning("the operator is unreachable: %s", error)
     return ApiError(
         503, envelope.OPERATOR_UNAVAILABLE, "the operator is not reachable; try again shortly"

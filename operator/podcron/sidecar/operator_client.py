@@ -51,6 +51,10 @@ class OperatorRefused(Exception):
         self.retry_after = retry_after
 
 
+class OperatorStarting(OperatorUnavailable):
+    """The operator answers, but still registers the jobs that existed at its start."""
+
+
 @dataclass(frozen=True, slots=True)
 class JobList:
     """The operator's job list: a JSON array of JobMetadata, kept as bytes."""
@@ -159,6 +163,8 @@ class OperatorClient:
                         continue
                     raise OperatorUnavailable(f"control socket {self.path}: {error}") from error
                 self._idle.append(connection)
+                if header.get("error") == wire.NOT_READY:
+                    raise OperatorStarting(str(header.get("message")))
                 if header.get("ok") is not True:
                     retry_after = header.get("retryAfter")
                     raise OperatorRefused(

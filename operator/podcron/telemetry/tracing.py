@@ -8,6 +8,7 @@ exporter is configured. The exporter is configured the standard way, by the
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -27,7 +28,12 @@ from opentelemetry.sdk.environment_variables import (
     OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
     OTEL_SDK_DISABLED,
 )
-from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.resources import (
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import (
     Event,
     ReadableSpan,
@@ -50,8 +56,8 @@ from opentelemetry.util.types import AnyValue, Attributes
 SPAN_NAME = "podcron.job.run"
 TRACER_NAME = "podcron"
 DEFAULT_SERVICE_NAME = "podcron"
-#: How long a graceful shutdown waits for the last spans to reach the collector.
-FLUSH_TIMEOUT_SECONDS = 5.0
+#: podcron's version: the instrumentation scope's and the resource's ``service.version``.
+VERSION = importlib.metadata.version("podcron")
 
 log = logging.getLogger("podcron.telemetry")
 _UNSET = Status(StatusCode.UNSET)
@@ -214,6 +220,11 @@ class RunSpan(trace.Span):
         )
 
 
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds and ``Z``, as the API and status write times."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def start_run_span(
     *,
     job_id: str,
@@ -249,7 +260,7 @@ def start_run_span(
         "podcron.job.id": job_id,
         "podcron.job.trigger": trigger,
         "podcron.job.entry_point": entry_point,
-        "podcron.job.scheduled_time": scheduled_time.isoformat(),
+        "podcron.job.scheduled_time": format_time(scheduled_time),
     }
     sampling = provider.sampler.should_sample(
         parent, trace_id, SPAN_NAME, trace.SpanKind.INTERNAL, attributes
@@ -308,8 +319,8 @@ class Pipeline:
     @classmethod
     def of(cls, provider: TracerProvider, processor: SpanProcessor) -> Pipeline:
         """Run spans for ``processor``, which must be one of ``provider``'s processors."""
-        # The scope and limits the provider gives a tracer named podcron.
-        return cls(provider, processor, InstrumentationScope(TRACER_NAME, ""), SpanLimits())
+        # The scope and limits the provider gives podcron's tracer.
+        return cls(provider, processor, InstrumentationScope(TRACER_NAME, VERSION), SpanLimits())
 
 
 def pipeline_from_environment() -> Pipeline | None:
@@ -340,9 +351,9 @@ def pipeline_from_environment() -> Pipeline | None:
         )
         return None
     # The environment's service name, if any, wins over podcron's default.
-    resource = Resource.create({SERVICE_NAME: DEFAULT_SERVICE_NAME}).merge(
-        OTELResourceDetector().detect()
-    )
+    resource = Resource.create(
+        {SERVICE_NAME: DEFAULT_SERVICE_NAME, SERVICE_VERSION: VERSION}
+    ).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=resource)
     before = set(threading.enumerate())
     processor = BatchSpanProcessor(exporter)
@@ -375,12 +386,13 @@ def _idle_priority(threads: Iterable[threading.Thread]) -> None:
                 log.debug("span export thread keeps its priority: %s", error)
 
 
-def configure_tracing() -> Callable[[], bool] | None:
+def configure_tracing() -> Callable[[float], bool] | None:
     """Install the OTLP-exporting pipeline when ``OTEL_*`` configures an endpoint.
 
     Returns the function to call on graceful shutdown: it exports the spans
-    still queued, waiting at most :data:`FLUSH_TIMEOUT_SECONDS`, and says
-    whether it finished in time. Returns ``None`` when tracing stays off.
+    still queued, waiting at most the seconds it is given (what is left of
+    the shutdown budget), and says whether it finished in time. Returns
+    ``None`` when tracing stays off.
     """
     global _pipeline
     pipeline = pipeline_from_environment()
@@ -389,7 +401,7 @@ def configure_tracing() -> Callable[[], bool] | None:
     trace.set_tracer_provider(pipeline.provider)
     _pipeline = pipeline
 
-    def flush() -> bool:
+    def flush(timeout: float) -> bool:
         # The SDK's shutdown waits for a collector that does not answer for
         # as long as its own export timeout allows; the pod's grace period is
         # shorter, so wait in a daemon thread that exit does not join.
@@ -397,9 +409,9 @@ def configure_tracing() -> Callable[[], bool] | None:
             target=pipeline.provider.shutdown, name="podcron-span-flush", daemon=True
         )
         worker.start()
-        worker.join(FLUSH_TIMEOUT_SECONDS)
+        worker.join(max(0.0, timeout))
         if worker.is_alive():
-            log.warning("spans not fully exported within %ss at shutdown", FLUSH_TIMEOUT_SECONDS)
+            log.warning("spans not fully exported within %.1fs at shutdown", timeout)
             return False
         return True
 
