@@ -52,3 +52,16 @@ def test_bad_settings_are_named(
     (tmp_path / "config.yaml").write_text(content)
     with pytest.raises(ValueError, match=message):
         load({"PODCRON_CONFIG_DIR": str(tmp_path)} | environ)
+
+
+def test_job_config_directories(tmp_path: Path) -> None:
+    assert (Settings().job_config_dir, Settings().job_secrets_dir) == ("", "")
+    (tmp_path / "config.yaml").write_text("jobConfigDir: /etc/podcron-jobs/config\n")
+    settings = load(
+        {
+            "PODCRON_CONFIG_DIR": str(tmp_path),
+            "PODCRON_JOB_SECRETS_DIR": "/etc/podcron-jobs/secrets",
+        }
+    )
+    assert settings.job_config_dir == "/etc/podcron-jobs/config"
+    assert settings.job_secrets_dir == "/etc/podcron-jobs/secrets"
