@@ -206,6 +206,8 @@ class _Directory:
         self.path = path
         self.secret = secret
         self.kind = "jobSecretsDir" if secret else "jobConfigDir"
+        # A str made once: joining Paths costs more than the readlink each run makes.
+        self.link = str(path / _DATA_LINK)
         self.stamp: object = None
         self.files: dict[str, bytes] = {}
         self.error: str | None = None
@@ -213,7 +215,7 @@ class _Directory:
     def _version(self) -> tuple[str | None, object]:
         """The kubelet's current version directory (or None), and what changes with the files."""
         try:
-            target = os.readlink(self.path / _DATA_LINK)
+            target = os.readlink(self.link)
         except OSError as error:
             # ENOENT: no ..data (or no directory: scandir says which); EINVAL: not a symlink.
             if error.errno not in (errno.ENOENT, errno.EINVAL):
@@ -242,7 +244,7 @@ class _Directory:
                 continue  # the kubelet removed the version being read: read the new one
             # The kubelet deletes a version, file by file, only after swapping ..data
             # away from it: if ..data still points at it, it was whole while read.
-            if target is None or os.readlink(self.path / _DATA_LINK) == target:
+            if target is None or os.readlink(self.link) == target:
                 self.stamp, self.files = stamp, files
                 return True
         raise OSError(f"it changed {_READ_ATTEMPTS} times while being read")
