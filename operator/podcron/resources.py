@@ -398,10 +398,11 @@ class ResourceManager:
             await asyncio.shield(slot.attempt)
         if slot.status is ResourceStatus.UP:
             return slot.value
-        if slot.status is ResourceStatus.FAILED:
-            retry = "" if slot.retry_at is None else f"; next attempt at {_rfc3339(slot.retry_at)}"
-            raise ResourceUnavailable(name, f"{slot.reason}{retry}")
-        raise ResourceUnavailable(name, "the operator is shutting down")
+        if self._closing or slot.status not in (ResourceStatus.FAILED, ResourceStatus.CREATING):
+            raise ResourceUnavailable(name, "the operator is shutting down")
+        if slot.retry_at is None:  # the next attempt has begun already
+            raise ResourceUnavailable(name, f"{slot.reason}; retrying now")
+        raise ResourceUnavailable(name, f"{slot.reason}; next attempt at {_rfc3339(slot.retry_at)}")
 
     # -- the holder task --------------------------------------------------
 
@@ -452,7 +453,8 @@ class ResourceManager:
         except Exception as error:
             slot.failures += 1
             slot.reason = self._reason(error)
-            slot.status = ResourceStatus.FAILED
+            # Listeners hear of it with the next attempt's time, from _retry_scheduled.
+            self._set(slot, ResourceStatus.FAILED, notify=False)
             assert slot.attempt is not None
             slot.attempt.set_result(None)
             raise
