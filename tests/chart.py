@@ -39,6 +39,8 @@ CUSTOM_VALUES: dict[str, Any] = {
     "logLevel": "DEBUG",
     "shutdownTimeoutSeconds": 50,
     "terminationGracePeriodSeconds": 75,
+    "jobConfig": {"uptimeUrl": "http://reports.shop.svc/health", ".env": "MODE=live\n"},
+    "jobSecrets": {"existingSecret": "shop-jobs.credentials"},
     "workerThreads": 4,
     "maxConcurrentRuns": 20,
     "statusPatchesPerSecond": 25.5,

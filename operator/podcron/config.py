@@ -69,6 +69,10 @@ class Settings:
     log_format: str = "json"
     #: ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
     log_level: str = "INFO"
+    #: Where the job configuration's ConfigMap is mounted (``ctx.config``); empty: none.
+    job_config_dir: str = ""
+    #: Where the jobs' Secret is mounted (Secret values of ``ctx.config``); empty: none.
+    job_secrets_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.log_format not in ("json", "text"):

@@ -42,6 +42,14 @@ def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     }
 
 
+JOB_CONFIG_DIR = "/etc/podcron-jobs/config"
+JOB_SECRETS_DIR = "/etc/podcron-jobs/secrets"
+
+
+def _fullname(values: dict[str, Any]) -> str:
+    return str(values.get("fullnameOverride") or "podcron")
+
+
 def _containers(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     spec = one(objects, "Deployment")["spec"]["template"]["spec"]
     return {container["name"]: container for container in spec["containers"]}
@@ -122,7 +130,7 @@ def test_bad_values_are_refused_with_a_clear_message(
 def test_config_map_holds_the_settings_podcron_reads(
     objects: list[dict[str, Any]], values: dict[str, Any], tmp_path: Path
 ) -> None:
-    config = one(objects, "ConfigMap")["data"]["config.yaml"]
+    config = find(objects, "ConfigMap", _fullname(values))[0]["data"]["config.yaml"]
     (tmp_path / "config.yaml").write_text(config)
     settings = load({"PODCRON_CONFIG_DIR": str(tmp_path)})  # raises on a setting it lacks
     if not values:
@@ -145,6 +153,8 @@ def test_config_map_holds_the_settings_podcron_reads(
     assert settings.log_level == values["logLevel"]
     assert settings.sidecar_port == values["service"]["port"]
     assert settings.metrics_port == values["service"]["metricsPort"]
+    assert settings.job_config_dir == JOB_CONFIG_DIR
+    assert settings.job_secrets_dir == JOB_SECRETS_DIR
 
 
 def test_containers_run_the_console_script_from_one_image(
@@ -360,3 +370,85 @@ def test_the_network_policy_can_be_left_out(helm: Helm, tmp_path: Path) -> None:
     assert (
         find(render(helm, tmp_path, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
     )
+
+
+# -- the jobs' configuration and secrets (ctx.config) ---------------------------------------
+
+
+def test_job_config_and_secrets_are_mounted_read_only_into_the_operator_only(
+    helm: Helm, tmp_path: Path
+) -> None:
+    objects = render(helm, tmp_path, CUSTOM_VALUES)
+    job_config = one(
+        [o for o in objects if o["metadata"]["name"] == "jobs-job-config"], "ConfigMap"
+    )
+    assert job_config["data"] == CUSTOM_VALUES["jobConfig"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["job-config"]["configMap"] == {"name": "jobs-job-config"}
+    assert volumes["job-secrets"]["secret"] == {
+        "secretName": "shop-jobs.credentials",
+        # Group-readable: the files belong to root, the pod's group is its fsGroup.
+        "defaultMode": 0o440,
+    }
+    containers = _containers(objects)
+    mounts = {mount["name"]: mount for mount in containers["operator"]["volumeMounts"]}
+    assert mounts["job-config"] == {
+        "name": "job-config",
+        "mountPath": JOB_CONFIG_DIR,
+        "readOnly": True,
+    }
+    assert mounts["job-secrets"] == {
+        "name": "job-secrets",
+        "mountPath": JOB_SECRETS_DIR,
+        "readOnly": True,
+    }
+    assert not any("subPath" in mount for mount in mounts.values()), "subPath is never updated"
+    sidecar = {mount["name"] for mount in containers["sidecar"]["volumeMounts"]}
+    assert not sidecar & {"job-config", "job-secrets"}, "the sidecar never sees them"
+
+
+def test_without_job_config_nothing_is_mounted_and_the_settings_say_none(
+    helm: Helm, tmp_path: Path
+) -> None:
+    objects = render(helm, tmp_path, {})
+    assert [o["metadata"]["name"] for o in find(objects, "ConfigMap")] == ["podcron"]
+    pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert not {volume["name"] for volume in pod["volumes"]} & {"job-config", "job-secrets"}
+    (tmp_path / "config.yaml").write_text(find(objects, "ConfigMap")[0]["data"]["config.yaml"])
+    settings = load({"PODCRON_CONFIG_DIR": str(tmp_path)})
+    assert (settings.job_config_dir, settings.job_secrets_dir) == ("", "")
+
+
+def test_a_changed_job_config_does_not_restart_the_pod(helm: Helm, tmp_path: Path) -> None:
+    def checksum(job_config: dict[str, str]) -> str:
+        objects = render(helm, tmp_path, {"jobConfig": job_config})
+        annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return str(annotations["checksum/config"])
+
+    # The kubelet updates the mounted files in place and the next run reads them.
+    assert checksum({"uptimeUrl": "http://a"}) == checksum({"uptimeUrl": "http://b"})
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"jobConfig": {"retries": 3}}, "at '/jobConfig/retries': got number, want string"),
+        ({"jobConfig": {"..data": "x"}}, 'jobConfig: "..data" is not a ConfigMap key'),
+        ({"jobConfig": {"a/b": "x"}}, 'jobConfig: "a/b" is not a ConfigMap key'),
+        (
+            {"jobSecrets": {"existingSecret": "Shop_Jobs"}},
+            "at '/jobSecrets/existingSecret': 'Shop_Jobs' does not match",
+        ),
+        ({"jobSecrets": {"name": "x"}}, "additional properties 'name' not allowed"),
+    ],
+    ids=["not-a-string", "kubelets-name", "slash", "bad-secret-name", "unknown-field"],
+)
+def test_bad_job_config_values_are_refused(
+    helm: Helm, tmp_path: Path, bad: dict[str, Any], message: str
+) -> None:
+    result = helm.run(
+        "template", "podcron", str(CHART), "-f", str(values_file(tmp_path, bad)), check=False
+    )
+    assert result.returncode != 0
+    assert message in result.stderr

@@ -113,3 +113,16 @@ def test_an_environment_without_its_file_is_warned_about(tmp_path: Path) -> None
     (tmp_path / "config.prod.yaml").write_text("workerThreads: 2\n")
     load({"PODCRON_CONFIG_DIR": str(tmp_path), "PODCRON_ENV": "prod"}, warn=warnings.append)
     assert warnings == []
+
+
+def test_job_config_directories(tmp_path: Path) -> None:
+    assert (Settings().job_config_dir, Settings().job_secrets_dir) == ("", "")
+    (tmp_path / "config.yaml").write_text("jobConfigDir: /etc/podcron-jobs/config\n")
+    settings = load(
+        {
+            "PODCRON_CONFIG_DIR": str(tmp_path),
+            "PODCRON_JOB_SECRETS_DIR": "/etc/podcron-jobs/secrets",
+        }
+    )
+    assert settings.job_config_dir == "/etc/podcron-jobs/config"
+    assert settings.job_secrets_dir == "/etc/podcron-jobs/secrets"

@@ -52,6 +52,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Where the ConfigMap's config.yaml is mounted: PODCRON_CONFIG_DIR. */}}
 {{- define "podcron.configDir" -}}/etc/podcron{{- end }}
 
+{{/* Where the jobs' ConfigMap (jobConfig) and Secret (jobSecrets) are mounted, operator only. */}}
+{{- define "podcron.jobConfigDir" -}}/etc/podcron-jobs/config{{- end }}
+{{- define "podcron.jobSecretsDir" -}}/etc/podcron-jobs/secrets{{- end }}
+
+{{/* The ConfigMap of jobConfig. */}}
+{{- define "podcron.jobConfigName" -}}
+{{- printf "%s-job-config" (include "podcron.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The directory of the control socket, an emptyDir shared by the two containers. */}}
 {{- define "podcron.socketDir" -}}/var/run/podcron{{- end }}
 
