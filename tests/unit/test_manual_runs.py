@@ -16,7 +16,7 @@ import pytest
 from falcon import testing
 
 from podcron.context import JobContext, Trigger
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.errors import TooManyManualRuns
 from podcron.sidecar.app import create_app

@@ -11,7 +11,7 @@ import falcon.testing
 import pytest
 
 from podcron.context import JobContext
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.engine import Engine, JobSpec
 from podcron.schedules import parse_schedule

@@ -29,7 +29,7 @@ import yaml
 
 from podcron import latency
 from podcron.config import Settings
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi

@@ -21,7 +21,7 @@ import falcon
 import falcon.asgi
 from falcon import constants
 
-from podcron import control_protocol as wire
+from podcron import wire
 from podcron.sidecar import envelope
 from podcron.sidecar.cidr import Allowlist, Network, client_address
 from podcron.sidecar.joblist import Versions, accepts_gzip
@@ -36,7 +36,7 @@ from podcron.sidecar.ratelimited_log import RateLimitedLog
 
 log = logging.getLogger("podcron.sidecar")
 
-#: The operator's refusals (control_protocol's error codes) as HTTP statuses; the
+#: The operator's refusals (podcron.wire's error codes) as HTTP statuses; the
 #: envelope's code is the operator's. A code missing here answers 500.
 REFUSALS: dict[str, int] = {
     wire.JOB_NOT_FOUND: 404,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
-#: Error codes of the envelope, beside the operator's own (control_protocol).
+#: Error codes of the envelope, beside the operator's own (podcron.wire).
 BAD_REQUEST = "BAD_REQUEST"
 FORBIDDEN = "FORBIDDEN"
 NOT_FOUND = "NOT_FOUND"

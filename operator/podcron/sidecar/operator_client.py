@@ -1,4 +1,4 @@
-"""The sidecar's end of the control socket (:mod:`podcron.control_protocol`), for asyncio.
+"""The sidecar's end of the control socket (:mod:`podcron.wire`), for asyncio.
 
 A few connections are kept open and reused, one exchange at a time each. A
 kept connection that the operator closed (it restarted) is noticed before
@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from podcron import control_protocol as wire
+from podcron import wire
 
 #: How long one exchange may take before the operator counts as unreachable.
 TIMEOUT_SECONDS = 5.0

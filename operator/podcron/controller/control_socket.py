@@ -2,7 +2,7 @@
 
 A Unix socket in a directory shared with the sidecar (an emptyDir in the pod):
 the operator opens no TCP port for this. The wire format is
-:mod:`podcron.control_protocol`.
+:mod:`podcron.wire`.
 
 Serialising 1,000 JobMetadata objects takes milliseconds, so the job list is
 kept serialised: it is rebuilt only when :attr:`Engine.version` moved, and
@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from podcron import control_protocol as wire
+from podcron import wire
 from podcron.controller import jobmetadata
 from podcron.controller.jobspecs import format_time
 from podcron.engine import Engine, History, JobSnapshot, JobSpec
@@ -128,7 +128,7 @@ def _always_ready() -> bool:
 
 
 class ControlServer:
-    """Serves :mod:`podcron.control_protocol` for one engine on a Unix socket.
+    """Serves :mod:`podcron.wire` for one engine on a Unix socket.
 
     Until ``ready()`` is true, ``ping``, ``list`` and any request about a job
     the engine does not hold answer ``NOT_READY``: the job may exist and not

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from podcron import control_protocol as wire
+from podcron import wire
 from podcron.context import JobContext, Trigger
-from podcron.controller.control import ControlServer, JobCatalogue
+from podcron.controller.control_socket import ControlServer, JobCatalogue
 from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
 from podcron.entrypoints import JobTarget
 from podcron.schedules import parse_schedule
