@@ -284,22 +284,23 @@ def _count(text: str) -> int:
 
 def _validate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     from podcron.controller.jobspecs import format_time
-    from podcron.manifests import check_file
+    from podcron.manifests import Problem, check_file
     from podcron.schedules.zones import time_zone
     from podcron.testing import next_runs
 
     now = arguments.now or datetime.now(UTC)
     failed = False
     for path in arguments.files:
-        jobs, problems = check_file(path, allowed_modules=arguments.allowed_modules)
-        for problem in problems:
-            print(problem)
-        failed = failed or bool(problems)
-        if not jobs and not problems:
+        found = check_file(path, allowed_modules=arguments.allowed_modules)
+        if not found:
             print(f"{path}: no ScheduledJob")
-        for job in jobs:
-            schedule = job.spec.schedule
-            print(f"{job.where}: {job.spec.job_id}: ok, {schedule.human_readable}")
+        for item in found:
+            if isinstance(item, Problem):
+                print(item)
+                failed = True
+                continue
+            schedule = item.spec.schedule
+            print(f"{item.where}: {item.spec.job_id}: ok, {schedule.human_readable}")
             zone = time_zone(schedule.time_zone)
             for moment in next_runs(schedule, now, arguments.next):
                 wall = (

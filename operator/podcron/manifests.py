@@ -103,35 +103,34 @@ def crd_schema() -> Mapping[str, Any]:
     return schema
 
 
-def check_file(
-    path: Path, *, allowed_modules: Sequence[str] | None
-) -> tuple[list[CheckedJob], list[Problem]]:
-    """The ScheduledJobs in ``path`` that pass, and every problem found; other kinds are skipped.
+def check_file(path: Path, *, allowed_modules: Sequence[str] | None) -> list[CheckedJob | Problem]:
+    """Each ScheduledJob in ``path`` that passes, and every problem found, in document order.
 
-    ``allowed_modules`` ``None`` checks each ``module:function`` reference as
-    if ``allowedModules`` allowed its top-level package.
+    Other kinds are skipped. ``allowed_modules`` ``None`` checks each
+    ``module:function`` reference as if ``allowedModules`` allowed its
+    top-level package.
     """
     try:
         documents = load_documents(path.read_text())
     except OSError as error:
-        return [], [Problem(str(path), f"cannot read: {error.strerror or error}")]
+        return [Problem(str(path), f"cannot read: {error.strerror or error}")]
     except yaml.YAMLError as error:
-        return [], [Problem(str(path), "not valid YAML: " + " ".join(str(error).split()))]
-    jobs: list[CheckedJob] = []
-    problems: list[Problem] = []
+        return [Problem(str(path), "not valid YAML: " + " ".join(str(error).split()))]
+    found: list[CheckedJob | Problem] = []
     for number, document in enumerate(documents, start=1):
         if document is None or not _is_scheduled_job(document):
             continue
         where = f"{path}:{number}"
-        found = [Problem(where, text) for text in document_problems(document)]
-        if not found:
-            spec_or_problem = _build(document, allowed_modules)
-            if isinstance(spec_or_problem, str):
-                found.append(Problem(where, spec_or_problem))
-            else:
-                jobs.append(CheckedJob(where, spec_or_problem))
-        problems.extend(found)
-    return jobs, problems
+        problems = [Problem(where, text) for text in document_problems(document)]
+        if problems:
+            found.extend(problems)
+            continue
+        spec_or_problem = _build(document, allowed_modules)
+        if isinstance(spec_or_problem, str):
+            found.append(Problem(where, spec_or_problem))
+        else:
+            found.append(CheckedJob(where, spec_or_problem))
+    return found
 
 
 def _is_scheduled_job(document: object) -> bool:
