@@ -45,7 +45,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
-    parser = _Parser(prog="podcron", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="podcron", description=__doc__.splitlines()[0].replace("``", ""))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("operator", help="run the operator (kopf handlers and the engine)")
     commands.add_parser("sidecar", help="serve /_sys/job for the operator in the same pod")
@@ -99,9 +99,15 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         help='a name in entry-point group podcron.jobs, or "pkg.mod:func"',
     )
     given = parser.add_mutually_exclusive_group()
-    given.add_argument("--args", type=_json_object, default={}, help="ctx.args as a JSON object")
     given.add_argument(
-        "--args-file", type=_object_file, dest="args", help="ctx.args from a JSON or YAML file"
+        "--args", type=_json_object, default={}, metavar="JSON", help="ctx.args as a JSON object"
+    )
+    given.add_argument(
+        "--args-file",
+        type=_object_file,
+        dest="args",
+        metavar="FILE",
+        help="ctx.args from a JSON or YAML file",
     )
     parser.add_argument(
         "--timeout", type=_timeout, metavar="SECONDS", help="cancel and fail the run after this"
