@@ -56,11 +56,13 @@ _JOB_LOG = logging.getLogger("podcron.job")
 class Outcome:
     """How one run ended, as the operator would record it.
 
-    ``error`` is the one line the operator writes to ``status.lastError``;
-    ``exception`` is what the job raised (``None`` on success, at a timeout
-    ``TimeoutError``). ``thread_still_running`` is true when a plain ``def``
-    job's thread had not returned a second after a timeout or cancellation:
-    the operator would report it abandoned.
+    ``status`` is ``success`` or ``failure``; ``skipped`` when the run was
+    cancelled before the job was called. ``error`` is the one line the
+    operator writes to ``status.lastError``; ``exception`` is what the job
+    raised (``None`` on success, at a timeout ``TimeoutError``).
+    ``thread_still_running`` is true when a plain ``def`` job's thread had
+    not returned a second after a timeout or cancellation: the operator
+    would report it abandoned.
     """
 
     status: RunStatus
@@ -147,6 +149,15 @@ class JobHarness:
             raise RuntimeError("a harness runs its job once: build another with harness()")
         self._loop = asyncio.get_running_loop()
         ctx = self.ctx
+        if self._cancel_reason is not None:
+            # As the operator does with a run cancelled while queued: the job is never called.
+            ctx.log.error("run cancelled before it started: %s", self._cancel_reason)
+            return Outcome(
+                status=RunStatus.SKIPPED,
+                error=self._cancel_reason,
+                exception=None,
+                duration_seconds=0.0,
+            )
         started = time.monotonic()
         returned: asyncio.Future[None] | None = None
         if _is_async(target):
@@ -155,8 +166,6 @@ class JobHarness:
             returned = self._loop.create_future()
             self._body = asyncio.shield(returned)
             _start_thread(target, ctx, returned)
-        if self._cancel_reason is not None:  # cancelled before it started
-            self._body.cancel()
         guard = None if self.timeout is None else asyncio.timeout(self.timeout)
         error: str | None = None
         exception: BaseException | None = None

@@ -154,6 +154,24 @@ def test_cancel_midway_fails_the_run_with_its_reason(kind: str) -> None:
     assert run.messages[-1] == "run cancelled: Replaced: a newer run started"
 
 
+@pytest.mark.parametrize("kind", ["async", "thread"])
+def test_cancelled_before_the_run_the_job_is_never_called(kind: str) -> None:
+    called = []
+
+    async def async_job(ctx: JobContext) -> None:
+        called.append(ctx)
+
+    def thread_job(ctx: JobContext) -> None:
+        called.append(ctx)
+
+    run = harness()
+    run.cancel("Deleted: the ScheduledJob was deleted")
+    outcome = run.run(async_job if kind == "async" else thread_job)
+    assert outcome.status is RunStatus.SKIPPED
+    assert outcome.error == "Deleted: the ScheduledJob was deleted"
+    assert called == []
+
+
 def test_a_cancelled_error_of_the_jobs_own_is_a_failure() -> None:
     async def raises(ctx: JobContext) -> None:
         raise asyncio.CancelledError
