@@ -18,17 +18,21 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import yaml
 
 from podcron import config, entrypoints
 from podcron.context import Trigger
+from podcron.entrypoints import JobTarget
 from podcron.errors import EntryPointError, EntryPointNotAllowed
 from podcron.telemetry.logs import configure_logging
+
+if TYPE_CHECKING:
+    from podcron.engine import JobSpec
 
 log = logging.getLogger("podcron.config")
 
@@ -49,14 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("operator", help="run the operator (kopf handlers and the engine)")
     commands.add_parser("sidecar", help="serve /_sys/job for the operator in the same pod")
-    _add_run(commands.add_parser("run", help="run one job once on this machine, no cluster"))
-    _add_validate(commands.add_parser("validate", help="check ScheduledJob manifests offline"))
+    run = commands.add_parser("run", help="run one job once on this machine, no cluster")
+    validate = commands.add_parser("validate", help="check ScheduledJob manifests offline")
+    _add_run(run)
+    _add_validate(validate)
     arguments = parser.parse_args(argv)
-    command: Callable[[argparse.ArgumentParser, argparse.Namespace], int] = {
-        "run": _run,
-        "validate": _validate,
-    }.get(arguments.command, _serve)
-    return command(parser, arguments)
+    if arguments.command == "run":
+        return _run(run, arguments)
+    if arguments.command == "validate":
+        return _validate(validate, arguments)
+    return _serve(parser, arguments)
 
 
 def _settings(parser: argparse.ArgumentParser) -> tuple[config.Settings, list[str]]:
@@ -96,11 +102,22 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "entry_point",
         metavar="ENTRY_POINT",
-        help='a name in entry-point group podcron.jobs, or "pkg.mod:func"',
+        nargs="?",
+        help='a name in entry-point group podcron.jobs, or "pkg.mod:func"; with --manifest, '
+        "the ScheduledJob's name (or namespace/name)",
+    )
+    parser.add_argument(
+        "-f",
+        "--manifest",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="run a ScheduledJob of FILE: its entry point, args and timeout, checked as "
+        "podcron validate checks them (the options below override them)",
     )
     given = parser.add_mutually_exclusive_group()
     given.add_argument(
-        "--args", type=_json_object, default={}, metavar="JSON", help="ctx.args as a JSON object"
+        "--args", type=_json_object, metavar="JSON", help="ctx.args as a JSON object"
     )
     given.add_argument(
         "--args-file",
@@ -124,7 +141,7 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         default="manual",
         help="ctx.trigger (default: manual)",
     )
-    parser.add_argument("--namespace", default="local", help="ctx.namespace (default: local)")
+    parser.add_argument("--namespace", help="ctx.namespace (default: local)")
     parser.add_argument("--name", help="ctx.name (default: the entry point's function name)")
     parser.add_argument(
         "--allowed-modules",
@@ -142,25 +159,25 @@ def _run(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     configure_logging(log_format=arguments.log_format, level=settings.log_level)
     for warning in warnings:
         log.warning("%s", warning)
-    reference: str = arguments.entry_point
     allowed = arguments.allowed_modules
     allowed_modules = settings.allowed_modules if allowed is None else allowed
-    try:
-        target = entrypoints.resolve(reference, allowed_modules=allowed_modules)
-    except EntryPointError as error:
-        hint = ""
-        if isinstance(error, EntryPointNotAllowed):
-            package = reference.partition(":")[0].partition(".")[0]
-            hint = f"; to allow it: --allowed-modules '{package}.*'"
-        parser.exit(EXIT_USAGE, f"podcron run: {error}{hint}\n")
-    name = arguments.name or reference.rpartition(":")[2].rpartition(".")[2]
+    if arguments.manifest:
+        job = _job_of_manifests(parser, arguments.manifest, arguments.entry_point, allowed_modules)
+        target, args, timeout = job.target, job.args, job.timeout_seconds
+        namespace, name = job.namespace, job.name
+    elif arguments.entry_point is None:
+        parser.error("give an ENTRY_POINT, or a ScheduledJob with --manifest FILE")
+    else:
+        target = _resolve(parser, arguments.entry_point, allowed_modules)
+        args, timeout, namespace = {}, None, "local"
+        name = arguments.entry_point.rpartition(":")[2].rpartition(".")[2]
     run = harness(
-        args=arguments.args,
+        args=args if arguments.args is None else arguments.args,
         scheduled_time=arguments.scheduled_time,
-        timeout=arguments.timeout,
+        timeout=timeout if arguments.timeout is None else arguments.timeout,
         trigger=Trigger(arguments.trigger),
-        namespace=arguments.namespace,
-        name=name,
+        namespace=arguments.namespace or namespace,
+        name=arguments.name or name,
         capture_logs=False,
     )
     interrupted = False
@@ -193,6 +210,62 @@ def _run(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
         return 0
     print(f"podcron run: {run.ctx.job_id} failed after {seconds}: {outcome.error}", file=sys.stderr)
     return EXIT_INTERRUPTED if interrupted else EXIT_FAILED
+
+
+def _resolve(
+    parser: argparse.ArgumentParser, reference: str, allowed_modules: Sequence[str]
+) -> JobTarget:
+    try:
+        return entrypoints.resolve(reference, allowed_modules=allowed_modules)
+    except EntryPointError as error:
+        hint = ""
+        if isinstance(error, EntryPointNotAllowed):
+            package = reference.partition(":")[0].partition(".")[0]
+            hint = f"; to allow it: --allowed-modules '{package}.*'"
+        parser.exit(EXIT_USAGE, f"podcron run: {error}{hint}\n")
+
+
+def _job_of_manifests(
+    parser: argparse.ArgumentParser,
+    paths: Sequence[Path],
+    wanted: str | None,
+    allowed_modules: Sequence[str],
+) -> JobSpec:
+    """The ScheduledJob called ``wanted`` (the only one, if None), as the operator would run it."""
+    from podcron.manifests import CheckedJob, Problem, check_file
+
+    found = [item for path in paths for item in check_file(path, allowed_modules=allowed_modules)]
+    unreadable = [
+        item for item in found if isinstance(item, Problem) and item.where in map(str, paths)
+    ]
+
+    def job_id(item: CheckedJob | Problem) -> str | None:
+        return item.job_id if isinstance(item, Problem) else item.spec.job_id
+
+    names = sorted({name for item in found if (name := job_id(item)) is not None})
+    if unreadable:
+        parser.exit(EXIT_USAGE, f"podcron run: {unreadable[0]}\n")
+    if wanted is None and len(names) != 1:
+        listed = ", ".join(names) or "none"
+        parser.error(f"name the ScheduledJob to run: {' '.join(map(str, paths))} hold {listed}")
+    matches = [
+        item
+        for item in found
+        if (name := job_id(item)) is not None
+        and (wanted is None or wanted in (name, name.partition("/")[2]))
+    ]
+    if len({job_id(item) for item in matches}) > 1:
+        parser.error(f"several ScheduledJobs are called {wanted}: give namespace/name")
+    for item in matches:
+        if isinstance(item, Problem):
+            parser.exit(EXIT_USAGE, f"podcron run: {item}\n")
+    if not matches:
+        listed = ", ".join(names) or "none"
+        parser.error(
+            f"no ScheduledJob called {wanted} in {' '.join(map(str, paths))} (there: {listed})"
+        )
+    # The same object twice: kubectl would apply both, and the last would stay.
+    return [item for item in matches if isinstance(item, CheckedJob)][-1].spec
 
 
 def _json_object(text: str) -> Mapping[str, Any]:

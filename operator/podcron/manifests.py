@@ -48,10 +48,14 @@ _OBJECT_FIELDS = ("apiVersion", "kind", "metadata", "status")
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """One thing wrong, as one line: ``file:doc: field: message``."""
+    """One thing wrong, as one line: ``file:doc: field: message``.
+
+    ``job_id`` is the ``namespace/name`` of the document at fault, where it has a name.
+    """
 
     where: str
     text: str
+    job_id: str | None = None
 
     def __str__(self) -> str:
         return f"{self.where}: {self.text}"
@@ -121,16 +125,28 @@ def check_file(path: Path, *, allowed_modules: Sequence[str] | None) -> list[Che
         if document is None or not _is_scheduled_job(document):
             continue
         where = f"{path}:{number}"
-        problems = [Problem(where, text) for text in document_problems(document)]
+        named = _job_id(document)
+        problems = [Problem(where, text, named) for text in document_problems(document)]
         if problems:
             found.extend(problems)
             continue
         spec_or_problem = _build(document, allowed_modules)
         if isinstance(spec_or_problem, str):
-            found.append(Problem(where, spec_or_problem))
+            found.append(Problem(where, spec_or_problem, named))
         else:
             found.append(CheckedJob(where, spec_or_problem))
     return found
+
+
+def _job_id(document: Mapping[str, Any]) -> str | None:
+    """A document's ``namespace/name`` (namespace ``default`` unless given), if it has a name."""
+    metadata = document.get("metadata")
+    if not isinstance(metadata, Mapping):
+        return None
+    name, namespace = metadata.get("name"), metadata.get("namespace") or "default"
+    if not isinstance(name, str) or not isinstance(namespace, str):
+        return None
+    return f"{namespace}/{name}"
 
 
 def _is_scheduled_job(document: object) -> bool:
@@ -239,8 +255,7 @@ def _show(value: object) -> str:
 def _build(document: Mapping[str, Any], allowed_modules: Sequence[str] | None) -> JobSpec | str:
     """The operator's record for the job, or its one-line complaint."""
     metadata = document["metadata"]
-    namespace = metadata.get("namespace") or "default"
-    name = metadata.get("name") or metadata["generateName"]
+    namespace, _, name = (_job_id(document) or f"default/{metadata['generateName']}").partition("/")
     spec = document["spec"]
     if allowed_modules is None:
         module = str(spec.get("entryPoint", "")).partition(":")[0]

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 JOBS = Path(__file__).parents[1] / "jobs"
+EXAMPLES = Path(__file__).parents[2] / "examples"
 LOCAL = "podcron_testjobs.local"
 
 
@@ -192,3 +193,56 @@ def test_a_bad_configuration_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("podcron: bad configuration: ")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_scheduledjob_of_a_manifest_with_its_args_and_timeout(tmp_path: Path) -> None:
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        (EXAMPLES / "hello.yaml").read_text()
+        + "---\n"
+        + "apiVersion: podcron.dev/v1alpha1\nkind: ScheduledJob\n"
+        + "metadata: {name: echo, namespace: shop}\n"
+        + f"spec: {{entryPoint: '{LOCAL}:echo', schedule: {{every: 5s}}, timeoutSeconds: 60,"
+        + " args: {retentionDays: 7, dryRun: true}}\n"
+    )
+    result = podcron_run(tmp_path, "shop/echo", "-f", str(manifest), "--allowed-modules", LOCAL)
+    assert result.returncode == 0, result.stderr
+    context = echoed(result)
+    assert context["job_id"] == "shop/echo"
+    assert context["args"] == {"retentionDays": 7, "dryRun": True}
+    assert context["deadline"] is not None
+    # Options win over the manifest.
+    result = podcron_run(
+        tmp_path, "echo", "-f", str(manifest), "--allowed-modules", LOCAL, "--args", '{"n": 1}'
+    )
+    assert echoed(result)["args"] == {"n": 1}
+
+
+def test_the_only_scheduledjob_of_a_manifest_needs_no_name(tmp_path: Path) -> None:
+    result = podcron_run(tmp_path, "-f", str(EXAMPLES / "hello.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "[default/hello] hello from default/hello (manual run due " in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "give an ENTRY_POINT, or a ScheduledJob with --manifest FILE (see podcron run"),
+        (["-f", "hello.yaml", "-f", "cleanup.yaml"], "name the ScheduledJob to run: "),
+        (["nope", "-f", "hello.yaml"], "no ScheduledJob called nope in hello.yaml (there: "),
+        (["-f", "missing.yaml"], "missing.yaml: cannot read: No such file or directory"),
+        (["-f", "report.yaml", "--allowed-modules", "other"], "report.yaml:1: spec.entryPoint: "),
+    ],
+)
+def test_a_manifest_that_names_no_runnable_job(
+    tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    for example in EXAMPLES.glob("*.yaml"):
+        (tmp_path / example.name).write_text(example.read_text())
+    (tmp_path / "report.yaml").write_text(
+        (EXAMPLES / "report.yaml")
+        .read_text()
+        .replace("entryPoint: report", f"entryPoint: '{LOCAL}:echo'")
+    )
+    line = one_line(podcron_run(tmp_path, *arguments))
+    assert message in line
