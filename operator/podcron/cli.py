@@ -185,8 +185,10 @@ def _run(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     def interrupt() -> None:
         nonlocal interrupted
         interrupted = True
-        # A second Ctrl-C ends the process at once, whatever the job does.
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+        # A second signal ends the process at once, whatever the job does.
+        loop = asyncio.get_running_loop()
+        loop.remove_signal_handler(signal.SIGINT)
+        loop.remove_signal_handler(signal.SIGTERM)
         print(
             "podcron run: cancelling the run (Ctrl-C again to exit at once)",
             file=sys.stderr,

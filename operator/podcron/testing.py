@@ -179,6 +179,10 @@ class JobHarness:
             else:  # the job's own TimeoutError, not its deadline
                 error = _failed(ctx, timeout_error)
         except asyncio.CancelledError as cancelled:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                self._cancel_now("Cancelled: whatever awaited the run was cancelled")
+                raise  # someone cancels the caller: let them see it
             exception = cancelled
             if self._cancel_reason is not None:
                 error = self._cancel_reason

@@ -200,6 +200,22 @@ async def test_in_an_async_test_await_run_async() -> None:
     assert run.messages == ["ran"]
 
 
+async def test_cancelling_the_caller_cancels_the_run_and_reaches_the_caller() -> None:
+    started = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    run = harness()
+    caller = asyncio.ensure_future(run.run_async(job))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert run.ctx.cancelled
+
+
 def test_a_harness_runs_its_job_once() -> None:
     run = harness()
     run.run(lambda ctx: None)
