@@ -150,13 +150,21 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         help='comma-separated allowedModules, e.g. "myjobs.*" (default: the configuration\'s)',
     )
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=config.LOG_LEVELS,
+        help="the least level logged (default: logLevel of the configuration, INFO)",
+    )
 
 
 def _run(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
     from podcron.testing import harness
 
     settings, warnings = _settings(parser)
-    configure_logging(log_format=arguments.log_format, level=settings.log_level)
+    configure_logging(
+        log_format=arguments.log_format, level=arguments.log_level or settings.log_level
+    )
     for warning in warnings:
         log.warning("%s", warning)
     allowed = arguments.allowed_modules

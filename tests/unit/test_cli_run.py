@@ -138,6 +138,15 @@ def test_ctrl_c_cancels_the_run_and_exits_130(tmp_path: Path, job: str) -> None:
         assert "saw the cancellation" in rest
 
 
+def test_the_log_level_and_format(tmp_path: Path) -> None:
+    quiet = podcron_run(tmp_path, "hello", "--log-level", "warning")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr.splitlines() == [quiet.stderr.splitlines()[-1]]
+    structured = podcron_run(tmp_path, "hello", "--log-format", "json")
+    line = json.loads(structured.stderr.splitlines()[0])
+    assert (line["level"], line["logger"], line["job_id"]) == ("INFO", "podcron.job", "local/hello")
+
+
 def test_an_unknown_entry_point(tmp_path: Path) -> None:
     line = one_line(podcron_run(tmp_path, "no-such-job"))
     assert "no entry point of that name in group podcron.jobs (got 'no-such-job')" in line
