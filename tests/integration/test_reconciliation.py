@@ -27,7 +27,8 @@ import pytest
 
 from controlplane import ControlPlane
 
-from .conftest import ROOT, OperatorProcess, get_job, wait_for
+from ..waiting import wait_for
+from .conftest import ROOT, OperatorProcess, get_job
 from .scheduledjobs import (
     annotate,
     apply,

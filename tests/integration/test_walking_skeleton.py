@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from controlplane import ControlPlane
 
-from .conftest import ROOT, OperatorProcess, get_job, wait_for
+from ..waiting import wait_for
+from .conftest import ROOT, OperatorProcess, get_job
 
 HELLO = ROOT / "examples" / "hello.yaml"
 SUSPENDED = """
