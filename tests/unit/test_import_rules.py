@@ -25,6 +25,8 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]
     ),
     # The engine runs jobs; Kubernetes is the controller's business.
     "engine": (("podcron.engine",), None, ("podcron.controller", "podcron.sidecar", "kopf")),
+    # The controller and the sidecar meet only through podcron.wire, on the control socket.
+    "controller": (("podcron.controller",), None, ("podcron.sidecar",)),
     # The sidecar must start whatever state the operator is in.
     "sidecar": (
         ("podcron.sidecar", "podcron.cli"),
