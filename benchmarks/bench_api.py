@@ -57,7 +57,15 @@ from cluster import (
     prepare_namespace,
     scheduled_job,
 )
-from harness import percentile, process_cpu_seconds, rss_mb, wait_until
+from harness import (
+    percentile,
+    print_table,
+    print_targets,
+    process_cpu_seconds,
+    quick,
+    rss_mb,
+    wait_until,
+)
 
 NAMESPACE = "bench"
 CREATE_THREADS = 8
@@ -82,10 +90,9 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None) -> Settings:
-        quick = os.environ.get("QUICK", "") not in ("", "0")
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--jobs", type=int, default=200 if quick else 1000)
-        parser.add_argument("--window", type=float, default=10.0 if quick else 30.0)
+        parser.add_argument("--jobs", type=int, default=200 if quick() else 1000)
+        parser.add_argument("--window", type=float, default=10.0 if quick() else 30.0)
         parser.add_argument("--warmup", type=float, default=5.0)
         parser.add_argument(
             "--ceiling", type=float, default=100.0, help="statusPatchesPerSecond of the operator"
@@ -307,29 +314,27 @@ def report(settings: Settings, results: Results) -> None:
         ("operator CPU", f"{r.operator_cpu_pct:.0f} % of one core"),
         ("operator RSS", f"{r.operator_rss_mb:.0f} MiB"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"{'measure':<{width}}  value")
-    print("-" * (width + 24))
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    targets = [
-        (r.ready_count == r.jobs, "every job Ready"),
-        (r.ready_total_s <= TARGET_READY_TOTAL_S, f"all Ready within {TARGET_READY_TOTAL_S:g} s"),
-        (
-            r.patches <= settings.ceiling * r.window_s + IN_FLIGHT,
-            f"status patches at or under the ceiling ({settings.ceiling:g}/s,"
-            f" give or take {IN_FLIGHT} in flight at the window's edges)",
-        ),
-        (r.busiest_object_per_s <= 1.1, "no object patched more than about once a second"),
-        (r.ticks_missed == 0, "runs on time: no tick missed"),
-        (
-            r.lateness_p99_s < TARGET_LATENESS_P99_S,
-            f"runs on time: lateness p99 under {TARGET_LATENESS_P99_S:g} s",
-        ),
-    ]
-    print("\ntargets")
-    for ok, label in targets:
-        print(f"  {'OK' if ok else 'MISSED':6} {label}")
+    print_table(rows)
+    print_targets(
+        [
+            ("every job Ready", r.ready_count == r.jobs),
+            (
+                f"all Ready within {TARGET_READY_TOTAL_S:g} s",
+                r.ready_total_s <= TARGET_READY_TOTAL_S,
+            ),
+            (
+                f"status patches at or under the ceiling ({settings.ceiling:g}/s,"
+                f" give or take {IN_FLIGHT} in flight at the window's edges)",
+                r.patches <= settings.ceiling * r.window_s + IN_FLIGHT,
+            ),
+            ("no object patched more than about once a second", r.busiest_object_per_s <= 1.1),
+            ("runs on time: no tick missed", r.ticks_missed == 0),
+            (
+                f"runs on time: lateness p99 under {TARGET_LATENESS_P99_S:g} s",
+                r.lateness_p99_s < TARGET_LATENESS_P99_S,
+            ),
+        ]
+    )
     print(
         f"RESULT api jobs={r.jobs} ready_total_s={r.ready_total_s:.1f} "
         f"ready_p99_s={r.ready_p99_s:.2f} patches_per_s={r.patches_per_s:.1f} "

@@ -39,7 +39,7 @@ from cluster import (
     prepare_namespace,
     scheduled_job,
 )
-from harness import wait_until
+from harness import print_table, print_targets, quick, wait_until
 
 NAMESPACE = "bench"
 CREATE_THREADS = 8
@@ -60,9 +60,8 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None) -> Settings:
-        quick = os.environ.get("QUICK", "") not in ("", "0")
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--jobs", type=int, default=200 if quick else 1000)
+        parser.add_argument("--jobs", type=int, default=200 if quick() else 1000)
         parser.add_argument("--run", type=float, default=10.0, help="seconds of runs before it")
         parser.add_argument("--shutdown-timeout", type=float, default=25.0)
         args = parser.parse_args(argv)
@@ -179,19 +178,14 @@ def report(results: Results) -> None:
         ("jobs whose runs.total differs from the log", f"{r.jobs_lagging}"),
         ("jobs left running: true", f"{r.jobs_running}"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"\n{'measure':<{width}}  value")
-    print("-" * (width + 24))
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    targets = [
-        (r.jobs_lagging == 0 and r.jobs_running == 0, "every job's last state reached status"),
-        (r.stop_s < TARGET_STOP_S, f"exit within {TARGET_STOP_S:g} s"),
-        (r.exit_code == 0, "exit code 0"),
-    ]
-    print("\ntargets")
-    for ok, label in targets:
-        print(f"  {'OK' if ok else 'MISSED':6} {label}")
+    print_table(rows)
+    print_targets(
+        [
+            ("every job's last state reached status", r.jobs_lagging == r.jobs_running == 0),
+            (f"exit within {TARGET_STOP_S:g} s", r.stop_s < TARGET_STOP_S),
+            ("exit code 0", r.exit_code == 0),
+        ]
+    )
     print(
         f"RESULT shutdown jobs={r.jobs} stop_s={r.stop_s:.2f} lagging={r.jobs_lagging} "
         f"running={r.jobs_running} exit={r.exit_code}"

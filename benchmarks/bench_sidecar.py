@@ -62,6 +62,7 @@ from harness import (
     machine_busy_seconds,
     percentile,
     process_cpu_seconds,
+    quick,
     stop,
     wait_until,
 )
@@ -366,11 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="internal: the engine and control socket")
     serve.add_argument("--socket", required=True)
     serve.add_argument("--count", type=int, required=True)
-    quick = bool(os.environ.get("QUICK"))
     parser.add_argument("--jobs", default="1000,10000", help="job counts, comma-separated")
-    parser.add_argument("--duration", type=int, default=5 if quick else 30, help="seconds")
+    parser.add_argument("--duration", type=int, default=5 if quick() else 30, help="seconds")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--triggers", type=int, default=50 if quick else 300)
+    parser.add_argument("--triggers", type=int, default=50 if quick() else 300)
     arguments = parser.parse_args(argv)
     if arguments.command == "serve":
         asyncio.run(_serve(arguments.socket, arguments.count))

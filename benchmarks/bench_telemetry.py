@@ -44,7 +44,7 @@ from typing import Any
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from harness import cpu_seconds
+from harness import cpu_seconds, print_targets, quick
 from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
@@ -219,13 +219,17 @@ def print_overhead(result: dict[str, Any]) -> None:
         " median of the rounds.\n'on' = metrics + spans over OTLP/gRPC (batch processor)"
         " to a receiver on 127.0.0.1."
     )
-    print("\ntelemetry targets")
     overhead_us = result["overhead_us"]
-    for label, ok in (
-        (f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run", overhead_us <= TARGET_OVERHEAD_US),
-        ("every span of every run exported", result["complete"]),
-    ):
-        print(f"  {'ok' if ok else 'MISSED':6} {label}")
+    print_targets(
+        [
+            (
+                f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run",
+                overhead_us <= TARGET_OVERHEAD_US,
+            ),
+            ("every span of every run exported", result["complete"]),
+        ],
+        "telemetry targets",
+    )
 
 
 def main() -> None:
@@ -233,12 +237,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    quick = os.environ.get("QUICK") == "1"
     if arguments.child:
-        run_child(arguments.child, arguments.runs or (5_000 if quick else 20_000))
+        run_child(arguments.child, arguments.runs or (5_000 if quick() else 20_000))
         return
     cpu = int(os.environ.get("BENCH_CPU", max(os.sched_getaffinity(0))))
-    result = measure_overhead(quick=quick, cpu=cpu, runs=arguments.runs)
+    result = measure_overhead(quick=quick(), cpu=cpu, runs=arguments.runs)
     print_overhead(result)
     median = result["median"]
     print(

@@ -14,9 +14,30 @@ import resource
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+
+def quick() -> bool:
+    """Whether ``QUICK`` (set, and not 0) asks for a reduced run."""
+    return os.environ.get("QUICK", "") not in ("", "0")
+
+
+def print_table(rows: Sequence[tuple[str, str]]) -> None:
+    """Rows of (measure, value), aligned, under a heading."""
+    width = max(len(label) for label, _ in rows)
+    print(f"\n{'measure':<{width}}  value")
+    print("-" * (width + 24))
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+
+
+def print_targets(targets: Iterable[tuple[str, bool]], title: str = "targets") -> None:
+    """Each target (what, met) as ``ok`` or ``MISSED``."""
+    print(f"\n{title}")
+    for label, met in targets:
+        print(f"  {'ok' if met else 'MISSED':6} {label}")
 
 
 def cpu_seconds() -> float:
