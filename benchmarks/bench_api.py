@@ -46,10 +46,7 @@ from typing import Any, cast
 import kubernetes
 
 from cluster import (
-    GROUP,
-    PLURAL,
     ROOT,
-    VERSION,
     ControlPlane,
     control_plane,
     is_ready,
@@ -66,6 +63,7 @@ from harness import (
     rss_mb,
     wait_until,
 )
+from podcron.controller.resource import GROUP, PLURAL, VERSION
 
 NAMESPACE = "bench"
 CREATE_THREADS = 8

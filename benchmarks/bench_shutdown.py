@@ -30,9 +30,6 @@ from pathlib import Path
 from typing import Any, cast
 
 from cluster import (
-    GROUP,
-    PLURAL,
-    VERSION,
     control_plane,
     is_ready,
     operator_process,
@@ -40,6 +37,7 @@ from cluster import (
     scheduled_job,
 )
 from harness import print_table, print_targets, quick, wait_until
+from podcron.controller.resource import GROUP, PLURAL, VERSION
 
 NAMESPACE = "bench"
 CREATE_THREADS = 8

@@ -16,6 +16,7 @@ from typing import Any
 import kubernetes
 
 from harness import stop, wait_until
+from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -24,7 +25,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 from controlplane import ControlPlane as ControlPlane  # noqa: E402
 from controlplane import ensure_binaries  # noqa: E402
 
-GROUP, VERSION, PLURAL = "podcron.dev", "v1alpha1", "scheduledjobs"
 CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 #: The line the operator logs once kopf has started.
 OPERATOR_STARTED = b"podcron operator started"
@@ -55,7 +55,7 @@ def scheduled_job(index: int, entry_point: str, every: str = "1s") -> dict[str, 
     """The body of ScheduledJob ``job-<index>``, running ``entry_point`` every ``every``."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ScheduledJob",
+        "kind": KIND,
         "metadata": {"name": f"job-{index:05d}"},
         "spec": {"entryPoint": entry_point, "schedule": {"every": every}},
     }
