@@ -263,9 +263,9 @@ async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> 
 
 
 async def test_zero_jobs_arm_no_timer(engine: Engine) -> None:
-    assert engine._timer is None
+    assert engine.next_wakeup is None
     engine.upsert(spec(lambda ctx: None, every="1h"))
-    assert engine._timer is not None
+    assert engine.next_wakeup is not None
     engine.remove("ns/job")
     engine.upsert(spec(lambda ctx: None, name="other", every="1h", suspended=True))
     await asyncio.sleep(0)

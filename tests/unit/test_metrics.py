@@ -15,6 +15,7 @@ from podcron.controller.probes import ProbeServer
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.telemetry import metrics as metrics_module
 from podcron.telemetry.metrics import DURATION_BUCKETS, LATENESS_BUCKETS, JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, Recorder, spec
 
@@ -129,7 +130,9 @@ def test_forget_removes_every_series_of_the_job_and_no_other(
 
 @pytest.fixture
 async def engine(metrics: JobMetrics) -> AsyncIterator[Engine]:
-    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2, metrics=metrics)
+    engine = Engine(
+        shutdown_timeout_seconds=1.0, worker_threads=2, telemetry=RunTelemetry(metrics=metrics)
+    )
     yield engine
     await engine.shutdown()
 

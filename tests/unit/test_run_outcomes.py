@@ -17,7 +17,7 @@ import pytest
 
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
-from podcron.telemetry import tracing
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, spec
 
@@ -68,20 +68,24 @@ async def test_a_timeout_that_is_no_duration_fails_the_run_with_a_message(
     assert (history.counts.succeeded, history.counts.failed) == (0, 1)
 
 
+class BrokenSpans(RunTelemetry):
+    """Telemetry whose run span cannot open."""
+
+    def start_span(self, **_: Any) -> Any:
+        raise RuntimeError("the span could not open")
+
+
 async def test_an_error_around_the_call_is_a_failure_with_its_message(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    engine = Engine(telemetry=BrokenSpans())
     recorder = Recorder(engine)
     called = False
-
-    def broken_span(**_: Any) -> Any:
-        raise RuntimeError("the span could not open")
 
     async def job(ctx: JobContext) -> None:
         nonlocal called
         called = True
 
-    monkeypatch.setattr(tracing, "start_run_span", broken_span)
     engine.upsert(spec(job, every="1h"))
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 1)
@@ -91,6 +95,7 @@ async def test_an_error_around_the_call_is_a_failure_with_its_message(
     assert finished.error == "RuntimeError: the span could not open"
     assert "run of job ns/job failed around its call" in caplog.text
     assert not engine.snapshot("ns/job").running
+    await engine.shutdown()
 
 
 async def test_a_job_that_raises_cancelled_error_itself_is_a_plain_failure(

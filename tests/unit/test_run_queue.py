@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from podcron.context import JobContext, Trigger
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, spec
 
@@ -18,7 +19,9 @@ from .engine_support import Recorder, spec
 async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_body() -> None:
     registry = CollectorRegistry()
     engine = Engine(
-        max_concurrent_runs=1, shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry)
+        max_concurrent_runs=1,
+        shutdown_timeout_seconds=1.0,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
     )
     recorder = Recorder(engine)
     release = asyncio.Event()
@@ -67,7 +70,9 @@ async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_b
 async def test_allow_queues_at_most_one_tick_per_job() -> None:
     registry = CollectorRegistry()
     engine = Engine(
-        max_concurrent_runs=1, shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry)
+        max_concurrent_runs=1,
+        shutdown_timeout_seconds=1.0,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
     )
     recorder = Recorder(engine)
     release = asyncio.Event()

@@ -37,8 +37,9 @@ from podcron.controller.probes import ProbeServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
-from podcron.telemetry import logs, tracing
+from podcron.telemetry import logs, span_export
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 log = logging.getLogger("podcron.operator")
 
@@ -150,13 +151,14 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     api = _kube_api()
     budget = settings.shutdown_timeout_seconds
+    spans = span_export.configure_tracing()
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
         worker_threads=settings.worker_threads,
         threads_per_job=settings.threads_per_job,
         shutdown_timeout_seconds=run_budget(budget),
-        metrics=JobMetrics(),
+        telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
     )
     writer = StatusWriter(
         api.patch_status,
@@ -173,7 +175,6 @@ async def run(settings: Settings) -> None:
     )
     control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
     await _listen(probes, control, settings)
-    flush_spans = tracing.configure_tracing()
     latency.tune_process()
     registry = kopf.OperatorRegistry()
     Reconciler(
@@ -220,9 +221,10 @@ async def run(settings: Settings) -> None:
         log.info("runs ended %.2fs after the signal", loop.time() - start)
         spans_flushed = (
             asyncio.create_task(
-                asyncio.to_thread(flush_spans, end - loop.time()), name="podcron span flush"
+                asyncio.to_thread(span_export.flush, spans, end - loop.time()),
+                name="podcron span flush",
             )
-            if flush_spans is not None
+            if spans is not None
             else None
         )
         writer_task.cancel()
