@@ -27,9 +27,9 @@ from typing import Any
 
 from podcron import control_protocol as wire
 from podcron.controller import jobmetadata
-from podcron.controller.jobspecs import format_time
 from podcron.engine import Engine, History, JobSnapshot, JobSpec
 from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
+from podcron.runrecord import format_time
 
 log = logging.getLogger("podcron.control")
 

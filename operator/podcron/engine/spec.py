@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from podcron.entrypoints import JobTarget
-from podcron.runrecord import History
+from podcron.runrecord import History, RunRecord
 from podcron.schedules import Schedule
 
 
@@ -46,3 +46,8 @@ class JobSnapshot:
     running: bool
     next_run_time: datetime | None
     history: History
+
+    @property
+    def record(self) -> RunRecord:
+        """Its run record, which :mod:`podcron.runrecord` shapes as JSON."""
+        return RunRecord(self.history, self.next_run_time, self.running)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -26,6 +26,7 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AnyValue, Attributes
 
+from podcron.runrecord import format_time
 from podcron.telemetry.span_export import Pipeline
 
 SPAN_NAME = "podcron.job.run"
@@ -186,11 +187,6 @@ class RunSpan(trace.Span):
                 instrumentation_scope=pipeline.scope,
             )
         )
-
-
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds and ``Z``, as the API and status write times."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def start_run_span(
