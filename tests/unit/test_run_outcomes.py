@@ -19,12 +19,15 @@ from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import Recorder, spec
+from .engine_support import Recorder, engine_on_loop_clock, spec
+
+# On a fake loop clock (engine_support says how).
+pytestmark = pytest.mark.looptime
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0, worker_threads=2)
     yield engine
     await engine.shutdown()
 
@@ -78,7 +81,7 @@ class BrokenSpans(RunTelemetry):
 async def test_an_error_around_the_call_is_a_failure_with_its_message(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    engine = Engine(telemetry=BrokenSpans())
+    engine = engine_on_loop_clock(telemetry=BrokenSpans())
     recorder = Recorder(engine)
     called = False
 
@@ -199,7 +202,7 @@ async def test_a_job_that_swallows_its_timeout_is_still_timed_out(engine: Engine
 
 
 async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothing() -> None:
-    engine = Engine(max_manual_runs=3, shutdown_timeout_seconds=1.0)
+    engine = engine_on_loop_clock(max_manual_runs=3, shutdown_timeout_seconds=1.0)
     recorder = Recorder(engine)
 
     async def job(ctx: JobContext) -> None:
