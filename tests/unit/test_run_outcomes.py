@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from podcron.context import JobContext
-from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
+from podcron.engine import ConcurrencyPolicy, Engine, RunFinished, RunStatus
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
@@ -227,3 +227,29 @@ async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothi
         engine.trigger("ns/allow")
     await recorder.until(lambda: len(recorder.finished("ns/allow")) == 3)
     await engine.shutdown()
+
+
+async def test_a_run_without_a_timeout_enters_no_timeout_guard(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/performance.md: most runs have no timeout, and asyncio.timeout(None) still costs."""
+    finished = asyncio.Event()
+    engine.add_listener(lambda event: finished.set() if isinstance(event, RunFinished) else None)
+    guards: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        guards.append(delay)
+        return real_timeout(delay)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    monkeypatch.setattr(asyncio, "timeout", counted)
+    engine.upsert(spec(job, name="plain", every="1h"))
+    engine.upsert(spec(job, name="bounded", every="1h", timeout_seconds=30))
+    for job_id in ("ns/plain", "ns/bounded"):
+        finished.clear()
+        engine.trigger(job_id)
+        await finished.wait()  # no deadline of its own: it would be one more timeout
+    assert guards == [30]

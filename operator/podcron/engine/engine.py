@@ -140,7 +140,7 @@ class Engine:
         job = self._jobs.get(spec.job_id)
         is_new = job is None
         if job is None:
-            job = JobState(spec=spec, is_async=is_async(spec.target), history=history)
+            job = JobState(spec=spec, is_async=is_async(spec.target), history=history or History())
             self._jobs[spec.job_id] = job
             if self._metrics is not None:
                 self._metrics.job_added(spec.namespace, spec.name)
@@ -231,7 +231,7 @@ class Engine:
             spec=job.spec,
             running=bool(job.active),
             next_run_time=None if job.next_due is None else _utc(job.next_due),
-            history=job.current_history(),
+            history=job.history,
         )
 
     # -- timers -----------------------------------------------------------

@@ -6,12 +6,13 @@ run, the metrics, and one :class:`RunFinished` for the listeners.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from podcron.context import Trigger
 from podcron.engine.events import Listeners, RunFinished
 from podcron.engine.jobs import JobState
-from podcron.runrecord import RunStatus
+from podcron.runrecord import History, RunStatus
 from podcron.telemetry.metrics import JobMetrics
 
 
@@ -28,22 +29,28 @@ def record_outcome(
     listeners: Listeners,
 ) -> None:
     """Record a run that started at ``started`` (None: a skipped tick) and ended ``now``."""
+    history = job.history
+    counts = history.counts
     duration = 0.0
-    job.history = None
     if started is None:
         # A skipped tick is not a run: the last run's outcome stays what status shows.
-        job.skipped += 1
+        counts = replace(counts, skipped=counts.skipped + 1)
+        job.history = replace(history, counts=counts)
     else:
-        job.last_status = status
         duration = now - started
-        job.last_run_time = datetime.fromtimestamp(started, UTC)
-        job.last_duration_seconds = duration
-        job.total += 1
-        if status is RunStatus.SUCCESS:
-            job.succeeded += 1
-        else:
-            job.failed += 1
-            job.last_error = error
+        succeeded = status is RunStatus.SUCCESS
+        job.history = History(
+            last_run_time=datetime.fromtimestamp(started, UTC),
+            last_status=status,
+            last_duration_seconds=duration,
+            last_error=history.last_error if succeeded else error,
+            counts=replace(
+                counts,
+                total=counts.total + 1,
+                succeeded=counts.succeeded + succeeded,
+                failed=counts.failed + (not succeeded),
+            ),
+        )
     spec = job.spec
     if metrics is not None:
         metrics.run_recorded(

@@ -74,19 +74,6 @@ class ActiveRun:
     successors: list[asyncio.Future[None]] | None = None
 
 
-class ActiveRuns(dict[int, ActiveRun]):
-    """A job's active runs by run id.
-
-    A dict subclass because the garbage collector never untracks one: a plain
-    dict would be untracked by each full collection while empty and tracked
-    again by the job's next run, so every job re-entered the collector's
-    oldest generation after every full collection, which set off the next
-    one within seconds at tens of thousands of jobs.
-    """
-
-    __slots__ = ()
-
-
 def error_text(error: BaseException) -> str:
     """The exception as one status line, cut to :data:`ERROR_TEXT_LIMIT` characters."""
     text = "".join(traceback.format_exception_only(error)).strip()
