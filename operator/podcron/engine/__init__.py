@@ -27,6 +27,7 @@ from podcron.engine.events import (
     ThreadReturned,
 )
 from podcron.engine.runner import RUN_TASK_PREFIX
+from podcron.engine.runs import ERROR_TEXT_LIMIT
 from podcron.engine.shutdown import INTERRUPTED, NOT_STARTED
 from podcron.engine.spec import ConcurrencyPolicy, JobSnapshot, JobSpec
 from podcron.runrecord import History, RunCounts, RunStatus
@@ -34,6 +35,7 @@ from podcron.runrecord import History, RunCounts, RunStatus
 __all__ = [
     "ABANDON_AFTER_SECONDS",
     "DISPATCH_BATCH",
+    "ERROR_TEXT_LIMIT",
     "INTERRUPTED",
     "MANUAL_RETRY_AFTER_SECONDS",
     "MAX_SLEEP_SECONDS",
