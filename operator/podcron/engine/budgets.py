@@ -61,9 +61,10 @@ class RunBudgets:
         self._manual_runs += 1
 
     async def acquire(self, run: ActiveRun) -> None:
-        """Wait for what a scheduled run needs to start: a run slot, and a thread for a def."""
-        if run.manual:
-            return
+        """Wait for what a scheduled run needs to start: a run slot, and a thread for a def.
+
+        Manual runs take neither (they have their own budget): only call this for others.
+        """
         await self._slots.acquire()
         run.holds_slot = True
         if not run.is_async:

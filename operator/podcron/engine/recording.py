@@ -6,13 +6,12 @@ run, the metrics, and one :class:`RunFinished` for the listeners.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from podcron.context import Trigger
 from podcron.engine.events import Listeners, RunFinished
 from podcron.engine.jobs import JobState
-from podcron.runrecord import History, RunStatus
+from podcron.runrecord import History, RunCounts, RunStatus
 from podcron.telemetry.metrics import JobMetrics
 
 
@@ -34,8 +33,19 @@ def record_outcome(
     duration = 0.0
     if started is None:
         # A skipped tick is not a run: the last run's outcome stays what status shows.
-        counts = replace(counts, skipped=counts.skipped + 1)
-        job.history = replace(history, counts=counts)
+        counts = RunCounts(
+            total=counts.total,
+            succeeded=counts.succeeded,
+            failed=counts.failed,
+            skipped=counts.skipped + 1,
+        )
+        job.history = History(
+            last_run_time=history.last_run_time,
+            last_status=history.last_status,
+            last_duration_seconds=history.last_duration_seconds,
+            last_error=history.last_error,
+            counts=counts,
+        )
     else:
         duration = now - started
         succeeded = status is RunStatus.SUCCESS
@@ -44,11 +54,11 @@ def record_outcome(
             last_status=status,
             last_duration_seconds=duration,
             last_error=history.last_error if succeeded else error,
-            counts=replace(
-                counts,
+            counts=RunCounts(
                 total=counts.total + 1,
                 succeeded=counts.succeeded + succeeded,
                 failed=counts.failed + (not succeeded),
+                skipped=counts.skipped,
             ),
         )
     spec = job.spec

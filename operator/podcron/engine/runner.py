@@ -142,7 +142,12 @@ class Runner:
         try:
             if run.cancel_reason is not None:  # cancelled before its task began
                 raise asyncio.CancelledError
-            await self._start(run, replaced)
+            # Queued: waiting is lateness, never duration, and the timeout clock has not started.
+            if replaced:
+                await _until_ended(replaced)
+            if not run.manual:
+                await self._budgets.acquire(run)
+            self._start(run)
             await execute(run, self._telemetry, parent, self._budgets.pool)
         except asyncio.CancelledError:
             if run.started is None:
@@ -169,11 +174,8 @@ class Runner:
         finally:
             self._finish(job, run_id, run)
 
-    async def _start(self, run: ActiveRun, replaced: list[ActiveRun] | None) -> None:
-        """Wait while queued (lateness, never duration: the timeout has not started), then start."""
-        if replaced:
-            await _until_ended(replaced)
-        await self._budgets.acquire(run)
+    def _start(self, run: ActiveRun) -> None:
+        """The run's body starts now: it is late by the time it waited."""
         started = run.started = self._clock.wall()
         lateness = started - run.scheduled_time.timestamp()
         if self._metrics is not None:

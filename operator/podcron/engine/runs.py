@@ -131,58 +131,47 @@ async def execute(
             cancelled=run.cancellation,
             trace_context=trace_context,
         )
-        await _call(run, ctx, trace_context, span, pool)
-
-
-async def _call(
-    run: ActiveRun,
-    ctx: JobContext,
-    trace_context: otel_context.Context,
-    span: trace.Span,
-    pool: concurrent.futures.Executor,
-) -> None:
-    target = run.spec.target
-    timeout = run.spec.timeout_seconds
-    guard = None if timeout is None else asyncio.timeout(timeout)
-    try:
-        async with guard or NO_TIMEOUT:
-            if run.is_async:
-                token = otel_context.attach(trace_context)
-                try:
-                    await target(ctx)
-                finally:
-                    otel_context.detach(token)
+        target = spec.target
+        guard = None if timeout is None else asyncio.timeout(timeout)
+        try:
+            async with guard or NO_TIMEOUT:
+                if run.is_async:
+                    token = otel_context.attach(trace_context)
+                    try:
+                        await target(ctx)
+                    finally:
+                        otel_context.detach(token)
+                else:
+                    run.thread = pool.submit(_call_in_thread, target, ctx)
+                    await asyncio.wrap_future(run.thread)
+        except TimeoutError as timeout_error:
+            if guard is not None and guard.expired():
+                run.error = _timed_out(run, span, ctx, timeout_error)
+            else:  # the job's own TimeoutError, not its deadline
+                run.error = _failed(span, ctx, timeout_error)
+        except asyncio.CancelledError as cancelled:
+            if run.cancel_reason is not None:
+                run.error = run.cancel_reason
+                record_failure(span, cancelled, description=run.error)
+                ctx.log.error("run cancelled: %s", run.error)
             else:
-                run.thread = pool.submit(_call_in_thread, target, ctx)
-                await asyncio.wrap_future(run.thread)
-    except TimeoutError as timeout_error:
-        if guard is not None and guard.expired():
-            run.error = _timed_out(run, span, ctx, timeout_error)
-        else:  # the job's own TimeoutError, not its deadline
-            run.error = _failed(span, ctx, timeout_error)
-    except asyncio.CancelledError as cancelled:
-        if run.cancel_reason is not None:
-            run.error = run.cancel_reason
-            record_failure(span, cancelled, description=run.error)
-            ctx.log.error("run cancelled: %s", run.error)
+                # The job raised it itself, or awaited something that was
+                # cancelled: a failure like any other exception.
+                run.error = _failed(span, ctx, cancelled)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # someone else cancels this task: let them see it
+        except BaseException as failure:
+            run.error = _failed(span, ctx, failure)
         else:
-            # The job raised it itself, or awaited something that was
-            # cancelled: a failure like any other exception.
-            run.error = _failed(span, ctx, cancelled)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # someone else cancels this task: let them see it
-    except BaseException as failure:
-        run.error = _failed(span, ctx, failure)
-    else:
-        if guard is not None and guard.expired():
-            # It swallowed the timeout's cancellation and returned late.
-            run.error = _timed_out(run, span, ctx, TimeoutError())
-        elif run.cancel_reason is None:
-            run.status = RunStatus.SUCCESS
-        else:  # cancelled by the engine, yet returned: still cut short
-            run.error = run.cancel_reason
-            record_failure(span, asyncio.CancelledError(), description=run.error)
+            if guard is not None and guard.expired():
+                # It swallowed the timeout's cancellation and returned late.
+                run.error = _timed_out(run, span, ctx, TimeoutError())
+            elif run.cancel_reason is None:
+                run.status = RunStatus.SUCCESS
+            else:  # cancelled by the engine, yet returned: still cut short
+                run.error = run.cancel_reason
+                record_failure(span, asyncio.CancelledError(), description=run.error)
 
 
 def _failed(span: trace.Span, ctx: JobContext, failure: BaseException) -> str:
