@@ -513,9 +513,10 @@ def ensure_images(docker: str) -> str:
 
 
 def _go_builds() -> tuple[Path, Path, Path]:
-    kubectl = ensure_binaries().kubectl
+    # The node's commands first: the longest build, and it needs no lock another run holds.
+    binaries = _timed("Go builds of the node", ensure_node_binaries)
     kind = ensure_kind()
-    return _timed("Go builds of the node", ensure_node_binaries), kubectl, kind
+    return binaries, ensure_binaries().kubectl, kind
 
 
 def _debian_images(builder: Builder) -> None:
