@@ -51,8 +51,10 @@ e2e: venv binaries
 kind-images: venv binaries
 	$(PY) tools/kindimages.py
 
+# Unit and integration first, then the kind suite (its first run builds the node image).
 test: venv binaries lint
 	$(PY) -m pytest tests --ignore=tests/e2e
+	$(PY) -m pytest tests/e2e
 
 demo: venv binaries
 	$(PY) tools/demo.py
