@@ -41,7 +41,7 @@ from helmtool import Helm
 from kindcluster import kind_cluster
 
 from ..chart import CHART, ROOT
-from ..integration.conftest import wait_for
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.timeout(5400)  # a cold machine builds the node image first
 
