@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint unit integration e2e binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown
+.PHONY: demo test lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,12 +44,19 @@ unit: venv
 integration: venv binaries
 	$(PY) -m pytest tests/integration
 
-# kind: a cluster from kind-config.yaml, the image, the chart (needs kind and Docker; else skipped).
+# kind: a cluster from kind-config.yaml, the image, the chart. Docker is installed and started
+# where missing; where no registry answers, kind's node image is built here first (kind-images).
 e2e: venv binaries
 	$(PY) -m pytest tests/e2e
 
+# kind's node image and a Python base for the Dockerfile, built with no registry (docs/kind.md).
+kind-images: venv binaries
+	$(PY) tools/kindimages.py
+
+# Unit and integration first, then the kind suite (its first run builds the node image).
 test: venv binaries lint
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/e2e
+	$(PY) -m pytest tests/e2e
 
 demo: venv binaries
 	$(PY) tools/demo.py

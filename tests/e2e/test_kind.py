@@ -1,26 +1,29 @@
 """End to end on kind: the image, the chart and the examples in a real cluster, kubelet and all.
 
-One cluster serves the module: created from kind-config.yaml, the image built from the
-Dockerfile and loaded into it, the chart installed with `helm install --wait` (both
-containers must become ready), the examples applied. Then: runs show in status, a pod in
-the cluster lists and triggers jobs over the Service, a caller from outside the pod network
-is refused, kubectl triggers a run, and after `helm uninstall` every ScheduledJob and its
-namespace delete at once. The cluster is deleted afterwards (PODCRON_E2E_KEEP_CLUSTER=1
+One cluster serves the module (tools/kindcluster.py): stock kind images where a registry
+answers, else a node image built here (tools/kindimages.py); podcron's image built from the
+Dockerfile, plus a job module of the suite's own, loaded into it; the chart installed with
+`helm install --wait`, the examples applied. Then what a cluster adds over a bare API server:
+the pod's own ServiceAccount, probes as the kubelet runs them, the read-only root file system
+and UID 65532, the System API from a pod (allowed) and from outside (refused), a `helm
+upgrade` the new pod picks up, SIGTERM from `kubectl delete pod`, and `helm uninstall`
+leaving nothing but the CRD. The cluster is deleted afterwards (PODCRON_E2E_KEEP_CLUSTER=1
 keeps it for a look around).
 
-Needs kind, a running Docker engine, helm (built from the Go module proxy like the local
-control plane) and kubectl; skipped, with the reason, where one is missing. Run it with
-`make e2e`.
+Needs a container engine (Docker; Debian's docker.io is installed and started where missing)
+and Go. Skipped, with the reason, only where no engine can run. Run it with `make e2e`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,22 +32,46 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+import kindengine
 from controlplane import ensure_binaries
 from gobuild import BinariesUnavailable
 from helmtool import Helm
+from kindcluster import kind_cluster
 
 from ..chart import CHART, ROOT
 from ..waiting import wait_for
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = pytest.mark.timeout(5400)  # a cold machine builds the node image first
 
 CLUSTER = "podcron-e2e"
 IMAGE_REPOSITORY, IMAGE_TAG = "podcron", "e2e"
 IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
 RELEASE = "podcron"
+RELEASE_SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
 SYSTEM = "podcron-system"
+# Short, so that a pod deleted with a run active records it within seconds.
+SHUTDOWN_TIMEOUT_SECONDS, GRACE_PERIOD_SECONDS = 5, 15
+# The suite's own job module, added to podcron's image as users add theirs; allowed only
+# once `helm upgrade` sets allowedModules.
+E2E_JOBS = """
+import asyncio
+
+
+async def hold(ctx):
+    ctx.log.info("holding run of %s started", ctx.job_id)
+    await asyncio.sleep(3600)  # deaf to ctx.cancelled: only the shutdown's cancel ends it
+"""
+HOLDING = """
+apiVersion: podcron.dev/v1alpha1
+kind: ScheduledJob
+metadata: {name: holding}
+spec:
+  entryPoint: e2e_jobs:hold
+  schedule: {daily: {at: "02:30"}}
+  suspend: true
+"""
 JOBS = "podcron-e2e-jobs"
 SERVICE_URL = f"http://{RELEASE}.{SYSTEM}.svc:8080"
 EXAMPLES = ("hello", "cleanup", "report")
@@ -101,18 +128,6 @@ def _run(*command: str, timeout: float = 600, input: str | None = None) -> str:
     return result.stdout
 
 
-def _docker_engine() -> tuple[str | None, str]:
-    """The docker CLI if it reaches a running engine, else why not."""
-    docker = shutil.which("docker")
-    if docker is None:
-        return None, "no container engine: `docker` is not installed"
-    info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60, check=False)
-    if info.returncode != 0:
-        said = (info.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"no container engine: `docker info` failed: {said}"
-    return docker, ""
-
-
 def _kubectl() -> tuple[str | None, str]:
     """kubectl from PATH, else the one built for the local control plane; else why not."""
     found = shutil.which("kubectl")
@@ -132,6 +147,8 @@ class Cluster:
     kubectl_binary: str
     helm: Helm
     outside_port: int  # the host port kind maps to NODE_PORT
+    docker: str
+    node: str  # the node's container
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         """kubectl against the cluster; its output."""
@@ -145,13 +162,28 @@ class Cluster:
 
     def ready(self, name: str) -> bool:
         """Whether the job's Ready condition is True."""
+        return self.condition(name, "Ready").get("status") == "True"
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        """The job's condition of type ``kind`` ({} if none)."""
         conditions = self.status(name).get("conditions") or ()
-        return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return next((c for c in conditions if c.get("type") == kind), {})
 
     def succeeded(self, name: str) -> int:
         """The job's successful runs, as its status counts them."""
         runs: dict[str, int] = self.status(name).get("runs") or {}
         return runs.get("succeeded", 0)
+
+    def pods(self) -> list[dict[str, Any]]:
+        """The release's pods, not those being deleted."""
+        found = json.loads(
+            self.kubectl("get", "pods", "-n", SYSTEM, "-l", RELEASE_SELECTOR, "-o", "json")
+        )["items"]
+        return [pod for pod in found if not pod["metadata"].get("deletionTimestamp")]
+
+    def on_node(self, *command: str) -> str:
+        """Run ``command`` in the node's container (as the kubelet's neighbour)."""
+        return _run(self.docker, "exec", self.node, *command)
 
 
 def _free_port() -> int:
@@ -162,43 +194,36 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(helm: Helm, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    kind = shutil.which("kind")
-    docker, no_docker = _docker_engine()
+def cluster(helm: Helm) -> Iterator[Cluster]:
     kubectl, no_kubectl = _kubectl()
-    if kind is None or docker is None or kubectl is None:
-        missing = [no_docker, no_kubectl]
-        if kind is None:
-            missing.insert(0, "kind is not installed (https://kind.sigs.k8s.io)")
-        pytest.skip("; ".join(reason for reason in missing if reason))
-    workdir = tmp_path_factory.mktemp("kind")
-
-    # kind-config.yaml as it is, but for the cluster's name and a free host port, so that
-    # this cluster can live next to one made for the README's quick start.
-    config = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
-    config["name"] = CLUSTER
-    outside_port = _free_port()
-    config["nodes"][0]["extraPortMappings"][0]["hostPort"] = outside_port
-    (workdir / "kind-config.yaml").write_text(yaml.safe_dump(config))
-    kubeconfig = workdir / "kubeconfig"
-    if CLUSTER in _run(kind, "get", "clusters").split():  # left by an interrupted run
-        _run(kind, "delete", "cluster", "--name", CLUSTER)
-    try:
-        _run(
-            kind,
-            "create",
-            "cluster",
-            f"--config={workdir / 'kind-config.yaml'}",
-            f"--kubeconfig={kubeconfig}",
-            "--wait=180s",
-            timeout=600,
+    if kubectl is None:
+        pytest.skip(no_kubectl)
+    with contextlib.ExitStack() as stack:
+        try:
+            docker = stack.enter_context(kindengine.docker_engine())
+        except kindengine.EngineUnavailable as error:
+            pytest.skip(str(error))
+        keep = bool(os.environ.get("PODCRON_E2E_KEEP_CLUSTER"))
+        outside_port = _free_port()
+        made = stack.enter_context(kind_cluster(docker, CLUSTER, outside_port, keep=keep))
+        # podcron's image plus a job module of the suite's own, the way users add theirs.
+        with tempfile.TemporaryDirectory() as context:
+            (Path(context) / "e2e_jobs.py").write_text(E2E_JOBS)
+            (Path(context) / "Dockerfile").write_text(
+                f"FROM {made.image}\nCOPY e2e_jobs.py /opt/e2e/\nENV PYTHONPATH=/opt/e2e\n"
+            )
+            _run(docker, "build", "--tag", IMAGE, context)
+        made.load(IMAGE)
+        yield Cluster(
+            made.kubeconfig, kubectl, helm, outside_port, docker, f"{CLUSTER}-control-plane"
         )
-        _run(docker, "build", "--tag", IMAGE, str(ROOT), timeout=1200)
-        _run(kind, "load", "docker-image", IMAGE, "--name", CLUSTER)
-        yield Cluster(kubeconfig, kubectl, helm, outside_port)
-    finally:
-        if not os.environ.get("PODCRON_E2E_KEEP_CLUSTER"):
-            _run(kind, "delete", "cluster", "--name", CLUSTER)
+
+
+INSTALL_VALUES = (
+    f"image.repository={IMAGE_REPOSITORY},image.tag={IMAGE_TAG},image.pullPolicy=Never,"
+    f"shutdownTimeoutSeconds={SHUTDOWN_TIMEOUT_SECONDS},"
+    f"terminationGracePeriodSeconds={GRACE_PERIOD_SECONDS}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +237,7 @@ def installed(cluster: Cluster) -> Cluster:
         SYSTEM,
         "--create-namespace",
         "--set",
-        f"image.repository={IMAGE_REPOSITORY},image.tag={IMAGE_TAG},image.pullPolicy=Never",
+        INSTALL_VALUES,
         "--wait",
         "--timeout=5m",
         kubeconfig=cluster.kubeconfig,
@@ -229,21 +254,99 @@ def installed(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def test_both_containers_run_as_the_unprivileged_user(installed: Cluster) -> None:
-    pod = json.loads(
-        installed.kubectl(
-            "get", "pods", "-n", SYSTEM, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json"
-        )
-    )["items"]
-    assert len(pod) == 1
-    statuses = {s["name"]: s for s in pod[0]["status"]["containerStatuses"]}
+def _exec(cluster: Cluster, container: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            cluster.kubectl_binary,
+            f"--kubeconfig={cluster.kubeconfig}",
+            "exec",
+            "-n",
+            SYSTEM,
+            f"deployment/{RELEASE}",
+            "-c",
+            container,
+            "--",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_both_containers_run_as_the_unprivileged_user_on_a_read_only_root(
+    installed: Cluster,
+) -> None:
+    pods = installed.pods()
+    assert len(pods) == 1
+    statuses = {s["name"]: s for s in pods[0]["status"]["containerStatuses"]}
     assert set(statuses) == {"operator", "sidecar"}
     assert all(s["ready"] for s in statuses.values())
     for container in statuses:
-        uid = installed.kubectl(
-            "exec", "-n", SYSTEM, f"deployment/{RELEASE}", "-c", container, "--", "id", "-u"
-        )
-        assert uid.strip() == "65532"
+        assert _exec(installed, container, "id", "-u").stdout.strip() == "65532"
+        written = _exec(installed, container, "touch", "/opt/podcron/written")
+        assert written.returncode != 0
+        assert "Read-only file system" in written.stderr
+        # /tmp is the one writable place (an emptyDir).
+        assert _exec(installed, container, "touch", "/tmp/written").returncode == 0
+
+
+def test_the_operator_talks_to_the_api_as_its_service_account(installed: Cluster) -> None:
+    # No kubeconfig anywhere: the in-cluster configuration, from the pod's own token.
+    probe = _exec(
+        installed,
+        "operator",
+        "python",
+        "-c",
+        "import os, pathlib; "
+        "print(os.environ.get('KUBECONFIG', '-'), os.environ['KUBERNETES_SERVICE_HOST'], "
+        "pathlib.Path('/var/run/secrets/kubernetes.io/serviceaccount/token').stat().st_size > 0)",
+    )
+    kubeconfig, service_host, has_token = probe.stdout.split()
+    assert (kubeconfig, has_token) == ("-", "True")
+    assert service_host == installed.kubectl(
+        "get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}"
+    )
+    account = installed.pods()[0]["spec"]["serviceAccountName"]
+    assert account == RELEASE
+    # What the operator did (a status written) is what its account may do, and no more.
+    subject = f"system:serviceaccount:{SYSTEM}:{account}"
+    can = functools.partial(installed.kubectl, "auth", "can-i", f"--as={subject}")
+    assert can("patch", "scheduledjobs/status", "-n", JOBS).strip() == "yes"
+    refused = subprocess.run(
+        [
+            installed.kubectl_binary,
+            f"--kubeconfig={installed.kubeconfig}",
+            "auth",
+            "can-i",
+            f"--as={subject}",
+            "delete",
+            "pods",
+            "-n",
+            JOBS,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.stdout.strip() == "no"
+    assert installed.succeeded("hello") >= 1
+
+
+def test_the_kubelet_probes_pass_from_the_node_address(installed: Cluster) -> None:
+    pod = installed.pods()[0]
+    statuses = {s["name"]: s for s in pod["status"]["containerStatuses"]}
+    # started: the sidecar's startup probe passed; ready: both readiness probes; no
+    # restart: liveness has never failed.
+    assert statuses["sidecar"]["started"] is True
+    assert all(s["ready"] and s["restartCount"] == 0 for s in statuses.values())
+    # As the kubelet calls them, from the node: the probe port answers every address.
+    ip = pod["status"]["podIP"]
+    curl = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5")
+    assert installed.on_node(*curl, f"http://{ip}:8081/healthz") == "200"
+    assert installed.on_node(*curl, f"http://{ip}:8081/readyz") == "200"
+    assert installed.on_node(*curl, f"http://{ip}:9090/readyz") == "200"
 
 
 def test_examples_run_and_report_in_status(installed: Cluster) -> None:
@@ -347,14 +450,81 @@ def test_kubectl_triggers_a_run(installed: Cluster) -> None:
 
 
 def test_metrics_count_the_runs(installed: Cluster) -> None:
-    metrics = installed.kubectl(
+    exposition = installed.kubectl(
         "get", "--raw", f"/api/v1/namespaces/{SYSTEM}/services/{RELEASE}:metrics/proxy/metrics"
     )
-    labels = f'namespace="{JOBS}",name="hello",trigger="scheduled",status="success"'
-    assert f"podcron_job_runs_total{{{labels}}}" in metrics
+    runs = {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "podcron_job_runs_total"
+    }
+    labels = {"namespace": JOBS, "name": "hello", "trigger": "scheduled", "status": "success"}
+    assert runs.get(tuple(sorted(labels.items())), 0) >= 1, runs
 
 
-def test_helm_uninstall_leaves_no_scheduled_job_stuck(installed: Cluster) -> None:
+def test_helm_upgrade_allowing_a_module_reaches_the_new_pod(installed: Cluster) -> None:
+    installed.kubectl("apply", "-n", JOBS, "-f", "-", input=HOLDING)
+    wait_for(
+        lambda: installed.condition("holding", "Ready").get("status") == "False",
+        timeout=60,
+        interval=1,
+        what="the job of a module not allowed refused in status",
+    )
+    before = installed.pods()[0]["metadata"]["name"]
+    installed.helm.run(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        SYSTEM,
+        "--reuse-values",
+        "--set",
+        "allowedModules={e2e_jobs}",
+        "--wait",
+        "--timeout=5m",
+        kubeconfig=installed.kubeconfig,
+    )
+    pods = installed.pods()
+    assert [pod["metadata"]["name"] for pod in pods] != [before]
+    wait_for(
+        functools.partial(installed.ready, "holding"),
+        timeout=60,
+        interval=1,
+        what="the job of the allowed module Ready",
+    )
+
+
+def test_kubectl_delete_pod_records_the_interrupted_run(installed: Cluster) -> None:
+    installed.kubectl(
+        "annotate", "scheduledjob", "holding", "-n", JOBS, "podcron.dev/run-now=e2e", "--overwrite"
+    )
+    wait_for(
+        lambda: installed.status("holding").get("running") is True,
+        timeout=60,
+        interval=1,
+        what="the holding run active in status",
+    )
+    pod = installed.pods()[0]["metadata"]["name"]
+    # Returns once the pod is gone: the kubelet sent SIGTERM and the operator exited.
+    installed.kubectl("delete", "pod", pod, "-n", SYSTEM, f"--timeout={GRACE_PERIOD_SECONDS + 30}s")
+    found = installed.status("holding")
+    assert found["running"] is False
+    assert found["lastRunStatus"] == "failure"
+    assert found["lastError"].startswith("Interrupted: the operator shut down")
+    assert found["runs"]["failed"] == 1
+    # The Deployment's next pod takes over, and the examples keep running.
+    installed.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", SYSTEM, "--timeout=180s")
+    before = installed.succeeded("hello")
+    wait_for(
+        lambda: installed.succeeded("hello") > before,
+        timeout=60,
+        interval=1,
+        what="hello running under the next pod",
+    )
+
+
+def test_helm_uninstall_leaves_only_the_crd(installed: Cluster) -> None:
     installed.helm.run(
         "uninstall", RELEASE, "--namespace", SYSTEM, "--wait", kubeconfig=installed.kubeconfig
     )
@@ -363,3 +533,13 @@ def test_helm_uninstall_leaves_no_scheduled_job_stuck(installed: Cluster) -> Non
     installed.kubectl("delete", "namespace", JOBS, "--timeout=120s")
     left = installed.kubectl("get", "scheduledjobs", "--all-namespaces", "-o", "name")
     assert left.strip() == ""
+    kinds = (
+        "all,configmaps,secrets,serviceaccounts,roles,rolebindings,networkpolicies,"
+        "clusterroles,clusterrolebindings"
+    )
+    labelled = installed.kubectl(
+        "get", kinds, "--all-namespaces", "-l", RELEASE_SELECTOR, "-o", "name"
+    )
+    assert labelled.strip() == ""
+    crd = installed.kubectl("get", "crd", "-o", "name")
+    assert "customresourcedefinition.apiextensions.k8s.io/scheduledjobs.podcron.dev" in crd

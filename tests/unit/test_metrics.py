@@ -294,5 +294,6 @@ def test_a_jobs_series_are_one_object_the_garbage_collector_tracks() -> None:
             ended_at=1e9,
         )
     gc.collect()
-    # The job's array; prometheus-client's labelled metrics would add about forty.
-    assert len(gc.get_objects()) - before <= 1000
+    # About one array per job (plus the odd cache entry); prometheus-client's
+    # labelled metrics would add about forty per job.
+    assert len(gc.get_objects()) - before < 2 * 1000
