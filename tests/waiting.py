@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,13 @@ import pytest
 def wait_for(
     condition: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = ""
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds.
+
+    The deadline guards against a hang, not for speed: on a machine whose load
+    exceeds its cores it is stretched by that ratio (at most fourfold), as the
+    processes under test are slowed by it too.
+    """
+    timeout *= load_factor()
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
@@ -21,3 +28,12 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+def load_factor() -> float:
+    """How much slower than idle this machine runs now: 1 to 4."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not every platform reports a load
+        return 1.0
+    return min(4.0, max(1.0, load / (os.cpu_count() or 1)))
