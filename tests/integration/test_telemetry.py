@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controlplane import ControlPlane
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
-from .conftest import OperatorProcess, wait_for
+from .conftest import TEARDOWN_STOP_SECONDS, OperatorProcess, wait_for
 from .scheduledjobs import apply, manifest, namespace_for_module, started_operator
 from .sidecar_process import SidecarProcess, client, free_port
 
@@ -126,7 +126,7 @@ def deployment(
             deployment = Deployment(operator, f"http://127.0.0.1:{port}", namespace)
             yield deployment
         finally:
-            operator.stop(signal.SIGKILL)
+            operator.stop(timeout=TEARDOWN_STOP_SECONDS)
 
 
 @pytest.fixture(scope="module")
