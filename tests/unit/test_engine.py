@@ -25,6 +25,9 @@ from podcron.errors import JobAlreadyRunning, JobNotFound
 
 from .engine_support import DEADLINE, Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 
 @pytest.fixture
 async def engine() -> Any:

@@ -12,6 +12,9 @@ from podcron.engine import Engine, History, RunStatus
 
 from .engine_support import Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 # 30 February: valid, as in Kubernetes CronJob, and never comes.
 NO_SUCH_DATE = {"cron": "0 0 30 2 *"}
 

@@ -12,6 +12,9 @@ from podcron.engine import Engine, RunStatus
 
 from .engine_support import Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 
 @pytest.fixture
 async def engine() -> Any:

@@ -21,6 +21,9 @@ from podcron.telemetry import tracing
 
 from .engine_support import Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:

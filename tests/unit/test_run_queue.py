@@ -14,6 +14,9 @@ from podcron.telemetry.metrics import JobMetrics
 
 from .engine_support import Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 
 async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_body() -> None:
     registry = CollectorRegistry()
