@@ -18,6 +18,9 @@ from controlplane import ControlPlane
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
+# Stopping an operator after its tests: SIGTERM (so that it saves its coverage data), then
+# SIGKILL if it has not exited within this long.
+TEARDOWN_STOP_SECONDS = 15.0
 _namespaces = itertools.count()
 
 
@@ -102,7 +105,8 @@ def start_operator(crd: ControlPlane, tmp_path: Path) -> Iterator[Callable[..., 
 
     yield start
     for operator in started:
-        operator.stop(signal.SIGKILL if operator.process.poll() is None else signal.SIGTERM)
+        # SIGTERM, as the kubelet stops it: the process then saves its coverage data.
+        operator.stop(timeout=TEARDOWN_STOP_SECONDS)
 
 
 def get_job(control_plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ One operator serves the module, watching only its namespace and allowing the tes
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from controlplane import ControlPlane
 
 from ..waiting import wait_for
-from .conftest import ROOT, OperatorProcess
+from .conftest import ROOT, TEARDOWN_STOP_SECONDS, OperatorProcess
 from .scheduledjobs import (
     apply,
     manifest,
@@ -70,7 +69,7 @@ def view(crd: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         try:
             yield View(crd, namespace, operator)
         finally:
-            operator.stop(signal.SIGKILL)
+            operator.stop(timeout=TEARDOWN_STOP_SECONDS)
 
 
 def condition(found: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import pytest
 from controlplane import ControlPlane
 
 from ..waiting import wait_for
-from .conftest import ROOT, OperatorProcess, get_job
+from .conftest import ROOT, TEARDOWN_STOP_SECONDS, OperatorProcess, get_job
 from .scheduledjobs import (
     annotate,
     apply,
@@ -95,7 +94,7 @@ def cluster(crd: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iter
             wait_ready(crd, watched, "steady", reason="Scheduled", timeout=30)
             yield Cluster(crd, watched, second, unwatched, operator, canaries)
         finally:
-            operator.stop(signal.SIGKILL)
+            operator.stop(timeout=TEARDOWN_STOP_SECONDS)
 
 
 # name: (spec, Ready reason, the field the message names)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import schemathesis
 from controlplane import ControlPlane
 
 from ..waiting import wait_for
-from .conftest import ROOT, OperatorProcess
+from .conftest import ROOT, TEARDOWN_STOP_SECONDS, OperatorProcess
 from .sidecar_process import OPENAPI, SidecarProcess, client, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -89,7 +88,7 @@ def operator(
 ) -> Iterator[Operator]:
     operator = Operator(crd, tmp_path_factory.mktemp("operator"), namespace)
     yield operator
-    operator.process.stop(signal.SIGKILL)
+    operator.process.stop(timeout=TEARDOWN_STOP_SECONDS)
 
 
 def _sidecar(

@@ -31,7 +31,7 @@ from controlplane import ControlPlane
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from ..waiting import wait_for
-from .conftest import OperatorProcess
+from .conftest import TEARDOWN_STOP_SECONDS, OperatorProcess
 from .scheduledjobs import apply, manifest, namespace_for_module, started_operator
 from .sidecar_process import SidecarProcess, client, free_port
 
@@ -127,7 +127,7 @@ def deployment(
             deployment = Deployment(operator, f"http://127.0.0.1:{port}", namespace)
             yield deployment
         finally:
-            operator.stop(signal.SIGKILL)
+            operator.stop(timeout=TEARDOWN_STOP_SECONDS)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,8 @@ from podcron.sidecar.discovery import Ignored, MinimumPrefixes, pod_cidrs
         ("10.1.2.3:8080", "10.1.2.3"),
         ("fd00::1", "fd00::1"),
         ("[fd00::1]:8080", "fd00::1"),
+        # The address is what the first pair of brackets holds.
+        ("[fd00::1]:8080]", "fd00::1"),
         ("::ffff:10.1.2.3", "10.1.2.3"),
         ("[::ffff:127.0.0.2]:443", "127.0.0.2"),
         ("unknown", None),

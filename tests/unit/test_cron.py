@@ -12,6 +12,7 @@ import pytest
 
 from podcron.errors import InvalidSchedule
 from podcron.schedules import Cron, parse_schedule
+from podcron.schedules.cron import parse as cron_parse
 
 
 def utc(text: str) -> datetime:
@@ -150,3 +151,8 @@ def test_refusals_say_why_in_one_line(expression: str, message: str) -> None:
     assert text.startswith("spec.schedule.cron: ")
     assert message in text
     assert "\n" not in text.removesuffix(f"(got {expression!r})")
+
+
+def test_the_last_wall_time_is_found_in_year_1() -> None:
+    # From March of year 2 back to June of year 1: the search may cross into year 1.
+    assert cron_parse("0 0 1 6 *").last_wall(datetime(2, 3, 1)) == datetime(1, 6, 1)

@@ -15,6 +15,9 @@ from .engine_support import Recorder, engine_on_loop_clock, spec
 # On a fake loop clock (engine_support says how).
 pytestmark = pytest.mark.looptime
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 # 30 February: valid, as in Kubernetes CronJob, and never comes.
 NO_SUCH_DATE = {"cron": "0 0 30 2 *"}
 

@@ -28,6 +28,9 @@ from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, E, Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 # How long a hung body waits at most: far beyond any test, yet finite.
 HUNG_FOR = 60.0
 

@@ -25,6 +25,9 @@ from podcron.sidecar.operator_client import OperatorClient
 
 from .engine_support import Recorder, spec
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 HUNG_FOR = 60.0
 
 

@@ -24,6 +24,9 @@ from .engine_support import Recorder, engine_on_loop_clock, spec
 # On a fake loop clock (engine_support says how).
 pytestmark = pytest.mark.looptime
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:

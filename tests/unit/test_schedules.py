@@ -889,6 +889,18 @@ def test_parse_duration_refuses(text: str) -> None:
 
 # -- invalid input -------------------------------------------------------------------
 
+
+@pytest.mark.parametrize(
+    ("text", "shown"), [("0ms", "0s"), ("0h", "0s"), ("0s", "0s"), ("500ms", "500ms")]
+)
+def test_an_interval_under_a_second_is_shown_in_its_canonical_spelling(
+    text: str, shown: str
+) -> None:
+    with pytest.raises(InvalidSchedule) as caught:
+        parse_schedule({"every": text})
+    assert str(caught.value) == f"spec.schedule.every: must be at least 1s (got {shown!r})"
+
+
 INVALID_CASES: list[tuple[Any, str | None, type[Exception], str]] = [
     ({"every": "0s"}, "UTC", InvalidSchedule, "spec.schedule.every"),
     ({"every": "500ms"}, "UTC", InvalidSchedule, "spec.schedule.every"),

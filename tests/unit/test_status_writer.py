@@ -13,6 +13,9 @@ import pytest
 from podcron.controller.status import StatusWriter, merge
 from podcron.errors import ObjectGone, TransientApiError
 
+# Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
+pytestmark = pytest.mark.asyncio_debug
+
 
 class RecordingApi:
     """Stands in for the API server's status endpoint; can fail on request."""
