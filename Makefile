@@ -22,10 +22,11 @@ $(BENCH_STAMP): $(STAMP)
 	rm -f $(VENV)/.bench-*
 	touch $@
 
-# kube-apiserver, kubectl, etcd and helm, built from the Go module proxy once and cached.
+# kube-apiserver, kubectl, etcd, helm and promtool, built from the Go module proxy once and cached.
 binaries: venv
 	$(PY) tools/controlplane.py binaries
 	$(PY) tools/helmtool.py
+	$(PY) tools/promtool.py
 
 # The chart ships a copy of the CRD; tests/unit/test_chart_crds.py fails until it is refreshed.
 chart-crds:
