@@ -310,6 +310,15 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
+def _last_success(history: History | None) -> float | None:
+    """When the last run ended, if status says it succeeded (status keeps only the last run)."""
+    if history is None or history.last_status is not RunStatus.SUCCESS:
+        return None
+    if history.last_run_time is None:
+        return None
+    return history.last_run_time.timestamp() + (history.last_duration_seconds or 0.0)
+
+
 def _error_text(error: BaseException) -> str:
     text = "".join(traceback.format_exception_only(error)).strip()
     return (
@@ -452,17 +461,23 @@ class Engine:
             )
             self._watchdog.start()
         job = self._jobs.get(spec.job_id)
-        is_new = job is None
+        is_new, rescheduled = job is None, False
         if job is None:
             job = _Job(spec=spec, is_async=_is_async(spec.target), history=history)
             self._jobs[spec.job_id] = job
             if self._metrics is not None:
-                self._metrics.job_added(spec.namespace, spec.name)
+                self._metrics.job_added(
+                    spec.namespace, spec.name, last_success=_last_success(history)
+                )
         else:
+            rescheduled = job.spec.schedule != spec.schedule
             job.spec = spec
             job.is_async = _is_async(spec.target)
         now = time.time()
         self._arm(job, after=now)
+        if self._metrics is not None and (job.next_due is None or rescheduled):
+            # Until its next tick the interval is unknown (a new schedule) or none (suspended).
+            self._metrics.job_interval(spec.namespace, spec.name, None)
         if is_new and history is not None:
             self._catch_up(job, history, now)
         self._set_timer()
@@ -616,6 +631,10 @@ class Engine:
             # run time. Ticks missed while the loop was blocked (or the clock
             # jumped) are coalesced into this one, not fired as a burst.
             self._arm(job, after=max(due, now))
+            if self._metrics is not None:
+                following = job.next_due
+                interval = None if following is None else following - due
+                self._metrics.job_interval(job.spec.namespace, job.spec.name, interval)
             try:
                 self._dispatch(job, Trigger.SCHEDULED, _utc(due), parent=None, manual=False)
             except Exception:  # a listener or a schedule bug must not stop the other jobs
@@ -732,6 +751,7 @@ class Engine:
         # Not a success until the body has returned: anything that goes wrong
         # on the way (the deadline, telemetry, the context) fails the run.
         status, error, started = RunStatus.FAILURE, None, None
+        trace_id = 0  # the run's sampled trace, the exemplar of its lateness and duration
         try:
             if run.cancel_reason is not None:  # cancelled before its task began
                 raise asyncio.CancelledError
@@ -768,6 +788,9 @@ class Engine:
                 scheduled_time=scheduled_time,
                 parent=parent,
             ) as span:
+                trace_id = tracing.sampled_trace_id(span)
+                if trace_id and self._metrics is not None:
+                    self._metrics.run_traced(trigger, lateness, trace_id)
                 trace_context = trace.set_span_in_context(span, parent)
                 ctx = JobContext(
                     job_id=spec.job_id,
@@ -857,6 +880,7 @@ class Engine:
                     RunStatus.SKIPPED if started is None else status,
                     started,
                     error,
+                    trace_id,
                 )
             if not finished:
                 self._await_thread(job, run_id, run)
@@ -984,6 +1008,7 @@ class Engine:
         status: RunStatus,
         started: float | None,
         error: str | None,
+        trace_id: int = 0,
     ) -> None:
         if job.removed:
             return
@@ -1012,6 +1037,7 @@ class Engine:
                 status=status,
                 duration_seconds=None if started is None else duration,
                 ended_at=time.time(),
+                trace_id=trace_id,
             )
         self._emit(
             RunFinished(
