@@ -310,6 +310,14 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
+def _interval(job: _Job, now: float) -> float | None:
+    """From the job's latest tick to its next, as armed; None while it has no next tick."""
+    if job.next_due is None:
+        return None
+    latest = job.spec.schedule.last_at_or_before(_utc(now))
+    return None if latest is None else job.next_due - latest.timestamp()
+
+
 def _last_success(history: History | None) -> float | None:
     """When the last run ended, if status says it succeeded (status keeps only the last run)."""
     if history is None or history.last_status is not RunStatus.SUCCESS:
@@ -461,7 +469,7 @@ class Engine:
             )
             self._watchdog.start()
         job = self._jobs.get(spec.job_id)
-        is_new, rescheduled = job is None, False
+        is_new = job is None
         if job is None:
             job = _Job(spec=spec, is_async=_is_async(spec.target), history=history)
             self._jobs[spec.job_id] = job
@@ -470,14 +478,12 @@ class Engine:
                     spec.namespace, spec.name, last_success=_last_success(history)
                 )
         else:
-            rescheduled = job.spec.schedule != spec.schedule
             job.spec = spec
             job.is_async = _is_async(spec.target)
         now = time.time()
         self._arm(job, after=now)
-        if self._metrics is not None and (job.next_due is None or rescheduled):
-            # Until its next tick the interval is unknown (a new schedule) or none (suspended).
-            self._metrics.job_interval(spec.namespace, spec.name, None)
+        if self._metrics is not None:
+            self._metrics.job_interval(spec.namespace, spec.name, _interval(job, now))
         if is_new and history is not None:
             self._catch_up(job, history, now)
         self._set_timer()

@@ -230,8 +230,10 @@ async def test_the_engine_feeds_every_metric(engine: Engine, registry: Collector
     assert registry.get_sample_value(
         "podcron_job_failures_in_a_row", broken_labels
     ) == outcomes.count("broken", RunStatus.FAILURE)
-    # Each tick arms the next: the gap between them is the schedule's.
+    # From registration, and as each tick arms the next: the gap between ticks.
     assert registry.get_sample_value("podcron_job_interval_seconds", ok_labels) == 1.0
+    engine.upsert(spec(ok, "ok", every="5m"))
+    assert registry.get_sample_value("podcron_job_interval_seconds", ok_labels) == 300
     engine.upsert(spec(ok, "ok", every="1s", suspended=True))
     assert registry.get_sample_value("podcron_job_interval_seconds", ok_labels) is None
 
@@ -244,6 +246,20 @@ async def test_the_engine_feeds_every_metric(engine: Engine, registry: Collector
         )
         is None
     )
+
+
+async def test_a_jobs_interval_is_known_from_registration(
+    engine: Engine, registry: CollectorRegistry
+) -> None:
+    async def idle(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(idle, "daily", schedule={"daily": {"at": "02:30"}}))
+    engine.upsert(spec(idle, "paused", every="1m", suspended=True))
+    daily = {"namespace": "ns", "name": "daily"}
+    assert registry.get_sample_value("podcron_job_interval_seconds", daily) == 86_400
+    paused = {"namespace": "ns", "name": "paused"}
+    assert registry.get_sample_value("podcron_job_interval_seconds", paused) is None
 
 
 # No proxy from the environment: these requests stay on loopback.

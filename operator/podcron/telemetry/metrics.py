@@ -76,7 +76,7 @@ TRACE_ID_LABEL = "trace_id"
 # status), the duration histogram's per-bucket counts (not cumulative; +Inf
 # last) and sum, the last success time (NaN until there is one), the runs
 # that failed since the last success, and the gap between the job's latest
-# tick and its next one (NaN until the engine has armed it after a tick).
+# tick and its next one (NaN while it has no next tick: suspended).
 _RUN_SERIES = tuple((trigger, status) for trigger in TRIGGERS for status in STATUSES)
 _RUN_AT = {labels: index for index, labels in enumerate(_RUN_SERIES)}
 _SHOWN_AT_ZERO = frozenset(_RUN_AT[labels] for labels in INITIAL_RUN_LABELS)
@@ -104,7 +104,7 @@ _FAILURES_IN_A_ROW_HELP = (
     "Runs of a job that failed since its last successful run (since the operator started)."
 )
 _INTERVAL_HELP = (
-    "Seconds from a job's latest tick to its next one; absent while suspended or before a tick."
+    "Seconds from a job's latest tick to its next one; absent while it has none (suspended)."
 )
 
 
