@@ -1,4 +1,4 @@
-"""Telemetry benchmark (issue 6): the CPU a run costs with telemetry on versus off.
+"""Telemetry benchmark: the CPU a run costs with telemetry on versus off.
 
 Run with ``python benchmarks/bench_telemetry.py`` (``make bench-telemetry``;
 ``QUICK=1`` for a reduced run). It prints a table and, as its last line, a
@@ -34,7 +34,6 @@ import asyncio
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from typing import Any
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from harness import cpu_seconds, print_targets, quick
 from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
@@ -62,13 +62,8 @@ BATCH = 50  # the manual-run budget the benchmark's engine is given
 WARMUP_RUNS = 1_000
 # Runs between exports of the span queue; below the batch processor's queue size (2048).
 EXPORT_EVERY = 1_000
+# Target: metrics and spans together add at most 100 us of CPU to a run.
 TARGET_OVERHEAD_US = 100.0
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (all threads), user plus system."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class ManualRuns:
@@ -224,13 +219,17 @@ def print_overhead(result: dict[str, Any]) -> None:
         " median of the rounds.\n'on' = metrics + spans over OTLP/gRPC (batch processor)"
         " to a receiver on 127.0.0.1."
     )
-    print("\ntelemetry targets")
     overhead_us = result["overhead_us"]
-    for label, ok in (
-        (f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run", overhead_us <= TARGET_OVERHEAD_US),
-        ("every span of every run exported", result["complete"]),
-    ):
-        print(f"  {'ok' if ok else 'MISSED':6} {label}")
+    print_targets(
+        [
+            (
+                f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run",
+                overhead_us <= TARGET_OVERHEAD_US,
+            ),
+            ("every span of every run exported", result["complete"]),
+        ],
+        "telemetry targets",
+    )
 
 
 def main() -> None:
@@ -238,12 +237,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    quick = os.environ.get("QUICK") == "1"
     if arguments.child:
-        run_child(arguments.child, arguments.runs or (5_000 if quick else 20_000))
+        run_child(arguments.child, arguments.runs or (5_000 if quick() else 20_000))
         return
     cpu = int(os.environ.get("BENCH_CPU", max(os.sched_getaffinity(0))))
-    result = measure_overhead(quick=quick, cpu=cpu, runs=arguments.runs)
+    result = measure_overhead(quick=quick(), cpu=cpu, runs=arguments.runs)
     print_overhead(result)
     median = result["median"]
     print(

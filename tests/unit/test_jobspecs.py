@@ -1,4 +1,4 @@
-"""From a ScheduledJob's spec to the engine's record: the timing fields' bounds."""
+"""From a ScheduledJob's spec to the engine's record: the fields outside the schedule."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from podcron.controller.jobspecs import MAX_TIMEOUT_SECONDS, build_spec
-from podcron.errors import InvalidSchedule
+from podcron.errors import InvalidJobSpec, InvalidSchedule
 
 INT64_MAX = 2**63 - 1
 
@@ -20,10 +20,10 @@ def _build(**fields: Any) -> Any:
 @pytest.mark.parametrize("seconds", [MAX_TIMEOUT_SECONDS + 1, 300_000_000_000, INT64_MAX, 0, -1])
 def test_a_timeout_out_of_bounds_is_refused(seconds: int) -> None:
     # The CRD refuses these; an object stored before it did still reaches the operator.
-    with pytest.raises(InvalidSchedule) as caught:
+    with pytest.raises(InvalidJobSpec) as caught:
         _build(timeoutSeconds=seconds)
     assert str(caught.value).startswith("spec.timeoutSeconds: must be ")
-    assert caught.value.reason == "InvalidSchedule"
+    assert caught.value.reason == "InvalidSpec"
 
 
 @pytest.mark.parametrize("seconds", [1, MAX_TIMEOUT_SECONDS])
@@ -35,3 +35,20 @@ def test_a_timeout_within_bounds_is_kept(seconds: int) -> None:
 def test_any_starting_deadline_the_api_server_stores_is_kept(seconds: int) -> None:
     # Only compared with the age of a missed tick: no bound is needed (nor has CronJob one).
     assert _build(startingDeadlineSeconds=seconds).starting_deadline_seconds == float(seconds)
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"concurrencyPolicy": "Sometimes"}, "spec.concurrencyPolicy"),
+        ({"args": ["a list"]}, "spec.args"),
+        ({"timeoutSeconds": "soon"}, "spec.timeoutSeconds"),
+    ],
+)
+def test_a_bad_field_outside_the_schedule_is_an_invalid_spec_not_schedule(
+    fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidJobSpec) as caught:
+        _build(**fields)
+    assert not isinstance(caught.value, InvalidSchedule)
+    assert (caught.value.field, caught.value.reason) == (field, "InvalidSpec")

@@ -1,4 +1,4 @@
-"""JobMetadata: a job as the System API shows it (DESIGN.md, camelCase). No I/O.
+"""JobMetadata: a job as the System API shows it (camelCase; the sidecar's openapi.yaml). No I/O.
 
 Times are RFC 3339 UTC with milliseconds, exactly as in the ScheduledJob's
 status, so a job reads the same in ``kubectl`` and over ``/_sys/job``.
@@ -14,7 +14,7 @@ from podcron.engine import JobSnapshot
 
 
 def job_metadata(snapshot: JobSnapshot) -> dict[str, Any]:
-    """The JobMetadata object of DESIGN.md for one engine snapshot."""
+    """The JobMetadata object of the System API for one engine snapshot."""
     spec, history = snapshot.spec, snapshot.history
     schedule, counts = spec.schedule, history.counts
     duration = history.last_duration_seconds
