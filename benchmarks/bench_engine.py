@@ -70,8 +70,9 @@ from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import Engine, JobSpec
 from podcron.schedules import Every
-from podcron.telemetry import tracing
+from podcron.telemetry import span_export
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 SEED = 20240603
 MIN_INTERVAL_MS = 1_000
@@ -140,13 +141,13 @@ def draw_intervals(count: int) -> list[int]:
 
 
 async def start_podcron(
-    intervals: Sequence[int], record: Record, *, metrics: JobMetrics | None = None
+    intervals: Sequence[int], record: Record, *, telemetry: RunTelemetry | None = None
 ) -> object:
     """The engine with one ``Every`` job per interval; the body records its lateness.
 
     As in the operator, a task freezes the heap once the jobs are registered.
     """
-    engine = Engine(metrics=metrics)
+    engine = Engine(telemetry=telemetry)
     freezer = asyncio.create_task(latency.freeze_after_registrations(lambda: engine.job_count))
 
     async def body(ctx: JobContext) -> None:
@@ -214,11 +215,12 @@ async def start_floor(intervals: Sequence[int], record: Record) -> object:
 
 
 async def start_podcron_telemetry(intervals: Sequence[int], record: Record) -> object:
-    """The engine as the operator runs it with telemetry on: metrics, spans over OTLP.
-
-    Tracing was configured when the process started, as the operator does.
-    """
-    return await start_podcron(intervals, record, metrics=JobMetrics(CollectorRegistry()))
+    """The engine as the operator runs it with telemetry on: metrics, spans over OTLP."""
+    spans = span_export.configure_tracing()
+    if spans is None:
+        raise RuntimeError("no OTLP endpoint: the parent sets OTEL_EXPORTER_OTLP_ENDPOINT")
+    telemetry = RunTelemetry(metrics=JobMetrics(CollectorRegistry()), spans=spans)
+    return await start_podcron(intervals, record, telemetry=telemetry)
 
 
 SYSTEMS: dict[str, System] = {
@@ -418,8 +420,6 @@ def run_child(kind: str, jobs: int) -> None:
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     settings = Settings.from_env()
     dropped = DroppedSpans()
-    if kind == "telemetry" and tracing.configure_tracing() is None:
-        raise RuntimeError("no OTLP endpoint: the parent sets OTEL_EXPORTER_OTLP_ENDPOINT")
     # Every system runs in a process set up as the operator's is.
     latency.tune_process()
     if kind == "idle":

@@ -49,8 +49,9 @@ from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
 from podcron.schedules import Every
-from podcron.telemetry import tracing
+from podcron.telemetry import span_export
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -75,10 +76,10 @@ class ManualRuns:
 
     JOB_ID = "bench/noop"
 
-    def __init__(self, metrics: JobMetrics | None = None) -> None:
+    def __init__(self, telemetry: RunTelemetry | None = None) -> None:
         self._finished = 0
         self._batch_done = asyncio.Event()
-        self.engine = Engine(listeners=[self._on_event], metrics=metrics, max_manual_runs=BATCH)
+        self.engine = Engine(listeners=[self._on_event], telemetry=telemetry, max_manual_runs=BATCH)
 
         async def noop(ctx: JobContext) -> None:
             pass
@@ -114,17 +115,17 @@ class ManualRuns:
 async def measure(mode: str, runs: int) -> dict[str, Any]:
     """CPU per manual run of a no-op job in ``mode``; the child's whole job."""
     metrics = JobMetrics(CollectorRegistry()) if mode in ("metrics", "on") else None
-    flush = tracing.configure_tracing()
+    spans = span_export.configure_tracing()
     latency.tune_process()  # as the operator starts
-    if (flush is not None) != (mode in ("tracing", "on")):
-        raise RuntimeError(f"mode {mode}: tracing is {'on' if flush else 'off'}")
-    manual = ManualRuns(metrics)
+    if (spans is not None) != (mode in ("tracing", "on")):
+        raise RuntimeError(f"mode {mode}: tracing is {'on' if spans else 'off'}")
+    manual = ManualRuns(RunTelemetry(metrics=metrics, spans=spans))
     provider: Any = trace.get_tracer_provider()
 
     async def run(count: int) -> None:
         for _ in range(count // EXPORT_EVERY):
             await manual.run(EXPORT_EVERY)
-            if flush is not None:
+            if spans is not None:
                 # This loop never waits, so the idle-priority export thread
                 # would starve and spans would be dropped: export the queue
                 # here, the same encoding work in the same process's CPU.
@@ -133,7 +134,7 @@ async def measure(mode: str, runs: int) -> dict[str, Any]:
     await run(WARMUP_RUNS)
     cpu_start = cpu_seconds()
     await run(runs)
-    if flush is not None and not flush(5.0):
+    if spans is not None and not span_export.flush(spans, 5.0):
         raise RuntimeError("spans were not flushed in time")
     cpu = cpu_seconds() - cpu_start
     await manual.engine.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,7 @@ from podcron.controller.probes import ProbeServer
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 from podcron.telemetry import metrics as metrics_module
 from podcron.telemetry.metrics import DURATION_BUCKETS, LATENESS_BUCKETS, JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, Recorder, spec
 
@@ -170,7 +172,9 @@ def test_forget_removes_every_series_of_the_job_and_no_other(
 
 @pytest.fixture
 async def engine(metrics: JobMetrics) -> AsyncIterator[Engine]:
-    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2, metrics=metrics)
+    engine = Engine(
+        shutdown_timeout_seconds=1.0, worker_threads=2, telemetry=RunTelemetry(metrics=metrics)
+    )
     yield engine
     await engine.shutdown()
 
@@ -433,3 +437,26 @@ def test_the_label_values_are_the_engines_triggers_and_statuses() -> None:
     # metrics.py lists them itself, since telemetry does not import the engine.
     assert tuple(Trigger) == metrics_module.TRIGGERS
     assert tuple(RunStatus) == metrics_module.STATUSES
+
+
+def test_a_jobs_series_are_one_object_the_garbage_collector_tracks() -> None:
+    """docs/performance.md: one array per job, not prometheus-client's labelled metrics."""
+    jobs = JobMetrics(CollectorRegistry())
+    # A first job, so that the dict of jobs already holds a tracked object (an empty one is
+    # untracked, and would count once more below).
+    jobs.job_added("shop", "first")
+    gc.collect()
+    before = len(gc.get_objects())
+    for index in range(1000):
+        jobs.job_added("shop", f"job-{index}")
+        jobs.run_recorded(
+            "shop",
+            f"job-{index}",
+            trigger="scheduled",
+            status="success",
+            duration_seconds=0.1,
+            ended_at=1e9,
+        )
+    gc.collect()
+    # The job's array; prometheus-client's labelled metrics would add about forty.
+    assert len(gc.get_objects()) - before <= 1000

@@ -28,6 +28,7 @@ from typing import Any
 
 import kopf
 
+from podcron import runrecord
 from podcron.config import Settings
 from podcron.controller import jobspecs, resource
 from podcron.controller.conditions import JobConditions
@@ -172,7 +173,7 @@ class Reconciler:
             )
         else:
             # Ignored for a job the engine already runs: its own history is newer.
-            snapshot = self._engine.upsert(job_spec, history=jobspecs.history_from_status(status))
+            snapshot = self._engine.upsert(job_spec, history=runrecord.history_from_status(status))
             if job_spec.suspended:
                 condition = self._conditions.set_ready(
                     jid, ok=True, reason="Suspended", message="suspended: no runs are scheduled"
@@ -185,7 +186,7 @@ class Reconciler:
                     message=f"scheduled {job_spec.schedule.human_readable}",
                 )
             patch |= jobspecs.schedule_status(job_spec.schedule)
-            patch |= jobspecs.run_status(snapshot)
+            patch |= runrecord.run_status(snapshot.record)
         patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)
@@ -206,7 +207,7 @@ class Reconciler:
             snapshot = self._engine.snapshot(event.job_id)
         except JobNotFound:
             return
-        patch = jobspecs.run_status(snapshot)
+        patch = runrecord.run_status(snapshot.record)
         if isinstance(event, RunFinished) and event.status is not RunStatus.SKIPPED:
             succeeded = event.status is RunStatus.SUCCESS
             self._conditions.run_ended(event.job_id, succeeded=succeeded, error=event.error)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
@@ -40,8 +41,9 @@ from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
 from podcron.errors import StartupError
-from podcron.telemetry import logs, tracing
+from podcron.telemetry import logs, span_export
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 log = logging.getLogger("podcron.operator")
 
@@ -255,13 +257,14 @@ async def run(settings: Settings) -> None:
     """
     loop = asyncio.get_running_loop()
     api = _kube_api()
+    spans = span_export.configure_tracing()
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
         worker_threads=settings.worker_threads,
         threads_per_job=settings.threads_per_job,
         shutdown_timeout_seconds=run_budget(settings.shutdown_timeout_seconds),
-        metrics=JobMetrics(),
+        telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
     )
     writer = StatusWriter(
         api.patch_status,
@@ -286,7 +289,7 @@ async def run(settings: Settings) -> None:
 
     async with contextlib.AsyncExitStack() as teardown:
         await _listen(probes, control, shutdown, settings, teardown)
-        flush_spans = tracing.configure_tracing()
+        flush_spans = None if spans is None else functools.partial(span_export.flush, spans)
         latency.tune_process()
         # Started before kopf, so that kopf's sweep of leftover tasks leaves them alone.
         background = [

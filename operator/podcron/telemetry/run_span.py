@@ -1,49 +1,22 @@
-"""The one span per run, and its export over OTLP by the OpenTelemetry SDK.
+"""The one span per run: opened by the engine just before a job's body starts.
 
-Until :func:`configure_tracing` installs a pipeline, a run's span is the
-API's invalid, non-recording span, so tracing costs next to nothing when no
-exporter is configured. The exporter is configured the standard way, by the
-``OTEL_*`` environment variables, and nothing else.
+Without a span pipeline (:mod:`podcron.telemetry.span_export`) a run's span is
+the API's invalid, non-recording span, so tracing costs next to nothing when
+no exporter is configured.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import logging
-import os
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import datetime
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.attributes import BoundedAttributes
-from opentelemetry.sdk.environment_variables import (
-    OTEL_EXPORTER_OTLP_ENDPOINT,
-    OTEL_EXPORTER_OTLP_PROTOCOL,
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
-    OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
-    OTEL_SDK_DISABLED,
-)
-from opentelemetry.sdk.resources import (
-    SERVICE_NAME,
-    SERVICE_VERSION,
-    OTELResourceDetector,
-    Resource,
-)
-from opentelemetry.sdk.trace import (
-    Event,
-    ReadableSpan,
-    SpanLimits,
-    SpanProcessor,
-    TracerProvider,
-)
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.sampling import Decision
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.exception_attributes import (
     EXCEPTION_ESCAPED,
     EXCEPTION_MESSAGE,
@@ -53,18 +26,14 @@ from opentelemetry.semconv.attributes.exception_attributes import (
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.util.types import AnyValue, Attributes
 
-SPAN_NAME = "podcron.job.run"
-TRACER_NAME = "podcron"
-DEFAULT_SERVICE_NAME = "podcron"
-#: podcron's version: the instrumentation scope's and the resource's ``service.version``.
-VERSION = importlib.metadata.version("podcron")
+from podcron.runrecord import format_time
+from podcron.telemetry.span_export import Pipeline
 
-log = logging.getLogger("podcron.telemetry")
+SPAN_NAME = "podcron.job.run"
+
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
-# Set by configure_tracing; None while tracing is off.
-_pipeline: Pipeline | None = None
 
 
 def parent_from_headers(headers: Mapping[str, str]) -> otel_context.Context | None:
@@ -220,12 +189,8 @@ class RunSpan(trace.Span):
         )
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds and ``Z``, as the API and status write times."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def start_run_span(
+    pipeline: Pipeline | None,
     *,
     job_id: str,
     trigger: str,
@@ -233,9 +198,9 @@ def start_run_span(
     scheduled_time: datetime,
     parent: otel_context.Context | None,
 ) -> trace.Span:
-    """Open the run's span, a child of ``parent`` when the run was triggered with one.
+    """Open the run's span for ``pipeline``, a child of ``parent`` when the run has one.
 
-    Tracing off gives a non-recording span in the caller's trace (invalid
+    No pipeline (tracing off) gives a non-recording span in the caller's trace (invalid
     without one); a sampler that drops the run, a non-recording span with
     the run's own ids, which it propagates unsampled. End the span
     by leaving it as a context manager. It is not made current here: the
@@ -243,7 +208,6 @@ def start_run_span(
     code runs.
     """
     parent_context = trace.get_current_span(parent).get_span_context()
-    pipeline = _pipeline
     if pipeline is None:
         # As the API's no-op tracer does: the caller's trace, if any, passes through.
         return (
@@ -291,137 +255,3 @@ def record_failure(span: trace.Span, error: BaseException, *, description: str) 
     """Mark the span failed, with the exception recorded."""
     span.record_exception(error)
     span.set_status(Status(StatusCode.ERROR, description))
-
-
-def _otlp_exporter(protocol: str) -> SpanExporter | None:
-    # Imported only when asked for: gRPC alone takes a noticeable time to load,
-    # and an operator without a collector should not pay for it. Each exporter
-    # reads its endpoint, headers, TLS, timeout and compression from OTEL_*.
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcSpanExporter,
-        )
-
-        return GrpcSpanExporter()
-    if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpSpanExporter,
-        )
-
-        return HttpSpanExporter()
-    return None
-
-
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """Where spans go: the SDK tracer provider and the batch processor that exports its spans.
-
-    Run spans take the provider's sampler, id generator and resource and go
-    to its processor; spans that job code opens go through the provider.
-    """
-
-    provider: TracerProvider
-    processor: SpanProcessor
-    scope: InstrumentationScope
-    limits: SpanLimits
-
-    @classmethod
-    def of(cls, provider: TracerProvider, processor: SpanProcessor) -> Pipeline:
-        """Run spans for ``processor``, which must be one of ``provider``'s processors."""
-        # The scope and limits the provider gives podcron's tracer.
-        return cls(provider, processor, InstrumentationScope(TRACER_NAME, VERSION), SpanLimits())
-
-
-def pipeline_from_environment() -> Pipeline | None:
-    """An SDK pipeline exporting over OTLP as ``OTEL_*`` says; ``None`` without an endpoint.
-
-    ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` picks ``grpc`` (the default, as
-    in the Python SDK's own auto-configuration) or ``http/protobuf``. The SDK
-    itself reads the sampler (``OTEL_TRACES_SAMPLER``), the batch processor's
-    limits (``OTEL_BSP_*``), span limits (``OTEL_SPAN_*``, ``OTEL_ATTRIBUTE_*``)
-    and the resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``,
-    defaulting here to ``podcron``). ``OTEL_SDK_DISABLED=true`` turns tracing off.
-    """
-    env = os.environ
-    endpoint = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or env.get(OTEL_EXPORTER_OTLP_ENDPOINT)
-    if not endpoint or env.get(OTEL_SDK_DISABLED, "").strip().lower() == "true":
-        return None
-    protocol = (
-        env.get(OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
-        or env.get(OTEL_EXPORTER_OTLP_PROTOCOL)
-        or "grpc"
-    ).strip()
-    exporter = _otlp_exporter(protocol)
-    if exporter is None:
-        # A telemetry setting must not stop jobs from running: say so, run without.
-        log.warning(
-            "tracing is off: OTLP protocol %r is not supported (use grpc or http/protobuf)",
-            protocol,
-        )
-        return None
-    # The environment's service name, if any, wins over podcron's default.
-    resource = Resource.create(
-        {SERVICE_NAME: DEFAULT_SERVICE_NAME, SERVICE_VERSION: VERSION}
-    ).merge(OTELResourceDetector().detect())
-    provider = TracerProvider(resource=resource)
-    before = set(threading.enumerate())
-    processor = BatchSpanProcessor(exporter)
-    _idle_priority(set(threading.enumerate()) - before)
-    provider.add_span_processor(processor)
-    log.info("exporting spans over OTLP/%s to %s", protocol, endpoint)
-    return Pipeline.of(provider, processor)
-
-
-def _idle_priority(threads: Iterable[threading.Thread]) -> None:
-    """Let ``threads`` (the batch processor's) have the CPU only when no other thread wants it.
-
-    Encoding spans takes ~23 µs each and holds the GIL; on a busy core the
-    export thread and the event loop took turns, and runs due during an
-    export started twice as late. At Linux's idle scheduling class (or, where
-    refused, at nice 19) the thread exports when the loop waits. Under a load
-    that leaves no idle time, spans queue up and the processor drops the
-    excess (``OTEL_BSP_MAX_QUEUE_SIZE``) rather than delaying jobs.
-    """
-    for thread in threads:
-        native_id = thread.native_id
-        if native_id is None:
-            continue
-        try:
-            os.sched_setscheduler(native_id, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            try:
-                os.setpriority(os.PRIO_PROCESS, native_id, 19)
-            except OSError as error:
-                log.debug("span export thread keeps its priority: %s", error)
-
-
-def configure_tracing() -> Callable[[float], bool] | None:
-    """Install the OTLP-exporting pipeline when ``OTEL_*`` configures an endpoint.
-
-    Returns the function to call on graceful shutdown: it exports the spans
-    still queued, waiting at most the seconds it is given (what is left of
-    the shutdown budget), and says whether it finished in time. Returns
-    ``None`` when tracing stays off.
-    """
-    global _pipeline
-    pipeline = pipeline_from_environment()
-    if pipeline is None:
-        return None
-    trace.set_tracer_provider(pipeline.provider)
-    _pipeline = pipeline
-
-    def flush(timeout: float) -> bool:
-        # The SDK's shutdown waits for a collector that does not answer for
-        # as long as its own export timeout allows; the pod's grace period is
-        # shorter, so wait in a daemon thread that exit does not join.
-        worker = threading.Thread(
-            target=pipeline.provider.shutdown, name="podcron-span-flush", daemon=True
-        )
-        worker.start()
-        worker.join(max(0.0, timeout))
-        if worker.is_alive():
-            log.warning("spans not fully exported within %.1fs at shutdown", timeout)
-            return False
-        return True
-
-    return flush
