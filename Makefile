@@ -29,10 +29,11 @@ $(MUTATION_STAMP): $(STAMP)
 	rm -f $(VENV)/.mutation-*
 	touch $@
 
-# kube-apiserver, kubectl, etcd and helm, built from the Go module proxy once and cached.
+# kube-apiserver, kubectl, etcd, helm and promtool, built from the Go module proxy once and cached.
 binaries: venv
 	$(PY) tools/controlplane.py binaries
 	$(PY) tools/helmtool.py
+	$(PY) tools/promtool.py
 
 # The chart and the package (for `podcron validate`) ship copies of the CRD;
 # tests/unit/test_chart_crds.py fails until they are refreshed.

@@ -58,6 +58,28 @@ CUSTOM_VALUES: dict[str, Any] = {
         },
     },
     "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prometheus"}},
+    "prometheusRule": {
+        "enabled": True,
+        "labels": {"release": "prometheus"},
+        "scrapeJob": "podcron-operator",
+        "runbookURL": "https://docs.example.com/podcron/alerts",
+        "failuresInARow": 2,
+        "missedIntervals": 4,
+        "latenessP99Seconds": 0.5,
+        "for": {
+            "notSucceeding": "10m",
+            "scheduleLate": "30m",
+            "operatorDown": "2m",
+            "operatorNotReady": "15m",
+            "runsQueued": "30m",
+            "threadsAbandoned": "1m",
+        },
+    },
+    "grafanaDashboard": {
+        "enabled": True,
+        "labels": {"grafana_dashboard": "podcron"},
+        "annotations": {"grafana_folder": "Jobs"},
+    },
     "serviceAccount": {
         "create": True,
         "name": "jobs-runner",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from controlplane import ControlPlane, ensure_binaries
 from gobuild import BinariesUnavailable
 from helmtool import Helm, ensure_helm
+from promtool import ensure_promtool
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +39,15 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
     except BinariesUnavailable as error:
         pytest.skip(reason=f"no helm: {error}")
     return Helm(binary, tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """The pinned promtool (built on first use, like helm), for the chart's alert rules.
+
+    Skipped, with the reason, where it is not cached and cannot be built (no Go toolchain).
+    """
+    try:
+        return ensure_promtool()
+    except BinariesUnavailable as error:
+        pytest.skip(reason=f"no promtool: {error}")

@@ -206,11 +206,13 @@ def test_rendered_objects_pass_a_server_side_dry_run(
     crd: ControlPlane, helm: Helm, tmp_path: Path, namespace: str, values: dict[str, Any]
 ) -> None:
     if values:
-        # Roles go into the watched namespaces, which must exist. The ServiceMonitor's CRD
-        # (Prometheus Operator) is not installed here: its rendering is a unit test's job.
+        # Roles go into the watched namespaces, which must exist. The CRDs of ServiceMonitor
+        # and PrometheusRule (Prometheus Operator) are not installed here: their rendering is
+        # the unit tests' job.
         values = values | {
             "watchNamespaces": [namespace, "default"],
             "serviceMonitor": CUSTOM_VALUES["serviceMonitor"] | {"enabled": False},
+            "prometheusRule": CUSTOM_VALUES["prometheusRule"] | {"enabled": False},
         }
     objects = render(helm, tmp_path, values, namespace=namespace, include_crds=True)
     result = crd.kubectl(

@@ -25,11 +25,15 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import ControlPlane
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
+from ..alerting import used_metrics
 from ..waiting import wait_for
 from .conftest import TEARDOWN_STOP_SECONDS, OperatorProcess
 from .scheduledjobs import apply, manifest, namespace_for_module, started_operator
@@ -225,6 +229,66 @@ def test_counters_histograms_and_gauges_move_with_runs(
     )
 
 
+def test_every_metric_the_dashboard_and_alerts_use_is_exported(deployment: Deployment) -> None:
+    reached(deployment, OUTCOMES)
+    wanted = used_metrics()
+
+    def missing() -> set[str]:
+        return wanted - {name for name, _ in deployment.scrape()}
+
+    # A job's interval appears once the engine has armed it after a tick.
+    wait_for(lambda: not missing(), timeout=10, interval=0.3, what="every metric in /metrics")
+
+
+#: OpenMetrics exemplars by (sample name, job name or "" for the operator's) -> trace id.
+Exemplars = dict[tuple[str, str], str]
+
+
+@pytest.fixture(scope="module")
+def exemplars(deployment: Deployment) -> Exemplars:
+    """The exemplars of an OpenMetrics scrape, once lateness and both jobs' durations have one."""
+    wanted = {
+        ("podcron_job_schedule_lateness_seconds_bucket", ""),
+        ("podcron_job_duration_seconds_bucket", "hello"),
+        ("podcron_job_duration_seconds_bucket", "broken"),
+    }
+
+    def scraped() -> Exemplars | None:
+        response = client().get(
+            f"{deployment.metrics_url}/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+            timeout=5,
+        )
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        found: Exemplars = {}
+        # prometheus-client's OpenMetrics parser has no type hints.
+        for family in openmetrics_families(response.text):  # type: ignore[no-untyped-call]
+            for sample in family.samples:
+                if sample.exemplar is not None:
+                    assert set(sample.exemplar.labels) == {"trace_id"}
+                    key = (sample.name, sample.labels.get("name", ""))
+                    found[key] = sample.exemplar.labels["trace_id"]
+        return found if wanted <= set(found) else None
+
+    result: Exemplars = wait_for(scraped, timeout=20, interval=0.3, what="exemplars in /metrics")
+    return result
+
+
+def test_an_openmetrics_scrape_has_trace_ids_as_exemplars(
+    deployment: Deployment, exemplars: Exemplars
+) -> None:
+    assert all(re.fullmatch(r"[0-9a-f]{32}", trace_id) for trace_id in exemplars.values())
+    assert {name for name, _ in exemplars} == {
+        "podcron_job_schedule_lateness_seconds_bucket",
+        "podcron_job_duration_seconds_bucket",
+    }
+    # The classic text format, which a plain GET gets, has none.
+    plain = client().get(f"{deployment.metrics_url}/metrics", timeout=5)
+    assert plain.headers["Content-Type"].startswith("text/plain")
+    assert "trace_id" not in plain.text
+
+
 def test_a_deleted_jobs_series_disappear(deployment: Deployment, crd: ControlPlane) -> None:
     ns = deployment.namespace
     reached(deployment, OUTCOMES)
@@ -259,6 +323,12 @@ def of(spans: list[ReceivedSpan], job: str, trigger: str) -> list[ReceivedSpan]:
         if s.attributes["podcron.job.id"].endswith(f"/{job}")
         and s.attributes["podcron.job.trigger"] == trigger
     ]
+
+
+def test_every_exemplar_leads_to_an_exported_span(
+    exemplars: Exemplars, spans: list[ReceivedSpan]
+) -> None:
+    assert set(exemplars.values()) <= {span.trace_id for span in spans}
 
 
 def test_scheduled_runs_have_a_span_each(spans: list[ReceivedSpan], deployment: Deployment) -> None:

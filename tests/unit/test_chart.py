@@ -111,6 +111,15 @@ def test_lint_is_clean(helm: Helm, tmp_path: Path, values: dict[str, Any]) -> No
         ({"podCIDRsMinPrefixV6": -1}, "at '/podCIDRsMinPrefixV6': minimum: got -1, want 0"),
         ({"networkPolicy": {"enabled": "yes"}}, "at '/networkPolicy/enabled': got string"),
         (
+            {"prometheusRule": {"failuresInARow": 0}},
+            "at '/prometheusRule/failuresInARow': minimum: got 0, want 1",
+        ),
+        (
+            {"prometheusRule": {"for": {"operatorDown": "5 minutes"}}},
+            "at '/prometheusRule/for/operatorDown': '5 minutes' does not match",
+        ),
+        ({"grafanaDashboard": {"enable": True}}, "additional properties 'enable' not allowed"),
+        (
             {"networkPolicy": {"metrics": {"podSelector": {"app": "prometheus"}}}},
             "additional properties 'app' not allowed",
         ),

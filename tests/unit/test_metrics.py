@@ -9,6 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from podcron.context import JobContext, Trigger
@@ -54,9 +57,10 @@ def test_outcomes_count_by_trigger_and_status(
     registry: CollectorRegistry, metrics: JobMetrics
 ) -> None:
     metrics.job_added("ns", "job")
-    outcome = {"duration_seconds": 0.2, "ended_at": 1_700_000_000.5}
-    metrics.run_recorded("ns", "job", trigger="scheduled", status="success", **outcome)
-    metrics.run_recorded("ns", "job", trigger="manual", status="failure", **outcome)
+    for trigger, status in (("scheduled", "success"), ("manual", "failure")):
+        metrics.run_recorded(
+            "ns", "job", trigger=trigger, status=status, duration_seconds=0.2, ended_at=1.7e9 + 0.5
+        )
     metrics.run_recorded(
         "ns", "job", trigger="scheduled", status="skipped", duration_seconds=None, ended_at=0.0
     )
@@ -70,6 +74,43 @@ def test_outcomes_count_by_trigger_and_status(
         registry.get_sample_value("podcron_job_last_success_timestamp_seconds", JOB)
         == 1_700_000_000.5
     )
+
+
+def test_failures_in_a_row_reset_on_success_and_ignore_skipped_ticks(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+
+    def record(status: str) -> float | None:
+        duration = None if status == "skipped" else 1.0
+        metrics.run_recorded(
+            "ns", "job", trigger="manual", status=status, duration_seconds=duration, ended_at=1.0
+        )
+        return registry.get_sample_value("podcron_job_failures_in_a_row", JOB)
+
+    assert registry.get_sample_value("podcron_job_failures_in_a_row", JOB) == 0
+    assert [record(s) for s in ("failure", "failure", "skipped", "failure")] == [1, 2, 2, 3]
+    assert record("success") == 0
+    assert record("failure") == 1
+
+
+def test_interval_is_absent_until_known_and_while_there_is_no_next_tick(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+    assert registry.get_sample_value("podcron_job_interval_seconds", JOB) is None
+    metrics.job_interval("ns", "job", 300.0)
+    assert registry.get_sample_value("podcron_job_interval_seconds", JOB) == 300
+    metrics.job_interval("ns", "job", None)
+    assert registry.get_sample_value("podcron_job_interval_seconds", JOB) is None
+
+
+def test_a_success_known_from_status_is_the_last_success(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job", last_success=1_700_000_000.0)
+    last = registry.get_sample_value("podcron_job_last_success_timestamp_seconds", JOB)
+    assert last == 1_700_000_000.0
 
 
 def test_lateness_resolves_milliseconds_and_counts_scheduled_runs_only(
@@ -153,7 +194,7 @@ async def test_the_engine_feeds_every_metric(engine: Engine, registry: Collector
         running.set()
         await release.wait()
 
-    engine.upsert(spec(ok, "ok"))
+    engine.upsert(spec(ok, "ok", every="1s"))
     engine.upsert(spec(broken, "broken"))
     engine.upsert(spec(busy, "busy", concurrency_policy=ConcurrencyPolicy.FORBID))
     assert registry.get_sample_value("podcron_jobs_registered") == 3
@@ -188,6 +229,17 @@ async def test_the_engine_feeds_every_metric(engine: Engine, registry: Collector
         )
         is None
     )
+    # The broken job fails each tick; the one manual run came first.
+    broken_labels = {"namespace": "ns", "name": "broken"}
+    assert registry.get_sample_value(
+        "podcron_job_failures_in_a_row", broken_labels
+    ) == outcomes.count("broken", RunStatus.FAILURE)
+    # From registration, and as each tick arms the next: the gap between ticks.
+    assert registry.get_sample_value("podcron_job_interval_seconds", ok_labels) == 1.0
+    engine.upsert(spec(ok, "ok", every="5m"))
+    assert registry.get_sample_value("podcron_job_interval_seconds", ok_labels) == 300
+    engine.upsert(spec(ok, "ok", every="1s", suspended=True))
+    assert registry.get_sample_value("podcron_job_interval_seconds", ok_labels) is None
 
     engine.remove("ns/broken")
     assert registry.get_sample_value("podcron_jobs_registered") == 2
@@ -200,16 +252,123 @@ async def test_the_engine_feeds_every_metric(engine: Engine, registry: Collector
     )
 
 
+async def test_a_jobs_interval_is_known_from_registration(
+    engine: Engine, registry: CollectorRegistry
+) -> None:
+    async def idle(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(idle, "daily", schedule={"daily": {"at": "02:30"}}))
+    engine.upsert(spec(idle, "paused", every="1m", suspended=True))
+    daily = {"namespace": "ns", "name": "daily"}
+    assert registry.get_sample_value("podcron_job_interval_seconds", daily) == 86_400
+    paused = {"namespace": "ns", "name": "paused"}
+    assert registry.get_sample_value("podcron_job_interval_seconds", paused) is None
+
+
 # No proxy from the environment: these requests stay on loopback.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _get(url: str) -> tuple[int, str]:
+def _get(url: str, accept: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={} if accept is None else {"Accept": accept})
     try:
-        with _opener.open(url, timeout=5) as response:
+        with _opener.open(request, timeout=5) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def _content_type(url: str, accept: str) -> str:
+    request = urllib.request.Request(url, headers={"Accept": accept})
+    with _opener.open(request, timeout=5) as response:
+        return str(response.headers["Content-Type"])
+
+
+TRACE = 0x0AF7651916CD43DD8448EB211C80319C
+OTHER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+async def test_exemplars_carry_trace_ids_in_openmetrics_only(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+    metrics.job_added("ns", "untraced")
+    metrics.run_queued()
+    metrics.run_started("scheduled", 0.003)
+    metrics.run_traced("scheduled", 0.003, TRACE)
+    metrics.run_traced("manual", 0.2, OTHER_TRACE)  # manual runs have no lateness
+    for seconds, trace_id in ((0.3, TRACE), (0.4, OTHER_TRACE), (20.0, 0)):
+        metrics.run_recorded(
+            "ns",
+            "job",
+            trigger="scheduled",
+            status="success",
+            duration_seconds=seconds,
+            ended_at=1.7e9,
+            trace_id=trace_id,
+        )
+    metrics.run_recorded(
+        "ns", "untraced", trigger="scheduled", status="failure", duration_seconds=0.3, ended_at=1.0
+    )
+    server = ProbeServer(host="127.0.0.1", port=0, ready=lambda: True, registry=registry)
+    await server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/metrics"
+        accept = "application/openmetrics-text; version=1.0.0"
+        status, text = await asyncio.to_thread(_get, url, accept)
+        content_type = await asyncio.to_thread(_content_type, url, accept)
+        _, plain = await asyncio.to_thread(_get, url)
+    finally:
+        await server.stop()
+    assert status == 200
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    exemplars = {
+        (sample.name, sample.labels.get("name"), sample.labels["le"]): sample.exemplar
+        # prometheus-client's OpenMetrics parser has no type hints.
+        for family in openmetrics_families(text)  # type: ignore[no-untyped-call]
+        for sample in family.samples
+        if sample.exemplar is not None
+    }
+    # The latest traced run of each bucket; an untraced run leaves its bucket without one.
+    lateness = exemplars.pop(("podcron_job_schedule_lateness_seconds_bucket", None, "0.005"))
+    assert lateness.labels == {"trace_id": f"{TRACE:032x}"}
+    assert lateness.value == pytest.approx(0.003)
+    assert lateness.timestamp is not None
+    duration = exemplars.pop(("podcron_job_duration_seconds_bucket", "job", "0.5"))
+    assert duration.labels == {"trace_id": f"{OTHER_TRACE:032x}"}
+    assert duration.value == pytest.approx(0.4)
+    assert duration.timestamp is not None
+    assert float(duration.timestamp) == pytest.approx(1.7e9)
+    assert exemplars == {}
+    # The classic text format has no exemplars, and is what a plain GET gets.
+    assert "trace_id" not in plain
+    assert "# {" not in plain
+
+
+async def test_exemplars_leave_with_their_job(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    metrics.job_added("ns", "job")
+    metrics.run_recorded(
+        "ns",
+        "job",
+        trigger="manual",
+        status="success",
+        duration_seconds=1.0,
+        ended_at=1.0,
+        trace_id=TRACE,
+    )
+    metrics.job_removed("ns", "job")
+    metrics.job_added("ns", "job")
+    buckets = [
+        sample
+        for family in registry.collect()
+        if family.name == "podcron_job_duration_seconds"
+        for sample in family.samples
+    ]
+    assert buckets
+    assert all(sample.exemplar is None for sample in buckets)
 
 
 async def test_metrics_and_probes_are_served_over_http(
@@ -233,10 +392,12 @@ async def test_metrics_and_probes_are_served_over_http(
         assert families["podcron_jobs_registered"].samples[0].value == 1
         assert families["podcron_job_last_success_timestamp_seconds"].samples[0].value == 7.0
         assert all(family.documentation.endswith(".") for family in families.values())
+        assert families["podcron_ready"].samples[0].value == 0
         assert await asyncio.to_thread(_get, f"{base}/healthz") == (200, "ok\n")
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 503
         ready = True
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 200
+        assert registry.get_sample_value("podcron_ready") == 1
     finally:
         await server.stop()
 
@@ -281,6 +442,9 @@ def test_the_label_values_are_the_engines_triggers_and_statuses() -> None:
 def test_a_jobs_series_are_one_object_the_garbage_collector_tracks() -> None:
     """docs/performance.md: one array per job, not prometheus-client's labelled metrics."""
     jobs = JobMetrics(CollectorRegistry())
+    # A first job, so that the dict of jobs already holds a tracked object (an empty one is
+    # untracked, and would count once more below).
+    jobs.job_added("shop", "first")
     gc.collect()
     before = len(gc.get_objects())
     for index in range(1000):

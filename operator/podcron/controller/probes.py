@@ -5,17 +5,23 @@ liveness probe needs to know: a wedged loop runs no job. ``/readyz`` answers
 200 while ``ready()`` says so: the operator holds every ScheduledJob that
 existed when it started, and is not shutting down.
 The metrics are rendered in a worker thread: with thousands of jobs the text
-takes milliseconds to build, and the loop's timers must not wait for it.
+takes milliseconds to build, and the loop's timers must not wait for it. A
+scraper that asks for OpenMetrics (``Accept: application/openmetrics-text``,
+as Prometheus does) gets it, with the runs' trace ids as exemplars; any other
+gets the classic text format. ``podcron_ready`` exports what ``/readyz`` says,
+so an alert sees a pod that stays unready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 log = logging.getLogger("podcron.probes")
 
@@ -36,6 +42,7 @@ class ProbeServer:
         self._ready = ready
         self._registry = registry
         self._runner: web.AppRunner | None = None
+        registry.register(_Readiness(ready))
 
     @property
     def port(self) -> int:
@@ -66,9 +73,10 @@ class ProbeServer:
         if runner is not None:
             await runner.cleanup()
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        body = await asyncio.to_thread(generate_latest, self._registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = await asyncio.to_thread(encode, self._registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -77,3 +85,26 @@ class ProbeServer:
         if self._ready():
             return web.Response(text="ready\n")
         return web.Response(status=503, text="not ready\n")
+
+
+class _Readiness:
+    """``podcron_ready``: 1 while ``/readyz`` answers 200, else 0; read at each scrape."""
+
+    def __init__(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+
+    def describe(self) -> list[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self._family()
+        family.add_metric([], 1.0 if self._ready() else 0.0)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "podcron_ready",
+            "Whether the operator is ready (/readyz answers 200): it holds every ScheduledJob"
+            " that existed at its start and is not shutting down.",
+        )

@@ -33,7 +33,7 @@ from podcron.engine.jobs import JobState, is_async
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
-from podcron.runrecord import History
+from podcron.runrecord import History, RunStatus
 from podcron.telemetry.run_span import parent_from_headers
 from podcron.telemetry.run_telemetry import RunTelemetry
 from podcron.watchdog import LoopWatchdog
@@ -55,6 +55,23 @@ DISPATCH_BATCH = 32
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _interval(job: JobState, now: float) -> float | None:
+    """From the job's latest tick to its next, as armed; None while it has no next tick."""
+    if job.next_due is None:
+        return None
+    latest = job.spec.schedule.last_at_or_before(_utc(now))
+    return None if latest is None else job.next_due - latest.timestamp()
+
+
+def _last_success(history: History | None) -> float | None:
+    """When the last run ended, if status says it succeeded (status keeps only the last run)."""
+    if history is None or history.last_status is not RunStatus.SUCCESS:
+        return None
+    if history.last_run_time is None:
+        return None
+    return history.last_run_time.timestamp() + (history.last_duration_seconds or 0.0)
 
 
 def _job_of_task(task: asyncio.Task[Any]) -> str | None:
@@ -143,12 +160,16 @@ class Engine:
             job = JobState(spec=spec, is_async=is_async(spec.target), history=history or History())
             self._jobs[spec.job_id] = job
             if self._metrics is not None:
-                self._metrics.job_added(spec.namespace, spec.name)
+                self._metrics.job_added(
+                    spec.namespace, spec.name, last_success=_last_success(history)
+                )
         else:
             job.spec = spec
             job.is_async = is_async(spec.target)
         now = self._clock.wall()
         self._arm(job, after=now)
+        if self._metrics is not None:
+            self._metrics.job_interval(spec.namespace, spec.name, _interval(job, now))
         if is_new and history is not None:
             self._catch_up(job, history, now)
         self._set_timer()
@@ -287,6 +308,10 @@ class Engine:
             # run time. Ticks missed while the loop was blocked (or the clock
             # jumped) are coalesced into this one, not fired as a burst.
             self._arm(job, after=max(due, now))
+            if self._metrics is not None:
+                following = job.next_due
+                interval = None if following is None else following - due
+                self._metrics.job_interval(job.spec.namespace, job.spec.name, interval)
             try:
                 self._runner.dispatch(job, Trigger.SCHEDULED, _utc(due), parent=None, manual=False)
             except Exception:  # a listener or a schedule bug must not stop the other jobs

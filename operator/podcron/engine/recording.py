@@ -26,8 +26,12 @@ def record_outcome(
     now: float,
     metrics: JobMetrics | None,
     listeners: Listeners,
+    trace_id: int = 0,
 ) -> None:
-    """Record a run that started at ``started`` (None: a skipped tick) and ended ``now``."""
+    """Record a run that started at ``started`` (None: a skipped tick) and ended ``now``.
+
+    ``trace_id`` is the run's exported trace (0: none), its duration's exemplar.
+    """
     history = job.history
     counts = history.counts
     duration = 0.0
@@ -70,6 +74,7 @@ def record_outcome(
             status=status,
             duration_seconds=None if started is None else duration,
             ended_at=now,
+            trace_id=trace_id,
         )
     listeners.emit(
         RunFinished(

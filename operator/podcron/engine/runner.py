@@ -201,7 +201,15 @@ class Runner:
         if not run.recorded:
             run.recorded = True
             status = RunStatus.SKIPPED if run.started is None else run.status
-            self._record(job, run.trigger, run.scheduled_time, status, run.started, run.error)
+            self._record(
+                job,
+                run.trigger,
+                run.scheduled_time,
+                status,
+                run.started,
+                run.error,
+                trace_id=run.trace_id,
+            )
         if not body_returned:
             self._threads.watch(job, run_id, run, end=self._end, closing=self._closing)
 
@@ -229,6 +237,8 @@ class Runner:
         status: RunStatus,
         started: float | None,
         error: str | None,
+        *,
+        trace_id: int = 0,
     ) -> None:
         if job.removed:
             return
@@ -243,6 +253,7 @@ class Runner:
             now=self._clock.wall(),
             metrics=self._metrics,
             listeners=self._listeners,
+            trace_id=trace_id,
         )
 
     async def shutdown(self, jobs: list[JobState], wait_seconds: float) -> None:

@@ -25,7 +25,7 @@ from podcron.engine.spec import JobSpec
 from podcron.entrypoints import JobTarget
 from podcron.runrecord import RunStatus
 from podcron.telemetry import logs
-from podcron.telemetry.run_span import record_failure
+from podcron.telemetry.run_span import record_failure, sampled_trace_id
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 job_log = logging.getLogger("podcron.job")
@@ -48,6 +48,8 @@ class ActiveRun:
     manual: bool
     # When the body started (wall clock); None while queued.
     started: float | None = None
+    # The run's exported trace (0: none), the exemplar of its lateness and duration.
+    trace_id: int = 0
     # The outcome so far: not a success until the body has returned, so that
     # anything that goes wrong on the way (the deadline, telemetry, the
     # context) fails the run.
@@ -118,6 +120,11 @@ async def execute(
         scheduled_time=run.scheduled_time,
         parent=parent,
     ) as span:
+        run.trace_id = sampled_trace_id(span)
+        metrics = telemetry.metrics
+        if run.trace_id and metrics is not None:
+            lateness = run.started - run.scheduled_time.timestamp()
+            metrics.run_traced(run.trigger, lateness, run.trace_id)
         trace_context = trace.set_span_in_context(span, parent)
         ctx = JobContext(
             job_id=spec.job_id,

@@ -14,11 +14,19 @@ tracks: at 10,000 jobs they tripled the time of each of its full passes
 each update takes a lock. An array of floats is one tracked object with
 nothing inside for the collector to follow, and an update is a few additions
 (docs/performance.md).
+
+Lateness and duration buckets carry an OpenMetrics exemplar: the trace id of
+the latest sampled run that fell in the bucket, so a slow bucket leads to its
+trace. Exemplars live in a ``bytearray`` (nothing inside for the collector to
+follow), per job only once a traced run has ended; only the OpenMetrics format
+shows them (``/metrics`` with ``Accept: application/openmetrics-text``).
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
@@ -30,6 +38,7 @@ from prometheus_client.metrics_core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.samples import Exemplar
 
 # Timer precision is the point of this histogram, so it resolves half a
 # millisecond and still places a run that started ten seconds late.
@@ -60,17 +69,29 @@ STATUSES = ("success", "failure", "skipped")
 INITIAL_RUN_LABELS = (("scheduled", "success"), ("scheduled", "failure"), ("scheduled", "skipped"))
 LATENESS_TRIGGER = "scheduled"
 SUCCESS = "success"
+FAILURE = "failure"
+#: The exemplar label that holds a run's trace id (what Grafana's exemplar links look up).
+TRACE_ID_LABEL = "trace_id"
 
 # Where each value sits in a job's array: the run counters by (trigger,
 # status), the duration histogram's per-bucket counts (not cumulative; +Inf
-# last) and sum, and the last success time (NaN until there is one).
+# last) and sum, the last success time (NaN until there is one), the runs
+# that failed since the last success, and the gap between the job's latest
+# tick and its next one (NaN while it has no next tick: suspended).
 _RUN_SERIES = tuple((trigger, status) for trigger in TRIGGERS for status in STATUSES)
 _RUN_AT = {labels: index for index, labels in enumerate(_RUN_SERIES)}
 _SHOWN_AT_ZERO = frozenset(_RUN_AT[labels] for labels in INITIAL_RUN_LABELS)
 _BUCKETS_AT = len(_RUN_SERIES)
 _SUM_AT = _BUCKETS_AT + len(DURATION_BUCKETS) + 1
 _LAST_SUCCESS_AT = _SUM_AT + 1
-_NEW_JOB = array("d", [0.0] * _LAST_SUCCESS_AT + [math.nan])
+_FAILURES_IN_A_ROW_AT = _LAST_SUCCESS_AT + 1
+_INTERVAL_AT = _FAILURES_IN_A_ROW_AT + 1
+_NEW_JOB = array("d", [0.0] * _LAST_SUCCESS_AT + [math.nan, 0.0, math.nan])
+# One exemplar: the trace id (16 bytes, all zero while the bucket has none),
+# the observed value and when it was observed.
+_EXEMPLAR = struct.Struct("<16sdd")
+_NO_TRACE = bytes(16)
+_NO_DURATION_EXEMPLARS = bytes(_EXEMPLAR.size * (len(DURATION_BUCKETS) + 1))
 # The "le" labels, as prometheus-client writes them for these bounds.
 _DURATION_LABELS = (*(repr(bound) for bound in DURATION_BUCKETS), "+Inf")
 _LATENESS_LABELS = (*(repr(bound) for bound in LATENESS_BUCKETS), "+Inf")
@@ -80,6 +101,12 @@ _DURATION_HELP = (
     "How long a job's runs took, from the body's start to the run's outcome, failed runs included."
 )
 _LAST_SUCCESS_HELP = "When a job's last successful run ended, in seconds since the Unix epoch."
+_FAILURES_IN_A_ROW_HELP = (
+    "Runs of a job that failed since its last successful run (since the operator started)."
+)
+_INTERVAL_HELP = (
+    "Seconds from a job's latest tick to its next one; absent while it has none (suspended)."
+)
 
 
 class JobMetrics:
@@ -98,13 +125,26 @@ class JobMetrics:
         # Lateness and loop lag: per-bucket counts (not cumulative; +Inf last), then the sum.
         self._lateness = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
         self._loop_lag = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
+        self._lateness_exemplars = bytearray(_EXEMPLAR.size * (len(LATENESS_BUCKETS) + 1))
         self._jobs: dict[tuple[str, str], array[float]] = {}
+        # Duration exemplars, for the jobs that have had a traced run.
+        self._exemplars: dict[tuple[str, str], bytearray] = {}
         registry.register(self)
 
-    def job_added(self, namespace: str, name: str) -> None:
-        """A job was registered: count it and create its series."""
+    def job_added(self, namespace: str, name: str, *, last_success: float | None = None) -> None:
+        """A job was registered: count it and create its series.
+
+        ``last_success`` is when its last successful run ended, if known from
+        before (the status the operator restored).
+        """
         self._registered += 1
-        self._series(namespace, name)
+        values = self._series(namespace, name)
+        if last_success is not None:
+            values[_LAST_SUCCESS_AT] = last_success
+
+    def job_interval(self, namespace: str, name: str, seconds: float | None) -> None:
+        """The gap from the job's latest tick to its next; ``None`` while it has no next tick."""
+        self._series(namespace, name)[_INTERVAL_AT] = math.nan if seconds is None else seconds
 
     def job_removed(self, namespace: str, name: str) -> None:
         """A job was removed: stop counting it and drop its series."""
@@ -114,6 +154,7 @@ class JobMetrics:
     def forget(self, namespace: str, name: str) -> None:
         """Remove every series labelled with the job, so a deleted job leaves none behind."""
         self._jobs.pop((namespace, name), None)
+        self._exemplars.pop((namespace, name), None)
 
     def run_queued(self) -> None:
         """A run was accepted and waits for its turn (a run slot, a thread)."""
@@ -135,6 +176,21 @@ class JobMetrics:
             lateness = self._lateness
             lateness[bisect_left(LATENESS_BUCKETS, lateness_seconds)] += 1
             lateness[-1] += lateness_seconds
+
+    def run_traced(self, trigger: str, lateness_seconds: float, trace_id: int) -> None:
+        """The run :meth:`run_started` counted has the sampled trace ``trace_id``.
+
+        Its lateness bucket's exemplar becomes this run (scheduled runs only,
+        as for the lateness itself).
+        """
+        if trigger == LATENESS_TRIGGER:
+            _EXEMPLAR.pack_into(
+                self._lateness_exemplars,
+                _EXEMPLAR.size * bisect_left(LATENESS_BUCKETS, lateness_seconds),
+                trace_id.to_bytes(16),
+                lateness_seconds,
+                time.time(),
+            )
 
     def run_ended(self) -> None:
         """The body of a run that :meth:`run_started` counted has returned."""
@@ -159,16 +215,36 @@ class JobMetrics:
         status: str,
         duration_seconds: float | None,
         ended_at: float,
+        trace_id: int = 0,
     ) -> None:
-        """A run's outcome (``duration_seconds`` is ``None`` for a skipped tick)."""
+        """A run's outcome (``duration_seconds`` is ``None`` for a skipped tick).
+
+        ``trace_id`` is the run's sampled trace, 0 for none: the exemplar of
+        its duration bucket.
+        """
         values = self._series(namespace, name)
         values[_RUN_AT[trigger, status]] += 1
         if duration_seconds is not None:
             # bisect_left finds the first bound >= the duration: Prometheus's "le".
-            values[_BUCKETS_AT + bisect_left(DURATION_BUCKETS, duration_seconds)] += 1
+            bucket = bisect_left(DURATION_BUCKETS, duration_seconds)
+            values[_BUCKETS_AT + bucket] += 1
             values[_SUM_AT] += duration_seconds
+            if trace_id:
+                exemplars = self._exemplars.get((namespace, name))
+                if exemplars is None:
+                    exemplars = self._exemplars[namespace, name] = bytearray(_NO_DURATION_EXEMPLARS)
+                _EXEMPLAR.pack_into(
+                    exemplars,
+                    _EXEMPLAR.size * bucket,
+                    trace_id.to_bytes(16),
+                    duration_seconds,
+                    ended_at,
+                )
         if status == SUCCESS:
             values[_LAST_SUCCESS_AT] = ended_at
+            values[_FAILURES_IN_A_ROW_AT] = 0.0
+        elif status == FAILURE:
+            values[_FAILURES_IN_A_ROW_AT] += 1
 
     def _series(self, namespace: str, name: str) -> array[float]:
         values = self._jobs.get((namespace, name))
@@ -192,27 +268,43 @@ class JobMetrics:
             queued,
             abandoned,
             loop_lag,
+            failures_in_a_row,
+            interval,
         ) = self._families()
         running.add_metric([], self._running)
         queued.add_metric([], self._queued)
         abandoned.add_metric([], self._abandoned_threads)
         registered.add_metric([], self._registered)
-        for family, live in ((lateness, self._lateness), (loop_lag, self._loop_lag)):
+        for family, live, exemplars in (
+            (lateness, self._lateness, bytes(self._lateness_exemplars)),
+            (loop_lag, self._loop_lag, None),
+        ):
             values = live[:]
-            family.add_metric([], _cumulative(values[:-1], _LATENESS_LABELS), sum_value=values[-1])
+            family.add_metric(
+                [], _cumulative(values[:-1], _LATENESS_LABELS, exemplars), sum_value=values[-1]
+            )
+        all_exemplars = self._exemplars
         # list() copies the items in one step: jobs come and go during a scrape.
         for (namespace, name), live in list(self._jobs.items()):
             values = live[:]
             for index, (trigger, status) in enumerate(_RUN_SERIES):
                 if values[index] or index in _SHOWN_AT_ZERO:
                     runs.add_metric([namespace, name, trigger, status], values[index])
+            job_exemplars = all_exemplars.get((namespace, name))
             duration.add_metric(
                 [namespace, name],
-                _cumulative(values[_BUCKETS_AT:_SUM_AT], _DURATION_LABELS),
+                _cumulative(
+                    values[_BUCKETS_AT:_SUM_AT],
+                    _DURATION_LABELS,
+                    None if job_exemplars is None else bytes(job_exemplars),
+                ),
                 sum_value=values[_SUM_AT],
             )
             if not math.isnan(values[_LAST_SUCCESS_AT]):
                 last_success.add_metric([namespace, name], values[_LAST_SUCCESS_AT])
+            failures_in_a_row.add_metric([namespace, name], values[_FAILURES_IN_A_ROW_AT])
+            if not math.isnan(values[_INTERVAL_AT]):
+                interval.add_metric([namespace, name], values[_INTERVAL_AT])
         yield from (
             runs,
             duration,
@@ -223,6 +315,8 @@ class JobMetrics:
             queued,
             abandoned,
             loop_lag,
+            failures_in_a_row,
+            interval,
         )
 
     @staticmethod
@@ -236,6 +330,8 @@ class JobMetrics:
         GaugeMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
+        GaugeMetricFamily,
+        GaugeMetricFamily,
     ]:
         job = ["namespace", "name"]
         return (
@@ -269,13 +365,26 @@ class JobMetrics:
                 "podcron_event_loop_lag_seconds",
                 "How late the event loop ran a heartbeat due every 0.25 s: how long it was held.",
             ),
+            GaugeMetricFamily("podcron_job_failures_in_a_row", _FAILURES_IN_A_ROW_HELP, labels=job),
+            GaugeMetricFamily("podcron_job_interval_seconds", _INTERVAL_HELP, labels=job),
         )
 
 
-def _cumulative(counts: Sequence[float], labels: Sequence[str]) -> list[tuple[str, float]]:
-    """Prometheus's cumulative ``(le, count)`` buckets from per-bucket counts."""
-    total, buckets = 0.0, []
-    for le, count in zip(labels, counts, strict=True):
+def _cumulative(
+    counts: Sequence[float], labels: Sequence[str], exemplars: bytes | None = None
+) -> list[tuple[str, float] | tuple[str, float, Exemplar]]:
+    """Prometheus's cumulative ``(le, count)`` buckets from per-bucket counts.
+
+    A bucket whose slot in ``exemplars`` holds a trace gets its exemplar as a third item.
+    """
+    total = 0.0
+    buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
+    for index, (le, count) in enumerate(zip(labels, counts, strict=True)):
         total += count
+        if exemplars is not None:
+            trace_id, value, at = _EXEMPLAR.unpack_from(exemplars, _EXEMPLAR.size * index)
+            if trace_id != _NO_TRACE:
+                buckets.append((le, total, Exemplar({TRACE_ID_LABEL: trace_id.hex()}, value, at)))
+                continue
         buckets.append((le, total))
     return buckets

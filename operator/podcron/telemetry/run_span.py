@@ -242,6 +242,15 @@ def start_run_span(
     return RunSpan(pipeline, context, parent_span, sampling.attributes or {})
 
 
+def sampled_trace_id(span: trace.Span) -> int:
+    """The trace id of ``span`` if it is exported (recorded and sampled), else 0.
+
+    What the run's metrics link to as exemplars: a trace that reaches the collector.
+    """
+    context = span.get_span_context()
+    return context.trace_id if span.is_recording() and context.trace_flags.sampled else 0
+
+
 def record_failure(span: trace.Span, error: BaseException, *, description: str) -> None:
     """Mark the span failed, with the exception recorded."""
     span.record_exception(error)
