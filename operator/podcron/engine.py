@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import enum
 import functools
 import heapq
@@ -44,6 +45,13 @@ from opentelemetry import trace
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.entrypoints import JobTarget
 from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
+from podcron.jobconfig import NO_CONFIG, ConfigSource
+from podcron.resources import (
+    ResourceManager,
+    ResourceUnavailable,
+    RunResources,
+    UnknownResource,
+)
 from podcron.schedules import Schedule
 from podcron.telemetry import logs, tracing
 from podcron.telemetry.metrics import JobMetrics
@@ -110,6 +118,8 @@ class JobSpec:
     suspended: bool = False
     timeout_seconds: float | None = None
     starting_deadline_seconds: float | None = None
+    # The shared resources its runs get in ctx.resources (spec.resources).
+    resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -386,6 +396,8 @@ class Engine:
         listeners: Iterable[Listener] = (),
         metrics: JobMetrics | None = None,
         loop_watchdog: bool = True,
+        resources: ResourceManager | None = None,
+        config: ConfigSource | None = None,
     ) -> None:
         for name, value in (
             ("max_concurrent_runs", max_concurrent_runs),
@@ -425,6 +437,10 @@ class Engine:
         self._watchdog: LoopWatchdog | None = None
         self._closing = False
         self._version = 0
+        # What runs get beside their spec: ctx.resources and ctx.config. The
+        # configuration's Secret values are also taken out of failed runs' errors.
+        self._resources = resources
+        self._config = config
 
     # -- registration -----------------------------------------------------
 
@@ -780,10 +796,17 @@ class Engine:
                     deadline=deadline,
                     cancelled=run.cancellation,
                     trace_context=trace_context,
+                    config=NO_CONFIG if self._config is None else self._config.snapshot(),
                 )
                 guard = None if timeout is None else asyncio.timeout(timeout)
                 try:
                     async with guard or _NO_TIMEOUT:
+                        if spec.resources:
+                            # Within the timeout and the span: waiting for a resource
+                            # being created is part of the run.
+                            ctx = dataclasses.replace(
+                                ctx, resources=await self._acquire(spec.resources)
+                            )
                         if run.is_async:
                             token = otel_context.attach(trace_context)
                             try:
@@ -798,6 +821,11 @@ class Engine:
                         error = _timed_out(run, span, ctx, timeout_error)
                     else:  # the job's own TimeoutError, not its deadline
                         error = _failed(span, ctx, timeout_error)
+                except (ResourceUnavailable, UnknownResource) as unavailable:
+                    # The job never ran and it is not its bug: one line, no traceback.
+                    error = str(unavailable)
+                    tracing.record_failure(span, unavailable, description=error)
+                    ctx.log.error("run not started: %s", error)
                 except asyncio.CancelledError as cancelled:
                     if run.cancel_reason is not None:
                         error = run.cancel_reason
@@ -860,6 +888,11 @@ class Engine:
                 )
             if not finished:
                 self._await_thread(job, run_id, run)
+
+    async def _acquire(self, names: tuple[str, ...]) -> RunResources:
+        if self._resources is None:
+            raise UnknownResource(names[0], ())
+        return await self._resources.acquire(names)
 
     async def _until_ended(self, runs: list[_ActiveRun]) -> None:
         """Return once every run in ``runs`` has ended (Replace: one body at a time)."""
@@ -1003,6 +1036,9 @@ class Engine:
                 job.succeeded += 1
             else:
                 job.failed += 1
+                if error is not None and self._config is not None:
+                    # Status, Events and the System API show it: no Secret value in it.
+                    error = self._config.redact(error)
                 job.last_error = error
         if self._metrics is not None:
             self._metrics.run_recorded(

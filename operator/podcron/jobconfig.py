@@ -341,10 +341,15 @@ class ConfigSource:
 
     def redact(self, text: str) -> str:
         """``text`` with every current Secret value of 4 characters or more as ``********``."""
-        for value in self._current().redactable:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
+        return _redact(text, self._current().redactable)
+
+    def redact_known(self, text: str) -> str:
+        """:meth:`redact` with the values last read, without looking at the files again.
+
+        For log lines: one is written far more often than the files change, and a
+        value no run or factory has read since a change was handed to nobody.
+        """
+        return _redact(text, self._values.redactable)
 
     def _merge(self) -> _Values:
         text: dict[str, str] = {}
@@ -380,3 +385,14 @@ class ConfigSource:
             secrets=secrets,
             redactable=tuple(sorted(redactable, key=len, reverse=True)),
         )
+
+
+def _redact(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+#: ``ctx.config`` of a run in an operator without job configuration: no keys.
+NO_CONFIG = ConfigSource().snapshot()
