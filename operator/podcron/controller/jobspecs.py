@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from podcron import entrypoints
 from podcron.engine import ConcurrencyPolicy, History, JobSnapshot, JobSpec, RunCounts, RunStatus
-from podcron.errors import InvalidSchedule
+from podcron.errors import InvalidJobSpec, InvalidSchedule
+from podcron.resources import UnknownResource
 from podcron.schedules import Schedule, parse_schedule
 
 
@@ -53,13 +54,33 @@ def _optional_seconds(
     return float(value)
 
 
+def _resource_names(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    names = spec.get("resources") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise InvalidJobSpec("spec.resources", names, "must be a list of resource names")
+    # A set in the CRD; an object stored before it had the field may repeat a name.
+    return tuple(dict.fromkeys(names))
+
+
+def _no_resources(names: Sequence[str]) -> None:
+    if names:
+        raise UnknownResource(names[0], ())
+
+
 def build_spec(
-    namespace: str, name: str, spec: Mapping[str, Any], *, allowed_modules: Sequence[str]
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    *,
+    allowed_modules: Sequence[str],
+    check_resources: Callable[[Sequence[str]], None] = _no_resources,
 ) -> JobSpec:
     """The engine's record for a ScheduledJob's spec.
 
     Raises a :class:`podcron.errors.PodcronError` whose ``reason`` is the
     ``Ready`` condition reason when the spec cannot be scheduled.
+    ``check_resources`` raises :class:`podcron.resources.UnknownResource` for
+    a name in ``spec.resources`` that no factory is registered under.
     """
     schedule = parse_schedule(spec.get("schedule") or {}, time_zone=spec.get("timeZone") or "UTC")
     policy_text = spec.get("concurrencyPolicy", ConcurrencyPolicy.FORBID.value)
@@ -74,6 +95,8 @@ def build_spec(
         raise InvalidSchedule("spec.args", args, "must be an object")
     entry_point = str(spec.get("entryPoint") or "")
     target = entrypoints.resolve(entry_point, allowed_modules=allowed_modules)
+    resources = _resource_names(spec)
+    check_resources(resources)
     return JobSpec(
         job_id=job_id(namespace, name),
         namespace=namespace,
@@ -88,6 +111,7 @@ def build_spec(
             spec, "timeoutSeconds", minimum=1, maximum=MAX_TIMEOUT_SECONDS
         ),
         starting_deadline_seconds=_optional_seconds(spec, "startingDeadlineSeconds"),
+        resources=resources,
     )
 
 
