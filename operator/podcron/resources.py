@@ -342,6 +342,21 @@ class ResourceManager:
         """Every resource's state, by name."""
         return [self._slots[name].state() for name in sorted(self._slots)]
 
+    def readyz_lines(self) -> list[str]:
+        """One line per resource for ``/readyz?verbose``: ``[+]resource:http up``."""
+        lines = []
+        for state in self.states():
+            line = f"[{'+' if state.up else '-'}]resource:{state.name} {state.status.value}"
+            if state.failures:
+                plural = "" if state.failures == 1 else "s"
+                line += f" ({state.failures} failed attempt{plural})"
+            if state.reason is not None:
+                line += f": {state.reason}"
+            if state.retry_at is not None:
+                line += f"; next attempt at {_rfc3339(state.retry_at)}"
+            lines.append(line)
+        return lines
+
     def report(self) -> dict[str, dict[str, Any]]:
         """The states as ``/readyz`` details: ``{"db": {"status": "up", ...}}``."""
         return {state.name: state.to_json() for state in self.states()}

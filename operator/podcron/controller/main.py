@@ -27,7 +27,7 @@ import kopf
 import kubernetes
 import yaml
 
-from podcron import latency
+from podcron import latency, resources
 from podcron.config import Settings
 from podcron.controller.control import ControlServer
 from podcron.controller.events import EventRecorder
@@ -37,8 +37,10 @@ from podcron.controller.probes import ProbeServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
+from podcron.jobconfig import ConfigSource, JobConfigError
 from podcron.telemetry import logs, tracing
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.resource_metrics import ResourceMetrics
 
 log = logging.getLogger("podcron.operator")
 
@@ -134,6 +136,20 @@ async def _listen(probes: ProbeServer, control: ControlServer, settings: Setting
     )
 
 
+def _job_config(settings: Settings) -> ConfigSource:
+    """``ctx.config``'s source, read once now; raises :class:`StartupError` naming a bad directory.
+
+    From here on, no log line and no span carries one of its Secret values.
+    """
+    config = ConfigSource(settings.job_config_dir or None, settings.job_secrets_dir or None)
+    try:
+        config.load()
+    except JobConfigError as error:
+        raise StartupError(str(error)) from None
+    logs.redact_with(config.redact_known)
+    return config
+
+
 def _failed(status: Mapping[str, Any]) -> bool:
     """Whether a status update reports a failed run: interrupted ones at shutdown among them."""
     return status.get("lastRunStatus") == "failure"
@@ -150,6 +166,9 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     api = _kube_api()
     budget = settings.shutdown_timeout_seconds
+    config = _job_config(settings)
+    shared = resources.ResourceManager(resources.discover(), config=config)
+    ResourceMetrics(lambda: ((state.name, state.up, state.failures) for state in shared.states()))
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
@@ -157,6 +176,8 @@ async def run(settings: Settings) -> None:
         threads_per_job=settings.threads_per_job,
         shutdown_timeout_seconds=run_budget(budget),
         metrics=JobMetrics(),
+        resources=shared,
+        config=config,
     )
     writer = StatusWriter(
         api.patch_status,
@@ -170,10 +191,11 @@ async def run(settings: Settings) -> None:
         host=settings.metrics_host,
         port=settings.metrics_port,
         ready=lambda: gate.complete and not stop.is_set(),
+        details=shared.readyz_lines,
     )
     control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
     await _listen(probes, control, settings)
-    flush_spans = tracing.configure_tracing()
+    flush_spans = tracing.configure_tracing(config.redact_known)
     latency.tune_process()
     registry = kopf.OperatorRegistry()
     Reconciler(
@@ -182,6 +204,7 @@ async def run(settings: Settings) -> None:
         events=events,
         settings=settings,
         on_reconciled=gate.reconciled,
+        resources=shared,
     ).register(registry)
     # The budget runs from the signal; kopf's own start of the shutdown comes later.
     deadline: float | None = None
@@ -218,6 +241,10 @@ async def run(settings: Settings) -> None:
         await (control_stopped or control.stop())
         await engine.shutdown()
         log.info("runs ended %.2fs after the signal", loop.time() - start)
+        # After the runs, beside the status flush and the span export.
+        resources_closed = asyncio.create_task(
+            shared.close(max(0.0, end - loop.time())), name="podcron resources close"
+        )
         spans_flushed = (
             asyncio.create_task(
                 asyncio.to_thread(flush_spans, end - loop.time()), name="podcron span flush"
@@ -244,6 +271,7 @@ async def run(settings: Settings) -> None:
                 budget,
             )
         writer.close()
+        await resources_closed
         if spans_flushed is not None:
             await spans_flushed
         # Every task of ours has ended. What is left is kopf's: a watcher
@@ -264,6 +292,8 @@ async def run(settings: Settings) -> None:
         return set().union(*(api.list_job_keys(namespace) for namespace in settings.namespaces))
 
     readiness_task = asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness")
+    # Eager factories begin now, so a failing one shows before any run is due.
+    shared.start()
     kopf_started_with = asyncio.all_tasks()
     try:
         tasks = await kopf.spawn_tasks(
@@ -296,7 +326,8 @@ def main(settings: Settings) -> int:
     until = time.monotonic() + EXIT_JOIN_SECONDS
     stuck = []
     for thread in threading.enumerate():
-        if thread.name.startswith(("podcron-job", "podcron-status")):
+        # A resource's thread may be stuck in a factory's __enter__ or __exit__.
+        if thread.name.startswith(("podcron-job", "podcron-status", "podcron-resource-")):
             thread.join(max(0.0, until - time.monotonic()))
             if thread.is_alive():
                 stuck.append(thread)

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,7 +41,7 @@ from opentelemetry.sdk.trace import (
     SpanProcessor,
     TracerProvider,
 )
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.semconv.attributes.exception_attributes import (
@@ -323,7 +323,7 @@ class Pipeline:
         return cls(provider, processor, InstrumentationScope(TRACER_NAME, VERSION), SpanLimits())
 
 
-def pipeline_from_environment() -> Pipeline | None:
+def pipeline_from_environment(redact: Callable[[str], str] | None = None) -> Pipeline | None:
     """An SDK pipeline exporting over OTLP as ``OTEL_*`` says; ``None`` without an endpoint.
 
     ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` picks ``grpc`` (the default, as
@@ -332,6 +332,7 @@ def pipeline_from_environment() -> Pipeline | None:
     limits (``OTEL_BSP_*``), span limits (``OTEL_SPAN_*``, ``OTEL_ATTRIBUTE_*``)
     and the resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``,
     defaulting here to ``podcron``). ``OTEL_SDK_DISABLED=true`` turns tracing off.
+    With ``redact``, every text of every span passes through it before export.
     """
     env = os.environ
     endpoint = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or env.get(OTEL_EXPORTER_OTLP_ENDPOINT)
@@ -356,11 +357,63 @@ def pipeline_from_environment() -> Pipeline | None:
     ).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=resource)
     before = set(threading.enumerate())
-    processor = BatchSpanProcessor(exporter)
+    processor = BatchSpanProcessor(
+        exporter if redact is None else RedactingExporter(exporter, redact)
+    )
     _idle_priority(set(threading.enumerate()) - before)
     provider.add_span_processor(processor)
     log.info("exporting spans over OTLP/%s to %s", protocol, endpoint)
     return Pipeline.of(provider, processor)
+
+
+class RedactingExporter(SpanExporter):
+    """Hands ``exporter`` spans whose texts passed through ``redact``: no secret leaves.
+
+    Attributes, event attributes (an exception's message and stack trace) and
+    the status description, of podcron's run spans and the jobs' own spans.
+    It runs in the export thread, never on the event loop.
+    """
+
+    def __init__(self, exporter: SpanExporter, redact: Callable[[str], str]) -> None:
+        self._exporter = exporter
+        self._redact = redact
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._exporter.export([self._redacted(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def _redacted(self, span: ReadableSpan) -> ReadableSpan:
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, self._redact(status.description))
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=self._attributes(span.attributes),
+            events=[
+                Event(event.name, self._attributes(event.attributes), event.timestamp)
+                for event in span.events
+            ],
+            links=span.links,
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def _attributes(self, attributes: Attributes) -> dict[str, AnyValue]:
+        return {
+            key: self._redact(value) if isinstance(value, str) else value
+            for key, value in (attributes or {}).items()
+        }
 
 
 def _idle_priority(threads: Iterable[threading.Thread]) -> None:
@@ -386,8 +439,12 @@ def _idle_priority(threads: Iterable[threading.Thread]) -> None:
                 log.debug("span export thread keeps its priority: %s", error)
 
 
-def configure_tracing() -> Callable[[float], bool] | None:
+def configure_tracing(
+    redact: Callable[[str], str] | None = None,
+) -> Callable[[float], bool] | None:
     """Install the OTLP-exporting pipeline when ``OTEL_*`` configures an endpoint.
+
+    ``redact`` takes secret values out of the spans' texts before export.
 
     Returns the function to call on graceful shutdown: it exports the spans
     still queued, waiting at most the seconds it is given (what is left of
@@ -395,7 +452,7 @@ def configure_tracing() -> Callable[[float], bool] | None:
     ``None`` when tracing stays off.
     """
     global _pipeline
-    pipeline = pipeline_from_environment()
+    pipeline = pipeline_from_environment(redact)
     if pipeline is None:
         return None
     trace.set_tracer_provider(pipeline.provider)
