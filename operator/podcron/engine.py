@@ -47,6 +47,7 @@ from podcron.entrypoints import JobTarget
 from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 from podcron.jobconfig import NO_CONFIG, ConfigSource
 from podcron.resources import (
+    NO_RESOURCES,
     ResourceManager,
     ResourceUnavailable,
     RunResources,
@@ -785,6 +786,8 @@ class Engine:
                 parent=parent,
             ) as span:
                 trace_context = trace.set_span_in_context(span, parent)
+                # Resources created already are handed over at once; None: acquire below.
+                resources = NO_RESOURCES if not spec.resources else self._ready(spec.resources)
                 ctx = JobContext(
                     job_id=spec.job_id,
                     namespace=spec.namespace,
@@ -797,11 +800,12 @@ class Engine:
                     cancelled=run.cancellation,
                     trace_context=trace_context,
                     config=NO_CONFIG if self._config is None else self._config.snapshot(),
+                    resources=NO_RESOURCES if resources is None else resources,
                 )
                 guard = None if timeout is None else asyncio.timeout(timeout)
                 try:
                     async with guard or _NO_TIMEOUT:
-                        if spec.resources:
+                        if resources is None:
                             # Within the timeout and the span: waiting for a resource
                             # being created is part of the run.
                             ctx = dataclasses.replace(
@@ -888,6 +892,9 @@ class Engine:
                 )
             if not finished:
                 self._await_thread(job, run_id, run)
+
+    def _ready(self, names: tuple[str, ...]) -> RunResources | None:
+        return None if self._resources is None else self._resources.ready(names)
 
     async def _acquire(self, names: tuple[str, ...]) -> RunResources:
         if self._resources is None:
