@@ -59,7 +59,7 @@ from typing import IO, Any
 import requests
 
 from podcron.context import JobContext
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.engine import ConcurrencyPolicy, Engine, History, JobSpec, RunCounts, RunStatus
 from podcron.schedules import parse_schedule
 

@@ -1,11 +1,40 @@
-"""The exceptions podcron raises, one class per meaning.
+"""The exceptions podcron raises, one class per meaning, and the error codes it answers.
 
 Each class that a ScheduledJob's author can cause carries ``reason``: the
 ``Ready`` condition reason the operator reports for it, so the operator never
 has to map exception types to reasons by hand.
+
+This module imports nothing of podcron, so every layer (the sidecar too) may
+import it.
 """
 
 from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    """The codes of refused requests: on the control socket and in the System API's envelope.
+
+    The operator answers the first five on the control socket; the System API
+    passes the job codes through and maps ``NOT_READY`` to
+    ``OPERATOR_UNAVAILABLE``. The rest are the sidecar's own.
+    """
+
+    JOB_NOT_FOUND = "JOB_NOT_FOUND"
+    JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
+    #: Manual runs use their whole budget; a ``retryAfter`` (seconds) comes with it.
+    TOO_MANY_MANUAL_RUNS = "TOO_MANY_MANUAL_RUNS"
+    BAD_REQUEST = "BAD_REQUEST"
+    NOT_READY = "NOT_READY"
+    FORBIDDEN = "FORBIDDEN"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    URI_TOO_LONG = "URI_TOO_LONG"
+    HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
+    OPERATOR_UNAVAILABLE = "OPERATOR_UNAVAILABLE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 class PodcronError(Exception):
@@ -14,10 +43,14 @@ class PodcronError(Exception):
     reason: str = "Error"
 
 
+class StartupError(PodcronError):
+    """The operator cannot start: one line naming what to change."""
+
+
 class InvalidJobSpec(PodcronError, ValueError):
     """A ScheduledJob spec that cannot be scheduled; the message names the field."""
 
-    reason = "InvalidSchedule"
+    reason = "InvalidSpec"
 
     def __init__(self, field: str, value: object, problem: str) -> None:
         self.field = field
@@ -27,7 +60,7 @@ class InvalidJobSpec(PodcronError, ValueError):
 
 
 class InvalidSchedule(InvalidJobSpec):
-    """The schedule (or another timing field) is malformed."""
+    """``spec.schedule`` is malformed."""
 
     reason = "InvalidSchedule"
 
@@ -100,3 +133,37 @@ class TooManyManualRuns(PodcronError, RuntimeError):
     def __init__(self, message: str, *, retry_after_seconds: int) -> None:
         self.retry_after_seconds = retry_after_seconds
         super().__init__(message)
+
+
+class ObjectGone(PodcronError, LookupError):
+    """The object no longer exists (a ScheduledJob deleted, an Event expired): not an error."""
+
+
+class TransientApiError(PodcronError):
+    """A Kubernetes API failure worth retrying: throttling, conflicts, 5xx, lost connections."""
+
+
+class ProtocolError(PodcronError, ValueError):
+    """A control socket line that is not what :mod:`podcron.wire` defines."""
+
+
+class OperatorUnavailable(PodcronError, ConnectionError):
+    """The operator does not answer on the control socket."""
+
+
+class OperatorStarting(OperatorUnavailable):
+    """The operator answers, but still registers the jobs that existed at its start."""
+
+
+class OperatorRefused(PodcronError):
+    """The operator answered with one of the :class:`ErrorCode` codes."""
+
+    def __init__(
+        self, code: str, message: str, job_id: str | None, *, retry_after: int | None = None
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.job_id = job_id
+        #: Seconds after which asking again makes sense, when the operator said so.
+        self.retry_after = retry_after

@@ -23,7 +23,8 @@ from podcron.controller.events import (
     EventRecorder,
     ObjectRef,
 )
-from podcron.controller.kubeapi import KubeApi, ObjectGone, TransientApiError
+from podcron.controller.kubeapi import KubeApi
+from podcron.errors import ObjectGone, TransientApiError
 
 DEADLINE = 5.0
 JOB = ObjectRef("ns", "job", "uid-1")

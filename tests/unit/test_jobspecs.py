@@ -1,4 +1,4 @@
-"""From a ScheduledJob's spec to the engine's record: the timing fields' bounds."""
+"""From a ScheduledJob's spec to the engine's record: the fields outside the schedule."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ def _build(**fields: Any) -> Any:
 @pytest.mark.parametrize("seconds", [MAX_TIMEOUT_SECONDS + 1, 300_000_000_000, INT64_MAX, 0, -1])
 def test_a_timeout_out_of_bounds_is_refused(seconds: int) -> None:
     # The CRD refuses these; an object stored before it did still reaches the operator.
-    with pytest.raises(InvalidSchedule) as caught:
+    with pytest.raises(InvalidJobSpec) as caught:
         _build(timeoutSeconds=seconds)
     assert str(caught.value).startswith("spec.timeoutSeconds: must be ")
-    assert caught.value.reason == "InvalidSchedule"
+    assert caught.value.reason == "InvalidSpec"
 
 
 @pytest.mark.parametrize("seconds", [1, MAX_TIMEOUT_SECONDS])
@@ -73,3 +73,20 @@ def test_no_resources_listed_is_the_default() -> None:
 def _unused() -> Iterator[None]:
     """A factory no test creates."""
     yield
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"concurrencyPolicy": "Sometimes"}, "spec.concurrencyPolicy"),
+        ({"args": ["a list"]}, "spec.args"),
+        ({"timeoutSeconds": "soon"}, "spec.timeoutSeconds"),
+    ],
+)
+def test_a_bad_field_outside_the_schedule_is_an_invalid_spec_not_schedule(
+    fields: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(InvalidJobSpec) as caught:
+        _build(**fields)
+    assert not isinstance(caught.value, InvalidSchedule)
+    assert (caught.value.field, caught.value.reason) == (field, "InvalidSpec")

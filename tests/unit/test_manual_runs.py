@@ -16,12 +16,12 @@ import pytest
 from falcon import testing
 
 from podcron.context import JobContext, Trigger
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
-from podcron.errors import TooManyManualRuns
+from podcron.errors import OperatorRefused, TooManyManualRuns
 from podcron.sidecar.app import create_app
 from podcron.sidecar.cidr import Allowlist, parse_networks
-from podcron.sidecar.operator_client import OperatorClient, OperatorRefused
+from podcron.sidecar.operator_client import OperatorClient
 
 from .engine_support import Recorder, spec
 

@@ -11,13 +11,14 @@ import falcon.testing
 import pytest
 
 from podcron.context import JobContext
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.engine import Engine, JobSpec
+from podcron.errors import OperatorRefused, OperatorStarting
 from podcron.schedules import parse_schedule
 from podcron.sidecar.app import create_app
 from podcron.sidecar.cidr import Allowlist, parse_networks
-from podcron.sidecar.operator_client import OperatorClient, OperatorRefused, OperatorStarting
+from podcron.sidecar.operator_client import OperatorClient
 
 
 def test_the_gate_opens_once_every_listed_object_was_reconciled() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from falcon import testing
 
-from podcron import control_protocol as wire
+from podcron import wire
 from podcron.sidecar.app import create_app, create_probe_app
 from podcron.sidecar.cidr import Allowlist, parse_networks
 from podcron.sidecar.joblist import accepts_gzip

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from podcron.controller.kubeapi import ObjectGone, TransientApiError
 from podcron.controller.status import StatusWriter, merge
+from podcron.errors import ObjectGone, TransientApiError
 
 
 class RecordingApi:

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
-from podcron.controller.kubeapi import MESSAGE_LIMIT, KubeApi, ObjectGone, TransientApiError
+from podcron.controller.kubeapi import MESSAGE_LIMIT, KubeApi
+from podcron.errors import ObjectGone, TransientApiError
 
 log = logging.getLogger("podcron.events")
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from podcron import entrypoints
 from podcron.engine import ConcurrencyPolicy, History, JobSnapshot, JobSpec, RunCounts, RunStatus
-from podcron.errors import InvalidJobSpec, InvalidSchedule
+from podcron.errors import InvalidJobSpec
 from podcron.resources import UnknownResource
 from podcron.schedules import Schedule, parse_schedule
 
@@ -48,9 +48,9 @@ def _optional_seconds(
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
-        raise InvalidSchedule(f"spec.{key}", value, f"must be a number of seconds >= {minimum}")
+        raise InvalidJobSpec(f"spec.{key}", value, f"must be a number of seconds >= {minimum}")
     if maximum is not None and value > maximum:
-        raise InvalidSchedule(f"spec.{key}", value, f"must be at most {maximum} seconds")
+        raise InvalidJobSpec(f"spec.{key}", value, f"must be at most {maximum} seconds")
     return float(value)
 
 
@@ -87,12 +87,12 @@ def build_spec(
     try:
         policy = ConcurrencyPolicy(policy_text)
     except ValueError as error:
-        raise InvalidSchedule(
+        raise InvalidJobSpec(
             "spec.concurrencyPolicy", policy_text, "must be Forbid, Allow or Replace"
         ) from error
     args = spec.get("args") or {}
     if not isinstance(args, Mapping):
-        raise InvalidSchedule("spec.args", args, "must be an object")
+        raise InvalidJobSpec("spec.args", args, "must be an object")
     entry_point = str(spec.get("entryPoint") or "")
     target = entrypoints.resolve(entry_point, allowed_modules=allowed_modules)
     resources = _resource_names(spec)

@@ -15,19 +15,12 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
+from podcron.errors import ObjectGone, TransientApiError
 
 COMPONENT = "podcron-operator"
 # events.k8s.io/v1 refuses a note over 1 kB; the same bound on core/v1 messages.
 MESSAGE_LIMIT = 1024
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-
-
-class ObjectGone(Exception):
-    """The object no longer exists (a ScheduledJob deleted, an Event expired): not an error."""
-
-
-class TransientApiError(Exception):
-    """A failure worth retrying: throttling, conflicts, server errors, lost connections."""
 
 
 def _call(function: Callable[..., Any], *args: object, **kwargs: object) -> Any:

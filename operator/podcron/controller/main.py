@@ -29,7 +29,7 @@ import yaml
 
 from podcron import latency, resources
 from podcron.config import Settings
-from podcron.controller.control import ControlServer
+from podcron.controller.control_socket import ControlServer
 from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi
@@ -37,6 +37,7 @@ from podcron.controller.probes import ProbeServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
+from podcron.errors import StartupError
 from podcron.jobconfig import ConfigSource, JobConfigError
 from podcron.telemetry import logs, tracing
 from podcron.telemetry.metrics import JobMetrics
@@ -63,10 +64,6 @@ FLUSH_CONCURRENCY = 64
 HARD_EXIT_SECONDS = 10.0
 #: How long the exit waits for idle worker threads to end.
 EXIT_JOIN_SECONDS = 0.2
-
-
-class StartupError(Exception):
-    """The operator cannot start: one line naming what to change."""
 
 
 def run_budget(shutdown_timeout: float) -> float:

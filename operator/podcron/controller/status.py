@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from podcron.controller.kubeapi import ObjectGone, TransientApiError
+from podcron.errors import ObjectGone, TransientApiError
 
 log = logging.getLogger("podcron.status")
 

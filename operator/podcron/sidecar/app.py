@@ -21,40 +21,33 @@ import falcon
 import falcon.asgi
 from falcon import constants
 
-from podcron import control_protocol as wire
+from podcron import wire
+from podcron.errors import ErrorCode, OperatorRefused, OperatorStarting, OperatorUnavailable
 from podcron.sidecar import envelope
 from podcron.sidecar.cidr import Allowlist, Network, client_address
 from podcron.sidecar.joblist import Versions, accepts_gzip
-from podcron.sidecar.operator_client import (
-    EMPTY,
-    OperatorClient,
-    OperatorRefused,
-    OperatorStarting,
-    OperatorUnavailable,
-)
+from podcron.sidecar.operator_client import EMPTY, OperatorClient
 from podcron.sidecar.ratelimited_log import RateLimitedLog
 
 log = logging.getLogger("podcron.sidecar")
 
-#: The operator's refusals (control_protocol's error codes) as HTTP statuses; the
-#: envelope's code is the operator's. A code missing here answers 500.
+#: The operator's refusals as HTTP statuses; the envelope's code is the operator's.
+#: A code missing here answers 500.
 REFUSALS: dict[str, int] = {
-    wire.JOB_NOT_FOUND: 404,
-    wire.JOB_ALREADY_RUNNING: 409,
-    wire.TOO_MANY_MANUAL_RUNS: 429,
+    ErrorCode.JOB_NOT_FOUND: 404,
+    ErrorCode.JOB_ALREADY_RUNNING: 409,
+    ErrorCode.TOO_MANY_MANUAL_RUNS: 429,
 }
 #: Codes for errors Falcon raises itself; any other 4xx is BAD_REQUEST, 5xx INTERNAL_ERROR.
 STATUS_CODES = {
-    400: envelope.BAD_REQUEST,
-    403: envelope.FORBIDDEN,
-    404: envelope.NOT_FOUND,
-    405: envelope.METHOD_NOT_ALLOWED,
-    500: envelope.INTERNAL_ERROR,
+    400: ErrorCode.BAD_REQUEST,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    500: ErrorCode.INTERNAL_ERROR,
 }
 #: The longest namespace (an RFC 1123 label) and name (a DNS subdomain) Kubernetes accepts.
 MAX_NAMESPACE, MAX_NAME = 63, 253
-#: Request headers handed to the run so that its span joins the caller's trace.
-TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 JSON = falcon.MEDIA_JSON
 OPENAPI_DOCUMENT = "openapi.yaml"
@@ -64,10 +57,10 @@ App = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 
 class ApiError(falcon.HTTPError):
-    """An error answered with the envelope and one of this module's codes."""
+    """An error answered with the envelope and its code."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self, status: int, code: ErrorCode, message: str, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(
             falcon.code_to_http_status(status), title=code, description=message, headers=headers
@@ -78,7 +71,7 @@ class ApiError(falcon.HTTPError):
 def _serialize_error(req: falcon.Request, resp: falcon.Response, error: falcon.HTTPError) -> None:
     status = error.status_code
     code = getattr(error, "error_code", None) or STATUS_CODES.get(
-        status, envelope.BAD_REQUEST if status < 500 else envelope.INTERNAL_ERROR
+        status, ErrorCode.BAD_REQUEST if status < 500 else ErrorCode.INTERNAL_ERROR
     )
     message = error.description or error.title or str(error.status)
     if status == 405:
@@ -92,17 +85,17 @@ async def _unexpected_error(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, error: Exception, params: dict[str, Any]
 ) -> None:
     log.error("%s %s failed", req.method, req.path, exc_info=error)
-    raise ApiError(500, envelope.INTERNAL_ERROR, "the sidecar failed; see its log")
+    raise ApiError(500, ErrorCode.INTERNAL_ERROR, "the sidecar failed; see its log")
 
 
 def _unavailable(error: OperatorUnavailable) -> ApiError:
     if isinstance(error, OperatorStarting):
         return ApiError(
-            503, envelope.OPERATOR_UNAVAILABLE, "the operator is starting; try again shortly"
+            503, ErrorCode.OPERATOR_UNAVAILABLE, "the operator is starting; try again shortly"
         )
     log.warning("the operator is unreachable: %s", error)
     return ApiError(
-        503, envelope.OPERATOR_UNAVAILABLE, "the operator is not reachable; try again shortly"
+        503, ErrorCode.OPERATOR_UNAVAILABLE, "the operator is not reachable; try again shortly"
     )
 
 
@@ -112,7 +105,7 @@ def _refused(error: OperatorRefused) -> ApiError:
         raise error  # a code this sidecar does not know: _unexpected_error's 500
     subject = f"job {error.job_id}: " if error.job_id else ""
     headers = None if error.retry_after is None else {"Retry-After": str(error.retry_after)}
-    return ApiError(status, error.code, f"{subject}{error.message}", headers)
+    return ApiError(status, ErrorCode(error.code), f"{subject}{error.message}", headers)
 
 
 class CIDRFilter:
@@ -147,7 +140,7 @@ class CIDRFilter:
             peer,
             f" (X-Forwarded-For {forwarded[:200]!r})" if forwarded else "",
         )
-        raise ApiError(403, envelope.FORBIDDEN, "your address may not call this API")
+        raise ApiError(403, ErrorCode.FORBIDDEN, "your address may not call this API")
 
 
 class EncodedSlashFilter:
@@ -164,7 +157,7 @@ class EncodedSlashFilter:
         if b"%2f" in raw_path.lower():
             raise ApiError(
                 400,
-                envelope.BAD_REQUEST,
+                ErrorCode.BAD_REQUEST,
                 "the path holds an encoded '/' (%2F); a job is /_sys/job/{namespace}/{name}",
             )
 
@@ -225,7 +218,7 @@ def _matches(tags: list[falcon.ETag | Literal["*"]] | None, opaque_tag: str) -> 
 def _job_id(namespace: str, name: str) -> str:
     """``namespace/name``; 404 at once for what no ScheduledJob can be called."""
     if not (0 < len(namespace) <= MAX_NAMESPACE and 0 < len(name) <= MAX_NAME):
-        raise ApiError(404, wire.JOB_NOT_FOUND, f"no job can be called {namespace}/{name}")
+        raise ApiError(404, ErrorCode.JOB_NOT_FOUND, f"no job can be called {namespace}/{name}")
     return f"{namespace}/{name}"
 
 
@@ -262,7 +255,7 @@ class JobResource(Resource):
     ) -> None:
         """Run the job once now (trigger ``manual``), in the caller's trace if it sent one."""
         job_id = _job_id(namespace, name)
-        trace_headers = {h: v for h in TRACE_HEADERS if (v := req.get_header(h)) is not None}
+        trace_headers = {h: v for h in wire.TRACE_HEADERS if (v := req.get_header(h)) is not None}
         try:
             answer = await self._operator.trigger(job_id, trace_headers=trace_headers)
         except OperatorRefused as error:

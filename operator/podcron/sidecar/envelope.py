@@ -10,16 +10,7 @@ from __future__ import annotations
 import json
 from http import HTTPStatus
 
-#: Error codes of the envelope, beside the operator's own (control_protocol).
-BAD_REQUEST = "BAD_REQUEST"
-FORBIDDEN = "FORBIDDEN"
-NOT_FOUND = "NOT_FOUND"
-METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
-REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
-URI_TOO_LONG = "URI_TOO_LONG"
-HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
-OPERATOR_UNAVAILABLE = "OPERATOR_UNAVAILABLE"
-INTERNAL_ERROR = "INTERNAL_ERROR"
+from podcron.errors import ErrorCode
 
 
 def encode(document: object) -> bytes:
@@ -32,12 +23,12 @@ def data(payload: object) -> bytes:
     return encode({"data": payload, "meta": {}})
 
 
-def error(code: str, message: str) -> bytes:
+def error(code: ErrorCode, message: str) -> bytes:
     """An error answer."""
     return encode({"data": None, "meta": {}, "error": {"code": code, "message": message}})
 
 
-def raw_error_response(status: int, code: str, message: str) -> bytes:
+def raw_error_response(status: int, code: ErrorCode, message: str) -> bytes:
     """A whole HTTP/1.1 error response that closes the connection, for the protocol layer."""
     body = error(code, message)
     head = (

@@ -1,4 +1,4 @@
-"""The sidecar's end of the control socket (:mod:`podcron.control_protocol`), for asyncio.
+"""The sidecar's end of the control socket (:mod:`podcron.wire`), for asyncio.
 
 A few connections are kept open and reused, one exchange at a time each. A
 kept connection that the operator closed (it restarted) is noticed before
@@ -21,7 +21,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from podcron import control_protocol as wire
+from podcron import wire
+from podcron.errors import (
+    ErrorCode,
+    OperatorRefused,
+    OperatorStarting,
+    OperatorUnavailable,
+    ProtocolError,
+)
 
 #: How long one exchange may take before the operator counts as unreachable.
 TIMEOUT_SECONDS = 5.0
@@ -31,28 +38,6 @@ TIMEOUT_SECONDS = 5.0
 LIST_MAX_AGE_SECONDS = 0.05
 #: Exchanges in flight at once; further requests wait for a connection.
 MAX_CONNECTIONS = 4
-
-
-class OperatorUnavailable(ConnectionError):
-    """The operator does not answer on the control socket."""
-
-
-class OperatorRefused(Exception):
-    """The operator answered with one of the protocol's error codes."""
-
-    def __init__(
-        self, code: str, message: str, job_id: str | None, *, retry_after: int | None = None
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.job_id = job_id
-        #: Seconds after which asking again makes sense, when the operator said so.
-        self.retry_after = retry_after
-
-
-class OperatorStarting(OperatorUnavailable):
-    """The operator answers, but still registers the jobs that existed at its start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +85,11 @@ class _Connection:
         except asyncio.IncompleteReadError as error:
             raise ConnectionResetError("the operator closed the connection") from error
         except asyncio.LimitOverrunError as error:
-            raise wire.ProtocolError("an answer header over the line limit") from error
+            raise ProtocolError("an answer header over the line limit") from error
         header = wire.decode_line(line)
         length = header.get("length")
         if not isinstance(length, int) or length < 0:
-            raise wire.ProtocolError(f"bad length in {header!r}")
+            raise ProtocolError(f"bad length in {header!r}")
         try:
             body = await self._reader.readexactly(length) if length else b""
         except asyncio.IncompleteReadError as error:
@@ -153,7 +138,7 @@ class OperatorClient:
                         if connection is None:
                             connection = await _Connection.open(self.path)
                         header, body = await connection.exchange(request)
-                except (OSError, wire.ProtocolError) as error:
+                except (OSError, ProtocolError) as error:
                     if connection is not None:
                         connection.close()
                     # A kept connection can die with the operator that accepted it:
@@ -163,7 +148,7 @@ class OperatorClient:
                         continue
                     raise OperatorUnavailable(f"control socket {self.path}: {error}") from error
                 self._idle.append(connection)
-                if header.get("error") == wire.NOT_READY:
+                if header.get("error") == ErrorCode.NOT_READY:
                     raise OperatorStarting(str(header.get("message")))
                 if header.get("ok") is not True:
                     retry_after = header.get("retryAfter")

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from podcron.errors import ErrorCode
 from podcron.sidecar import envelope
 from podcron.sidecar.admission import Admission
 from podcron.sidecar.cidr import Address
@@ -57,7 +58,7 @@ class Listener:
 class Rejection(Exception):
     """A request answered with an error by the protocol itself, never reaching the app."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -71,20 +72,20 @@ def _parser_rejection(error: httptools.HttpParserError) -> Rejection:
         message = "the request target is not a valid path (percent-encode non-ASCII characters)"
     else:
         message = f"not a valid HTTP/1.1 request ({error})"
-    return Rejection(400, envelope.BAD_REQUEST, message)
+    return Rejection(400, ErrorCode.BAD_REQUEST, message)
 
 
 TARGET_TOO_LONG = (
     414,
-    envelope.URI_TOO_LONG,
+    ErrorCode.URI_TOO_LONG,
     f"the request target exceeds {MAX_TARGET_BYTES} bytes",
 )
 HEAD_TOO_LARGE = (
     431,
-    envelope.HEADERS_TOO_LARGE,
+    ErrorCode.HEADERS_TOO_LARGE,
     f"the request head exceeds {MAX_HEAD_BYTES} bytes",
 )
-TOO_MANY_FIELDS = (431, envelope.HEADERS_TOO_LARGE, f"more than {MAX_HEADER_FIELDS} header fields")
+TOO_MANY_FIELDS = (431, ErrorCode.HEADERS_TOO_LARGE, f"more than {MAX_HEADER_FIELDS} header fields")
 
 
 class GuardedHttpProtocol(HttpToolsProtocol):
@@ -224,7 +225,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._reject(
                 Rejection(
                     408,
-                    envelope.REQUEST_TIMEOUT,
+                    ErrorCode.REQUEST_TIMEOUT,
                     f"the request head did not arrive within {HEAD_TIMEOUT_SECONDS:g} s",
                 )
             )

@@ -14,9 +14,9 @@ JSON; the answer is one line of JSON (the header) followed by exactly
     {"op": "ping"}                              an empty answer: the operator is up
 
 A refused request answers ``{"ok": false, "error": CODE, "message": …}``
-with CODE one of :data:`JOB_NOT_FOUND`, :data:`JOB_ALREADY_RUNNING` (with
-``"why"``), :data:`TOO_MANY_MANUAL_RUNS` (with ``"retryAfter": seconds``),
-:data:`BAD_REQUEST`, or :data:`NOT_READY`: the operator is still registering
+with CODE one of :class:`~podcron.errors.ErrorCode`'s ``JOB_NOT_FOUND``,
+``JOB_ALREADY_RUNNING`` (with ``"why"``), ``TOO_MANY_MANUAL_RUNS`` (with
+``"retryAfter": seconds``), ``BAD_REQUEST``, or ``NOT_READY``: the operator is still registering
 the jobs that existed when it started, so it cannot say yet whether a job it
 does not hold exists (``ping`` and ``list`` answer it too until then). Try it by hand with
 ``socat - UNIX-CONNECT:/var/run/podcron/control.sock`` and a line of JSON.
@@ -33,15 +33,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from podcron.errors import ProtocolError
+
 #: Longest request or header line either end accepts, newline included.
 MAX_LINE = 64 * 1024
-
-JOB_NOT_FOUND = "JOB_NOT_FOUND"
-JOB_ALREADY_RUNNING = "JOB_ALREADY_RUNNING"
-#: Manual runs use their whole budget; the header also carries ``retryAfter`` (seconds).
-TOO_MANY_MANUAL_RUNS = "TOO_MANY_MANUAL_RUNS"
-BAD_REQUEST = "BAD_REQUEST"
-NOT_READY = "NOT_READY"
+#: Only these headers of a caller's request travel (as ``traceHeaders``) to the run's span.
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+#: W3C Baggage allows 8192 bytes; a longer value is dropped, not truncated.
+TRACE_HEADER_LIMIT = 8192
 
 
 class Op(enum.StrEnum):
@@ -51,10 +50,6 @@ class Op(enum.StrEnum):
     GET = "get"
     TRIGGER = "trigger"
     PING = "ping"
-
-
-class ProtocolError(ValueError):
-    """A line that is not what this module defines."""
 
 
 def encode_line(fields: Mapping[str, Any]) -> bytes:

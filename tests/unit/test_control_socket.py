@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 
-from podcron import control_protocol as wire
+from podcron import wire
 from podcron.context import JobContext, Trigger
-from podcron.controller.control import ControlServer, JobCatalogue
+from podcron.controller.control_socket import ControlServer, JobCatalogue
 from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
 from podcron.entrypoints import JobTarget
+from podcron.errors import ErrorCode, OperatorRefused, OperatorUnavailable
 from podcron.schedules import parse_schedule
-from podcron.sidecar.operator_client import OperatorClient, OperatorRefused, OperatorUnavailable
+from podcron.sidecar.operator_client import OperatorClient
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -83,10 +84,10 @@ async def test_no_jobs_lists_nothing_and_knows_no_job(
     assert (jobs.total, jobs.data) == (0, b"[]")
     with pytest.raises(OperatorRefused) as refused:
         await client.get_job("ns/missing")
-    assert (refused.value.code, refused.value.job_id) == (wire.JOB_NOT_FOUND, "ns/missing")
+    assert (refused.value.code, refused.value.job_id) == (ErrorCode.JOB_NOT_FOUND, "ns/missing")
     with pytest.raises(OperatorRefused) as refused:
         await client.trigger("ns/missing", trace_headers={})
-    assert refused.value.code == wire.JOB_NOT_FOUND
+    assert refused.value.code == ErrorCode.JOB_NOT_FOUND
 
 
 async def test_the_list_is_job_metadata_by_job_id_and_revalidated_by_etag(
@@ -172,7 +173,7 @@ async def test_trigger_of_a_running_forbid_job_is_refused(
     assert listed[0]["running"] is True
     with pytest.raises(OperatorRefused) as refused:
         await client.trigger("ns/a", trace_headers={})
-    assert refused.value.code == wire.JOB_ALREADY_RUNNING
+    assert refused.value.code == ErrorCode.JOB_ALREADY_RUNNING
     release.set()
 
 
@@ -268,13 +269,13 @@ async def test_a_bad_request_is_answered_not_fatal(
 ) -> None:
     header = await asyncio.to_thread(_raw_exchange, socket_path, line)
     assert header["ok"] is False
-    assert header["error"] == wire.BAD_REQUEST
+    assert header["error"] == ErrorCode.BAD_REQUEST
     await OperatorClient(str(socket_path)).ping()
 
 
 async def test_an_overlong_line_is_refused(server: ControlServer, socket_path: Path) -> None:
     header = await asyncio.to_thread(_raw_exchange, socket_path, b"x" * (wire.MAX_LINE + 10))
-    assert header["error"] == wire.BAD_REQUEST
+    assert header["error"] == ErrorCode.BAD_REQUEST
 
 
 async def test_the_catalogue_reencodes_only_after_a_change(engine: Engine) -> None:

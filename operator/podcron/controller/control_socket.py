@@ -2,7 +2,7 @@
 
 A Unix socket in a directory shared with the sidecar (an emptyDir in the pod):
 the operator opens no TCP port for this. The wire format is
-:mod:`podcron.control_protocol`.
+:mod:`podcron.wire`.
 
 Serialising 1,000 JobMetadata objects takes milliseconds, so the job list is
 kept serialised: it is rebuilt only when :attr:`Engine.version` moved, and
@@ -25,20 +25,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from podcron import control_protocol as wire
+from podcron import wire
 from podcron.controller import jobmetadata
 from podcron.controller.jobspecs import format_time
 from podcron.engine import Engine, History, JobSnapshot, JobSpec
-from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
+from podcron.errors import (
+    ErrorCode,
+    JobAlreadyRunning,
+    JobNotFound,
+    ProtocolError,
+    TooManyManualRuns,
+)
 
 log = logging.getLogger("podcron.control")
 
 SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o770
-#: Only these request headers travel from the caller to the run's span.
-TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
-#: W3C Baggage allows 8192 bytes; anything longer is dropped, not truncated.
-TRACE_HEADER_LIMIT = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,9 @@ def _trace_headers(value: object) -> dict[str, str]:
     return {
         key: text
         for key, text in value.items()
-        if key in TRACE_HEADERS and isinstance(text, str) and len(text) <= TRACE_HEADER_LIMIT
+        if key in wire.TRACE_HEADERS
+        and isinstance(text, str)
+        and len(text) <= wire.TRACE_HEADER_LIMIT
     }
 
 
@@ -128,7 +132,7 @@ def _always_ready() -> bool:
 
 
 class ControlServer:
-    """Serves :mod:`podcron.control_protocol` for one engine on a Unix socket.
+    """Serves :mod:`podcron.wire` for one engine on a Unix socket.
 
     Until ``ready()`` is true, ``ping``, ``list`` and any request about a job
     the engine does not hold answer ``NOT_READY``: the job may exist and not
@@ -206,7 +210,7 @@ class ControlServer:
                 await writer.drain()
         except ValueError:
             # readline's limit: a line this long is no request of ours.
-            writer.write(wire.encode_error(wire.BAD_REQUEST, "request line too long"))
+            writer.write(wire.encode_error(ErrorCode.BAD_REQUEST, "request line too long"))
         except ConnectionError:
             pass
         finally:
@@ -217,22 +221,22 @@ class ControlServer:
         try:
             request = wire.decode_line(line)
             op = wire.Op(str(request.get("op")))
-        except (wire.ProtocolError, ValueError) as error:
-            return [wire.encode_error(wire.BAD_REQUEST, str(error))]
+        except (ProtocolError, ValueError) as error:  # a bad line, or an unknown op
+            return [wire.encode_error(ErrorCode.BAD_REQUEST, str(error))]
         if op in (wire.Op.PING, wire.Op.LIST) and not self._ready():
-            return [wire.encode_error(wire.NOT_READY, NOT_READY_MESSAGE)]
+            return [wire.encode_error(ErrorCode.NOT_READY, NOT_READY_MESSAGE)]
         try:
             return self._handle(op, request)
         except JobNotFound as error:
             if not self._ready():
-                return [wire.encode_error(wire.NOT_READY, NOT_READY_MESSAGE)]
-            return [wire.encode_error(wire.JOB_NOT_FOUND, str(error))]
+                return [wire.encode_error(ErrorCode.NOT_READY, NOT_READY_MESSAGE)]
+            return [wire.encode_error(ErrorCode.JOB_NOT_FOUND, str(error))]
         except JobAlreadyRunning as error:
-            return [wire.encode_error(wire.JOB_ALREADY_RUNNING, str(error), why=error.why)]
+            return [wire.encode_error(ErrorCode.JOB_ALREADY_RUNNING, str(error), why=error.why)]
         except TooManyManualRuns as error:
             return [
                 wire.encode_error(
-                    wire.TOO_MANY_MANUAL_RUNS,
+                    ErrorCode.TOO_MANY_MANUAL_RUNS,
                     str(error),
                     retryAfter=error.retry_after_seconds,
                 )
@@ -248,7 +252,7 @@ class ControlServer:
             return [wire.encode_answer_header(len(body), etag=etag, total=total), body]
         job_id = request.get("jobId")
         if not isinstance(job_id, str):
-            return [wire.encode_error(wire.BAD_REQUEST, "jobId must be a string")]
+            return [wire.encode_error(ErrorCode.BAD_REQUEST, "jobId must be a string")]
         if op is wire.Op.GET:
             body = self._catalogue.one(job_id)
             return [wire.encode_answer_header(len(body)), body]
