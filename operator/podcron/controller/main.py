@@ -136,14 +136,15 @@ async def _listen(probes: ProbeServer, control: ControlServer, settings: Setting
 def _job_config(settings: Settings) -> ConfigSource:
     """``ctx.config``'s source, read once now; raises :class:`StartupError` naming a bad directory.
 
-    From here on, no log line and no span carries one of its Secret values.
+    From here on, no log line carries one of its Secret values.
     """
     config = ConfigSource(settings.job_config_dir or None, settings.job_secrets_dir or None)
     try:
         config.load()
     except JobConfigError as error:
         raise StartupError(str(error)) from None
-    logs.redact_with(config.redact_known)
+    if settings.job_secrets_dir:
+        logs.redact_with(config.redact_known)
     return config
 
 
@@ -192,7 +193,10 @@ async def run(settings: Settings) -> None:
     )
     control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
     await _listen(probes, control, settings)
-    flush_spans = tracing.configure_tracing(config.redact_known)
+    # Without a Secret there is nothing to take out of spans: no copy of each before export.
+    flush_spans = tracing.configure_tracing(
+        config.redact_known if settings.job_secrets_dir else None
+    )
     latency.tune_process()
     registry = kopf.OperatorRegistry()
     Reconciler(
