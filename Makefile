@@ -27,9 +27,11 @@ binaries: venv
 	$(PY) tools/controlplane.py binaries
 	$(PY) tools/helmtool.py
 
-# The chart ships a copy of the CRD; tests/unit/test_chart_crds.py fails until it is refreshed.
+# The chart and the package (for `podcron validate`) ship copies of the CRD;
+# tests/unit/test_chart_crds.py fails until they are refreshed.
 chart-crds:
 	cp crds/*.yaml helm/podcron/crds/
+	cp crds/*.yaml operator/podcron/crds/
 
 lint: venv
 	$(VENV)/bin/ruff check .

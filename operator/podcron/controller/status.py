@@ -307,6 +307,9 @@ class StatusWriter:
             self.patches_sent += 1
             self._failures.pop(key, None)
         finally:
+            # The interval counts from the end of a patch too: a worker thread that
+            # starts late must not land two patches closer together than promised.
+            self._last_sent[key] = time.monotonic()
             self._sending.discard(key)
             if slot:
                 self._slots.release()
