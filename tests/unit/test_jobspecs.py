@@ -90,3 +90,12 @@ def test_a_bad_field_outside_the_schedule_is_an_invalid_spec_not_schedule(
         _build(**fields)
     assert not isinstance(caught.value, InvalidSchedule)
     assert (caught.value.field, caught.value.reason) == (field, "InvalidSpec")
+
+
+def test_by_default_resources_are_checked_against_the_installed_factories() -> None:
+    # This package installs the example's "http" (pyproject.toml), as an image would.
+    assert _build(resources=["http"]).resources == ("http",)
+    with pytest.raises(UnknownResource) as caught:
+        _build(resources=["htp"])
+    assert "no resource factory named 'htp'" in str(caught.value)
+    assert "http" in str(caught.value)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from podcron import entrypoints
+from podcron import entrypoints, resources
 from podcron.engine import ConcurrencyPolicy, History, JobSnapshot, JobSpec, RunCounts, RunStatus
 from podcron.errors import InvalidJobSpec
 from podcron.resources import UnknownResource
@@ -62,9 +62,13 @@ def _resource_names(spec: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _no_resources(names: Sequence[str]) -> None:
+def _installed_resources(names: Sequence[str]) -> None:
+    """Check ``names`` against the factories installed, as the operator would find them."""
     if names:
-        raise UnknownResource(names[0], ())
+        installed = resources.discover()
+        for name in names:
+            if name not in installed:
+                raise UnknownResource(name, installed)
 
 
 def build_spec(
@@ -73,14 +77,15 @@ def build_spec(
     spec: Mapping[str, Any],
     *,
     allowed_modules: Sequence[str],
-    check_resources: Callable[[Sequence[str]], None] = _no_resources,
+    check_resources: Callable[[Sequence[str]], None] = _installed_resources,
 ) -> JobSpec:
     """The engine's record for a ScheduledJob's spec.
 
     Raises a :class:`podcron.errors.PodcronError` whose ``reason`` is the
     ``Ready`` condition reason when the spec cannot be scheduled.
     ``check_resources`` raises :class:`podcron.resources.UnknownResource` for
-    a name in ``spec.resources`` that no factory is registered under.
+    a name in ``spec.resources`` that no factory is registered under (by
+    default, no factory installed in the entry-point group).
     """
     schedule = parse_schedule(spec.get("schedule") or {}, time_zone=spec.get("timeZone") or "UTC")
     policy_text = spec.get("concurrencyPolicy", ConcurrencyPolicy.FORBID.value)
@@ -95,8 +100,8 @@ def build_spec(
         raise InvalidJobSpec("spec.args", args, "must be an object")
     entry_point = str(spec.get("entryPoint") or "")
     target = entrypoints.resolve(entry_point, allowed_modules=allowed_modules)
-    resources = _resource_names(spec)
-    check_resources(resources)
+    resource_names = _resource_names(spec)
+    check_resources(resource_names)
     return JobSpec(
         job_id=job_id(namespace, name),
         namespace=namespace,
@@ -111,7 +116,7 @@ def build_spec(
             spec, "timeoutSeconds", minimum=1, maximum=MAX_TIMEOUT_SECONDS
         ),
         starting_deadline_seconds=_optional_seconds(spec, "startingDeadlineSeconds"),
-        resources=resources,
+        resources=resource_names,
     )
 
 
