@@ -1,4 +1,4 @@
-"""API benchmark (issue 4): 1,000 ScheduledJobs against a real API server.
+"""API benchmark: 1,000 ScheduledJobs against a real API server.
 
 Run with ``make bench-api`` (``QUICK=1``: 200 jobs and a shorter window). It
 prints a table and, as its last line, a ``RESULT api ...`` line.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,17 +45,31 @@ from typing import Any, cast
 
 import kubernetes
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from cluster import (
+    ROOT,
+    ControlPlane,
+    control_plane,
+    is_ready,
+    operator_process,
+    prepare_namespace,
+    scheduled_job,
+)
+from harness import (
+    percentile,
+    print_table,
+    print_targets,
+    process_cpu_seconds,
+    quick,
+    rss_mb,
+    wait_until,
+)
+from podcron.controller.resource import GROUP, PLURAL, VERSION
 
-from controlplane import ControlPlane, ensure_binaries  # noqa: E402
-
-GROUP, VERSION, PLURAL = "podcron.dev", "v1alpha1", "scheduledjobs"
 NAMESPACE = "bench"
-CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 CREATE_THREADS = 8
 
-# Targets of issue 4.
+# Targets: every job Ready within 30 s of the first create; runs start within 1 s of their
+# tick (p99), none missed; status patches at or under the configured ceiling.
 TARGET_READY_TOTAL_S = 30.0
 # The status writer's patches in flight at once (StatusWriter's concurrency): a
 # patch started before the window may finish, and be counted, inside it.
@@ -75,10 +88,9 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None) -> Settings:
-        quick = os.environ.get("QUICK", "") not in ("", "0")
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--jobs", type=int, default=200 if quick else 1000)
-        parser.add_argument("--window", type=float, default=10.0 if quick else 30.0)
+        parser.add_argument("--jobs", type=int, default=200 if quick() else 1000)
+        parser.add_argument("--window", type=float, default=10.0 if quick() else 30.0)
         parser.add_argument("--warmup", type=float, default=5.0)
         parser.add_argument(
             "--ceiling", type=float, default=100.0, help="statusPatchesPerSecond of the operator"
@@ -131,31 +143,12 @@ class Watcher:
             name = body["metadata"]["name"]
             if event["type"] == "MODIFIED":
                 self.modified.append((now, name))
-            if name not in self.ready_at and _is_ready(body):
+            if name not in self.ready_at and is_ready(body):
                 self.ready_at[name] = now
 
     def stop(self) -> None:
         self._stopping = True
         self._watch.stop()  # type: ignore[no-untyped-call]
-
-
-def _is_ready(body: dict[str, Any]) -> bool:
-    conditions = (body.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _job(index: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ScheduledJob",
-        "metadata": {"name": f"job-{index:05d}"},
-        "spec": {"entryPoint": "bench_api_job:probe", "schedule": {"every": "1s"}},
-    }
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _status_patches(plane: ControlPlane) -> float:
@@ -172,58 +165,19 @@ def _status_patches(plane: ControlPlane) -> float:
     return total
 
 
-def _proc(pid: int) -> tuple[float, float]:
-    """(CPU seconds, RSS in MiB) of process ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return cpu, int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
-
-
 @contextmanager
-def operator_process(
+def _operator(
     plane: ControlPlane, workdir: Path, settings: Settings, lateness_file: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``podcron operator`` watching the bench namespace, stopped with SIGTERM afterwards."""
-    log = (workdir / "operator.log").open("wb")
-    env = plane.env() | {
+    """``podcron operator`` running the probe job, stopped with SIGTERM afterwards."""
+    env = {
         "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]),
         "PODCRON_ALLOWED_MODULES": "bench_api_job",
-        "PODCRON_NAMESPACES": NAMESPACE,
         "PODCRON_STATUS_PATCHES_PER_SECOND": str(settings.ceiling),
-        "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
-        "PODCRON_METRICS_HOST": "127.0.0.1",
-        "PODCRON_METRICS_PORT": "0",
         "PODCRON_BENCH_LATENESS_FILE": str(lateness_file),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "podcron", "operator"], env=env, stdout=log, stderr=log, cwd=workdir
-    )
-    try:
-        _wait(
-            lambda: b"podcron operator started" in (workdir / "operator.log").read_bytes(),
-            60,
-            "operator start-up",
-        )
+    with operator_process(plane, workdir, NAMESPACE, env) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,24 +213,17 @@ def run(settings: Settings) -> Results:
     )
     with (
         tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
-        ControlPlane.start(ensure_binaries()) as plane,
+        control_plane() as plane,
     ):
         workdir, lateness_file = Path(tmp), Path(tmp) / "lateness.txt"
-        plane.kubectl("apply", "--server-side", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", "crd/scheduledjobs.podcron.dev")
-        plane.kubectl("create", "namespace", NAMESPACE)
-        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(plane.kubeconfig)
-        )
-        client.configuration.connection_pool_maxsize = CREATE_THREADS
-        api = kubernetes.client.CustomObjectsApi(client)
+        api = prepare_namespace(plane, NAMESPACE, connections=CREATE_THREADS)
         watcher = Watcher(api)
         watcher.start()
-        with operator_process(plane, workdir, settings, lateness_file) as operator:
+        with _operator(plane, workdir, settings, lateness_file) as operator:
             created_at: dict[str, float] = {}
 
             def create(index: int) -> None:
-                body = _job(index)
+                body = scheduled_job(index, "bench_api_job:probe")
                 api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
                 created_at[body["metadata"]["name"]] = time.time()
 
@@ -286,7 +233,7 @@ def run(settings: Settings) -> Results:
                 list(pool.map(create, range(settings.jobs)))
             create_s = time.time() - started
             try:
-                _wait(lambda: len(watcher.ready_at) >= settings.jobs, 120, "every job Ready")
+                wait_until(lambda: len(watcher.ready_at) >= settings.jobs, 120, "every job Ready")
             except TimeoutError as error:
                 print(f"  {error}", file=sys.stderr)
             ready = [watcher.ready_at[name] - created_at[name] for name in watcher.ready_at]
@@ -294,11 +241,12 @@ def run(settings: Settings) -> Results:
 
             print("  steady state ...", file=sys.stderr, flush=True)
             time.sleep(settings.warmup_s)
-            patches_0, (cpu_0, _) = _status_patches(plane), _proc(operator.pid)
+            patches_0, cpu_0 = _status_patches(plane), process_cpu_seconds(operator.pid)
             window_start = time.time()
             time.sleep(settings.window_s)
             window_end = time.time()
-            patches_1, (cpu_1, rss_mb) = _status_patches(plane), _proc(operator.pid)
+            patches_1, cpu_1 = _status_patches(plane), process_cpu_seconds(operator.pid)
+            operator_rss_mb = rss_mb(operator.pid)
             # The probe writes its notes about once a second.
             time.sleep(2.0)
         watcher.stop()
@@ -326,7 +274,7 @@ def run(settings: Settings) -> Results:
         create_s=create_s,
         ready_total_s=ready_total_s,
         ready_p50_s=statistics.median(ready),
-        ready_p99_s=_percentile(ready, 0.99),
+        ready_p99_s=percentile(ready, 0.99),
         ready_count=len(ready),
         window_s=window,
         patches=round(patches_1 - patches_0),
@@ -335,10 +283,10 @@ def run(settings: Settings) -> Results:
         runs_per_s=len(lateness) / len(ticks),
         ticks_missed=sum(max(0, settings.jobs - per_tick[tick]) for tick in ticks),
         lateness_p50_s=statistics.median(lateness),
-        lateness_p99_s=_percentile(lateness, 0.99),
+        lateness_p99_s=percentile(lateness, 0.99),
         lateness_max_s=max(lateness),
         operator_cpu_pct=100 * (cpu_1 - cpu_0) / window,
-        operator_rss_mb=rss_mb,
+        operator_rss_mb=operator_rss_mb,
     )
 
 
@@ -364,29 +312,27 @@ def report(settings: Settings, results: Results) -> None:
         ("operator CPU", f"{r.operator_cpu_pct:.0f} % of one core"),
         ("operator RSS", f"{r.operator_rss_mb:.0f} MiB"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"{'measure':<{width}}  value")
-    print("-" * (width + 24))
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    targets = [
-        (r.ready_count == r.jobs, "every job Ready"),
-        (r.ready_total_s <= TARGET_READY_TOTAL_S, f"all Ready within {TARGET_READY_TOTAL_S:g} s"),
-        (
-            r.patches <= settings.ceiling * r.window_s + IN_FLIGHT,
-            f"status patches at or under the ceiling ({settings.ceiling:g}/s,"
-            f" give or take {IN_FLIGHT} in flight at the window's edges)",
-        ),
-        (r.busiest_object_per_s <= 1.1, "no object patched more than about once a second"),
-        (r.ticks_missed == 0, "runs on time: no tick missed"),
-        (
-            r.lateness_p99_s < TARGET_LATENESS_P99_S,
-            f"runs on time: lateness p99 under {TARGET_LATENESS_P99_S:g} s",
-        ),
-    ]
-    print("\ntargets")
-    for ok, label in targets:
-        print(f"  {'OK' if ok else 'MISSED':6} {label}")
+    print_table(rows)
+    print_targets(
+        [
+            ("every job Ready", r.ready_count == r.jobs),
+            (
+                f"all Ready within {TARGET_READY_TOTAL_S:g} s",
+                r.ready_total_s <= TARGET_READY_TOTAL_S,
+            ),
+            (
+                f"status patches at or under the ceiling ({settings.ceiling:g}/s,"
+                f" give or take {IN_FLIGHT} in flight at the window's edges)",
+                r.patches <= settings.ceiling * r.window_s + IN_FLIGHT,
+            ),
+            ("no object patched more than about once a second", r.busiest_object_per_s <= 1.1),
+            ("runs on time: no tick missed", r.ticks_missed == 0),
+            (
+                f"runs on time: lateness p99 under {TARGET_LATENESS_P99_S:g} s",
+                r.lateness_p99_s < TARGET_LATENESS_P99_S,
+            ),
+        ]
+    )
     print(
         f"RESULT api jobs={r.jobs} ready_total_s={r.ready_total_s:.1f} "
         f"ready_p99_s={r.ready_p99_s:.2f} patches_per_s={r.patches_per_s:.1f} "

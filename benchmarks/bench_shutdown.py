@@ -19,32 +19,32 @@ import argparse
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
-import kubernetes
+from cluster import (
+    control_plane,
+    is_ready,
+    operator_process,
+    prepare_namespace,
+    scheduled_job,
+)
+from harness import print_table, print_targets, quick, wait_until
+from podcron.controller.resource import GROUP, PLURAL, VERSION
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from controlplane import ControlPlane, ensure_binaries  # noqa: E402
-
-GROUP, VERSION, PLURAL = "podcron.dev", "v1alpha1", "scheduledjobs"
 NAMESPACE = "bench"
-CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 CREATE_THREADS = 8
 HELLO = re.compile(r"hello from (?P<job>\S+) \(")
 # A text-format line: "2026-01-01 10:00:00,123 INFO    logger [job] message".
 LINE = re.compile(r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>\w+)\s+(?P<rest>.*)$")
+# Targets: exit within 1 s of SIGTERM, with every job's last state in status.
 TARGET_STOP_S = 1.0
 
 
@@ -58,9 +58,8 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None) -> Settings:
-        quick = os.environ.get("QUICK", "") not in ("", "0")
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-        parser.add_argument("--jobs", type=int, default=200 if quick else 1000)
+        parser.add_argument("--jobs", type=int, default=200 if quick() else 1000)
         parser.add_argument("--run", type=float, default=10.0, help="seconds of runs before it")
         parser.add_argument("--shutdown-timeout", type=float, default=25.0)
         args = parser.parse_args(argv)
@@ -79,19 +78,6 @@ class Results:
     jobs_running: int
     phases: list[tuple[float, str]]
     load: tuple[float, float, float]
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.5)
-
-
-def _is_ready(body: dict[str, Any]) -> bool:
-    conditions = (body.get("status") or {}).get("conditions") or ()
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def _phases(log: str, since: float) -> list[tuple[float, str]]:
@@ -116,65 +102,38 @@ def run(settings: Settings) -> Results:
     )
     with (
         tempfile.TemporaryDirectory(prefix="bench-shutdown-") as tmp,
-        ControlPlane.start(ensure_binaries()) as plane,
+        control_plane() as plane,
     ):
         workdir = Path(tmp)
-        plane.kubectl("apply", "--server-side", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", "crd/scheduledjobs.podcron.dev")
-        plane.kubectl("create", "namespace", NAMESPACE)
-        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(plane.kubeconfig)
-        )
-        client.configuration.connection_pool_maxsize = CREATE_THREADS
-        api = kubernetes.client.CustomObjectsApi(client)
+        api = prepare_namespace(plane, NAMESPACE, connections=CREATE_THREADS)
 
         def listing() -> list[dict[str, Any]]:
             found = api.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)
             return cast(list[dict[str, Any]], cast(dict[str, Any], found)["items"])
 
-        log_path = workdir / "operator.log"
-        env = plane.env() | {
-            "PODCRON_NAMESPACES": NAMESPACE,
+        env = {
             "PODCRON_LOG_FORMAT": "text",
-            "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
-            "PODCRON_METRICS_HOST": "127.0.0.1",
-            "PODCRON_METRICS_PORT": "0",
             "PODCRON_SHUTDOWN_TIMEOUT_SECONDS": str(settings.shutdown_timeout_s),
         }
-        with log_path.open("wb") as log:
-            operator = subprocess.Popen(
-                [sys.executable, "-m", "podcron", "operator"],
-                env=env,
-                stdout=log,
-                stderr=log,
-                cwd=workdir,
+        with operator_process(plane, workdir, NAMESPACE, env) as operator:
+            print("  creating ...", file=sys.stderr, flush=True)
+            with ThreadPoolExecutor(CREATE_THREADS) as pool:
+                list(pool.map(lambda index: _create(api, index), range(settings.jobs)))
+            wait_until(
+                lambda: sum(map(is_ready, listing())) >= settings.jobs,
+                180,
+                "every job Ready",
+                interval=0.5,
             )
-            try:
-                _wait(
-                    lambda: b"podcron operator started" in log_path.read_bytes(),
-                    60,
-                    "operator start-up",
-                )
-                print("  creating ...", file=sys.stderr, flush=True)
-                with ThreadPoolExecutor(CREATE_THREADS) as pool:
-                    list(pool.map(lambda index: _create(api, index), range(settings.jobs)))
-                _wait(
-                    lambda: sum(map(_is_ready, listing())) >= settings.jobs,
-                    180,
-                    "every job Ready",
-                )
-                print("  running ...", file=sys.stderr, flush=True)
-                time.sleep(settings.run_s)
-                load = os.getloadavg()
-                signalled = time.time()
-                started = time.monotonic()
-                operator.send_signal(signal.SIGTERM)
-                exit_code = operator.wait(settings.shutdown_timeout_s + 60)
-                stop_s = time.monotonic() - started
-            finally:
-                if operator.poll() is None:
-                    operator.kill()
-                    operator.wait()
+            print("  running ...", file=sys.stderr, flush=True)
+            time.sleep(settings.run_s)
+            load = os.getloadavg()
+            signalled = time.time()
+            started = time.monotonic()
+            operator.send_signal(signal.SIGTERM)
+            exit_code = operator.wait(settings.shutdown_timeout_s + 60)
+            stop_s = time.monotonic() - started
+        log_path = workdir / "operator.log"
         text = log_path.read_text()
         runs = Counter(match["job"] for match in HELLO.finditer(text))
         lagging = running = 0
@@ -197,13 +156,8 @@ def run(settings: Settings) -> Results:
     )
 
 
-def _create(api: kubernetes.client.CustomObjectsApi, index: int) -> None:
-    body = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ScheduledJob",
-        "metadata": {"name": f"job-{index:05d}"},
-        "spec": {"entryPoint": "hello", "schedule": {"every": "1s"}},
-    }
+def _create(api: Any, index: int) -> None:
+    body = scheduled_job(index, "hello")
     api.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL, body)
 
 
@@ -222,19 +176,14 @@ def report(results: Results) -> None:
         ("jobs whose runs.total differs from the log", f"{r.jobs_lagging}"),
         ("jobs left running: true", f"{r.jobs_running}"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"\n{'measure':<{width}}  value")
-    print("-" * (width + 24))
-    for label, value in rows:
-        print(f"{label:<{width}}  {value}")
-    targets = [
-        (r.jobs_lagging == 0 and r.jobs_running == 0, "every job's last state reached status"),
-        (r.stop_s < TARGET_STOP_S, f"exit within {TARGET_STOP_S:g} s"),
-        (r.exit_code == 0, "exit code 0"),
-    ]
-    print("\ntargets")
-    for ok, label in targets:
-        print(f"  {'OK' if ok else 'MISSED':6} {label}")
+    print_table(rows)
+    print_targets(
+        [
+            ("every job's last state reached status", r.jobs_lagging == r.jobs_running == 0),
+            (f"exit within {TARGET_STOP_S:g} s", r.stop_s < TARGET_STOP_S),
+            ("exit code 0", r.exit_code == 0),
+        ]
+    )
     print(
         f"RESULT shutdown jobs={r.jobs} stop_s={r.stop_s:.2f} lagging={r.jobs_lagging} "
         f"running={r.jobs_running} exit={r.exit_code}"

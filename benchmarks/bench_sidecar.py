@@ -40,7 +40,6 @@ import asyncio
 import os
 import queue
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -58,6 +57,15 @@ from typing import IO, Any
 
 import requests
 
+from harness import (
+    children_cpu_seconds,
+    machine_busy_seconds,
+    percentile,
+    process_cpu_seconds,
+    quick,
+    stop,
+    wait_until,
+)
 from podcron.context import JobContext
 from podcron.controller.control_socket import ControlServer
 from podcron.engine import ConcurrencyPolicy, Engine, History, JobSpec, RunCounts, RunStatus
@@ -120,10 +128,10 @@ async def _serve(socket_path: str, count: int) -> None:
         engine.upsert(spec, history=history)
     server = ControlServer(engine, socket_path)
     await server.start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    stopping = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     print("ready", flush=True)
-    await stop.wait()
+    await stopping.wait()
     await server.stop()
     await engine.shutdown()
 
@@ -217,54 +225,6 @@ def _lines(stream: IO[str]) -> queue.Queue[str]:
     return lines
 
 
-def _wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children so far, from /proc."""
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        pids += [int(child) for child in (task / "children").read_text().split()]
-    total = 0.0
-    for each in pids:
-        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
-def machine_busy_seconds() -> float:
-    """CPU time all processes of the machine spent so far (every CPU), from /proc/stat."""
-    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle and iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 GZIP = {"Accept-Encoding": "gzip"}
 
 
@@ -282,10 +242,13 @@ def _load(
     headers = GZIP if gzip else {"Accept-Encoding": "identity"}
     body = session.get(f"{url}/_sys/job", headers=headers, stream=True).raw.read()
     sidecar_pid, operator_pid = pids
-    cpu_before = cpu_seconds(sidecar_pid), cpu_seconds(operator_pid)
+    cpu_before = (
+        process_cpu_seconds(sidecar_pid, with_children=True),
+        process_cpu_seconds(operator_pid, with_children=True),
+    )
     busy_before, wrk_before, started = (
         machine_busy_seconds(),
-        _children_cpu_seconds(),
+        children_cpu_seconds(),
         time.monotonic(),
     )
     wrk = subprocess.run(
@@ -303,11 +266,11 @@ def _load(
         check=True,
     )
     load = parse_wrk(wrk.stdout)
-    sidecar_cpu = cpu_seconds(sidecar_pid) - cpu_before[0]
-    operator_cpu = cpu_seconds(operator_pid) - cpu_before[1]
+    sidecar_cpu = process_cpu_seconds(sidecar_pid, with_children=True) - cpu_before[0]
+    operator_cpu = process_cpu_seconds(operator_pid, with_children=True) - cpu_before[1]
     # What the rest of the machine took meanwhile: the latencies depend on it.
     others = machine_busy_seconds() - busy_before
-    others -= sidecar_cpu + operator_cpu + _children_cpu_seconds() - wrk_before
+    others -= sidecar_cpu + operator_cpu + children_cpu_seconds() - wrk_before
     others_busy = max(0.0, others) / ((time.monotonic() - started) * (os.cpu_count() or 1))
     return Load(
         jobs=count,
@@ -360,7 +323,7 @@ def measure(count: int, *, duration: int, connections: int, triggers: int, workd
             except requests.RequestException:
                 return False
 
-        _wait_until(listed, 60, f"the sidecar to list {count} jobs")
+        wait_until(listed, 60, f"the sidecar to list {count} jobs")
         plain, packed = (
             _load(
                 url,
@@ -388,12 +351,12 @@ def measure(count: int, *, duration: int, connections: int, triggers: int, workd
             plain=plain,
             gzip=packed,
             trigger_p50_ms=statistics.median(delays),
-            trigger_p99_ms=_percentile(delays, 0.99),
+            trigger_p99_ms=percentile(delays, 0.99),
             trigger_max_ms=max(delays),
         )
     finally:
-        _stop(sidecar)
-        _stop(host)
+        stop(sidecar, 20)
+        stop(host, 20)
         sidecar_log.close()
 
 
@@ -404,11 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="internal: the engine and control socket")
     serve.add_argument("--socket", required=True)
     serve.add_argument("--count", type=int, required=True)
-    quick = bool(os.environ.get("QUICK"))
     parser.add_argument("--jobs", default="1000,10000", help="job counts, comma-separated")
-    parser.add_argument("--duration", type=int, default=5 if quick else 30, help="seconds")
+    parser.add_argument("--duration", type=int, default=5 if quick() else 30, help="seconds")
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--triggers", type=int, default=50 if quick else 300)
+    parser.add_argument("--triggers", type=int, default=50 if quick() else 300)
     arguments = parser.parse_args(argv)
     if arguments.command == "serve":
         asyncio.run(_serve(arguments.socket, arguments.count))

@@ -1,4 +1,4 @@
-"""Telemetry benchmark (issue 6): the CPU a run costs with telemetry on versus off.
+"""Telemetry benchmark: the CPU a run costs with telemetry on versus off.
 
 Run with ``python benchmarks/bench_telemetry.py`` (``make bench-telemetry``;
 ``QUICK=1`` for a reduced run). It prints a table and, as its last line, a
@@ -34,7 +34,6 @@ import asyncio
 import json
 import logging
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,12 +44,14 @@ from typing import Any
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from harness import cpu_seconds, print_targets, quick
 from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, JobSpec, RunFinished
 from podcron.schedules import Every
-from podcron.telemetry import tracing
+from podcron.telemetry import span_export
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -62,13 +63,8 @@ BATCH = 50  # the manual-run budget the benchmark's engine is given
 WARMUP_RUNS = 1_000
 # Runs between exports of the span queue; below the batch processor's queue size (2048).
 EXPORT_EVERY = 1_000
+# Target: metrics and spans together add at most 100 us of CPU to a run.
 TARGET_OVERHEAD_US = 100.0
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (all threads), user plus system."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 class ManualRuns:
@@ -80,10 +76,10 @@ class ManualRuns:
 
     JOB_ID = "bench/noop"
 
-    def __init__(self, metrics: JobMetrics | None = None) -> None:
+    def __init__(self, telemetry: RunTelemetry | None = None) -> None:
         self._finished = 0
         self._batch_done = asyncio.Event()
-        self.engine = Engine(listeners=[self._on_event], metrics=metrics, max_manual_runs=BATCH)
+        self.engine = Engine(listeners=[self._on_event], telemetry=telemetry, max_manual_runs=BATCH)
 
         async def noop(ctx: JobContext) -> None:
             pass
@@ -119,17 +115,17 @@ class ManualRuns:
 async def measure(mode: str, runs: int) -> dict[str, Any]:
     """CPU per manual run of a no-op job in ``mode``; the child's whole job."""
     metrics = JobMetrics(CollectorRegistry()) if mode in ("metrics", "on") else None
-    flush = tracing.configure_tracing()
+    spans = span_export.configure_tracing()
     latency.tune_process()  # as the operator starts
-    if (flush is not None) != (mode in ("tracing", "on")):
-        raise RuntimeError(f"mode {mode}: tracing is {'on' if flush else 'off'}")
-    manual = ManualRuns(metrics)
+    if (spans is not None) != (mode in ("tracing", "on")):
+        raise RuntimeError(f"mode {mode}: tracing is {'on' if spans else 'off'}")
+    manual = ManualRuns(RunTelemetry(metrics=metrics, spans=spans))
     provider: Any = trace.get_tracer_provider()
 
     async def run(count: int) -> None:
         for _ in range(count // EXPORT_EVERY):
             await manual.run(EXPORT_EVERY)
-            if flush is not None:
+            if spans is not None:
                 # This loop never waits, so the idle-priority export thread
                 # would starve and spans would be dropped: export the queue
                 # here, the same encoding work in the same process's CPU.
@@ -138,7 +134,7 @@ async def measure(mode: str, runs: int) -> dict[str, Any]:
     await run(WARMUP_RUNS)
     cpu_start = cpu_seconds()
     await run(runs)
-    if flush is not None and not flush(5.0):
+    if spans is not None and not span_export.flush(spans, 5.0):
         raise RuntimeError("spans were not flushed in time")
     cpu = cpu_seconds() - cpu_start
     await manual.engine.shutdown()
@@ -224,13 +220,17 @@ def print_overhead(result: dict[str, Any]) -> None:
         " median of the rounds.\n'on' = metrics + spans over OTLP/gRPC (batch processor)"
         " to a receiver on 127.0.0.1."
     )
-    print("\ntelemetry targets")
     overhead_us = result["overhead_us"]
-    for label, ok in (
-        (f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run", overhead_us <= TARGET_OVERHEAD_US),
-        ("every span of every run exported", result["complete"]),
-    ):
-        print(f"  {'ok' if ok else 'MISSED':6} {label}")
+    print_targets(
+        [
+            (
+                f"telemetry adds <= {TARGET_OVERHEAD_US:g} µs per run",
+                overhead_us <= TARGET_OVERHEAD_US,
+            ),
+            ("every span of every run exported", result["complete"]),
+        ],
+        "telemetry targets",
+    )
 
 
 def main() -> None:
@@ -238,12 +238,11 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, help=argparse.SUPPRESS)
     arguments = parser.parse_args()
-    quick = os.environ.get("QUICK") == "1"
     if arguments.child:
-        run_child(arguments.child, arguments.runs or (5_000 if quick else 20_000))
+        run_child(arguments.child, arguments.runs or (5_000 if quick() else 20_000))
         return
     cpu = int(os.environ.get("BENCH_CPU", max(os.sched_getaffinity(0))))
-    result = measure_overhead(quick=quick, cpu=cpu, runs=arguments.runs)
+    result = measure_overhead(quick=quick(), cpu=cpu, runs=arguments.runs)
     print_overhead(result)
     median = result["median"]
     print(

@@ -372,8 +372,8 @@ def _count(text: str) -> int:
 
 
 def _validate(parser: argparse.ArgumentParser, arguments: argparse.Namespace) -> int:
-    from podcron.controller.jobspecs import format_time
     from podcron.manifests import Problem, check_file
+    from podcron.runrecord import format_time
     from podcron.schedules.zones import time_zone
     from podcron.testing import next_runs
 

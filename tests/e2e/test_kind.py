@@ -36,7 +36,7 @@ from gobuild import BinariesUnavailable
 from helmtool import Helm
 
 from ..chart import CHART, ROOT
-from ..integration.conftest import wait_for
+from ..waiting import wait_for
 
 pytestmark = pytest.mark.timeout(1800)
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,6 @@ from controlplane import ControlPlane
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 _namespaces = itertools.count()
-
-
-def wait_for(
-    condition: Callable[[], Any], *, timeout: float, interval: float = 0.1, what: str = ""
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="session")

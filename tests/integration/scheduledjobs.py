@@ -16,7 +16,8 @@ import yaml
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, get_job, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess, get_job
 
 # What examples/podcron_examples/hello.py logs for each run.
 HELLO_RUN = re.compile(

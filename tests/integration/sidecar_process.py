@@ -12,7 +12,7 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from .conftest import wait_for
+from ..waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 OPENAPI = ROOT / "operator" / "podcron" / "sidecar" / "openapi.yaml"

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import (
     annotate,
     apply,

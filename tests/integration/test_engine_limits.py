@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import annotate, apply, manifest, status, wait_event
 from .sidecar_process import SidecarProcess, client, free_port
 

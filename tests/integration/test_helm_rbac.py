@@ -34,7 +34,8 @@ from controlplane import ControlPlane
 from helmtool import Helm
 
 from ..chart import CHART, CUSTOM_VALUES, VALUE_SETS, render, values_file
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import (
     annotate,
     apply,

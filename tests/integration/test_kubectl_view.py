@@ -17,7 +17,8 @@ import pytest
 
 from controlplane import ControlPlane
 
-from .conftest import ROOT, OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import ROOT, OperatorProcess
 from .scheduledjobs import (
     apply,
     manifest,

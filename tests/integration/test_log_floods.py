@@ -27,7 +27,7 @@ import yaml
 
 from controlplane import ControlPlane
 
-from .conftest import wait_for
+from ..waiting import wait_for
 from .scheduledjobs import apply, manifest, status
 
 LOUD_MODULE = """

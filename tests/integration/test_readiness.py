@@ -19,7 +19,8 @@ import yaml
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import manifest
 from .sidecar_process import SidecarProcess, client
 

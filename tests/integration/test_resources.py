@@ -26,7 +26,8 @@ from controlplane import ControlPlane
 from otlp_receiver import OtlpReceiver
 
 from ..unit.kubelet_volume import KubeletVolume
-from .conftest import OperatorProcess, get_job, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess, get_job
 from .scheduledjobs import apply, events, manifest, status, wait_event, wait_ready
 from .sidecar_process import SidecarProcess, client
 

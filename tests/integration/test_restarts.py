@@ -23,7 +23,8 @@ import pytest
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import (
     apply,
     hello_runs,

@@ -17,7 +17,8 @@ from typing import Any
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import apply, manifest, status
 
 HOLDING = ["hold-a", "hold-b", "hold-c"]

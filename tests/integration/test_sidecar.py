@@ -23,7 +23,8 @@ import schemathesis
 
 from controlplane import ControlPlane
 
-from .conftest import ROOT, OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import ROOT, OperatorProcess
 from .sidecar_process import OPENAPI, SidecarProcess, client, free_port
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -23,7 +23,7 @@ import yaml
 
 from controlplane import ControlPlane
 
-from .conftest import wait_for
+from ..waiting import wait_for
 from .sidecar_process import SidecarProcess, client
 
 POD_CIDR = "127.0.9.0/24"

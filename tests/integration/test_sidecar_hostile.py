@@ -24,7 +24,7 @@ import pytest
 from podcron.sidecar.protocol import HEAD_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
 from podcron.sidecar.server import API_LIMITS, WORKERS
 
-from .conftest import wait_for
+from ..waiting import wait_for
 from .sidecar_process import SidecarProcess, client, raw_exchange
 
 ALLOWED, OUTSIDE, PROXY = "127.0.0.1", "127.0.0.2", "127.0.0.4"

@@ -30,7 +30,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from controlplane import ControlPlane
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import apply, manifest, namespace_for_module, started_operator
 from .sidecar_process import SidecarProcess, client, free_port
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 from controlplane import ControlPlane
 
-from .conftest import ROOT, OperatorProcess, get_job, wait_for
+from ..waiting import wait_for
+from .conftest import ROOT, OperatorProcess, get_job
 
 HELLO = ROOT / "examples" / "hello.yaml"
 SUSPENDED = """
@@ -23,7 +24,7 @@ def test_hello_runs_every_two_seconds_and_stops_when_deleted(
 ) -> None:
     operator = start_operator()
     # Start-up (imports, kopf's first listing) takes seconds on a loaded machine: not the test.
-    wait_for(lambda: "podcron operator started" in operator.log(), timeout=30, what="start-up")
+    wait_for(lambda: "podcron operator started" in operator.log(), timeout=60, what="start-up")
     crd.kubectl("apply", "-n", namespace, "-f", str(HELLO))
     marker = f"hello from {namespace}/hello"
 
@@ -32,18 +33,19 @@ def test_hello_runs_every_two_seconds_and_stops_when_deleted(
         runs = status.get("runs", {})
         return bool(runs.get("succeeded", 0) >= 2 and status.get("lastRunStatus") == "success")
 
-    wait_for(two_successes, timeout=10, what="two successful runs in status")
-    status = get_job(crd, namespace, "hello")["status"]
-    assert status["runs"]["failed"] == 0
-    assert status["lastRunTime"].endswith("Z")
+    # Generous: the 2 s schedule needs 4 s, a loaded machine may take many times that.
+    wait_for(two_successes, timeout=60, what="two successful runs in status")
+    job = get_job(crd, namespace, "hello")
+    assert job["status"]["runs"]["failed"] == 0
+    assert job["status"]["lastRunTime"].endswith("Z")
+    assert not job["metadata"].get("finalizers"), "delete must not wait on a finalizer"
 
-    started = time.monotonic()
-    crd.kubectl("delete", "-n", namespace, "-f", str(HELLO), "--timeout=10s")
-    assert time.monotonic() - started < 5, "delete must not wait on a finalizer"
-    assert get_job(crd, namespace, "hello") == {}
+    crd.kubectl("delete", "-n", namespace, "-f", str(HELLO), "--wait=false")
+    # Without a finalizer the object is gone as soon as the API server has deleted it.
+    wait_for(lambda: get_job(crd, namespace, "hello") == {}, timeout=60, what="the delete")
 
     removed = f"job {namespace}/hello removed"
-    wait_for(lambda: removed in operator.log(), timeout=5, what="the operator's delete handler")
+    wait_for(lambda: removed in operator.log(), timeout=60, what="the operator's delete handler")
     runs_at_delete = operator.log().count(marker)
     # Absence can only be shown by watching: two whole intervals of the 2 s schedule.
     deadline = time.monotonic() + 4.5
@@ -53,7 +55,7 @@ def test_hello_runs_every_two_seconds_and_stops_when_deleted(
     assert operator.process.poll() is None, "the operator must keep running"
 
 
-def test_operator_exits_promptly_on_sigterm_when_idle(
+def test_operator_exits_cleanly_on_sigterm_when_idle(
     crd: ControlPlane, namespace: str, start_operator: Callable[..., OperatorProcess]
 ) -> None:
     operator = start_operator()
@@ -61,14 +63,17 @@ def test_operator_exits_promptly_on_sigterm_when_idle(
     crd.kubectl("apply", "-n", namespace, "-f", "-", input=SUSPENDED)
     wait_for(
         lambda: get_job(crd, namespace, "idle").get("status", {}).get("conditions"),
-        timeout=20,
+        timeout=60,
         what="the operator to handle a suspended job",
     )
     started = time.monotonic()
-    code = operator.stop()
-    assert code == 0
-    # Under a second with nothing running (docs/operations.md); the bound leaves room for a
-    # loaded CI.
-    elapsed = time.monotonic() - started
-    print(f"exit after SIGTERM took {elapsed:.2f}s")
-    assert elapsed < 3
+    # Exit code 0: not the hard exit (1) that ends a shutdown still running 10 s past its
+    # budget, nor a kill by stop()'s generous deadline. How long it took is a benchmark's
+    # business (bench-shutdown); printed here for the record.
+    assert operator.stop(timeout=120) == 0
+    print(f"exit after SIGTERM took {time.monotonic() - started:.2f}s")
+    log = operator.log()
+    steps = ["SIGTERM received: shutting down", "runs ended", "wrote the last status of"]
+    positions = [log.find(step) for step in steps]
+    assert -1 not in positions, f"missing shutdown steps in the log: {positions}"
+    assert positions == sorted(positions), "the shutdown steps ran out of order"

@@ -1,8 +1,17 @@
-"""What engine tests share: an event recorder to wait on, and a JobSpec builder."""
+"""What engine tests share: an event recorder to wait on, a JobSpec builder, a loop-driven clock.
+
+Tests marked ``looptime`` run on a fake loop clock (the ``looptime`` plugin):
+whenever the loop would sleep, its time jumps to the next timer, so a job due
+every second runs every simulated second and the test waits no real time.
+Their engine reads the wall clock from the loop (:class:`LoopClock`), so the
+two clocks move together. The loop cannot know when a worker thread will be
+done, so tests of plain ``def`` jobs run on real time.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -12,6 +21,33 @@ from podcron.schedules import parse_schedule
 
 # Each wait below is on an event with this deadline; no test sleeps to hope.
 DEADLINE = 5.0
+
+
+class LoopClock:
+    """A wall clock that advances with the running loop's clock, from the real time at its start.
+
+    On a fake loop clock it is a fake wall clock; on a real loop, the real one
+    (as far as the loop's monotonic clock keeps with it).
+    """
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+
+    def wall(self) -> float:
+        now = asyncio.get_running_loop().time()
+        if self._offset is None:
+            self._offset = time.time() - now
+        return now + self._offset
+
+
+def engine_on_loop_clock(clock: LoopClock | None = None, **options: Any) -> Engine:
+    """An engine whose wall clock is the loop's (see :class:`LoopClock`), without the watchdog.
+
+    The watchdog's thread compares the loop's heartbeat with real time, which
+    a fake loop clock leaves behind.
+    """
+    return Engine(clock=clock or LoopClock(), loop_watchdog=False, **options)
+
 
 E = TypeVar("E", bound=JobEvent)
 

@@ -23,12 +23,15 @@ from podcron.engine import (
 )
 from podcron.errors import JobAlreadyRunning, JobNotFound
 
-from .engine_support import DEADLINE, Recorder, spec
+from .engine_support import DEADLINE, Recorder, engine_on_loop_clock, spec
+
+# On a fake loop clock, but for the tests of plain def jobs (engine_support says why).
+pytestmark = pytest.mark.looptime
 
 
 @pytest.fixture
 async def engine() -> Any:
-    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=4)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0, worker_threads=4)
     yield engine
     await engine.shutdown()
 
@@ -57,6 +60,7 @@ async def test_async_job_runs_on_each_tick_with_its_context(engine: Engine) -> N
     assert snapshot.next_run_time > datetime.now(UTC) - timedelta(seconds=0.1)
 
 
+@pytest.mark.looptime(False)
 async def test_plain_def_job_runs_in_a_worker_thread(engine: Engine) -> None:
     recorder = Recorder(engine)
     threads: list[str] = []
@@ -127,6 +131,7 @@ async def test_async_timeout_cancels_the_run(engine: Engine) -> None:
     assert 0.2 <= finished.duration_seconds < 1.0
 
 
+@pytest.mark.looptime(False)
 async def test_thread_timeout_is_signalled_through_the_context(engine: Engine) -> None:
     recorder = Recorder(engine)
     saw_cancel = threading.Event()
@@ -208,7 +213,7 @@ async def test_replace_cancels_the_active_run_then_starts(engine: Engine) -> Non
 
 
 async def test_global_limit_bounds_concurrent_scheduled_runs() -> None:
-    engine = Engine(max_concurrent_runs=1)
+    engine = engine_on_loop_clock(max_concurrent_runs=1)
     recorder = Recorder(engine)
     active, peak = 0, 0
 
@@ -263,9 +268,9 @@ async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> 
 
 
 async def test_zero_jobs_arm_no_timer(engine: Engine) -> None:
-    assert engine._timer is None
+    assert engine.next_wakeup is None
     engine.upsert(spec(lambda ctx: None, every="1h"))
-    assert engine._timer is not None
+    assert engine.next_wakeup is not None
     engine.remove("ns/job")
     engine.upsert(spec(lambda ctx: None, name="other", every="1h", suspended=True))
     await asyncio.sleep(0)
@@ -391,15 +396,16 @@ async def test_no_catch_up_without_deadline_or_when_too_old(engine: Engine) -> N
 
 
 async def test_shutdown_with_nothing_running_is_immediate() -> None:
-    engine = Engine(shutdown_timeout_seconds=25)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=25)
     engine.upsert(spec(lambda ctx: None, every="1h"))
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await engine.shutdown()
-    assert time.monotonic() - started < 1.0
+    assert loop.time() - started < 1.0
 
 
 async def test_shutdown_interrupts_runs_that_outlive_the_timeout() -> None:
-    engine = Engine(shutdown_timeout_seconds=0.5)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=0.5)
     recorder = Recorder(engine)
     polite_done = asyncio.Event()
     release = asyncio.Event()
@@ -419,9 +425,10 @@ async def test_shutdown_interrupts_runs_that_outlive_the_timeout() -> None:
     engine.trigger("ns/stubborn")
     engine.trigger("ns/polite")
     await recorder.until(lambda: len(recorder.started()) == 2)
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     await engine.shutdown()
-    assert time.monotonic() - started < 2.0
+    assert loop.time() - started < 2.0
     assert polite_done.is_set()
     outcomes = {e.name: e for e in recorder.finished()}
     assert outcomes["polite"].status is RunStatus.SUCCESS

@@ -10,7 +10,10 @@ import pytest
 from podcron.context import JobContext, Trigger
 from podcron.engine import Engine, History, RunStatus
 
-from .engine_support import Recorder, spec
+from .engine_support import Recorder, engine_on_loop_clock, spec
+
+# On a fake loop clock (engine_support says how).
+pytestmark = pytest.mark.looptime
 
 # 30 February: valid, as in Kubernetes CronJob, and never comes.
 NO_SUCH_DATE = {"cron": "0 0 30 2 *"}
@@ -18,7 +21,7 @@ NO_SUCH_DATE = {"cron": "0 0 30 2 *"}
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0, worker_threads=2)
     yield engine
     await engine.shutdown()
 

@@ -10,12 +10,15 @@ import pytest
 from podcron.context import JobContext, Trigger
 from podcron.engine import Engine, RunStatus
 
-from .engine_support import Recorder, spec
+from .engine_support import Recorder, engine_on_loop_clock, spec
+
+# On a fake loop clock (engine_support says how).
+pytestmark = pytest.mark.looptime
 
 
 @pytest.fixture
 async def engine() -> Any:
-    engine = Engine(shutdown_timeout_seconds=1.0)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
     yield engine
     await engine.shutdown()
 

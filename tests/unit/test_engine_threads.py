@@ -24,6 +24,7 @@ from podcron.engine import (
 from podcron.entrypoints import JobTarget
 from podcron.errors import JobAlreadyRunning
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, E, Recorder, spec
 
@@ -52,7 +53,11 @@ async def test_a_timed_out_thread_keeps_its_job_running_until_it_returns(
     release: threading.Event,
 ) -> None:
     registry = CollectorRegistry()
-    engine = Engine(worker_threads=2, shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry))
+    engine = Engine(
+        worker_threads=2,
+        shutdown_timeout_seconds=1.0,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
+    )
     recorder = Recorder(engine)
     calls: list[str] = []
     running_when_returned: list[bool] = []

@@ -1,4 +1,4 @@
-"""JobMetadata shaping: an engine snapshot becomes DESIGN.md's camelCase object."""
+"""JobMetadata shaping: an engine snapshot becomes the System API's camelCase object."""
 
 from __future__ import annotations
 

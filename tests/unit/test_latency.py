@@ -14,6 +14,7 @@ from podcron import latency
 from podcron.context import JobContext
 from podcron.engine import Engine, RunStatus
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, Recorder, spec
 
@@ -89,7 +90,9 @@ async def test_a_removed_jobs_objects_leave_no_cycles_behind() -> None:
 
 async def _run_freeze_and_remove_jobs() -> None:
     """Jobs of each kind run once, are frozen with the heap, then removed."""
-    engine = Engine(worker_threads=2, metrics=JobMetrics(CollectorRegistry()))
+    engine = Engine(
+        worker_threads=2, telemetry=RunTelemetry(metrics=JobMetrics(CollectorRegistry()))
+    )
     outcomes = Recorder(engine)
 
     async def async_job(ctx: JobContext) -> None:

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from podcron.jobconfig import REDACTED, ConfigSource
-from podcron.telemetry import logs, tracing
+from podcron.telemetry import logs, span_export
 
 TOKEN = "tok-9f8e7d6c5b4a"
 
@@ -51,7 +51,7 @@ def test_a_secret_in_a_message_or_traceback_is_written_redacted(redacted_log: io
 def test_exported_spans_carry_no_secret(config: ConfigSource) -> None:
     memory = InMemorySpanExporter()
     provider = TracerProvider()
-    exporter = tracing.RedactingExporter(memory, config.redact_known)
+    exporter = span_export.RedactingExporter(memory, config.redact_known)
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     with provider.get_tracer("test").start_as_current_span("run") as span:
         span.set_attribute("url", f"https://user:{TOKEN}@db")

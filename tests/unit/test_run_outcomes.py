@@ -16,15 +16,18 @@ from typing import Any
 import pytest
 
 from podcron.context import JobContext
-from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
-from podcron.telemetry import tracing
+from podcron.engine import ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import Recorder, spec
+from .engine_support import Recorder, engine_on_loop_clock, spec
+
+# On a fake loop clock (engine_support says how).
+pytestmark = pytest.mark.looptime
 
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    engine = Engine(shutdown_timeout_seconds=1.0, worker_threads=2)
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0, worker_threads=2)
     yield engine
     await engine.shutdown()
 
@@ -68,20 +71,24 @@ async def test_a_timeout_that_is_no_duration_fails_the_run_with_a_message(
     assert (history.counts.succeeded, history.counts.failed) == (0, 1)
 
 
+class BrokenSpans(RunTelemetry):
+    """Telemetry whose run span cannot open."""
+
+    def start_span(self, **_: Any) -> Any:
+        raise RuntimeError("the span could not open")
+
+
 async def test_an_error_around_the_call_is_a_failure_with_its_message(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    engine = engine_on_loop_clock(telemetry=BrokenSpans())
     recorder = Recorder(engine)
     called = False
-
-    def broken_span(**_: Any) -> Any:
-        raise RuntimeError("the span could not open")
 
     async def job(ctx: JobContext) -> None:
         nonlocal called
         called = True
 
-    monkeypatch.setattr(tracing, "start_run_span", broken_span)
     engine.upsert(spec(job, every="1h"))
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 1)
@@ -91,6 +98,7 @@ async def test_an_error_around_the_call_is_a_failure_with_its_message(
     assert finished.error == "RuntimeError: the span could not open"
     assert "run of job ns/job failed around its call" in caplog.text
     assert not engine.snapshot("ns/job").running
+    await engine.shutdown()
 
 
 async def test_a_job_that_raises_cancelled_error_itself_is_a_plain_failure(
@@ -194,7 +202,7 @@ async def test_a_job_that_swallows_its_timeout_is_still_timed_out(engine: Engine
 
 
 async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothing() -> None:
-    engine = Engine(max_manual_runs=3, shutdown_timeout_seconds=1.0)
+    engine = engine_on_loop_clock(max_manual_runs=3, shutdown_timeout_seconds=1.0)
     recorder = Recorder(engine)
 
     async def job(ctx: JobContext) -> None:
@@ -219,3 +227,29 @@ async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothi
         engine.trigger("ns/allow")
     await recorder.until(lambda: len(recorder.finished("ns/allow")) == 3)
     await engine.shutdown()
+
+
+async def test_a_run_without_a_timeout_enters_no_timeout_guard(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/performance.md: most runs have no timeout, and asyncio.timeout(None) still costs."""
+    finished = asyncio.Event()
+    engine.add_listener(lambda event: finished.set() if isinstance(event, RunFinished) else None)
+    guards: list[float | None] = []
+    real_timeout = asyncio.timeout
+
+    def counted(delay: float | None) -> asyncio.Timeout:
+        guards.append(delay)
+        return real_timeout(delay)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    monkeypatch.setattr(asyncio, "timeout", counted)
+    engine.upsert(spec(job, name="plain", every="1h"))
+    engine.upsert(spec(job, name="bounded", every="1h", timeout_seconds=30))
+    for job_id in ("ns/plain", "ns/bounded"):
+        finished.clear()
+        engine.trigger(job_id)
+        await finished.wait()  # no deadline of its own: it would be one more timeout
+    assert guards == [30]

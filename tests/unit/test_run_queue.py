@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext, Trigger
-from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
+from podcron.engine import ConcurrencyPolicy, RunStatus
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import Recorder, spec
+from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spec
+
+# On a fake loop clock (engine_support says how).
+pytestmark = pytest.mark.looptime
 
 
 async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_body() -> None:
     registry = CollectorRegistry()
-    engine = Engine(
-        max_concurrent_runs=1, shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry)
+    clock = LoopClock()
+    engine = engine_on_loop_clock(
+        clock,
+        max_concurrent_runs=1,
+        shutdown_timeout_seconds=1.0,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
     )
     recorder = Recorder(engine)
     release = asyncio.Event()
@@ -29,7 +36,7 @@ async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_b
         await release.wait()
 
     async def late(ctx: JobContext) -> None:
-        body_started.append(time.time())
+        body_started.append(clock.wall())
         assert ctx.deadline is not None
         deadlines.append(ctx.deadline.timestamp())
 
@@ -53,7 +60,7 @@ async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_b
     assert started.lateness_seconds <= body_started[0] - started.scheduled_time.timestamp()
     # The duration is the body's own time: no more than since the body started.
     body_start = started.scheduled_time.timestamp() + started.lateness_seconds
-    assert finished.duration_seconds <= time.time() - body_start
+    assert finished.duration_seconds <= clock.wall() - body_start
     # The timeout clock starts with the body too.
     assert deadlines[0] - 30 == pytest.approx(body_start, abs=1e-5)
     lateness_sum = gauge("podcron_job_schedule_lateness_seconds_sum")
@@ -66,8 +73,10 @@ async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_b
 
 async def test_allow_queues_at_most_one_tick_per_job() -> None:
     registry = CollectorRegistry()
-    engine = Engine(
-        max_concurrent_runs=1, shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry)
+    engine = engine_on_loop_clock(
+        max_concurrent_runs=1,
+        shutdown_timeout_seconds=1.0,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
     )
     recorder = Recorder(engine)
     release = asyncio.Event()

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from unittest.mock import patch
 
 import pytest
 from opentelemetry import trace
@@ -31,7 +30,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.trace import StatusCode
 
-from podcron.telemetry import tracing
+from podcron.telemetry import run_span, span_export
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 ENDPOINT = "http://127.0.0.1:4317"
 
@@ -53,8 +53,8 @@ def providers() -> Iterator[list[TracerProvider]]:
         each.shutdown()
 
 
-def build_pipeline(providers: list[TracerProvider]) -> tracing.Pipeline:
-    result = tracing.pipeline_from_environment()
+def build_pipeline(providers: list[TracerProvider]) -> span_export.Pipeline:
+    result = span_export.pipeline_from_environment()
     assert result is not None
     providers.append(result.provider)
     return result
@@ -64,22 +64,22 @@ def build(providers: list[TracerProvider]) -> TracerProvider:
     return build_pipeline(providers).provider
 
 
-def exporter_of(provider: TracerProvider) -> object:
-    (processor,) = provider._active_span_processor._span_processors
+def exporter_of(pipeline: span_export.Pipeline) -> object:
+    processor = pipeline.processor
     assert isinstance(processor, BatchSpanProcessor)
     return processor.span_exporter
 
 
 def test_no_endpoint_means_no_pipeline_and_no_exporter() -> None:
-    assert tracing.pipeline_from_environment() is None
-    assert tracing.configure_tracing() is None
-    assert tracing.start_run_span(**RUN) is trace.INVALID_SPAN
+    assert span_export.pipeline_from_environment() is None
+    assert span_export.configure_tracing() is None
+    assert RunTelemetry().start_span(**RUN) is trace.INVALID_SPAN
 
 
 def test_otel_sdk_disabled_turns_tracing_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
-    assert tracing.pipeline_from_environment() is None
+    assert span_export.pipeline_from_environment() is None
 
 
 def test_spans_are_exported_from_a_thread_at_idle_priority(
@@ -103,7 +103,11 @@ def test_run_spans_go_to_the_providers_own_batch_processor(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
     pipeline = build_pipeline(providers)
-    assert pipeline.provider._active_span_processor._span_processors == (pipeline.processor,)
+    ended: list[ReadableSpan] = []
+    monkeypatch.setattr(pipeline.processor, "on_end", ended.append)
+    pipeline.provider.get_tracer("job code").start_span("a job's own span").end()
+    RunTelemetry(spans=pipeline).start_span(**RUN).end()
+    assert [span.name for span in ended] == ["a job's own span", run_span.SPAN_NAME]
 
 
 @pytest.mark.parametrize(
@@ -113,8 +117,9 @@ def test_an_endpoint_gives_a_batching_grpc_exporter_named_podcron(
     monkeypatch: pytest.MonkeyPatch, providers: list[TracerProvider], variable: str
 ) -> None:
     monkeypatch.setenv(variable, ENDPOINT)
-    built = build(providers)
-    assert isinstance(exporter_of(built), GrpcSpanExporter)
+    pipeline = build_pipeline(providers)
+    built = pipeline.provider
+    assert isinstance(exporter_of(pipeline), GrpcSpanExporter)
     assert built.resource.attributes["service.name"] == "podcron"
     assert built.resource.attributes["service.version"] == importlib.metadata.version("podcron")
 
@@ -127,7 +132,7 @@ def test_http_protobuf_protocol(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.setenv(variable, "http/protobuf")
-    assert isinstance(exporter_of(build(providers)), HttpSpanExporter)
+    assert isinstance(exporter_of(build_pipeline(providers)), HttpSpanExporter)
 
 
 def test_service_name_and_sampler_come_from_the_environment(
@@ -148,7 +153,7 @@ def test_an_unsupported_protocol_leaves_tracing_off_with_a_warning(
 ) -> None:
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-    assert tracing.pipeline_from_environment() is None
+    assert span_export.pipeline_from_environment() is None
     assert "'http/json' is not supported" in caplog.text
 
 
@@ -176,6 +181,7 @@ class Pipelines:
 
     exporter: InMemorySpanExporter
     sdk_tracer: trace.Tracer
+    telemetry: RunTelemetry
 
     def finished(self) -> tuple[ReadableSpan, ...]:
         return self.exporter.get_finished_spans()
@@ -188,8 +194,11 @@ def pipelines(sampler: Sampler) -> Iterator[Pipelines]:
     resource = Resource.create({"service.name": "podcron"})
     provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(processor)
-    with patch.object(tracing, "_pipeline", tracing.Pipeline.of(provider, processor)):
-        yield Pipelines(exporter, provider.get_tracer(tracing.TRACER_NAME, tracing.VERSION))
+    yield Pipelines(
+        exporter,
+        provider.get_tracer(span_export.TRACER_NAME, span_export.VERSION),
+        RunTelemetry(spans=span_export.Pipeline.of(provider, processor)),
+    )
     provider.shutdown()
 
 
@@ -218,7 +227,7 @@ def as_exported(span: ReadableSpan) -> dict[str, Any]:
 def run_and_sdk_span(pipelines: Pipelines, parent: Context | None) -> tuple[ReadableSpan, ...]:
     """One run span and one SDK span, each treated as a failing job would treat it."""
     sdk = pipelines.sdk_tracer.start_span(
-        tracing.SPAN_NAME,
+        run_span.SPAN_NAME,
         context=parent,
         attributes={
             "podcron.job.id": RUN["job_id"],
@@ -227,7 +236,7 @@ def run_and_sdk_span(pipelines: Pipelines, parent: Context | None) -> tuple[Read
             "podcron.job.scheduled_time": "2026-11-27T05:00:00.000Z",
         },
     )
-    run = tracing.start_run_span(**RUN | {"parent": parent})
+    run = pipelines.telemetry.start_span(**RUN | {"parent": parent})
     try:
         raise ValueError("no such table")
     except ValueError as error:
@@ -237,7 +246,7 @@ def run_and_sdk_span(pipelines: Pipelines, parent: Context | None) -> tuple[Read
                 span.set_attributes({"shop.tables": ["a", "b"], "shop.limits": {"rows": 10}})
                 span.add_event("retry", {"attempt": 2})
                 span.add_link(REMOTE_PARENT, {"why": "batch"})
-                tracing.record_failure(span, error, description="ValueError: no such table")
+                run_span.record_failure(span, error, description="ValueError: no such table")
     return pipelines.finished()
 
 
@@ -265,7 +274,7 @@ def test_a_run_span_exports_exactly_what_the_sdk_span_would(pipelines: Pipelines
 def test_the_scheduled_time_is_written_as_the_api_writes_times(
     pipelines: Pipelines, scheduled_time: datetime
 ) -> None:
-    with tracing.start_run_span(**RUN | {"scheduled_time": scheduled_time}):
+    with pipelines.telemetry.start_span(**RUN | {"scheduled_time": scheduled_time}):
         pass
     (span,) = pipelines.finished()
     assert span.attributes is not None
@@ -277,7 +286,7 @@ def test_the_scheduled_time_is_written_as_the_api_writes_times(
 
 
 def test_the_scope_names_podcrons_version(pipelines: Pipelines) -> None:
-    with tracing.start_run_span(**RUN):
+    with pipelines.telemetry.start_span(**RUN):
         pass
     (span,) = pipelines.finished()
     assert span.instrumentation_scope is not None
@@ -297,7 +306,7 @@ def test_a_run_span_is_a_child_of_the_callers_trace(pipelines: Pipelines) -> Non
 def test_a_sampler_that_drops_runs_gives_an_unsampled_span_with_ids(
     pipelines: Pipelines,
 ) -> None:
-    span = tracing.start_run_span(**RUN)
+    span = pipelines.telemetry.start_span(**RUN)
     assert not span.is_recording()
     assert span.get_span_context().is_valid
     assert not span.get_span_context().trace_flags.sampled
@@ -306,7 +315,7 @@ def test_a_sampler_that_drops_runs_gives_an_unsampled_span_with_ids(
 
 
 def test_an_ok_status_is_final_as_on_an_sdk_span(pipelines: Pipelines) -> None:
-    for span in (tracing.start_run_span(**RUN), pipelines.sdk_tracer.start_span("sdk")):
+    for span in (pipelines.telemetry.start_span(**RUN), pipelines.sdk_tracer.start_span("sdk")):
         with span:
             span.set_status(StatusCode.OK)
             span.set_status(StatusCode.ERROR, "too late")
@@ -315,13 +324,13 @@ def test_an_ok_status_is_final_as_on_an_sdk_span(pipelines: Pipelines) -> None:
 
 def test_without_tracing_the_callers_trace_passes_through() -> None:
     parent = trace.set_span_in_context(trace.NonRecordingSpan(REMOTE_PARENT))
-    span = tracing.start_run_span(**RUN | {"parent": parent})
+    span = RunTelemetry().start_span(**RUN | {"parent": parent})
     assert not span.is_recording()
     assert span.get_span_context() == REMOTE_PARENT
 
 
 def test_an_ended_run_span_takes_no_more_changes(pipelines: Pipelines) -> None:
-    span = tracing.start_run_span(**RUN)
+    span = pipelines.telemetry.start_span(**RUN)
     assert span.is_recording()
     span.end()
     span.set_attribute("late", True)
@@ -330,7 +339,14 @@ def test_an_ended_run_span_takes_no_more_changes(pipelines: Pipelines) -> None:
     span.end()
     (exported,) = pipelines.finished()
     assert not span.is_recording()
-    assert exported.name == tracing.SPAN_NAME
+    assert exported.name == run_span.SPAN_NAME
     assert exported.attributes is not None
     assert "late" not in exported.attributes
     assert exported.events == ()
+
+
+def test_a_run_span_is_podcrons_own_not_the_sdks(pipelines: Pipelines) -> None:
+    """docs/performance.md: the SDK's span costs several times as much to open."""
+    span = pipelines.telemetry.start_span(**RUN)
+    assert isinstance(span, run_span.RunSpan)
+    span.end()

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, spec
 
@@ -27,7 +28,9 @@ async def test_an_async_job_that_blocks_the_loop_is_named_once_per_interval(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = CollectorRegistry()
-    engine = Engine(shutdown_timeout_seconds=1.0, metrics=JobMetrics(registry))
+    engine = Engine(
+        shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(metrics=JobMetrics(registry))
+    )
     recorder = Recorder(engine)
 
     async def blocker(ctx: JobContext) -> None:

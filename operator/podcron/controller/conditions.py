@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from podcron.controller import jobspecs
+from podcron import runrecord
 
 READY = "Ready"
 LAST_RUN_SUCCEEDED = "LastRunSucceeded"
@@ -47,7 +47,7 @@ def make_condition(
         "lastTransitionTime": (
             previous.get("lastTransitionTime")
             if unchanged and previous is not None
-            else jobspecs.format_time(datetime.now(UTC).replace(microsecond=0))
+            else runrecord.format_time(datetime.now(UTC).replace(microsecond=0))
         ),
     }
 

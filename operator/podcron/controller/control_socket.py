@@ -27,7 +27,6 @@ from typing import Any
 
 from podcron import wire
 from podcron.controller import jobmetadata
-from podcron.controller.jobspecs import format_time
 from podcron.engine import Engine, History, JobSnapshot, JobSpec
 from podcron.errors import (
     ErrorCode,
@@ -36,6 +35,7 @@ from podcron.errors import (
     ProtocolError,
     TooManyManualRuns,
 )
+from podcron.runrecord import format_time
 
 log = logging.getLogger("podcron.control")
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import kopf
 
+from podcron import runrecord
 from podcron.config import Settings
 from podcron.controller import jobspecs, resource
 from podcron.controller.conditions import JobConditions
@@ -196,7 +197,7 @@ class Reconciler:
             )
         else:
             # Ignored for a job the engine already runs: its own history is newer.
-            snapshot = self._engine.upsert(job_spec, history=jobspecs.history_from_status(status))
+            snapshot = self._engine.upsert(job_spec, history=runrecord.history_from_status(status))
             if job_spec.suspended:
                 scheduled = ("Suspended", "suspended: no runs are scheduled")
             else:
@@ -204,7 +205,7 @@ class Reconciler:
             self._track(jid, job_spec.resources, scheduled)
             condition = self._set_ready(jid)
             patch |= jobspecs.schedule_status(job_spec.schedule)
-            patch |= jobspecs.run_status(snapshot)
+            patch |= runrecord.run_status(snapshot.record)
         patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)
@@ -283,7 +284,7 @@ class Reconciler:
             snapshot = self._engine.snapshot(event.job_id)
         except JobNotFound:
             return
-        patch = jobspecs.run_status(snapshot)
+        patch = runrecord.run_status(snapshot.record)
         if isinstance(event, RunFinished) and event.status is not RunStatus.SKIPPED:
             succeeded = event.status is RunStatus.SUCCESS
             self._conditions.run_ended(event.job_id, succeeded=succeeded, error=event.error)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from podcron import entrypoints, resources
-from podcron.engine import ConcurrencyPolicy, History, JobSnapshot, JobSpec, RunCounts, RunStatus
+from podcron.engine import ConcurrencyPolicy, JobSpec
 from podcron.errors import InvalidJobSpec
 from podcron.resources import UnknownResource
 from podcron.schedules import Schedule, parse_schedule
@@ -16,23 +15,6 @@ from podcron.schedules import Schedule, parse_schedule
 def job_id(namespace: str, name: str) -> str:
     """The id jobs go by everywhere: ``namespace/name``."""
     return f"{namespace}/{name}"
-
-
-def format_time(moment: datetime | None) -> str | None:
-    """RFC 3339 in UTC with milliseconds: whole seconds would blur sub-second ticks."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(text: object) -> datetime | None:
-    """The inverse of :func:`format_time`; ``None`` for anything that is not a time."""
-    if not isinstance(text, str):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 # The CRD's bound on spec.timeoutSeconds (a week). Checked here too: an object stored
@@ -120,55 +102,10 @@ def build_spec(
     )
 
 
-def history_from_status(status: Mapping[str, Any]) -> History:
-    """What an earlier operator wrote to status, so counters survive restarts."""
-    runs = status.get("runs") or {}
-
-    def count(key: str) -> int:
-        value = runs.get(key, 0)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-    last_status = status.get("lastRunStatus")
-    duration = status.get("lastRunDurationSeconds")
-    return History(
-        last_run_time=parse_time(status.get("lastRunTime")),
-        last_status=RunStatus(last_status) if last_status in set(RunStatus) else None,
-        last_duration_seconds=float(duration) if isinstance(duration, int | float) else None,
-        last_error=status.get("lastError"),
-        counts=RunCounts(
-            total=count("total"),
-            succeeded=count("succeeded"),
-            failed=count("failed"),
-            skipped=count("skipped"),
-        ),
-    )
-
-
 def schedule_status(schedule: Schedule) -> dict[str, Any]:
     """The status fields that describe the schedule itself."""
     return {
         "scheduleType": schedule.schedule_type,
         "humanReadable": schedule.human_readable,
         "cronExpression": schedule.cron_expression,
-    }
-
-
-def run_status(snapshot: JobSnapshot) -> dict[str, Any]:
-    """The status fields that move as the job runs."""
-    history = snapshot.history
-    counts = history.counts
-    duration = history.last_duration_seconds
-    return {
-        "nextRunTime": format_time(snapshot.next_run_time),
-        "lastRunTime": format_time(history.last_run_time),
-        "lastRunStatus": None if history.last_status is None else history.last_status.value,
-        "lastRunDurationSeconds": None if duration is None else round(duration, 3),
-        "lastError": history.last_error,
-        "running": snapshot.running,
-        "runs": {
-            "total": counts.total,
-            "succeeded": counts.succeeded,
-            "failed": counts.failed,
-            "skipped": counts.skipped,
-        },
     }

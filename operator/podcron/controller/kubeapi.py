@@ -14,6 +14,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from podcron import kubeclient
 from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
 from podcron.errors import ObjectGone, TransientApiError
 
@@ -52,15 +53,12 @@ class KubeApi:
 
     @classmethod
     def from_environment(cls, *, pool_size: int = 20) -> KubeApi:
-        """In-cluster credentials in a pod, the current kubeconfig elsewhere."""
-        configuration = kubernetes.client.Configuration()
-        try:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
-        except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(client_configuration=configuration)
-        # One connection per thread that calls: the status writer's and the event recorder's.
-        configuration.connection_pool_maxsize = pool_size
-        return cls(kubernetes.client.ApiClient(configuration))
+        """In-cluster credentials in a pod, the current kubeconfig elsewhere.
+
+        ``pool_size``: one connection per thread that calls (the status
+        writer's and the event recorder's).
+        """
+        return cls(kubeclient.api_client(pool_size=pool_size))
 
     def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         """Merge-patch the status subresource; raises ObjectGone or TransientApiError."""

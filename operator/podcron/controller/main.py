@@ -13,14 +13,17 @@ order and the figures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import functools
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -39,9 +42,10 @@ from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
 from podcron.errors import StartupError
 from podcron.jobconfig import ConfigSource, JobConfigError
-from podcron.telemetry import logs, tracing
+from podcron.telemetry import logs, span_export
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.resource_metrics import ResourceMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 log = logging.getLogger("podcron.operator")
 
@@ -102,7 +106,48 @@ def _kube_api() -> KubeApi:
         raise StartupError(f"the kubeconfig {where} cannot be used ({error}); fix it") from None
 
 
-async def _listen(probes: ProbeServer, control: ControlServer, settings: Settings) -> None:
+class _Shutdown:
+    """The one shutdown budget, from the signal on, and what must stop the moment it starts."""
+
+    def __init__(self, budget: float, stop: asyncio.Event, control: ControlServer) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.budget = budget
+        self._stop = stop
+        self._control = control
+        self._deadline: float | None = None
+        self._control_stopped: asyncio.Task[None] | None = None
+
+    def begin(self, why: str) -> float:
+        """Start the shutdown, once; returns when its budget ends (loop time).
+
+        ``/readyz`` answers 503 and kopf stops its watchers (both watch
+        ``stop``), and the control socket closes: no more manual runs, and
+        the sidecar reports the operator gone at once.
+        """
+        if self._deadline is None:
+            self._deadline = self._loop.time() + self.budget
+            log.info("%s: shutting down within %ss", why, self.budget)
+            self._stop.set()
+            self.stop_control()
+            self._loop.call_later(self.budget + HARD_EXIT_SECONDS, _hard_exit)
+        return self._deadline
+
+    def stop_control(self) -> asyncio.Task[None]:
+        """The control socket's one stop: every caller awaits the same task."""
+        if self._control_stopped is None:
+            self._control_stopped = self._loop.create_task(
+                self._control.stop(), name="podcron control stop"
+            )
+        return self._control_stopped
+
+
+async def _listen(
+    probes: ProbeServer,
+    control: ControlServer,
+    shutdown: _Shutdown,
+    settings: Settings,
+    teardown: contextlib.AsyncExitStack,
+) -> None:
     """Take the metrics port and the control socket, or raise :class:`StartupError`."""
     address = f"{settings.metrics_host}:{settings.metrics_port}"
     try:
@@ -113,10 +158,10 @@ async def _listen(probes: ProbeServer, control: ControlServer, settings: Setting
             f"cannot serve /metrics on {address} ({reason}): set metricsPort "
             "(PODCRON_METRICS_PORT) or metricsHost to a free address"
         ) from None
+    teardown.push_async_callback(probes.stop)
     try:
         await control.start()
     except (OSError, RuntimeError) as error:
-        await probes.stop()
         if isinstance(error, OSError):
             reason = f"cannot serve the control socket {settings.control_socket}: {error.strerror}"
         else:
@@ -125,6 +170,7 @@ async def _listen(probes: ProbeServer, control: ControlServer, settings: Setting
             f"{reason}; stop the operator that serves it, or set controlSocket "
             "(PODCRON_CONTROL_SOCKET)"
         ) from None
+    teardown.push_async_callback(shutdown.stop_control)
     log.info(
         "serving /metrics, /healthz and /readyz on %s:%d; control socket %s",
         settings.metrics_host,
@@ -159,21 +205,98 @@ def _hard_exit() -> None:
     os._exit(1)
 
 
+async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they have ended."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)
+
+
+@dataclass
+class _Drain:
+    """The runs end; then the shared resources close beside the last status, Events and spans.
+
+    docs/operations.md, steps 3-5.
+    """
+
+    shutdown: _Shutdown
+    engine: Engine
+    shared: resources.ResourceManager
+    writer: StatusWriter
+    writer_task: asyncio.Task[None]
+    events: EventRecorder
+    flush_spans: Callable[[float], object] | None
+
+    async def __call__(self) -> None:
+        loop = asyncio.get_running_loop()
+        end = self.shutdown.begin("kopf stopped")
+        await self.shutdown.stop_control()
+        await self.engine.shutdown()
+        log.info("runs ended %.2fs after the signal", loop.time() - (end - self.shutdown.budget))
+        # No run holds a resource any more. They close (newest first) beside the
+        # status flush and the span export, which need none of them.
+        resources_closed = asyncio.create_task(
+            self.shared.close(max(0.0, end - loop.time())), name="podcron resources close"
+        )
+        flush_spans = self.flush_spans
+        spans_flushed = (
+            asyncio.create_task(
+                asyncio.to_thread(flush_spans, end - loop.time()), name="podcron span flush"
+            )
+            if flush_spans is not None
+            else None
+        )
+        await _cancel([self.writer_task])
+        started, pending = loop.time(), self.writer.pending
+        unsent, _closed = await asyncio.gather(
+            self.writer.flush(until=end, first=_failed), self.events.close()
+        )
+        log.info(
+            "wrote the last status of %d of %d jobs in %.2fs",
+            pending - unsent,
+            pending,
+            loop.time() - started,
+        )
+        if unsent:
+            log.warning(
+                "the last status of %d jobs was not written within shutdownTimeoutSeconds (%ss)",
+                unsent,
+                self.shutdown.budget,
+            )
+        self.writer.close()
+        await resources_closed
+        if spans_flushed is not None:
+            await spans_flushed
+
+
 async def run(settings: Settings) -> None:
-    """Run the operator until SIGTERM/SIGINT, then shut down within the budget."""
+    """Run the operator until SIGTERM/SIGINT, then shut down within the budget.
+
+    Everything is built first, then the ports are taken, then the tasks and
+    kopf's handlers start. One exit stack tears it all down, in this order
+    (docs/operations.md gives the budget of each step): at the signal,
+    ``/readyz`` turns 503, kopf stops and the control socket closes; then the
+    runs end, the shared resources close while the last status, Events and
+    spans go out (:class:`_Drain`); the
+    readiness and heap-freezer tasks are cancelled, the control socket's stop
+    is awaited, and the metrics port closes. kopf's cleanup handler unwinds
+    the stack while kopf still runs, so that the runs' outcomes still reach
+    status; should it never run, leaving the ``async with`` unwinds it.
+    """
     loop = asyncio.get_running_loop()
     api = _kube_api()
-    budget = settings.shutdown_timeout_seconds
     config = _job_config(settings)
     shared = resources.ResourceManager(resources.discover(), config=config)
     ResourceMetrics(lambda: ((state.name, state.up, state.failures) for state in shared.states()))
+    # Without a Secret there is nothing to take out of spans: no copy of each before export.
+    spans = span_export.configure_tracing(config.redact_known if settings.job_secrets_dir else None)
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
         worker_threads=settings.worker_threads,
         threads_per_job=settings.threads_per_job,
-        shutdown_timeout_seconds=run_budget(budget),
-        metrics=JobMetrics(),
+        shutdown_timeout_seconds=run_budget(settings.shutdown_timeout_seconds),
+        telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
         resources=shared,
         config=config,
     )
@@ -192,37 +315,67 @@ async def run(settings: Settings) -> None:
         details=shared.readyz_lines,
     )
     control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
-    await _listen(probes, control, settings)
-    # Without a Secret there is nothing to take out of spans: no copy of each before export.
-    flush_spans = tracing.configure_tracing(
-        config.redact_known if settings.job_secrets_dir else None
-    )
-    latency.tune_process()
-    registry = kopf.OperatorRegistry()
-    Reconciler(
-        engine=engine,
-        writer=writer,
-        events=events,
-        settings=settings,
-        on_reconciled=gate.reconciled,
-        resources=shared,
-    ).register(registry)
-    # The budget runs from the signal; kopf's own start of the shutdown comes later.
-    deadline: float | None = None
-    control_stopped: asyncio.Task[None] | None = None
+    shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control)
 
-    def on_signal(received: signal.Signals) -> None:
-        nonlocal deadline, control_stopped
-        if stop.is_set():
-            return
-        deadline = loop.time() + budget
-        log.info("%s received: shutting down within %ss", received.name, budget)
-        stop.set()  # /readyz answers 503 from now on, and kopf stops its watchers
-        # No more triggers: the sidecar reports the operator gone at once.
-        control_stopped = loop.create_task(control.stop(), name="podcron control stop")
-        loop.call_later(budget + HARD_EXIT_SECONDS, _hard_exit)
+    def list_jobs() -> set[Key]:
+        if not settings.namespaces:
+            return api.list_job_keys()
+        return set().union(*(api.list_job_keys(namespace) for namespace in settings.namespaces))
 
+    async with contextlib.AsyncExitStack() as teardown:
+        await _listen(probes, control, shutdown, settings, teardown)
+        flush_spans = None if spans is None else functools.partial(span_export.flush, spans)
+        latency.tune_process()
+        # Started before kopf, so that kopf's sweep of leftover tasks leaves them alone.
+        background = [
+            asyncio.create_task(
+                latency.freeze_after_registrations(lambda: engine.job_count),
+                name="podcron heap freezer",
+            ),
+            asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
+        ]
+        teardown.push_async_callback(_cancel, background)
+        writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
+        teardown.push_async_callback(
+            _Drain(shutdown, engine, shared, writer, writer_task, events, flush_spans)
+        )
+        # Eager factories begin now, so that a failing one shows before any run is
+        # due; before kopf, whose sweep of leftover tasks must leave theirs alone.
+        shared.start()
+        ours = asyncio.all_tasks()
+        registry = _registry(
+            Reconciler(
+                engine=engine,
+                writer=writer,
+                events=events,
+                settings=settings,
+                on_reconciled=gate.reconciled,
+                resources=shared,
+            ),
+            teardown,
+            ours,
+        )
+        tasks = await kopf.spawn_tasks(
+            registry=registry,
+            standalone=True,
+            clusterwide=not settings.namespaces,
+            namespaces=settings.namespaces,
+            stop_flag=stop,
+        )
+        # In place of kopf's own handlers, which do not say when the signal came.
+        for received in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(received, shutdown.begin, f"{received.name} received")
+        await kopf.run_tasks(tasks, ignored=ours)
+
+
+def _registry(
+    reconciler: Reconciler, teardown: contextlib.AsyncExitStack, ours: set[asyncio.Task[Any]]
+) -> kopf.OperatorRegistry:
+    """kopf's handlers: the reconciler's, log-in, settings, and the shutdown in cleanup."""
     # A registry of our own gets none of kopf's default login handlers.
+    registry = kopf.OperatorRegistry()
+    reconciler.register(registry)
+
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return kopf.login_via_client(**kwargs)
@@ -236,83 +389,15 @@ async def run(settings: Settings) -> None:
     # task it did not see at start-up only after them: so this is the place
     # where runs can still finish and their outcome reach status.
     @kopf.on.cleanup(registry=registry)
-    async def shutdown(**_: Any) -> None:
-        end = loop.time() + budget if deadline is None else deadline
-        start = end - budget
-        await (control_stopped or control.stop())
-        await engine.shutdown()
-        log.info("runs ended %.2fs after the signal", loop.time() - start)
-        # After the runs, beside the status flush and the span export.
-        resources_closed = asyncio.create_task(
-            shared.close(max(0.0, end - loop.time())), name="podcron resources close"
-        )
-        spans_flushed = (
-            asyncio.create_task(
-                asyncio.to_thread(flush_spans, end - loop.time()), name="podcron span flush"
-            )
-            if flush_spans is not None
-            else None
-        )
-        writer_task.cancel()
-        await asyncio.wait([writer_task])
-        started, pending = loop.time(), writer.pending
-        unsent, _closed = await asyncio.gather(
-            writer.flush(until=end, first=_failed), events.close()
-        )
-        log.info(
-            "wrote the last status of %d of %d jobs in %.2fs",
-            pending - unsent,
-            pending,
-            loop.time() - started,
-        )
-        if unsent:
-            log.warning(
-                "the last status of %d jobs was not written within shutdownTimeoutSeconds (%ss)",
-                unsent,
-                budget,
-            )
-        writer.close()
-        await resources_closed
-        if spans_flushed is not None:
-            await spans_flushed
+    async def shut_down(**_: Any) -> None:
+        await teardown.aclose()
         # Every task of ours has ended. What is left is kopf's: a watcher
         # cancelled in the middle of its stream leaves its pause-waiter task
         # behind, and kopf waits 5 s for such tasks before it cancels them.
-        for task in asyncio.all_tasks() - kopf_started_with - {asyncio.current_task()}:
+        for task in asyncio.all_tasks() - ours - {asyncio.current_task()}:
             task.cancel()
 
-    # Started before kopf so that kopf's sweep of leftover tasks leaves them alone.
-    writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
-    freezer_task = asyncio.create_task(
-        latency.freeze_after_registrations(lambda: engine.job_count), name="podcron heap freezer"
-    )
-
-    def list_jobs() -> set[Key]:
-        if not settings.namespaces:
-            return api.list_job_keys()
-        return set().union(*(api.list_job_keys(namespace) for namespace in settings.namespaces))
-
-    readiness_task = asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness")
-    # Eager factories begin now, so a failing one shows before any run is due.
-    shared.start()
-    kopf_started_with = asyncio.all_tasks()
-    try:
-        tasks = await kopf.spawn_tasks(
-            registry=registry,
-            standalone=True,
-            clusterwide=not settings.namespaces,
-            namespaces=settings.namespaces,
-            stop_flag=stop,
-        )
-        # In place of kopf's own handlers, which do not say when the signal came.
-        for received in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(received, on_signal, received)
-        await kopf.run_tasks(tasks, ignored=kopf_started_with)
-    finally:
-        readiness_task.cancel()
-        freezer_task.cancel()
-        await control.stop()
-        await probes.stop()
+    return registry
 
 
 def main(settings: Settings) -> int:

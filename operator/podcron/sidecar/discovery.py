@@ -25,8 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
+from podcron import kubeclient
 from podcron.sidecar.cidr import LOOPBACK, Allowlist, Network, parse_network
 
 log = logging.getLogger("podcron.sidecar.discovery")
@@ -85,14 +86,8 @@ def pod_cidrs(
 
 def kubernetes_node_lister() -> NodeLister:
     """List Nodes with the official client: in-cluster credentials, else the kubeconfig."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    configuration = client.Configuration.get_default_copy()
     # One attempt per refresh, bounded by the timeout: discovery paces its own retries.
-    configuration.retries = 0
-    api = client.CoreV1Api(client.ApiClient(configuration))
+    api = client.CoreV1Api(kubeclient.api_client(retries=0))
 
     def list_nodes() -> list[Mapping[str, Any]]:
         # Raw JSON: the client's model classes would cost more than the request.

@@ -11,8 +11,9 @@ does not hold), turns into samples when scraped. prometheus-client's own
 labelled metrics cost about forty objects per job that the garbage collector
 tracks: at 10,000 jobs they tripled the time of each of its full passes
 (30 ms to 90 ms), which stall the event loop and so every job's start; and
-each update takes a lock. An array of floats is one object the collector
-never scans, and an update is a few additions.
+each update takes a lock. An array of floats is one tracked object with
+nothing inside for the collector to follow, and an update is a few additions
+(docs/performance.md).
 """
 
 from __future__ import annotations

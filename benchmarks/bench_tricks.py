@@ -1,0 +1,193 @@
+"""What each speed trick of the engine saves against the plain way (docs/performance.md).
+
+Run with ``.venv/bin/python benchmarks/bench_tricks.py`` (needs valgrind): CPU
+instructions per operation, counted by valgrind's callgrind in a child process
+that does the operation ``OPS`` times, minus a child that does everything but
+the operation, with the trick and the plain way. A count, so a loaded machine
+does not move it (it only makes the run slower). Prints one table and a
+``RESULT tricks ...`` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from opentelemetry.sdk.trace import SpanProcessor
+
+OPS = 5_000
+SCHEDULED = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+
+
+# -- instructions per operation ----------------------------------------------------
+
+
+def _timeout_guard(variant: str) -> Callable[[], None]:
+    from podcron.engine import runs
+
+    async def loop() -> None:
+        for _ in range(OPS):
+            if variant == "trick":
+                async with runs.NO_TIMEOUT:
+                    pass
+            elif variant == "plain":
+                async with asyncio.timeout(None):  # noqa: ASYNC100 - its cost is the point
+                    pass
+
+    return lambda: asyncio.run(loop())
+
+
+class _NoExport(SpanProcessor):
+    """A span processor that drops every span: what is measured is opening and ending."""
+
+
+def _run_span(variant: str) -> Callable[[], None]:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from podcron.telemetry.run_telemetry import RunTelemetry
+    from podcron.telemetry.span_export import TRACER_NAME, VERSION, Pipeline
+
+    provider = TracerProvider()
+    processor = _NoExport()
+    provider.add_span_processor(processor)
+    telemetry = RunTelemetry(spans=Pipeline.of(provider, processor))
+    tracer = provider.get_tracer(TRACER_NAME, VERSION)
+
+    def loop() -> None:
+        for _ in range(OPS):
+            if variant == "trick":
+                with telemetry.start_span(
+                    job_id="shop/report",
+                    trigger="scheduled",
+                    entry_point="shop.jobs:report",
+                    scheduled_time=SCHEDULED,
+                    parent=None,
+                ):
+                    pass
+            elif variant == "plain":
+                with tracer.start_span(
+                    "podcron.job.run",
+                    attributes={
+                        "podcron.job.id": "shop/report",
+                        "podcron.job.trigger": "scheduled",
+                        "podcron.job.entry_point": "shop.jobs:report",
+                        "podcron.job.scheduled_time": "2026-11-27T05:00:00.000Z",
+                    },
+                ):
+                    pass
+
+    return loop
+
+
+def _metrics(variant: str) -> Callable[[], None]:
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    from podcron.telemetry.metrics import DURATION_BUCKETS, LATENESS_BUCKETS, JobMetrics
+
+    registry = CollectorRegistry()
+    ours = JobMetrics(registry)
+    ours.job_added("shop", "report")
+    labels = ("namespace", "name")
+    runs = Counter("runs", "", [*labels, "trigger", "status"], registry=registry)
+    duration = Histogram("duration", "", labels, buckets=DURATION_BUCKETS, registry=registry)
+    success = Gauge("success", "", labels, registry=registry)
+    lateness = Histogram("lateness", "", buckets=LATENESS_BUCKETS, registry=registry)
+    running = Gauge("running", "", registry=registry)
+    queued = Gauge("queued", "", registry=registry)
+
+    def loop() -> None:
+        # One run's updates: queued, started (lateness), ended, recorded.
+        for _ in range(OPS):
+            if variant == "trick":
+                ours.run_queued()
+                ours.run_started("scheduled", 0.002)
+                ours.run_ended()
+                ours.run_recorded(
+                    "shop",
+                    "report",
+                    trigger="scheduled",
+                    status="success",
+                    duration_seconds=0.01,
+                    ended_at=1e9,
+                )
+            elif variant == "plain":
+                queued.inc()
+                queued.dec()
+                running.inc()
+                lateness.observe(0.002)
+                running.dec()
+                runs.labels("shop", "report", "scheduled", "success").inc()
+                duration.labels("shop", "report").observe(0.01)
+                success.labels("shop", "report").set(1e9)
+
+    return loop
+
+
+OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
+    "run span (open and end)": _run_span,
+    "timeout guard of a run without timeout": _timeout_guard,
+    "metric updates of one run": _metrics,
+}
+
+
+def _instructions(operation: str, variant: str) -> int:
+    """Instructions callgrind counts for a child doing ``operation`` as ``variant``."""
+    result = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "instructions-child",
+            operation,
+            variant,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from callgrind:\n{result.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+# -- the parent --------------------------------------------------------------------
+
+
+def _rows() -> Iterator[tuple[str, str, str]]:
+    for operation in OPERATIONS:
+        print(f"  counting instructions: {operation} ...", file=sys.stderr, flush=True)
+        base = _instructions(operation, "none")
+        trick = (_instructions(operation, "trick") - base) / OPS
+        plain = (_instructions(operation, "plain") - base) / OPS
+        yield operation, f"{trick:,.0f} instr", f"{plain:,.0f} instr"
+
+
+def main(argv: Sequence[str]) -> None:
+    if argv[:1] == ["instructions-child"]:
+        operation, variant = argv[1], argv[2]
+        OPERATIONS[operation](variant)()
+        return
+    rows = list(_rows())
+    width = max(len(row[0]) for row in rows)
+    print(f"{'':{width}}  {'with the trick':>22}  {'without':>22}")
+    for name, trick, plain in rows:
+        print(f"{name:{width}}  {trick:>22}  {plain:>22}")
+    load = os.getloadavg()[0]
+    print(f"(load {load:.1f}; instruction counts do not depend on it)")
+    print(
+        "RESULT tricks " + " | ".join(f"{name}: {trick} vs {plain}" for name, trick, plain in rows)
+    )
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main(sys.argv[1:])

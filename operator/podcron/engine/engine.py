@@ -1,0 +1,334 @@
+"""The :class:`Engine`: registration, dispatch by overlap policy, a run's steps, shutdown.
+
+One timer serves every job: a :class:`podcron.engine.duequeue.DueQueue` of
+due times and a single ``loop.call_at`` handle for the earliest one, so 10,000
+jobs cost one timer and zero jobs cost none. Due times are wall-clock
+(schedules are about wall time) while asyncio timers run on the loop's
+monotonic clock, so each wake-up re-reads the wall clock: a clock stepped back
+re-arms instead of firing early, and a clock stepped forward fires what became
+due instead of skipping it.
+
+A run goes start → execute → record: it waits for what it needs
+(:class:`podcron.engine.budgets.RunBudgets`), its body runs
+(:func:`podcron.engine.runs.execute`), and its outcome is recorded exactly
+once (:func:`podcron.engine.recording.record_outcome`), when the body
+returns, fails or is cancelled, or at its deadline. docs/engine.md explains
+the model and its budgets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from podcron.context import Trigger
+from podcron.engine.budgets import RunBudgets
+from podcron.engine.clock import SYSTEM_CLOCK, Clock
+from podcron.engine.duequeue import DueQueue
+from podcron.engine.events import Listener, Listeners
+from podcron.engine.jobs import JobState, is_async
+from podcron.engine.runner import RUN_TASK_PREFIX, Runner
+from podcron.engine.spec import JobSnapshot, JobSpec
+from podcron.errors import JobNotFound
+from podcron.jobconfig import ConfigSource
+from podcron.resources import ResourceManager
+from podcron.runrecord import History
+from podcron.telemetry.run_span import parent_from_headers
+from podcron.telemetry.run_telemetry import RunTelemetry
+from podcron.watchdog import LoopWatchdog
+
+log = logging.getLogger("podcron.engine")
+
+# Long timers are cut into slices of at most this length: the monotonic timer
+# cannot notice a wall-clock step, so a daily job re-checks the wall clock
+# once a minute rather than firing hours off after an NTP correction.
+MAX_SLEEP_SECONDS = 60.0
+# At most this many runs start per timer callback; the timer then fires again
+# at once, after the runs just started. Hundreds of jobs can fall due together
+# with tens of thousands registered: started all at once, their pending tasks
+# set off the garbage collector, whose passes then promote them to its oldest
+# generation and bring on full collections (over 100 ms each) every few
+# seconds. Slices also let the loop's other callbacks in between.
+DISPATCH_BATCH = 32
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _job_of_task(task: asyncio.Task[Any]) -> str | None:
+    name = task.get_name()
+    return name[len(RUN_TASK_PREFIX) :] if name.startswith(RUN_TASK_PREFIX) else None
+
+
+class Engine:
+    """Runs registered jobs on time. Every method must be called on the event loop's thread.
+
+    The budgets (``max_concurrent_runs``, ``max_manual_runs``,
+    ``worker_threads``) are :class:`podcron.engine.budgets.RunBudgets`';
+    ``threads_per_job`` bounds the active runs one plain ``def`` job may have
+    under Allow: ticks beyond are skipped, manual runs refused. And under
+    Allow, a tick is skipped while an earlier run of the same job still waits
+    to start, so the queue holds at most one run per job.
+
+    ``resources`` and ``config`` give each run its ``ctx.resources`` (those its
+    spec lists) and ``ctx.config``; the configuration's Secret values are
+    taken out of failed runs' errors.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrent_runs: int = 100,
+        max_manual_runs: int = 10,
+        worker_threads: int = 8,
+        threads_per_job: int = 2,
+        shutdown_timeout_seconds: float = 25.0,
+        listeners: Iterable[Listener] = (),
+        telemetry: RunTelemetry | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        loop_watchdog: bool = True,
+        resources: ResourceManager | None = None,
+        config: ConfigSource | None = None,
+    ) -> None:
+        self._budgets = RunBudgets(
+            max_concurrent_runs=max_concurrent_runs,
+            max_manual_runs=max_manual_runs,
+            worker_threads=worker_threads,
+        )
+        self._listeners = Listeners(listeners)
+        telemetry = telemetry or RunTelemetry()
+        self._metrics = telemetry.metrics
+        self._runner = Runner(
+            budgets=self._budgets,
+            threads_per_job=threads_per_job,
+            telemetry=telemetry,
+            listeners=self._listeners,
+            clock=clock,
+            resources=resources,
+            config=config,
+        )
+        self._jobs: dict[str, JobState] = {}
+        self._clock = clock
+        self._due = DueQueue()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due: float | None = None
+        self._shutdown_timeout = shutdown_timeout_seconds
+        self._loop_watchdog = loop_watchdog
+        self._watchdog: LoopWatchdog | None = None
+        self._closing = False
+        self._version = 0
+
+    # -- registration -----------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every :data:`JobEvent`; it must be quick and not block."""
+        self._listeners.add(listener)
+
+    def upsert(self, spec: JobSpec, *, history: History | None = None) -> JobSnapshot:
+        """Register a job, or replace the spec of a registered one, and arm it.
+
+        A replaced job keeps its history and its active runs; only its timer
+        is re-armed. For a newly registered job, ``history`` (restored from
+        status) seeds the counters, and its ``last_run_time`` decides the one
+        catch-up run ``starting_deadline_seconds`` allows.
+        """
+        if self._closing:
+            raise RuntimeError("the engine is shutting down")
+        if self._watchdog is None and self._loop_watchdog:
+            # Started with the first job, on the loop it watches: no job, nothing to watch.
+            metrics = self._metrics
+            self._watchdog = LoopWatchdog(
+                asyncio.get_running_loop(),
+                holder=_job_of_task,
+                on_lag=None if metrics is None else metrics.loop_lag,
+            )
+            self._watchdog.start()
+        job = self._jobs.get(spec.job_id)
+        is_new = job is None
+        if job is None:
+            job = JobState(spec=spec, is_async=is_async(spec.target), history=history or History())
+            self._jobs[spec.job_id] = job
+            if self._metrics is not None:
+                self._metrics.job_added(spec.namespace, spec.name)
+        else:
+            job.spec = spec
+            job.is_async = is_async(spec.target)
+        now = self._clock.wall()
+        self._arm(job, after=now)
+        if is_new and history is not None:
+            self._catch_up(job, history, now)
+        self._set_timer()
+        return self._snapshot(job)
+
+    def remove(self, job_id: str) -> None:
+        """Forget a job at once: no tick fires after this, and its active runs are cancelled."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        job.removed = True
+        if self._metrics is not None:
+            self._metrics.job_removed(job.spec.namespace, job.spec.name)
+        self._disarm(job)
+        for run in job.active.values():
+            self._runner.cancel(run, "Deleted: the ScheduledJob was deleted")
+
+    def trigger(
+        self, job_id: str, *, trace_headers: Mapping[str, str] | None = None
+    ) -> JobSnapshot:
+        """Run a job once now (trigger ``manual``), honouring its concurrency policy.
+
+        Raises :class:`JobNotFound`, :class:`JobAlreadyRunning` when the job may
+        not start another run now (Forbid, a replaced run that has not stopped,
+        ``threads_per_job``), or :class:`TooManyManualRuns` when manual runs
+        use their whole budget. A ``traceparent`` in ``trace_headers`` makes
+        the run's span its child.
+        """
+        job = self._jobs.get(job_id)
+        if job is None or self._closing:
+            raise JobNotFound(job_id)
+        parent = parent_from_headers(trace_headers or {})
+        now = _utc(self._clock.wall())
+        self._runner.dispatch(job, Trigger.MANUAL, now, parent=parent, manual=True)
+        return self._snapshot(job)
+
+    def snapshot(self, job_id: str) -> JobSnapshot:
+        """The job's current state; raises :class:`JobNotFound`."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return self._snapshot(job)
+
+    def snapshots(self) -> list[JobSnapshot]:
+        """Every registered job's state, ordered by job id."""
+        return [self._snapshot(self._jobs[job_id]) for job_id in sorted(self._jobs)]
+
+    @property
+    def version(self) -> int:
+        """A counter that moves whenever any job's snapshot may have changed.
+
+        Readers that derive something costly from :meth:`snapshots` (the
+        control socket's serialised job list) rebuild only when it moved.
+        """
+        # Two counters that never go back: their sum never does either.
+        return self._version + self._runner.version
+
+    @property
+    def job_count(self) -> int:
+        """How many jobs are registered."""
+        return len(self._jobs)
+
+    @property
+    def running_count(self) -> int:
+        """How many runs are active now: queued, running, or waiting for their thread."""
+        return sum(len(job.active) for job in self._jobs.values())
+
+    @property
+    def abandoned_threads(self) -> int:
+        """How many threads outlive the run they belong to."""
+        return self._budgets.abandoned
+
+    @property
+    def next_wakeup(self) -> float | None:
+        """The wall-clock time the engine's timer is set for next, or None when none is set."""
+        return self._timer_due
+
+    def _snapshot(self, job: JobState) -> JobSnapshot:
+        return JobSnapshot(
+            spec=job.spec,
+            running=bool(job.active),
+            next_run_time=None if job.next_due is None else _utc(job.next_due),
+            history=job.history,
+        )
+
+    # -- timers -----------------------------------------------------------
+
+    def _arm(self, job: JobState, *, after: float) -> None:
+        self._disarm(job)
+        if job.spec.suspended or self._closing:
+            return
+        following = job.spec.schedule.next_after(_utc(after))
+        if following is None:  # no further run (a date that never comes, or past 9999)
+            return
+        due = job.next_due = following.timestamp()
+        self._due.push(job.spec.job_id, due)
+        if self._timer_due is not None and due < self._timer_due:
+            self._cancel_timer()
+
+    def _disarm(self, job: JobState) -> None:
+        if job.next_due is not None:
+            job.next_due = None
+            self._due.discard(job.spec.job_id)
+        self._version += 1
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_due = None
+
+    def _set_timer(self) -> None:
+        """Set the one loop timer for the earliest due time, unless it is set for it already."""
+        due = self._due.earliest()
+        if due is None or self._closing:
+            self._cancel_timer()
+            return
+        if self._timer is not None and self._timer_due == due:
+            return
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        delay = min(due - self._clock.wall(), MAX_SLEEP_SECONDS)
+        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
+        self._timer_due = due
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_due = None
+        now = self._clock.wall()
+        for job_id, due in self._due.pop_due(now, DISPATCH_BATCH):
+            job = self._jobs.get(job_id)
+            if job is None:  # removed by a listener of a run dispatched just before
+                continue
+            job.next_due = None
+            # Armed before dispatching so that listeners already see the next
+            # run time. Ticks missed while the loop was blocked (or the clock
+            # jumped) are coalesced into this one, not fired as a burst.
+            self._arm(job, after=max(due, now))
+            try:
+                self._runner.dispatch(job, Trigger.SCHEDULED, _utc(due), parent=None, manual=False)
+            except Exception:  # a listener or a schedule bug must not stop the other jobs
+                log.exception("dispatching job %s failed", job.spec.job_id)
+        self._set_timer()
+
+    # -- dispatch ---------------------------------------------------------
+
+    def _catch_up(self, job: JobState, history: History, now: float) -> None:
+        deadline = job.spec.starting_deadline_seconds
+        if deadline is None or job.spec.suspended or history.last_run_time is None:
+            return
+        missed = job.spec.schedule.last_at_or_before(_utc(now))
+        if missed is None or missed <= history.last_run_time:
+            return
+        if now - missed.timestamp() <= deadline:
+            log.info("job %s catches up on its tick of %s", job.spec.job_id, missed.isoformat())
+            self._runner.dispatch(job, Trigger.CATCH_UP, missed, parent=None, manual=False)
+
+    # -- shutdown ---------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        """Stop arming timers, signal cancellation, wait up to the shutdown timeout.
+
+        Queued runs never start. Runs still active after
+        ``shutdown_timeout_seconds`` are cancelled and recorded as failures
+        (Interrupted). Runs whose outcome is recorded already (a thread that
+        outlived its run) are not waited for. Returns at once when nothing runs.
+        """
+        self._closing = True
+        self._cancel_timer()
+        self._due.clear()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        await self._runner.shutdown(list(self._jobs.values()), self._shutdown_timeout)

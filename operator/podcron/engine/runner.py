@@ -1,0 +1,284 @@
+"""Runs: dispatch by overlap policy, then start → execute → record, and their shutdown.
+
+A run waits for what it needs (:class:`podcron.engine.budgets.RunBudgets`),
+its body runs (:func:`podcron.engine.runs.execute`), and its outcome is
+recorded exactly once (:func:`podcron.engine.recording.record_outcome`), when
+the body returns, fails or is cancelled, or at its deadline. A plain ``def``
+body cannot be stopped: a thread that outlives its run's outcome keeps the
+job active until it returns (:mod:`podcron.engine.threads`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+from datetime import datetime
+
+from opentelemetry import context as otel_context
+
+from podcron.context import Trigger
+from podcron.engine.budgets import RunBudgets
+from podcron.engine.clock import Clock
+from podcron.engine.events import Listeners, RunStarted
+from podcron.engine.jobs import JobState, why_busy
+from podcron.engine.recording import record_outcome
+from podcron.engine.runs import ActiveRun, error_text, execute
+from podcron.engine.shutdown import shut_down
+from podcron.engine.spec import ConcurrencyPolicy
+from podcron.engine.threads import OutlivedThreads
+from podcron.errors import JobAlreadyRunning
+from podcron.jobconfig import ConfigSource
+from podcron.resources import ResourceManager
+from podcron.runrecord import RunStatus
+from podcron.telemetry.run_telemetry import RunTelemetry
+
+log = logging.getLogger("podcron.engine")
+
+#: The engine names each run's task this plus the job id (the watchdog reads it back).
+RUN_TASK_PREFIX = "podcron-run "
+
+
+class Runner:
+    """Starts, executes and records the runs of every job. Loop thread only."""
+
+    def __init__(
+        self,
+        *,
+        budgets: RunBudgets,
+        threads_per_job: int,
+        telemetry: RunTelemetry,
+        listeners: Listeners,
+        clock: Clock,
+        resources: ResourceManager | None = None,
+        config: ConfigSource | None = None,
+    ) -> None:
+        if threads_per_job < 1:
+            raise ValueError(f"threads_per_job must be at least 1, got {threads_per_job}")
+        self._budgets = budgets
+        self._threads_per_job = threads_per_job
+        self._telemetry = telemetry
+        self._metrics = telemetry.metrics
+        self._listeners = listeners
+        self._clock = clock
+        # What runs get beside their spec: ctx.resources and ctx.config. The
+        # configuration's Secret values are also taken out of failed runs' errors.
+        self._resources = resources
+        self._config = config
+        self._threads = OutlivedThreads(
+            budgets=budgets,
+            clock=clock,
+            metrics=self._metrics,
+            listeners=listeners,
+        )
+        self._run_ids = itertools.count()
+        self._closing = False
+        #: Moves whenever a job's active runs or history change (see Engine.version).
+        self.version = 0
+
+    def dispatch(
+        self,
+        job: JobState,
+        trigger: Trigger,
+        scheduled_time: datetime,
+        *,
+        parent: otel_context.Context | None,
+        manual: bool,
+    ) -> None:
+        spec = job.spec
+        replaced: list[ActiveRun] | None = None
+        if job.active:
+            why = why_busy(job, manual=manual, threads_per_job=self._threads_per_job)
+            if why is not None:
+                if manual:
+                    raise JobAlreadyRunning(spec.job_id, why)
+                log.info(
+                    "job %s skipped its %s tick: a run is active (%s)",
+                    spec.job_id,
+                    scheduled_time.isoformat(),
+                    why,
+                    extra={"job_id": spec.job_id},
+                )
+                self._record(job, trigger, scheduled_time, RunStatus.SKIPPED, None, None)
+                return
+            if spec.concurrency_policy is ConcurrencyPolicy.REPLACE:
+                replaced = list(job.active.values())
+        if manual:
+            self._budgets.admit_manual()
+        if replaced is not None:
+            for old in replaced:
+                self.cancel(old, "Replaced: a newer run started (concurrencyPolicy Replace)")
+        run = ActiveRun(
+            trigger=trigger,
+            scheduled_time=scheduled_time,
+            spec=spec,
+            is_async=job.is_async,
+            manual=manual,
+        )
+        run_id = next(self._run_ids)
+        job.active[run_id] = run
+        self.version += 1
+        if self._metrics is not None:
+            self._metrics.run_queued()
+        run.task = asyncio.get_running_loop().create_task(
+            self._run(job, run_id, run, parent, replaced), name=RUN_TASK_PREFIX + spec.job_id
+        )
+
+    def cancel(self, run: ActiveRun, reason: str) -> None:
+        if run.cancel_reason is None:
+            run.cancel_reason = reason
+        run.cancellation.set()
+        task = run.task
+        if task is None:
+            return
+        # A task cancelled before its first step never runs its coroutine, so
+        # the run would never record nor release anything: such a run sees
+        # cancel_reason as it begins instead.
+        coro = task.get_coro()
+        if not inspect.iscoroutine(coro) or inspect.getcoroutinestate(coro) != "CORO_CREATED":
+            task.cancel()
+
+    async def _run(
+        self,
+        job: JobState,
+        run_id: int,
+        run: ActiveRun,
+        parent: otel_context.Context | None,
+        replaced: list[ActiveRun] | None,
+    ) -> None:
+        try:
+            if run.cancel_reason is not None:  # cancelled before its task began
+                raise asyncio.CancelledError
+            # Queued: waiting is lateness, never duration, and the timeout clock has not started.
+            if replaced:
+                await _until_ended(replaced)
+            if not run.manual:
+                await self._budgets.acquire(run)
+            self._start(run)
+            await execute(
+                run,
+                self._telemetry,
+                parent,
+                self._budgets.pool,
+                resources=self._resources,
+                config=self._config,
+            )
+        except asyncio.CancelledError:
+            if run.started is None:
+                run.error = run.cancel_reason or "cancelled before it started"
+                log.info(
+                    "job %s: the run due %s did not start: %s",
+                    run.spec.job_id,
+                    run.scheduled_time.isoformat(),
+                    run.error,
+                    extra={"job_id": run.spec.job_id},
+                )
+            if run.cancel_reason is None:
+                raise
+        except BaseException as failure:
+            # Around the job's call: the context, the span, a listener.
+            run.error = error_text(failure)
+            log.error(
+                "run of job %s failed around its call: %s",
+                run.spec.job_id,
+                run.error,
+                exc_info=failure,
+                extra={"job_id": run.spec.job_id},
+            )
+        finally:
+            self._finish(job, run_id, run)
+
+    def _start(self, run: ActiveRun) -> None:
+        """The run's body starts now: it is late by the time it waited."""
+        started = run.started = self._clock.wall()
+        lateness = started - run.scheduled_time.timestamp()
+        if self._metrics is not None:
+            self._metrics.run_started(run.trigger, lateness)
+        spec = run.spec
+        self._listeners.emit(
+            RunStarted(
+                job_id=spec.job_id,
+                namespace=spec.namespace,
+                name=spec.name,
+                trigger=run.trigger,
+                scheduled_time=run.scheduled_time,
+                lateness_seconds=lateness,
+            )
+        )
+
+    def _finish(self, job: JobState, run_id: int, run: ActiveRun) -> None:
+        """Record the run's outcome once; end it now unless its thread runs on."""
+        thread = run.thread
+        body_returned = thread is None or thread.done()
+        if body_returned:
+            self._end(job, run_id, run)
+        if not run.recorded:
+            run.recorded = True
+            status = RunStatus.SKIPPED if run.started is None else run.status
+            self._record(job, run.trigger, run.scheduled_time, status, run.started, run.error)
+        if not body_returned:
+            self._threads.watch(job, run_id, run, end=self._end, closing=self._closing)
+
+    def _end(self, job: JobState, run_id: int, run: ActiveRun) -> None:
+        """The run's body has returned (or never started): release what it held."""
+        run.ended = True
+        job.active.pop(run_id, None)
+        self.version += 1
+        self._budgets.release(run)
+        if self._metrics is not None:
+            if run.started is None:
+                self._metrics.run_dropped()
+            else:
+                self._metrics.run_ended()
+        if run.successors is not None:
+            for waiter in run.successors:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _record(
+        self,
+        job: JobState,
+        trigger: Trigger,
+        scheduled_time: datetime,
+        status: RunStatus,
+        started: float | None,
+        error: str | None,
+    ) -> None:
+        if job.removed:
+            return
+        self.version += 1
+        if error is not None and self._config is not None:
+            # Status, Events and the System API show it: no Secret value in it.
+            error = self._config.redact(error)
+        record_outcome(
+            job,
+            trigger,
+            scheduled_time,
+            status,
+            started,
+            error,
+            now=self._clock.wall(),
+            metrics=self._metrics,
+            listeners=self._listeners,
+        )
+
+    async def shutdown(self, jobs: list[JobState], wait_seconds: float) -> None:
+        """Stop the active runs of ``jobs`` (:func:`podcron.engine.shutdown.shut_down`)."""
+        self._closing = True
+        await shut_down(jobs, wait_seconds=wait_seconds, cancel=self.cancel, record=self._record)
+        # Threads cannot be killed; whoever owns the process decides whether
+        # to wait for them. Queued thread work that never started is dropped.
+        self._budgets.pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _until_ended(runs: list[ActiveRun]) -> None:
+    """Return once every run in ``runs`` has ended (Replace: one body at a time)."""
+    loop = asyncio.get_running_loop()
+    for old in runs:
+        if not old.ended:
+            waiter = loop.create_future()
+            if old.successors is None:
+                old.successors = []
+            old.successors.append(waiter)
+            await waiter

@@ -1,0 +1,238 @@
+"""One run: what the engine tracks of it while it is active, and the execution of its body.
+
+A run is *queued* from the moment it is accepted until its body starts (it
+waits for a run slot, for a thread, or for the run it replaces to stop),
+*running* while its body executes, and *active* (what the overlap policy and
+``status.running`` see) until its body has returned. :func:`execute` calls the
+body under its timeout and turns however it ends into the run's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from podcron.context import Cancellation, JobContext, Trigger
+from podcron.engine.spec import JobSpec
+from podcron.entrypoints import JobTarget
+from podcron.jobconfig import NO_CONFIG, ConfigSource
+from podcron.resources import (
+    NO_RESOURCES,
+    ResourceManager,
+    ResourceUnavailable,
+    RunResources,
+    UnknownResource,
+)
+from podcron.runrecord import RunStatus
+from podcron.telemetry import logs
+from podcron.telemetry.run_span import record_failure
+from podcron.telemetry.run_telemetry import RunTelemetry
+
+job_log = logging.getLogger("podcron.job")
+
+ERROR_TEXT_LIMIT = 1024
+# Most jobs have no timeout; entering asyncio.timeout(None) still costs a
+# timer-less Timeout object per run.
+NO_TIMEOUT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
+
+
+@dataclass(slots=True, eq=False)
+class ActiveRun:
+    """A run from its acceptance until its body has returned (or it never started)."""
+
+    trigger: Trigger
+    scheduled_time: datetime
+    # The spec the run was accepted under: an update must not change a run midway.
+    spec: JobSpec
+    is_async: bool
+    manual: bool
+    # When the body started (wall clock); None while queued.
+    started: float | None = None
+    # The outcome so far: not a success until the body has returned, so that
+    # anything that goes wrong on the way (the deadline, telemetry, the
+    # context) fails the run.
+    status: RunStatus = RunStatus.FAILURE
+    error: str | None = None
+    cancellation: Cancellation = field(default_factory=Cancellation)
+    task: asyncio.Task[None] | None = None
+    # Why the engine cancelled it, recorded as the run's error.
+    cancel_reason: str | None = None
+    # Set once the outcome is recorded: at shutdown the engine records runs
+    # that ignore cancellation itself, and their task must not record again.
+    recorded: bool = False
+    # When a run whose thread outlived it was recorded (for the abandonment log).
+    recorded_at: float = 0.0
+    # What it holds until its body has returned, released when it ends.
+    holds_slot: bool = False
+    holds_thread: bool = False
+    # A plain def body's thread, and whether it outlived the run (abandoned).
+    thread: concurrent.futures.Future[None] | None = None
+    abandoned: bool = False
+    abandon_timer: asyncio.TimerHandle | None = None
+    ended: bool = False
+    # Runs (of Replace) waiting for this one to end.
+    successors: list[asyncio.Future[None]] | None = None
+
+
+def error_text(error: BaseException) -> str:
+    """The exception as one status line, cut to :data:`ERROR_TEXT_LIMIT` characters."""
+    text = "".join(traceback.format_exception_only(error)).strip()
+    return (
+        text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 14] + "... (truncated)"
+    )
+
+
+def deadline_of(started: float, timeout: float) -> datetime:
+    """When a run that started at ``started`` times out; any positive timeout is accepted.
+
+    One beyond what a datetime can hold (past the year 9999) is that far:
+    the run is never cut short, and its context says 9999-12-31.
+    """
+    if not timeout > 0:  # also NaN
+        raise ValueError(f"timeoutSeconds must be positive, got {timeout}")
+    try:
+        return datetime.fromtimestamp(started, UTC) + timedelta(seconds=timeout)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
+
+
+async def execute(
+    run: ActiveRun,
+    telemetry: RunTelemetry,
+    parent: otel_context.Context | None,
+    pool: concurrent.futures.Executor,
+    *,
+    resources: ResourceManager | None = None,
+    config: ConfigSource | None = None,
+) -> None:
+    """Call the run's body in its span and context, under its timeout; set its outcome.
+
+    ``resources`` and ``config`` give the context its ``resources`` (those the
+    spec lists) and ``config``. ``run.started`` must be set. Raises CancelledError only when someone
+    other than the engine cancels the task (the outcome is set first).
+    """
+    spec = run.spec
+    assert run.started is not None
+    timeout = spec.timeout_seconds
+    deadline = None if timeout is None else deadline_of(run.started, timeout)
+    with telemetry.start_span(
+        job_id=spec.job_id,
+        trigger=run.trigger.value,
+        entry_point=spec.entry_point,
+        scheduled_time=run.scheduled_time,
+        parent=parent,
+    ) as span:
+        trace_context = trace.set_span_in_context(span, parent)
+        # Resources created already are handed over at once; None: acquire below.
+        run_resources = NO_RESOURCES if not spec.resources else _ready(resources, spec.resources)
+        ctx = JobContext(
+            job_id=spec.job_id,
+            namespace=spec.namespace,
+            name=spec.name,
+            trigger=run.trigger,
+            scheduled_time=run.scheduled_time,
+            args=spec.args,
+            log=logs.job_logger(job_log, job_id=spec.job_id, span=span),
+            deadline=deadline,
+            cancelled=run.cancellation,
+            trace_context=trace_context,
+            config=NO_CONFIG if config is None else config.snapshot(),
+            resources=NO_RESOURCES if run_resources is None else run_resources,
+        )
+        target = spec.target
+        guard = None if timeout is None else asyncio.timeout(timeout)
+        try:
+            async with guard or NO_TIMEOUT:
+                if run_resources is None:
+                    # Within the timeout and the span: waiting for a resource
+                    # being created is part of the run.
+                    ctx = dataclasses.replace(
+                        ctx, resources=await _acquire(resources, spec.resources)
+                    )
+                if run.is_async:
+                    token = otel_context.attach(trace_context)
+                    try:
+                        await target(ctx)
+                    finally:
+                        otel_context.detach(token)
+                else:
+                    run.thread = pool.submit(_call_in_thread, target, ctx)
+                    await asyncio.wrap_future(run.thread)
+        except TimeoutError as timeout_error:
+            if guard is not None and guard.expired():
+                run.error = _timed_out(run, span, ctx, timeout_error)
+            else:  # the job's own TimeoutError, not its deadline
+                run.error = _failed(span, ctx, timeout_error)
+        except (ResourceUnavailable, UnknownResource) as unavailable:
+            # The job never ran and it is not its bug: one line, no traceback.
+            run.error = str(unavailable)
+            record_failure(span, unavailable, description=run.error)
+            ctx.log.error("run not started: %s", run.error)
+        except asyncio.CancelledError as cancelled:
+            if run.cancel_reason is not None:
+                run.error = run.cancel_reason
+                record_failure(span, cancelled, description=run.error)
+                ctx.log.error("run cancelled: %s", run.error)
+            else:
+                # The job raised it itself, or awaited something that was
+                # cancelled: a failure like any other exception.
+                run.error = _failed(span, ctx, cancelled)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # someone else cancels this task: let them see it
+        except BaseException as failure:
+            run.error = _failed(span, ctx, failure)
+        else:
+            if guard is not None and guard.expired():
+                # It swallowed the timeout's cancellation and returned late.
+                run.error = _timed_out(run, span, ctx, TimeoutError())
+            elif run.cancel_reason is None:
+                run.status = RunStatus.SUCCESS
+            else:  # cancelled by the engine, yet returned: still cut short
+                run.error = run.cancel_reason
+                record_failure(span, asyncio.CancelledError(), description=run.error)
+
+
+def _ready(resources: ResourceManager | None, names: tuple[str, ...]) -> RunResources | None:
+    return None if resources is None else resources.ready(names)
+
+
+async def _acquire(resources: ResourceManager | None, names: tuple[str, ...]) -> RunResources:
+    if resources is None:
+        raise UnknownResource(names[0], ())
+    return await resources.acquire(names)
+
+
+def _failed(span: trace.Span, ctx: JobContext, failure: BaseException) -> str:
+    """Record a job's exception on its span and in its log; return the status text."""
+    error = error_text(failure)
+    record_failure(span, failure, description=error)
+    ctx.log.error("run failed: %s", error, exc_info=failure)
+    return error
+
+
+def _timed_out(run: ActiveRun, span: trace.Span, ctx: JobContext, timeout: TimeoutError) -> str:
+    """Record a run's timeout on its span and in its log; return the status text."""
+    seconds = run.spec.timeout_seconds
+    error = run.cancel_reason = f"TimeoutError: run exceeded {seconds}s"
+    run.cancellation.set()
+    record_failure(span, timeout, description=error)
+    ctx.log.error("run timed out after %ss", seconds, exc_info=timeout)
+    return error
+
+
+def _call_in_thread(target: JobTarget, ctx: JobContext) -> None:
+    token = otel_context.attach(ctx.trace_context or otel_context.get_current())
+    try:
+        target(ctx)
+    finally:
+        otel_context.detach(token)

@@ -1,0 +1,79 @@
+"""The due queue on its own: against a plain dict of due times, under any sequence of changes."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from podcron.engine import duequeue
+from podcron.engine.duequeue import DueQueue
+
+KEYS = st.sampled_from([f"ns/job-{index}" for index in range(6)])
+TIMES = st.integers(min_value=0, max_value=20).map(float)
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), KEYS, TIMES),
+        st.tuples(st.just("discard"), KEYS, TIMES),
+        st.tuples(st.just("pop_due"), KEYS, TIMES),
+    ),
+    max_size=60,
+)
+
+
+@given(STEPS, st.integers(min_value=1, max_value=4))
+def test_the_queue_agrees_with_a_dict_of_due_times(
+    steps: list[tuple[str, str, float]], limit: int
+) -> None:
+    queue = DueQueue()
+    expected: dict[str, float] = {}
+    for step, key, at in steps:
+        if step == "push":
+            queue.push(key, at)
+            expected[key] = at
+        elif step == "discard":
+            queue.discard(key)
+            expected.pop(key, None)
+        else:
+            popped = queue.pop_due(at, limit)
+            assert [due for _, due in popped] == sorted(due for _, due in popped)
+            due = sorted((when, name) for name, when in expected.items() if when <= at)
+            assert len(popped) == min(limit, len(due))
+            # Ties in due time may come in any order; the times are the earliest ones.
+            assert sorted(when for _, when in popped) == [when for when, _ in due[:limit]]
+            for name, when in popped:
+                assert expected.pop(name) == when
+        assert len(queue) == len(expected)
+        assert all((key in queue) == (key in expected) for key in expected)
+        assert queue.earliest() == min(expected.values(), default=None)
+
+
+def test_a_key_pushed_again_is_due_once_at_its_new_time() -> None:
+    queue = DueQueue()
+    queue.push("a", 5.0)
+    queue.push("a", 5.0)
+    queue.push("a", 3.0)
+    assert queue.pop_due(10.0, limit=10) == [("a", 3.0)]
+    assert queue.pop_due(10.0, limit=10) == []
+
+
+def test_a_churn_of_updates_does_not_grow_the_heap_without_bound() -> None:
+    queue = DueQueue()
+    for index in range(10 * duequeue.COMPACT_AFTER_STALE):
+        queue.push("kept", float(index))  # replaced: its last entry goes stale
+        queue.push(f"gone-{index}", float(index))
+        queue.discard(f"gone-{index}")
+    assert len(queue) == 1
+    assert queue.entries < 4 * duequeue.COMPACT_AFTER_STALE
+    assert queue.pop_due(float("inf"), limit=10) == [
+        ("kept", float(10 * duequeue.COMPACT_AFTER_STALE - 1))
+    ]
+
+
+def test_an_empty_queue_has_nothing_due() -> None:
+    queue = DueQueue()
+    assert queue.earliest() is None
+    assert queue.pop_due(float("inf"), limit=1) == []
+    queue.push("a", 1.0)
+    queue.clear()
+    assert queue.earliest() is None
+    assert "a" not in queue
