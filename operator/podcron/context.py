@@ -102,9 +102,9 @@ class JobContext:
     def resource(self, name: str, kind: type[T]) -> T:
         """``resources[name]``, checked to be a ``kind`` (a class or a runtime-checkable Protocol).
 
-        Raises :class:`podcron.resources.ResourceNotDeclared` (a ``KeyError``) for a
+        Raises :class:`podcron.errors.ResourceNotDeclared` (a ``KeyError``) for a
         name ``spec.resources`` does not list, and
-        :class:`podcron.resources.ResourceTypeMismatch` (a ``TypeError``) for another type.
+        :class:`podcron.errors.ResourceTypeMismatch` (a ``TypeError``) for another type.
         """
         return self.resources.typed(name, kind)
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from podcron.errors import PodcronError
+from podcron.errors import ConfigKeyError, JobConfigError
 
 log = logging.getLogger("podcron.jobconfig")
 
@@ -48,22 +48,6 @@ _DATA_LINK = "..data"
 # A version swapped away while being read is read again, up to this many times; past
 # that, the values read before are kept.
 _READ_ATTEMPTS = 10
-
-
-class JobConfigError(PodcronError, OSError):
-    """A configured directory cannot be read; the message names it and why."""
-
-    reason = "JobConfigUnreadable"
-
-
-class ConfigKeyError(PodcronError, KeyError):
-    """``ctx.config[key]`` for a key neither directory holds, or of the other kind."""
-
-    reason = "ConfigKeyNotFound"
-
-    def __str__(self) -> str:
-        # KeyError's own str() is the repr of its argument, quotes and all.
-        return str(self.args[0])
 
 
 class Secret:

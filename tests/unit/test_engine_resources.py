@@ -18,8 +18,9 @@ import pytest
 
 from podcron.context import JobContext
 from podcron.engine import Engine, RunStatus
+from podcron.errors import ResourceNotDeclared, ResourceTypeMismatch
 from podcron.jobconfig import REDACTED, ConfigSource, Secret
-from podcron.resources import ResourceManager, ResourceNotDeclared, ResourceTypeMismatch
+from podcron.resources import ResourceManager
 
 from .engine_support import Recorder, spec
 from .kubelet_volume import KubeletVolume

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from podcron.controller.jobspecs import MAX_TIMEOUT_SECONDS, build_spec
-from podcron.errors import InvalidJobSpec, InvalidSchedule
-from podcron.resources import ResourceManager, UnknownResource
+from podcron.errors import InvalidJobSpec, InvalidSchedule, UnknownResource
+from podcron.resources import ResourceManager
 
 INT64_MAX = 2**63 - 1
 

@@ -20,16 +20,18 @@ from typing import Any
 
 import pytest
 
+from podcron.errors import (
+    ResourceNotDeclared,
+    ResourceTypeMismatch,
+    ResourceUnavailable,
+    UnknownResource,
+)
 from podcron.jobconfig import ConfigSource
 from podcron.resources import (
     NO_RESOURCES,
     ResourceManager,
-    ResourceNotDeclared,
     ResourceState,
     ResourceStatus,
-    ResourceTypeMismatch,
-    ResourceUnavailable,
-    UnknownResource,
     _EnterInThread,
     discover,
     eager,

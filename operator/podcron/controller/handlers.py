@@ -42,8 +42,14 @@ from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine, JobEvent, RunFinished, RunStatus, ThreadAbandoned
-from podcron.errors import JobAlreadyRunning, JobNotFound, PodcronError, TooManyManualRuns
-from podcron.resources import ResourceManager, ResourceState, ResourceUnavailable
+from podcron.errors import (
+    JobAlreadyRunning,
+    JobNotFound,
+    PodcronError,
+    ResourceUnavailable,
+    TooManyManualRuns,
+)
+from podcron.resources import ResourceManager, ResourceState
 
 log = logging.getLogger("podcron.controller")
 

@@ -7,8 +7,7 @@ from typing import Any
 
 from podcron import entrypoints, resources
 from podcron.engine import ConcurrencyPolicy, JobSpec
-from podcron.errors import InvalidJobSpec
-from podcron.resources import UnknownResource
+from podcron.errors import InvalidJobSpec, UnknownResource
 from podcron.schedules import Schedule, parse_schedule
 
 
@@ -65,7 +64,7 @@ def build_spec(
 
     Raises a :class:`podcron.errors.PodcronError` whose ``reason`` is the
     ``Ready`` condition reason when the spec cannot be scheduled.
-    ``check_resources`` raises :class:`podcron.resources.UnknownResource` for
+    ``check_resources`` raises :class:`podcron.errors.UnknownResource` for
     a name in ``spec.resources`` that no factory is registered under (by
     default, no factory installed in the entry-point group).
     """

@@ -40,8 +40,8 @@ from podcron.controller.probes import ProbeServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
-from podcron.errors import StartupError
-from podcron.jobconfig import ConfigSource, JobConfigError
+from podcron.errors import JobConfigError, StartupError
+from podcron.jobconfig import ConfigSource
 from podcron.telemetry import logs, span_export
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.resource_metrics import ResourceMetrics

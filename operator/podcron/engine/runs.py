@@ -24,14 +24,9 @@ from opentelemetry import trace
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.engine.spec import JobSpec
 from podcron.entrypoints import JobTarget
+from podcron.errors import ResourceUnavailable, UnknownResource
 from podcron.jobconfig import NO_CONFIG, ConfigSource
-from podcron.resources import (
-    NO_RESOURCES,
-    ResourceManager,
-    ResourceUnavailable,
-    RunResources,
-    UnknownResource,
-)
+from podcron.resources import NO_RESOURCES, ResourceManager, RunResources
 from podcron.runrecord import RunStatus
 from podcron.telemetry import logs
 from podcron.telemetry.run_span import record_failure
