@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -126,6 +126,10 @@ bench-shutdown: venv binaries
 # Dispatch lateness at 10,000 and 50,000 jobs against APScheduler and a bare loop; QUICK=1 for <1 min.
 bench-engine: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_engine.py
+
+# A warm shared connection (a resource) against one opened per run, over loopback TCP; QUICK=1.
+bench-resources: venv
+	$(PY) benchmarks/bench_resources.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build

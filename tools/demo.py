@@ -7,6 +7,7 @@ removes everything it started.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REFRESH_SECONDS = 2.0
 SIDECAR_PORT = 8080
 SIDECAR_PROBE_PORT = 8081
+METRICS_PORT = 9090
 
 
 def _sidecar_port(preferred: int) -> int:
@@ -59,6 +61,24 @@ def _start_podcron(command: str, log_path: Path, env: dict[str, str]) -> subproc
         )
 
 
+def _job_config(workdir: Path, metrics_port: int) -> dict[str, str]:
+    """Job configuration for the ``uptime`` example, as the chart would mount it.
+
+    It checks the operator's own ``/healthz`` with a random token from the "Secret".
+    """
+    config, secrets_dir = workdir / "job-config", workdir / "job-secrets"
+    config.mkdir()
+    secrets_dir.mkdir(mode=0o700)
+    (config / "uptimeUrl").write_text(f"http://127.0.0.1:{metrics_port}/healthz")
+    (secrets_dir / "uptimeToken").write_text(secrets.token_urlsafe(24))
+    return {
+        "PODCRON_JOB_CONFIG_DIR": str(config),
+        "PODCRON_JOB_SECRETS_DIR": str(secrets_dir),
+        "PODCRON_METRICS_HOST": "127.0.0.1",
+        "PODCRON_METRICS_PORT": str(metrics_port),
+    }
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -80,7 +100,8 @@ def main() -> int:
             )
             socket_env = {"PODCRON_CONTROL_SOCKET": str(workdir / "control.sock")}
             log_path = workdir / "operator.log"
-            operator = _start_podcron("operator", log_path, cluster.env() | socket_env)
+            job_config = _job_config(workdir, _sidecar_port(METRICS_PORT))
+            operator = _start_podcron("operator", log_path, cluster.env() | socket_env | job_config)
             sidecar_log = workdir / "sidecar.log"
             port = _sidecar_port(SIDECAR_PORT)
             sidecar = _start_podcron(

@@ -9,33 +9,11 @@ between runs, and podcron closes it once at shutdown.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
-from typing import Protocol, TypeVar
 
 import aiohttp
 
-from podcron.jobconfig import JobConfig
-from podcron.resources import RunResources
-
-T = TypeVar("T")
-
-
-class UptimeContext(Protocol):
-    """What this job uses of its :class:`podcron.JobContext`."""
-
-    @property
-    def log(self) -> logging.LoggerAdapter[logging.Logger]: ...
-
-    @property
-    def config(self) -> JobConfig: ...
-
-    @property
-    def resources(self) -> RunResources: ...
-
-    def resource(self, name: str, kind: type[T]) -> T: ...
-
-    def trace_headers(self) -> dict[str, str]: ...
+from podcron import JobContext
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +27,7 @@ async def http_client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def uptime(ctx: UptimeContext) -> None:
+async def uptime(ctx: JobContext) -> None:
     """GET ``config.uptimeUrl`` with the Secret's ``uptimeToken``; fail unless it answers 2xx."""
     url = ctx.config.text("uptimeUrl")
     token = ctx.config.secret("uptimeToken")

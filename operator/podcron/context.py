@@ -8,10 +8,15 @@ import logging
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+
+from podcron.jobconfig import NO_CONFIG, JobConfig
+from podcron.resources import NO_RESOURCES, RunResources
+
+T = TypeVar("T")
 
 
 class Trigger(enum.StrEnum):
@@ -72,6 +77,12 @@ class JobContext:
     ``args`` is the ScheduledJob's ``spec.args``; ``deadline`` is the wall-clock
     instant the run times out at: ``timeoutSeconds`` after the job was called
     (``None`` without one; 9999-12-31 for one that reaches past the calendar).
+
+    ``resources`` holds the shared objects of the resources the job's
+    ``spec.resources`` lists, the same objects for every run (:meth:`resource`
+    also checks the type); ``config`` is the job configuration and secrets
+    mounted into the operator, read at its first access in the run and then
+    kept for the rest of it. Both are read-only and may be read from any thread.
     """
 
     job_id: str
@@ -84,6 +95,18 @@ class JobContext:
     deadline: datetime | None
     cancelled: Cancellation = field(default_factory=Cancellation)
     trace_context: otel_context.Context | None = None
+    # Shared, immutable defaults; dataclasses refuse a Mapping as a plain default.
+    resources: RunResources = field(default_factory=lambda: NO_RESOURCES)
+    config: JobConfig = field(default_factory=lambda: NO_CONFIG)
+
+    def resource(self, name: str, kind: type[T]) -> T:
+        """``resources[name]``, checked to be a ``kind`` (a class or a runtime-checkable Protocol).
+
+        Raises :class:`podcron.errors.ResourceNotDeclared` (a ``KeyError``) for a
+        name ``spec.resources`` does not list, and
+        :class:`podcron.errors.ResourceTypeMismatch` (a ``TypeError``) for another type.
+        """
+        return self.resources.typed(name, kind)
 
     def trace_headers(self) -> dict[str, str]:
         """W3C trace headers (``traceparent``) for the job's own downstream calls.

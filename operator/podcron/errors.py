@@ -11,6 +11,10 @@ import it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
+
+#: The entry-point group of shared resource factories (``podcron.resources``).
+RESOURCE_GROUP = "podcron.resources"
 
 
 class ErrorCode(enum.StrEnum):
@@ -167,3 +171,66 @@ class OperatorRefused(PodcronError):
         self.job_id = job_id
         #: Seconds after which asking again makes sense, when the operator said so.
         self.retry_after = retry_after
+
+
+class UnknownResource(PodcronError, LookupError):
+    """``spec.resources`` names no factory of the ``podcron.resources`` group."""
+
+    reason = "ResourceNotFound"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        listed = ", ".join(sorted(known)) or "none"
+        super().__init__(
+            f"spec.resources: no resource factory named {name!r} in entry-point group "
+            f"{RESOURCE_GROUP} (registered: {listed})"
+        )
+
+
+class ResourceUnavailable(PodcronError, RuntimeError):
+    """A resource whose factory failed (retried in the background), or one being closed."""
+
+    reason = "ResourceUnavailable"
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        super().__init__(f"resource {name!r} is unavailable: {problem}")
+
+
+class ResourceNotDeclared(PodcronError, KeyError):
+    """``ctx.resources[name]`` for a resource the job's ``spec.resources`` does not list."""
+
+    reason = "ResourceNotDeclared"
+
+    def __init__(self, name: str, declared: Iterable[str]) -> None:
+        self.name = name
+        listed = ", ".join(declared) or "none"
+        super().__init__(
+            f"resource {name!r} is not in this job's spec.resources (it lists: {listed})"
+        )
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument, quotes and all.
+        return str(self.args[0])
+
+
+class ResourceTypeMismatch(PodcronError, TypeError):
+    """``ctx.resource(name, kind)`` found an object of another type."""
+
+    reason = "ResourceTypeMismatch"
+
+
+class JobConfigError(PodcronError, OSError):
+    """A configured directory cannot be read; the message names it and why."""
+
+    reason = "JobConfigUnreadable"
+
+
+class ConfigKeyError(PodcronError, KeyError):
+    """``ctx.config[key]`` for a key neither directory holds, or of the other kind."""
+
+    reason = "ConfigKeyNotFound"
+
+    def __str__(self) -> str:
+        # KeyError's own str() is the repr of its argument, quotes and all.
+        return str(self.args[0])

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from podcron.errors import PodcronError
+from podcron.errors import ConfigKeyError, JobConfigError
 
 log = logging.getLogger("podcron.jobconfig")
 
@@ -48,22 +48,6 @@ _DATA_LINK = "..data"
 # A version swapped away while being read is read again, up to this many times; past
 # that, the values read before are kept.
 _READ_ATTEMPTS = 10
-
-
-class JobConfigError(PodcronError, OSError):
-    """A configured directory cannot be read; the message names it and why."""
-
-    reason = "JobConfigUnreadable"
-
-
-class ConfigKeyError(PodcronError, KeyError):
-    """``ctx.config[key]`` for a key neither directory holds, or of the other kind."""
-
-    reason = "ConfigKeyNotFound"
-
-    def __str__(self) -> str:
-        # KeyError's own str() is the repr of its argument, quotes and all.
-        return str(self.args[0])
 
 
 class Secret:
@@ -341,10 +325,15 @@ class ConfigSource:
 
     def redact(self, text: str) -> str:
         """``text`` with every current Secret value of 4 characters or more as ``********``."""
-        for value in self._current().redactable:
-            if value in text:
-                text = text.replace(value, REDACTED)
-        return text
+        return _redact(text, self._current().redactable)
+
+    def redact_known(self, text: str) -> str:
+        """:meth:`redact` with the values last read, without looking at the files again.
+
+        For log lines: one is written far more often than the files change, and a
+        value no run or factory has read since a change was handed to nobody.
+        """
+        return _redact(text, self._values.redactable)
 
     def _merge(self) -> _Values:
         text: dict[str, str] = {}
@@ -380,3 +369,14 @@ class ConfigSource:
             secrets=secrets,
             redactable=tuple(sorted(redactable, key=len, reverse=True)),
         )
+
+
+def _redact(text: str, values: tuple[str, ...]) -> str:
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+#: ``ctx.config`` of a run in an operator without job configuration: no keys.
+NO_CONFIG = ConfigSource().snapshot()

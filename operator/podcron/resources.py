@@ -47,12 +47,18 @@ from typing import Any, NoReturn, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_random_exponential
 
-from podcron.errors import PodcronError
+from podcron.errors import (
+    RESOURCE_GROUP,
+    ResourceNotDeclared,
+    ResourceTypeMismatch,
+    ResourceUnavailable,
+    UnknownResource,
+)
 from podcron.jobconfig import ConfigSource
 
 log = logging.getLogger("podcron.resources")
 
-GROUP = "podcron.resources"
+GROUP = RESOURCE_GROUP
 #: How long one attempt to create a resource may take before it counts as failed.
 CREATE_TIMEOUT_SECONDS = 30.0
 #: The backoff between failed attempts: a random wait in [0, min(cap, initial * 2**(n-1))].
@@ -74,53 +80,6 @@ def eager(factory: F) -> F:
     """
     setattr(factory, _EAGER, True)
     return factory
-
-
-class UnknownResource(PodcronError, LookupError):
-    """``spec.resources`` names no factory of the ``podcron.resources`` group."""
-
-    reason = "ResourceNotFound"
-
-    def __init__(self, name: str, known: Iterable[str]) -> None:
-        self.name = name
-        listed = ", ".join(sorted(known)) or "none"
-        super().__init__(
-            f"spec.resources: no resource factory named {name!r} in entry-point group "
-            f"{GROUP} (registered: {listed})"
-        )
-
-
-class ResourceUnavailable(PodcronError, RuntimeError):
-    """A resource whose factory failed (retried in the background), or one being closed."""
-
-    reason = "ResourceUnavailable"
-
-    def __init__(self, name: str, problem: str) -> None:
-        self.name = name
-        super().__init__(f"resource {name!r} is unavailable: {problem}")
-
-
-class ResourceNotDeclared(PodcronError, KeyError):
-    """``ctx.resources[name]`` for a resource the job's ``spec.resources`` does not list."""
-
-    reason = "ResourceNotDeclared"
-
-    def __init__(self, name: str, declared: Iterable[str]) -> None:
-        self.name = name
-        listed = ", ".join(declared) or "none"
-        super().__init__(
-            f"resource {name!r} is not in this job's spec.resources (it lists: {listed})"
-        )
-
-    def __str__(self) -> str:
-        # KeyError's own str() is the repr of its argument, quotes and all.
-        return str(self.args[0])
-
-
-class ResourceTypeMismatch(PodcronError, TypeError):
-    """``ctx.resource(name, kind)`` found an object of another type."""
-
-    reason = "ResourceTypeMismatch"
 
 
 class ResourceStatus(enum.StrEnum):
@@ -342,6 +301,21 @@ class ResourceManager:
         """Every resource's state, by name."""
         return [self._slots[name].state() for name in sorted(self._slots)]
 
+    def readyz_lines(self) -> list[str]:
+        """One line per resource for ``/readyz?verbose``: ``[+]resource:http up``."""
+        lines = []
+        for state in self.states():
+            line = f"[{'+' if state.up else '-'}]resource:{state.name} {state.status.value}"
+            if state.failures:
+                plural = "" if state.failures == 1 else "s"
+                line += f" ({state.failures} failed attempt{plural})"
+            if state.reason is not None:
+                line += f": {state.reason}"
+            if state.retry_at is not None:
+                line += f"; next attempt at {_rfc3339(state.retry_at)}"
+            lines.append(line)
+        return lines
+
     def report(self) -> dict[str, dict[str, Any]]:
         """The states as ``/readyz`` details: ``{"db": {"status": "up", ...}}``."""
         return {state.name: state.to_json() for state in self.states()}
@@ -384,6 +358,13 @@ class ResourceManager:
             # Created resources stay until shutdown: every later run takes this.
             self._views[names] = view
         return view
+
+    def ready(self, names: tuple[str, ...]) -> RunResources | None:
+        """:meth:`acquire`'s answer if every one of ``names`` is created already, else None.
+
+        No await: what nearly every run of a job with resources takes.
+        """
+        return self._views.get(names)
 
     async def _acquire_one(self, name: str) -> object:
         slot = self._slots.get(name)

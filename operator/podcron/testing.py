@@ -43,6 +43,8 @@ from opentelemetry import trace
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.engine import ABANDON_AFTER_SECONDS, ERROR_TEXT_LIMIT, RunStatus
 from podcron.entrypoints import JobTarget
+from podcron.jobconfig import NO_CONFIG, JobConfig
+from podcron.resources import NO_RESOURCES, RunResources
 from podcron.schedules import Schedule, parse_schedule
 from podcron.telemetry import logs
 
@@ -234,6 +236,8 @@ def harness(
     name: str = "job",
     cancelled: bool = False,
     capture_logs: bool = True,
+    resources: Mapping[str, object] | None = None,
+    config: JobConfig | None = None,
 ) -> JobHarness:
     """A :class:`JobHarness` whose ``ctx`` says what a real run's would.
 
@@ -246,6 +250,11 @@ def harness(
     ``capture_logs`` (the default) what the job logs is kept in
     :attr:`JobHarness.records` as well as passed on to the ``podcron.job``
     logger (so pytest's ``caplog`` sees it too).
+
+    ``resources`` is what ``ctx.resources`` holds (the objects, by name: a test's
+    own, or a fake); ``config`` is ``ctx.config``, such as
+    ``ConfigSource(config_dir, secrets_dir).snapshot()`` over a directory the
+    test writes (each file a key).
     """
     start = datetime.now(UTC) if now is None else _aware("now", now)
     scheduled = start if scheduled_time is None else _aware("scheduled_time", scheduled_time)
@@ -273,6 +282,8 @@ def harness(
         log=logs.job_logger(logger, job_id=job_id, span=trace.INVALID_SPAN),
         deadline=None if timeout is None else _deadline(start, timeout),
         cancelled=cancellation,
+        resources=NO_RESOURCES if resources is None else RunResources(resources),
+        config=NO_CONFIG if config is None else config,
     )
     return JobHarness(ctx, timeout=timeout, captured=captured)
 

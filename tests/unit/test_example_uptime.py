@@ -1,7 +1,7 @@
 """The example job with a shared HTTP client and a Secret, against a real HTTP server.
 
-The manager loads the client's factory from its entry point; the job gets ``config`` and
-``resources`` as a run will once the engine hands them out (docs/jobs.md, "Wiring plan").
+The manager loads the client's factory from its entry point; the job gets a JobContext
+with ``config`` and ``resources`` as the engine builds it for a run.
 """
 
 from __future__ import annotations
@@ -9,40 +9,48 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+from podcron.context import JobContext, Trigger
 from podcron.jobconfig import ConfigSource, JobConfig
 from podcron.resources import ResourceManager, RunResources, discover
 from podcron_examples.uptime import uptime
 
 from .kubelet_volume import KubeletVolume
 
-T = TypeVar("T")
 TOKEN = "uptime-token-6c1d2e"
 
 
-@dataclass
-class Context:
-    """The parts of a run's JobContext that the example uses."""
-
-    config: JobConfig
-    resources: RunResources
-    log: logging.LoggerAdapter[logging.Logger] = field(
-        default_factory=lambda: logging.LoggerAdapter(
-            logging.getLogger("podcron.job"), {"job_id": "shop/uptime"}
+def run_context(*, config: JobConfig, resources: RunResources) -> JobContext:
+    """A run's JobContext, in a sampled trace, with ``config`` and ``resources``."""
+    span = NonRecordingSpan(
+        SpanContext(
+            trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+            span_id=0x00F067AA0BA902B7,
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
         )
     )
-
-    def resource(self, name: str, kind: type[T]) -> T:
-        return self.resources.typed(name, kind)
-
-    def trace_headers(self) -> dict[str, str]:
-        return {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    return JobContext(
+        job_id="shop/uptime",
+        namespace="shop",
+        name="uptime",
+        trigger=Trigger.SCHEDULED,
+        scheduled_time=datetime.now(UTC),
+        args={},
+        log=logging.LoggerAdapter(logging.getLogger("podcron.job"), {"job_id": "shop/uptime"}),
+        deadline=None,
+        trace_context=trace.set_span_in_context(span),
+        config=config,
+        resources=resources,
+    )
 
 
 @dataclass
@@ -93,7 +101,7 @@ async def test_runs_share_one_client_and_send_the_secret_only_to_the_service(
     with caplog.at_level(logging.DEBUG):
         for _ in range(3):
             resources = await manager.acquire(("http",))
-            await uptime(Context(config=source.snapshot(), resources=resources))
+            await uptime(run_context(config=source.snapshot(), resources=resources))
     session = resources.typed("http", aiohttp.ClientSession)
     assert [call["Authorization"] for call in service.calls] == [f"Bearer {TOKEN}"] * 3
     assert all(call["traceparent"].startswith("00-4bf92f35") for call in service.calls)
@@ -111,6 +119,6 @@ async def test_a_failing_service_fails_the_run_with_no_secret_in_the_error(
     manager = ResourceManager(discover(), config=source)
     resources = await manager.acquire(("http",))
     with pytest.raises(RuntimeError) as failed:
-        await uptime(Context(config=source.snapshot(), resources=resources))
+        await uptime(run_context(config=source.snapshot(), resources=resources))
     assert str(failed.value) == f"{service.url} answered 503 Service Unavailable"
     await manager.close(5.0)

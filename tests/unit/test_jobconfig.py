@@ -15,12 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from podcron.errors import ConfigKeyError, JobConfigError
 from podcron.jobconfig import (
     MAX_VALUE_BYTES,
     REDACTED,
-    ConfigKeyError,
     ConfigSource,
-    JobConfigError,
     Secret,
 )
 

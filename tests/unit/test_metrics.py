@@ -439,6 +439,25 @@ def test_the_label_values_are_the_engines_triggers_and_statuses() -> None:
     assert tuple(RunStatus) == metrics_module.STATUSES
 
 
+async def test_readyz_verbose_lists_the_details_whatever_the_verdict(
+    registry: CollectorRegistry,
+) -> None:
+    lines = ["[+]resource:http up", "[-]resource:db failed (2 failed attempts): refused"]
+    server = ProbeServer(
+        host="127.0.0.1", port=0, ready=lambda: True, registry=registry, details=lambda: lines
+    )
+    await server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        assert await asyncio.to_thread(_get, f"{base}/readyz?verbose") == (
+            200,
+            "[+]resource:http up\n[-]resource:db failed (2 failed attempts): refused\nready\n",
+        )
+        assert await asyncio.to_thread(_get, f"{base}/readyz") == (200, "ready\n")
+    finally:
+        await server.stop()
+
+
 def test_a_jobs_series_are_one_object_the_garbage_collector_tracks() -> None:
     """docs/performance.md: one array per job, not prometheus-client's labelled metrics."""
     jobs = JobMetrics(CollectorRegistry())

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from podcron.resources import ResourceManager, ResourceUnavailable
+from podcron.errors import ResourceUnavailable
+from podcron.resources import ResourceManager
 from podcron.telemetry.resource_metrics import ResourceMetrics
 
 

@@ -20,16 +20,18 @@ from typing import Any
 
 import pytest
 
+from podcron.errors import (
+    ResourceNotDeclared,
+    ResourceTypeMismatch,
+    ResourceUnavailable,
+    UnknownResource,
+)
 from podcron.jobconfig import ConfigSource
 from podcron.resources import (
     NO_RESOURCES,
     ResourceManager,
-    ResourceNotDeclared,
     ResourceState,
     ResourceStatus,
-    ResourceTypeMismatch,
-    ResourceUnavailable,
-    UnknownResource,
     _EnterInThread,
     discover,
     eager,
@@ -587,4 +589,28 @@ async def test_readyz_details_show_each_state() -> None:
     assert report["db"]["nextAttempt"].endswith("Z")
     assert "nextAttempt" not in report["http"]
     assert "reason" not in report["http"]
+    await manager.close(1.0)
+
+
+async def test_readyz_lines_say_what_each_resource_is_doing() -> None:
+    @contextlib.asynccontextmanager
+    async def up() -> AsyncIterator[str]:
+        yield "object"
+
+    @contextlib.asynccontextmanager
+    async def down() -> AsyncIterator[str]:
+        raise ConnectionRefusedError("refused")
+        yield "never"
+
+    manager = ResourceManager(
+        {"db": lambda: down, "http": lambda: up, "idle": lambda: up}, backoff_initial=60.0
+    )
+    await manager.acquire(("http",))
+    with pytest.raises(ResourceUnavailable):
+        await manager.acquire(("db",))
+    lines = manager.readyz_lines()
+    assert lines[0].startswith(
+        "[-]resource:db failed (1 failed attempt): ConnectionRefusedError: refused; next attempt"
+    )
+    assert lines[1:] == ["[+]resource:http up", "[-]resource:idle pending"]
     await manager.close(1.0)

@@ -7,12 +7,14 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from podcron import JobContext
 from podcron.engine import RunStatus
 from podcron.errors import InvalidSchedule
+from podcron.jobconfig import ConfigSource
 from podcron.schedules import Daily
 from podcron.testing import JobHarness, harness, next_runs
 
@@ -255,3 +257,23 @@ def test_logs_go_to_the_podcron_job_logger_when_not_captured(
         run.ctx.log.info("uncaptured")
     assert run.records == []
     assert [record.name for record in caplog.records] == ["podcron.job"]
+
+
+def test_a_job_gets_the_resources_and_config_the_test_gives(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "greeting").write_text("bonjour")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "token").write_text("s3cr3t")
+    source = ConfigSource(tmp_path / "config", tmp_path / "secrets")
+    source.load()
+    pool = ["connection"]
+    seen: list[object] = []
+
+    async def job(ctx: JobContext) -> None:
+        seen.extend(
+            [ctx.resource("db", list), ctx.config.text("greeting"), str(ctx.config["token"])]
+        )
+
+    outcome = harness(resources={"db": pool}, config=source.snapshot()).run(job)
+    assert outcome.succeeded
+    assert seen == [pool, "bonjour", "********"]

@@ -14,6 +14,13 @@ the one catch-up run ``startingDeadlineSeconds`` allows.
 Conditions and the failure streak are kept by
 :mod:`podcron.controller.conditions`, seeded from status the same way.
 
+Shared resources: a job whose ``spec.resources`` names a resource no factory
+has is not scheduled (``Ready=False``, ``ResourceNotFound``). While the factory
+of a resource a job lists fails, the job is ``Ready=False`` with reason
+``ResourceUnavailable`` and the factory's error; it stays registered, so its
+runs fail at once (and count), and it is ``Ready`` again as soon as the
+resource is created, without a new reconcile.
+
 Events: one whenever the ``Ready`` condition changes (status, reason or
 message: a new schedule is news too), one per manual trigger, and one per
 failed run; repeats aggregate into one Event with a count (see
@@ -23,7 +30,7 @@ failed run; repeats aggregate into one Event with a count (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -35,7 +42,14 @@ from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine, JobEvent, RunFinished, RunStatus, ThreadAbandoned
-from podcron.errors import JobAlreadyRunning, JobNotFound, PodcronError, TooManyManualRuns
+from podcron.errors import (
+    JobAlreadyRunning,
+    JobNotFound,
+    PodcronError,
+    ResourceUnavailable,
+    TooManyManualRuns,
+)
+from podcron.resources import ResourceManager, ResourceState
 
 log = logging.getLogger("podcron.controller")
 
@@ -51,6 +65,7 @@ class Reconciler:
         events: EventRecorder,
         settings: Settings,
         on_reconciled: Callable[[str, str], None] | None = None,
+        resources: ResourceManager | None = None,
     ) -> None:
         self._engine = engine
         self._writer = writer
@@ -61,7 +76,16 @@ class Reconciler:
         self._on_reconciled = on_reconciled
         self._refs: dict[str, ObjectRef] = {}
         self._conditions = JobConditions()
+        self._resources = resources
+        # Per scheduled job: the resources it lists, and Ready as it is while they work.
+        self._job_resources: dict[str, tuple[str, ...]] = {}
+        self._scheduled: dict[str, tuple[str, str]] = {}
+        # The jobs listing each resource, and why each failing resource fails.
+        self._users: dict[str, set[str]] = {}
+        self._unavailable: dict[str, str] = {}
         engine.add_listener(self._on_job_event)
+        if resources is not None:
+            resources.add_listener(self._on_resource)
 
     def register(self, registry: kopf.OperatorRegistry) -> None:
         """Attach the handlers to ``registry``."""
@@ -99,6 +123,7 @@ class Reconciler:
         self._engine.remove(jid)
         self._writer.forget(namespace, name)
         self._conditions.forget(jid)
+        self._untrack(jid)
         if self._on_reconciled is not None:
             self._on_reconciled(namespace, name)
         log.info("job %s removed", jid, extra={"job_id": jid})
@@ -153,10 +178,15 @@ class Reconciler:
         patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
         try:
             job_spec = jobspecs.build_spec(
-                namespace, name, spec, allowed_modules=self._settings.allowed_modules
+                namespace,
+                name,
+                spec,
+                allowed_modules=self._settings.allowed_modules,
+                **({} if self._resources is None else {"check_resources": self._resources.check}),
             )
         except PodcronError as error:
             self._engine.remove(jid)
+            self._untrack(jid)
             condition = self._conditions.set_ready(
                 jid, ok=False, reason=error.reason, message=str(error)
             )
@@ -175,21 +205,23 @@ class Reconciler:
             # Ignored for a job the engine already runs: its own history is newer.
             snapshot = self._engine.upsert(job_spec, history=runrecord.history_from_status(status))
             if job_spec.suspended:
-                condition = self._conditions.set_ready(
-                    jid, ok=True, reason="Suspended", message="suspended: no runs are scheduled"
-                )
+                scheduled = ("Suspended", "suspended: no runs are scheduled")
             else:
-                condition = self._conditions.set_ready(
-                    jid,
-                    ok=True,
-                    reason="Scheduled",
-                    message=f"scheduled {job_spec.schedule.human_readable}",
-                )
+                scheduled = ("Scheduled", f"scheduled {job_spec.schedule.human_readable}")
+            self._track(jid, job_spec.resources, scheduled)
+            condition = self._set_ready(jid)
             patch |= jobspecs.schedule_status(job_spec.schedule)
             patch |= runrecord.run_status(snapshot.record)
         patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)
+        self._post_if_changed(ref, previous, condition)
+        if self._on_reconciled is not None:
+            self._on_reconciled(namespace, name)
+
+    def _post_if_changed(
+        self, ref: ObjectRef, previous: Mapping[str, Any] | None, condition: Mapping[str, Any]
+    ) -> None:
         if previous is None or any(
             previous.get(key) != condition[key] for key in ("status", "reason", "message")
         ):
@@ -199,8 +231,59 @@ class Reconciler:
                 reason=condition["reason"],
                 message=condition["message"],
             )
-        if self._on_reconciled is not None:
-            self._on_reconciled(namespace, name)
+
+    # -- shared resources -------------------------------------------------
+
+    def _track(self, jid: str, names: tuple[str, ...], scheduled: tuple[str, str]) -> None:
+        self._untrack(jid)
+        self._scheduled[jid] = scheduled
+        self._job_resources[jid] = names
+        for name in names:
+            self._users.setdefault(name, set()).add(jid)
+
+    def _untrack(self, jid: str) -> None:
+        self._scheduled.pop(jid, None)
+        for name in self._job_resources.pop(jid, ()):
+            users = self._users.get(name)
+            if users is not None:
+                users.discard(jid)
+
+    def _set_ready(self, jid: str) -> dict[str, Any]:
+        """Set Ready of a scheduled job: as scheduled, unless a resource it lists fails."""
+        for name in self._job_resources.get(jid, ()):
+            problem = self._unavailable.get(name)
+            if problem is not None:
+                return self._conditions.set_ready(
+                    jid,
+                    ok=False,
+                    reason=ResourceUnavailable.reason,
+                    message=str(ResourceUnavailable(name, f"{problem}; retrying")),
+                )
+        reason, message = self._scheduled[jid]
+        return self._conditions.set_ready(jid, ok=True, reason=reason, message=message)
+
+    def _on_resource(self, state: ResourceState) -> None:
+        """A resource changed: the jobs listing it follow whether it fails, and why."""
+        if state.failing:
+            problem: str | None = state.reason or "its factory failed"
+        elif state.up:
+            problem = None
+        else:  # pending, or closing at shutdown: nothing the jobs should show
+            return
+        if self._unavailable.get(state.name) == problem:
+            return  # another attempt, failed the same way
+        if problem is None:
+            self._unavailable.pop(state.name, None)
+        else:
+            self._unavailable[state.name] = problem
+        for jid in sorted(self._users.get(state.name, ())):
+            ref = self._refs.get(jid)
+            if ref is None:
+                continue
+            previous = self._conditions.ready(jid)
+            condition = self._set_ready(jid)
+            self._writer.update(ref.namespace, ref.name, self._conditions.status(jid))
+            self._post_if_changed(ref, previous, condition)
 
     def _on_job_event(self, event: JobEvent) -> None:
         try:

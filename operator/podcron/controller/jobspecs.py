@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from podcron import entrypoints
+from podcron import entrypoints, resources
 from podcron.engine import ConcurrencyPolicy, JobSpec
-from podcron.errors import InvalidJobSpec
+from podcron.errors import InvalidJobSpec, UnknownResource
 from podcron.schedules import Schedule, parse_schedule
 
 
@@ -35,13 +35,38 @@ def _optional_seconds(
     return float(value)
 
 
+def _resource_names(spec: Mapping[str, Any]) -> tuple[str, ...]:
+    names = spec.get("resources") or []
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise InvalidJobSpec("spec.resources", names, "must be a list of resource names")
+    # A set in the CRD; an object stored before it had the field may repeat a name.
+    return tuple(dict.fromkeys(names))
+
+
+def _installed_resources(names: Sequence[str]) -> None:
+    """Check ``names`` against the factories installed, as the operator would find them."""
+    if names:
+        installed = resources.discover()
+        for name in names:
+            if name not in installed:
+                raise UnknownResource(name, installed)
+
+
 def build_spec(
-    namespace: str, name: str, spec: Mapping[str, Any], *, allowed_modules: Sequence[str]
+    namespace: str,
+    name: str,
+    spec: Mapping[str, Any],
+    *,
+    allowed_modules: Sequence[str],
+    check_resources: Callable[[Sequence[str]], None] = _installed_resources,
 ) -> JobSpec:
     """The engine's record for a ScheduledJob's spec.
 
     Raises a :class:`podcron.errors.PodcronError` whose ``reason`` is the
     ``Ready`` condition reason when the spec cannot be scheduled.
+    ``check_resources`` raises :class:`podcron.errors.UnknownResource` for
+    a name in ``spec.resources`` that no factory is registered under (by
+    default, no factory installed in the entry-point group).
     """
     schedule = parse_schedule(spec.get("schedule") or {}, time_zone=spec.get("timeZone") or "UTC")
     policy_text = spec.get("concurrencyPolicy", ConcurrencyPolicy.FORBID.value)
@@ -56,6 +81,8 @@ def build_spec(
         raise InvalidJobSpec("spec.args", args, "must be an object")
     entry_point = str(spec.get("entryPoint") or "")
     target = entrypoints.resolve(entry_point, allowed_modules=allowed_modules)
+    resource_names = _resource_names(spec)
+    check_resources(resource_names)
     return JobSpec(
         job_id=job_id(namespace, name),
         namespace=namespace,
@@ -70,6 +97,7 @@ def build_spec(
             spec, "timeoutSeconds", minimum=1, maximum=MAX_TIMEOUT_SECONDS
         ),
         starting_deadline_seconds=_optional_seconds(spec, "startingDeadlineSeconds"),
+        resources=resource_names,
     )
 
 

@@ -30,7 +30,7 @@ import kopf
 import kubernetes
 import yaml
 
-from podcron import latency
+from podcron import latency, resources
 from podcron.config import Settings
 from podcron.controller.control_socket import ControlServer
 from podcron.controller.events import EventRecorder
@@ -40,9 +40,11 @@ from podcron.controller.probes import ProbeServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
-from podcron.errors import StartupError
+from podcron.errors import JobConfigError, StartupError
+from podcron.jobconfig import ConfigSource
 from podcron.telemetry import logs, span_export
 from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.resource_metrics import ResourceMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 log = logging.getLogger("podcron.operator")
@@ -177,6 +179,21 @@ async def _listen(
     )
 
 
+def _job_config(settings: Settings) -> ConfigSource:
+    """``ctx.config``'s source, read once now; raises :class:`StartupError` naming a bad directory.
+
+    From here on, no log line carries one of its Secret values.
+    """
+    config = ConfigSource(settings.job_config_dir or None, settings.job_secrets_dir or None)
+    try:
+        config.load()
+    except JobConfigError as error:
+        raise StartupError(str(error)) from None
+    if settings.job_secrets_dir:
+        logs.redact_with(config.redact_known)
+    return config
+
+
 def _failed(status: Mapping[str, Any]) -> bool:
     """Whether a status update reports a failed run: interrupted ones at shutdown among them."""
     return status.get("lastRunStatus") == "failure"
@@ -197,10 +214,14 @@ async def _cancel(tasks: Sequence[asyncio.Task[None]]) -> None:
 
 @dataclass
 class _Drain:
-    """The runs end, then the last status, Events and spans go out (operations.md, steps 3-5)."""
+    """The runs end; then the shared resources close beside the last status, Events and spans.
+
+    docs/operations.md, steps 3-5.
+    """
 
     shutdown: _Shutdown
     engine: Engine
+    shared: resources.ResourceManager
     writer: StatusWriter
     writer_task: asyncio.Task[None]
     events: EventRecorder
@@ -212,6 +233,11 @@ class _Drain:
         await self.shutdown.stop_control()
         await self.engine.shutdown()
         log.info("runs ended %.2fs after the signal", loop.time() - (end - self.shutdown.budget))
+        # No run holds a resource any more. They close (newest first) beside the
+        # status flush and the span export, which need none of them.
+        resources_closed = asyncio.create_task(
+            self.shared.close(max(0.0, end - loop.time())), name="podcron resources close"
+        )
         flush_spans = self.flush_spans
         spans_flushed = (
             asyncio.create_task(
@@ -238,6 +264,7 @@ class _Drain:
                 self.shutdown.budget,
             )
         self.writer.close()
+        await resources_closed
         if spans_flushed is not None:
             await spans_flushed
 
@@ -249,7 +276,8 @@ async def run(settings: Settings) -> None:
     kopf's handlers start. One exit stack tears it all down, in this order
     (docs/operations.md gives the budget of each step): at the signal,
     ``/readyz`` turns 503, kopf stops and the control socket closes; then the
-    runs end, the last status, Events and spans go out (:class:`_Drain`); the
+    runs end, the shared resources close while the last status, Events and
+    spans go out (:class:`_Drain`); the
     readiness and heap-freezer tasks are cancelled, the control socket's stop
     is awaited, and the metrics port closes. kopf's cleanup handler unwinds
     the stack while kopf still runs, so that the runs' outcomes still reach
@@ -257,7 +285,11 @@ async def run(settings: Settings) -> None:
     """
     loop = asyncio.get_running_loop()
     api = _kube_api()
-    spans = span_export.configure_tracing()
+    config = _job_config(settings)
+    shared = resources.ResourceManager(resources.discover(), config=config)
+    ResourceMetrics(lambda: ((state.name, state.up, state.failures) for state in shared.states()))
+    # Without a Secret there is nothing to take out of spans: no copy of each before export.
+    spans = span_export.configure_tracing(config.redact_known if settings.job_secrets_dir else None)
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
@@ -265,6 +297,8 @@ async def run(settings: Settings) -> None:
         threads_per_job=settings.threads_per_job,
         shutdown_timeout_seconds=run_budget(settings.shutdown_timeout_seconds),
         telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
+        resources=shared,
+        config=config,
     )
     writer = StatusWriter(
         api.patch_status,
@@ -278,6 +312,7 @@ async def run(settings: Settings) -> None:
         host=settings.metrics_host,
         port=settings.metrics_port,
         ready=lambda: gate.complete and not stop.is_set(),
+        details=shared.readyz_lines,
     )
     control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
     shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control)
@@ -302,8 +337,11 @@ async def run(settings: Settings) -> None:
         teardown.push_async_callback(_cancel, background)
         writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
         teardown.push_async_callback(
-            _Drain(shutdown, engine, writer, writer_task, events, flush_spans)
+            _Drain(shutdown, engine, shared, writer, writer_task, events, flush_spans)
         )
+        # Eager factories begin now, so that a failing one shows before any run is
+        # due; before kopf, whose sweep of leftover tasks must leave theirs alone.
+        shared.start()
         ours = asyncio.all_tasks()
         registry = _registry(
             Reconciler(
@@ -312,6 +350,7 @@ async def run(settings: Settings) -> None:
                 events=events,
                 settings=settings,
                 on_reconciled=gate.reconciled,
+                resources=shared,
             ),
             teardown,
             ours,
@@ -373,7 +412,8 @@ def main(settings: Settings) -> int:
     until = time.monotonic() + EXIT_JOIN_SECONDS
     stuck = []
     for thread in threading.enumerate():
-        if thread.name.startswith(("podcron-job", "podcron-status")):
+        # A resource's thread may be stuck in a factory's __enter__ or __exit__.
+        if thread.name.startswith(("podcron-job", "podcron-status", "podcron-resource-")):
             thread.join(max(0.0, until - time.monotonic()))
             if thread.is_alive():
                 stuck.append(thread)

@@ -3,7 +3,10 @@
 ``/healthz`` answers 200 whenever the event loop does, which is what a
 liveness probe needs to know: a wedged loop runs no job. ``/readyz`` answers
 200 while ``ready()`` says so: the operator holds every ScheduledJob that
-existed when it started, and is not shutting down.
+existed when it started, and is not shutting down. ``/readyz?verbose`` adds
+one line per shared resource, in the API server's own format
+(``[+]resource:http up``, ``[-]resource:db failed (3 attempts): …``): a
+failing resource does not make the operator unready, since its other jobs run on.
 The metrics are rendered in a worker thread: with thousands of jobs the text
 takes milliseconds to build, and the loop's timers must not wait for it. A
 scraper that asks for OpenMetrics (``Accept: application/openmetrics-text``,
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -36,11 +39,13 @@ class ProbeServer:
         port: int,
         ready: Callable[[], bool],
         registry: CollectorRegistry = REGISTRY,
+        details: Callable[[], Iterable[str]] = tuple,
     ) -> None:
         self._host = host
         self._port = port
         self._ready = ready
         self._registry = registry
+        self._details = details
         self._runner: web.AppRunner | None = None
         registry.register(_Readiness(ready))
 
@@ -81,10 +86,12 @@ class ProbeServer:
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
-    async def _readyz(self, _: web.Request) -> web.Response:
-        if self._ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready = self._ready()
+        verdict = "ready\n" if ready else "not ready\n"
+        if "verbose" in request.query:
+            verdict = "".join(f"{line}\n" for line in self._details()) + verdict
+        return web.Response(status=200 if ready else 503, text=verdict)
 
 
 class _Readiness:

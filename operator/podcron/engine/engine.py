@@ -33,6 +33,8 @@ from podcron.engine.jobs import JobState, is_async
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
+from podcron.jobconfig import ConfigSource
+from podcron.resources import ResourceManager
 from podcron.runrecord import History, RunStatus
 from podcron.telemetry.run_span import parent_from_headers
 from podcron.telemetry.run_telemetry import RunTelemetry
@@ -88,6 +90,10 @@ class Engine:
     under Allow: ticks beyond are skipped, manual runs refused. And under
     Allow, a tick is skipped while an earlier run of the same job still waits
     to start, so the queue holds at most one run per job.
+
+    ``resources`` and ``config`` give each run its ``ctx.resources`` (those its
+    spec lists) and ``ctx.config``; the configuration's Secret values are
+    taken out of failed runs' errors.
     """
 
     def __init__(
@@ -102,6 +108,8 @@ class Engine:
         telemetry: RunTelemetry | None = None,
         clock: Clock = SYSTEM_CLOCK,
         loop_watchdog: bool = True,
+        resources: ResourceManager | None = None,
+        config: ConfigSource | None = None,
     ) -> None:
         self._budgets = RunBudgets(
             max_concurrent_runs=max_concurrent_runs,
@@ -117,6 +125,8 @@ class Engine:
             telemetry=telemetry,
             listeners=self._listeners,
             clock=clock,
+            resources=resources,
+            config=config,
         )
         self._jobs: dict[str, JobState] = {}
         self._clock = clock

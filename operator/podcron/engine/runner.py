@@ -29,6 +29,8 @@ from podcron.engine.shutdown import shut_down
 from podcron.engine.spec import ConcurrencyPolicy
 from podcron.engine.threads import OutlivedThreads
 from podcron.errors import JobAlreadyRunning
+from podcron.jobconfig import ConfigSource
+from podcron.resources import ResourceManager
 from podcron.runrecord import RunStatus
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -49,6 +51,8 @@ class Runner:
         telemetry: RunTelemetry,
         listeners: Listeners,
         clock: Clock,
+        resources: ResourceManager | None = None,
+        config: ConfigSource | None = None,
     ) -> None:
         if threads_per_job < 1:
             raise ValueError(f"threads_per_job must be at least 1, got {threads_per_job}")
@@ -58,6 +62,10 @@ class Runner:
         self._metrics = telemetry.metrics
         self._listeners = listeners
         self._clock = clock
+        # What runs get beside their spec: ctx.resources and ctx.config. The
+        # configuration's Secret values are also taken out of failed runs' errors.
+        self._resources = resources
+        self._config = config
         self._threads = OutlivedThreads(
             budgets=budgets,
             clock=clock,
@@ -148,7 +156,14 @@ class Runner:
             if not run.manual:
                 await self._budgets.acquire(run)
             self._start(run)
-            await execute(run, self._telemetry, parent, self._budgets.pool)
+            await execute(
+                run,
+                self._telemetry,
+                parent,
+                self._budgets.pool,
+                resources=self._resources,
+                config=self._config,
+            )
         except asyncio.CancelledError:
             if run.started is None:
                 run.error = run.cancel_reason or "cancelled before it started"
@@ -243,6 +258,9 @@ class Runner:
         if job.removed:
             return
         self.version += 1
+        if error is not None and self._config is not None:
+            # Status, Events and the System API show it: no Secret value in it.
+            error = self._config.redact(error)
         record_outcome(
             job,
             trigger,

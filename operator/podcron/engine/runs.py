@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from opentelemetry import trace
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.engine.spec import JobSpec
 from podcron.entrypoints import JobTarget
+from podcron.errors import ResourceUnavailable, UnknownResource
+from podcron.jobconfig import NO_CONFIG, ConfigSource
+from podcron.resources import NO_RESOURCES, ResourceManager, RunResources
 from podcron.runrecord import RunStatus
 from podcron.telemetry import logs
 from podcron.telemetry.run_span import record_failure, sampled_trace_id
@@ -103,10 +107,14 @@ async def execute(
     telemetry: RunTelemetry,
     parent: otel_context.Context | None,
     pool: concurrent.futures.Executor,
+    *,
+    resources: ResourceManager | None = None,
+    config: ConfigSource | None = None,
 ) -> None:
     """Call the run's body in its span and context, under its timeout; set its outcome.
 
-    ``run.started`` must be set. Raises CancelledError only when someone
+    ``resources`` and ``config`` give the context its ``resources`` (those the
+    spec lists) and ``config``. ``run.started`` must be set. Raises CancelledError only when someone
     other than the engine cancels the task (the outcome is set first).
     """
     spec = run.spec
@@ -126,6 +134,8 @@ async def execute(
             lateness = run.started - run.scheduled_time.timestamp()
             metrics.run_traced(run.trigger, lateness, run.trace_id)
         trace_context = trace.set_span_in_context(span, parent)
+        # Resources created already are handed over at once; None: acquire below.
+        run_resources = NO_RESOURCES if not spec.resources else _ready(resources, spec.resources)
         ctx = JobContext(
             job_id=spec.job_id,
             namespace=spec.namespace,
@@ -137,11 +147,19 @@ async def execute(
             deadline=deadline,
             cancelled=run.cancellation,
             trace_context=trace_context,
+            config=NO_CONFIG if config is None else config.snapshot(),
+            resources=NO_RESOURCES if run_resources is None else run_resources,
         )
         target = spec.target
         guard = None if timeout is None else asyncio.timeout(timeout)
         try:
             async with guard or NO_TIMEOUT:
+                if run_resources is None:
+                    # Within the timeout and the span: waiting for a resource
+                    # being created is part of the run.
+                    ctx = dataclasses.replace(
+                        ctx, resources=await _acquire(resources, spec.resources)
+                    )
                 if run.is_async:
                     token = otel_context.attach(trace_context)
                     try:
@@ -156,6 +174,11 @@ async def execute(
                 run.error = _timed_out(run, span, ctx, timeout_error)
             else:  # the job's own TimeoutError, not its deadline
                 run.error = _failed(span, ctx, timeout_error)
+        except (ResourceUnavailable, UnknownResource) as unavailable:
+            # The job never ran and it is not its bug: one line, no traceback.
+            run.error = str(unavailable)
+            record_failure(span, unavailable, description=run.error)
+            ctx.log.error("run not started: %s", run.error)
         except asyncio.CancelledError as cancelled:
             if run.cancel_reason is not None:
                 run.error = run.cancel_reason
@@ -179,6 +202,16 @@ async def execute(
             else:  # cancelled by the engine, yet returned: still cut short
                 run.error = run.cancel_reason
                 record_failure(span, asyncio.CancelledError(), description=run.error)
+
+
+def _ready(resources: ResourceManager | None, names: tuple[str, ...]) -> RunResources | None:
+    return None if resources is None else resources.ready(names)
+
+
+async def _acquire(resources: ResourceManager | None, names: tuple[str, ...]) -> RunResources:
+    if resources is None:
+        raise UnknownResource(names[0], ())
+    return await resources.acquire(names)
 
 
 def _failed(span: trace.Span, ctx: JobContext, failure: BaseException) -> str:

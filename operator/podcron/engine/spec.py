@@ -36,6 +36,8 @@ class JobSpec:
     suspended: bool = False
     timeout_seconds: float | None = None
     starting_deadline_seconds: float | None = None
+    # The shared resources its runs get in ctx.resources (spec.resources).
+    resources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -22,6 +22,10 @@ Three limits keep the log from flooding the node or stalling the jobs:
   queues a line; when the queue is full (whoever reads stderr does not keep
   up) lines are dropped and counted, and the count is written once there is
   room, rather than the event loop waiting for the reader.
+
+Secrets: with :func:`redact_with`, every message and traceback passes
+through a function that takes secret values out (the operator's job
+configuration) before it is written anywhere.
 """
 
 from __future__ import annotations
@@ -216,19 +220,33 @@ def job_logger(
     return _RunLogger(logger, job_id, span.get_span_context())
 
 
+# Takes secret values out of every message and traceback; set by redact_with().
+_redactor: Callable[[str], str] | None = None
+
+
+def redact_with(redactor: Callable[[str], str] | None) -> None:
+    """Pass every message and traceback written through ``redactor`` (None: as they are)."""
+    global _redactor
+    _redactor = redactor
+
+
 def bounded(record: logging.LogRecord) -> logging.LogRecord:
     """A copy of ``record`` with its message, traceback and stack cut to the limits.
 
     The arguments are merged into the message and the exception is formatted
     here, so the copy holds no reference to the job's objects or frames.
     """
+    redact = _redactor
     bounded_record = copy.copy(record)
     if not isinstance(record.msg, dict):  # a dict is python-json-logger's structured record
-        bounded_record.msg = truncate(record.getMessage(), MESSAGE_LIMIT)
+        message = record.getMessage()
+        bounded_record.msg = truncate(message if redact is None else redact(message), MESSAGE_LIMIT)
         bounded_record.args = None
     exc_text = record.exc_text
     if record.exc_info and record.exc_info[1] is not None:
         exc_text = "".join(traceback.format_exception(record.exc_info[1])).rstrip("\n")
+    if exc_text is not None and redact is not None:
+        exc_text = redact(exc_text)
     bounded_record.exc_info = None
     bounded_record.exc_text = None if exc_text is None else truncate(exc_text, TRACEBACK_LIMIT)
     if record.stack_info:

@@ -11,7 +11,7 @@ import importlib.metadata
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -28,9 +28,17 @@ from opentelemetry.sdk.resources import (
     OTELResourceDetector,
     Resource,
 )
-from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import (
+    Event,
+    ReadableSpan,
+    SpanLimits,
+    SpanProcessor,
+    TracerProvider,
+)
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Status
+from opentelemetry.util.types import AnyValue, Attributes
 
 TRACER_NAME = "podcron"
 DEFAULT_SERVICE_NAME = "podcron"
@@ -79,7 +87,7 @@ class Pipeline:
         return cls(provider, processor, InstrumentationScope(TRACER_NAME, VERSION), SpanLimits())
 
 
-def pipeline_from_environment() -> Pipeline | None:
+def pipeline_from_environment(redact: Callable[[str], str] | None = None) -> Pipeline | None:
     """An SDK pipeline exporting over OTLP as ``OTEL_*`` says; ``None`` without an endpoint.
 
     ``OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`` picks ``grpc`` (the default, as
@@ -88,6 +96,7 @@ def pipeline_from_environment() -> Pipeline | None:
     limits (``OTEL_BSP_*``), span limits (``OTEL_SPAN_*``, ``OTEL_ATTRIBUTE_*``)
     and the resource (``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SERVICE_NAME``,
     defaulting here to ``podcron``). ``OTEL_SDK_DISABLED=true`` turns tracing off.
+    With ``redact``, every text of every span passes through it before export.
     """
     env = os.environ
     endpoint = env.get(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) or env.get(OTEL_EXPORTER_OTLP_ENDPOINT)
@@ -112,11 +121,63 @@ def pipeline_from_environment() -> Pipeline | None:
     ).merge(OTELResourceDetector().detect())
     provider = TracerProvider(resource=resource)
     before = set(threading.enumerate())
-    processor = BatchSpanProcessor(exporter)
+    processor = BatchSpanProcessor(
+        exporter if redact is None else RedactingExporter(exporter, redact)
+    )
     _idle_priority(set(threading.enumerate()) - before)
     provider.add_span_processor(processor)
     log.info("exporting spans over OTLP/%s to %s", protocol, endpoint)
     return Pipeline.of(provider, processor)
+
+
+class RedactingExporter(SpanExporter):
+    """Hands ``exporter`` spans whose texts passed through ``redact``: no secret leaves.
+
+    Attributes, event attributes (an exception's message and stack trace) and
+    the status description, of podcron's run spans and the jobs' own spans.
+    It runs in the export thread, never on the event loop.
+    """
+
+    def __init__(self, exporter: SpanExporter, redact: Callable[[str], str]) -> None:
+        self._exporter = exporter
+        self._redact = redact
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self._exporter.export([self._redacted(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
+
+    def _redacted(self, span: ReadableSpan) -> ReadableSpan:
+        status = span.status
+        if status.description:
+            status = Status(status.status_code, self._redact(status.description))
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=self._attributes(span.attributes),
+            events=[
+                Event(event.name, self._attributes(event.attributes), event.timestamp)
+                for event in span.events
+            ],
+            links=span.links,
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def _attributes(self, attributes: Attributes) -> dict[str, AnyValue]:
+        return {
+            key: self._redact(value) if isinstance(value, str) else value
+            for key, value in (attributes or {}).items()
+        }
 
 
 def _idle_priority(threads: Iterable[threading.Thread]) -> None:
@@ -142,14 +203,16 @@ def _idle_priority(threads: Iterable[threading.Thread]) -> None:
                 log.debug("span export thread keeps its priority: %s", error)
 
 
-def configure_tracing() -> Pipeline | None:
+def configure_tracing(redact: Callable[[str], str] | None = None) -> Pipeline | None:
     """Install the OTLP-exporting pipeline when ``OTEL_*`` configures an endpoint.
+
+    ``redact`` takes secret values out of the spans' texts before export.
 
     Spans that job code opens go through the global tracer provider; run
     spans go to the pipeline returned (``None`` while tracing stays off),
     which the operator hands the engine. Call :func:`flush` on shutdown.
     """
-    pipeline = pipeline_from_environment()
+    pipeline = pipeline_from_environment(redact)
     if pipeline is not None:
         trace.set_tracer_provider(pipeline.provider)
     return pipeline
