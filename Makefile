@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -133,3 +133,8 @@ bench-resources: venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build
+
+# The whole operator (kopf, status, telemetry on) at 1,000 and 10,000 jobs, lateness seen by the
+# jobs themselves. DURATION=300 for 5-minute windows; PROFILE=1 adds a py-spy profile of (a).
+bench-operator: $(BENCH_STAMP) binaries
+	$(PY) benchmarks/bench_operator.py

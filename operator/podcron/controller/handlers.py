@@ -54,6 +54,11 @@ from podcron.resources import ResourceManager, ResourceState
 log = logging.getLogger("podcron.controller")
 
 
+def _is_deletion(type: str, body: kopf.Body, **_: Any) -> bool:
+    """Whether a watch event says the object is gone or going (not, say, a status patch)."""
+    return type == "DELETED" or bool(body.meta.get("deletionTimestamp"))
+
+
 class Reconciler:
     """The operator's handlers, bound to one engine, status writer and event recorder."""
 
@@ -93,7 +98,9 @@ class Reconciler:
         kopf.on.resume(*coordinates, registry=registry)(self.on_resume)
         kopf.on.create(*coordinates, registry=registry)(self.on_create)
         kopf.on.update(*coordinates, registry=registry, field="spec")(self.on_update)
-        kopf.on.event(*coordinates, registry=registry)(self.on_event)
+        # Filtered before the handler is called: nearly every watch event is
+        # the echo of the operator's own status patch, and only deletions matter here.
+        kopf.on.event(*coordinates, registry=registry, when=_is_deletion)(self.on_event)
         kopf.on.field(
             *coordinates,
             registry=registry,
@@ -114,10 +121,8 @@ class Reconciler:
         """A spec change (``suspend`` included): re-arm only this job."""
         self._reconcile(body)
 
-    async def on_event(self, type: str, body: kopf.Body, **_: Any) -> None:
+    async def on_event(self, body: kopf.Body, **_: Any) -> None:
         """Forget a deleted job at once."""
-        if type != "DELETED" and not body.meta.get("deletionTimestamp"):
-            return
         namespace, name = str(body.meta.namespace), str(body.meta.name)
         jid = jobspecs.job_id(namespace, name)
         self._engine.remove(jid)
