@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from controlplane import ControlPlane
 
-from .conftest import OperatorProcess, wait_for
+from ..waiting import wait_for
+from .conftest import OperatorProcess
 from .scheduledjobs import apply, manifest, patch_spec, status, wait_ready
 
 EVERY_SECOND = {"entryPoint": "hello", "schedule": {"every": "1s"}}
