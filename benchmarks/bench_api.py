@@ -53,6 +53,7 @@ from cluster import (
     operator_process,
     prepare_namespace,
     scheduled_job,
+    status_patches,
 )
 from harness import (
     percentile,
@@ -151,20 +152,6 @@ class Watcher:
         self._watch.stop()  # type: ignore[no-untyped-call]
 
 
-def _status_patches(plane: ControlPlane) -> float:
-    """The API server's count of PATCH requests to scheduledjobs/status so far."""
-    total = 0.0
-    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if (
-            line.startswith("apiserver_request_total{")
-            and 'resource="scheduledjobs"' in line
-            and 'subresource="status"' in line
-            and 'verb="PATCH"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 @contextmanager
 def _operator(
     plane: ControlPlane, workdir: Path, settings: Settings, lateness_file: Path
@@ -241,11 +228,11 @@ def run(settings: Settings) -> Results:
 
             print("  steady state ...", file=sys.stderr, flush=True)
             time.sleep(settings.warmup_s)
-            patches_0, cpu_0 = _status_patches(plane), process_cpu_seconds(operator.pid)
+            patches_0, cpu_0 = status_patches(plane), process_cpu_seconds(operator.pid)
             window_start = time.time()
             time.sleep(settings.window_s)
             window_end = time.time()
-            patches_1, cpu_1 = _status_patches(plane), process_cpu_seconds(operator.pid)
+            patches_1, cpu_1 = status_patches(plane), process_cpu_seconds(operator.pid)
             operator_rss_mb = rss_mb(operator.pid)
             # The probe writes its notes about once a second.
             time.sleep(2.0)

@@ -63,10 +63,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
+from cluster import status_patches  # noqa: E402
 from controlplane import ControlPlane, ensure_binaries  # noqa: E402
+from harness import percentile, process_cpu_seconds, rss_mb, wait_until  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
+from podcron.controller.resource import GROUP, PLURAL, VERSION  # noqa: E402
 
-GROUP, VERSION, PLURAL = "podcron.dev", "v1alpha1", "scheduledjobs"
 CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 CREATE_THREADS = 8
 SCRAPE_SECONDS = 15.0
@@ -146,45 +148,6 @@ def _free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.2)
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def _status_patches(plane: ControlPlane) -> float:
-    """The status PATCH requests the API server counted so far."""
-    patches = 0.0
-    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if (
-            line.startswith("apiserver_request_total{")
-            and 'resource="scheduledjobs"' in line
-            and 'subresource="status"' in line
-            and 'verb="PATCH"' in line
-        ):
-            patches += float(line.rsplit(" ", 1)[1])
-    return patches
 
 
 class EventCounter:
@@ -310,7 +273,7 @@ class Operator:
             except requests.RequestException:
                 return False
 
-        _wait(ready, timeout, "the operator's /readyz")
+        wait_until(ready, timeout, "the operator's /readyz")
         self._scraper.start()
         return time.monotonic() - started
 
@@ -373,7 +336,7 @@ def sidecar(operator: Operator) -> Iterator[str]:
             return False
 
     try:
-        _wait(serving, 60, "the sidecar's /readyz")
+        wait_until(serving, 60, "the sidecar's /readyz")
         yield f"http://127.0.0.1:{port}"
     finally:
         process.send_signal(signal.SIGTERM)
@@ -460,15 +423,15 @@ def measure(
     pid = operator.process.pid
     pids = cluster.plane.pids
     print(f"  ({scenario.key}) measuring {s.duration_s:g}s ...", file=sys.stderr, flush=True)
-    patches_0, events_0 = _status_patches(cluster.plane), operator.events.count
-    cpu_0 = _cpu_seconds(pid)
-    side_0 = {name: _cpu_seconds(p) for name, p in pids.items()}
+    patches_0, events_0 = status_patches(cluster.plane), operator.events.count
+    cpu_0 = process_cpu_seconds(pid)
+    side_0 = {name: process_cpu_seconds(p) for name, p in pids.items()}
     start = time.time()
     time.sleep(s.duration_s)
     end = time.time()
-    cpu_1, scenario.rss_mb = _cpu_seconds(pid), _rss_mb(pid)
-    side_1 = {name: _cpu_seconds(p) for name, p in pids.items()}
-    patches_1, events_1 = _status_patches(cluster.plane), operator.events.count
+    cpu_1, scenario.rss_mb = process_cpu_seconds(pid), rss_mb(pid)
+    side_1 = {name: process_cpu_seconds(p) for name, p in pids.items()}
+    patches_1, events_1 = status_patches(cluster.plane), operator.events.count
     scenario.load = os.getloadavg()
     window = scenario.window_s = end - start
     scenario.cpu_pct = 100 * (cpu_1 - cpu_0) / window
@@ -499,7 +462,7 @@ def measure(
     scenario.runs = len(lateness)
     if lateness:
         scenario.p50_ms = 1000 * statistics.median(lateness)
-        scenario.p99_ms = 1000 * _percentile(lateness, 0.99)
+        scenario.p99_ms = 1000 * percentile(lateness, 0.99)
         scenario.max_ms = 1000 * max(lateness)
 
 
@@ -583,7 +546,7 @@ def run_bc(cluster: Cluster, s: Settings, results: list[Scenario]) -> None:
             scenario.extras["spec updates/s"] = f"{churn.updates / scenario.window_s:.1f}"
             scenario.extras["GET /_sys/job p50/p99"] = (
                 f"{1000 * statistics.median(churn.gets):.0f}/"
-                f"{1000 * _percentile(churn.gets, 0.99):.0f} ms"
+                f"{1000 * percentile(churn.gets, 0.99):.0f} ms"
                 if churn.gets
                 else "none answered"
             )

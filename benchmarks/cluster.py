@@ -97,3 +97,17 @@ def operator_process(
             yield process
         finally:
             stop(process)
+
+
+def status_patches(plane: ControlPlane) -> float:
+    """The API server's count of PATCH requests to scheduledjobs/status so far."""
+    total = 0.0
+    for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
+        if (
+            line.startswith("apiserver_request_total{")
+            and f'resource="{PLURAL}"' in line
+            and 'subresource="status"' in line
+            and 'verb="PATCH"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
