@@ -132,7 +132,12 @@ def test_ipv4_mapped_peers_match_ipv4_ranges(tmp_path: Path) -> None:
         assert _status("127.0.0.2", sidecar.url) == 200
         assert _status("127.0.0.3", sidecar.url) == REFUSED
         # The listener is IPv6: this is the form in which the peer reached the filter.
-        assert "refused a connection from ::ffff:127.0.0.3" in sidecar.log()
+        # The line is written by the sidecar's log thread, after the refusal.
+        wait_for(
+            lambda: "refused a connection from ::ffff:127.0.0.3" in sidecar.log(),
+            timeout=10,
+            what="the refusal's log line",
+        )
     finally:
         assert sidecar.stop() == 0
 

@@ -13,6 +13,8 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from podcron.sidecar.protocol import HEAD_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
 from podcron.sidecar.server import API_LIMITS, WORKERS
 
 from ..waiting import wait_for
-from .sidecar_process import SidecarProcess, client, raw_exchange
+from .sidecar_process import SidecarProcess, client, free_port, raw_exchange
 
 ALLOWED, OUTSIDE, PROXY = "127.0.0.1", "127.0.0.2", "127.0.0.4"
 
@@ -332,3 +334,34 @@ def test_a_worker_that_dies_stops_the_sidecar_with_a_failure(tmp_path: Path) -> 
 
 def _zombie(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_stop_while_the_workers_start_exits_cleanly(tmp_path: Path) -> None:
+    # A pod deleted right after it started: the workers are forked but uvicorn has not yet
+    # taken the signals over. Each must still end as a graceful stop does, with 0.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "podcron", "sidecar"],
+        env=dict(os.environ)
+        | {
+            "PODCRON_ALLOWED_CIDRS": f"{ALLOWED}/32",
+            "PODCRON_CONTROL_SOCKET": str(tmp_path / "absent.sock"),
+            "PODCRON_SIDECAR_PORT": str(free_port()),
+            "PODCRON_SIDECAR_PROBE_PORT": str(free_port()),
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(
+            lambda: process.poll() is not None or len(_workers(process.pid)) == WORKERS,
+            timeout=30,
+            what="the sidecar to fork its workers",
+        )
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+        assert process.returncode == 0, errors
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

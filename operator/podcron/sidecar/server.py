@@ -132,6 +132,10 @@ def main(settings: Settings) -> int:
         # Before any thread or event loop exists: each worker starts its own after the fork.
         pid = os.fork()
         if pid == 0:
+            # A stop before uvicorn takes the signals over (a worker still starting) must
+            # end the worker as cleanly as a graceful stop, not by the default action.
+            for signum in STOP_SIGNALS:
+                signal.signal(signum, _stopped)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
             code = 1
             try:
@@ -181,9 +185,7 @@ def _serve(settings: Settings, sockets: list[socket.socket]) -> int:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     # uvicorn shuts down gracefully on SIGTERM or SIGINT, then raises the signal again for
-    # the handler it found: this one, so that a graceful stop exits 0.
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _stopped)
+    # the handler it found: _stopped, installed at the fork, so that a graceful stop exits 0.
     uvicorn.Server(config).run(sockets=sockets)
     return 0
 
@@ -226,4 +228,5 @@ def _supervise(children: list[int]) -> int:
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
-    """The stop is done by the time this runs (see :func:`main`)."""
+    """End the worker with 0: after uvicorn's graceful stop, or before its server ran."""
+    os._exit(0)
