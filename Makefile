@@ -70,10 +70,10 @@ SIDECAR_REQUEST_PATH := $(SIDECAR)/admission.py,$(SIDECAR)/app.py,$(SIDECAR)/cid
 	$(SIDECAR)/envelope.py,$(SIDECAR)/joblist.py,$(SIDECAR)/operator_client.py,$\
 	$(SIDECAR)/protocol.py
 COVERAGE_FLOORS := \
-	all=operator/podcron/*:89.8 \
+	all=operator/podcron/*:94.7 \
 	schedules=operator/podcron/schedules/*:98.0 \
-	engine=operator/podcron/engine/*:94.9 \
-	sidecar-request-path=$(SIDECAR_REQUEST_PATH):93.7
+	engine=operator/podcron/engine/*:96.2 \
+	sidecar-request-path=$(SIDECAR_REQUEST_PATH):94.7
 
 # Unit and integration under coverage, then the kind suite (its first run builds the node image;
 # the code in its containers is not measured).
