@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -109,6 +111,8 @@ class SidecarProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.log_path.parent,
+            # Its own process group: a supervisor killed at the end takes its workers along.
+            start_new_session=True,
         )
         health = client()
 
@@ -139,7 +143,7 @@ class SidecarProcess:
         try:
             return self.process.wait(15)
         finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)  # workers left behind, if any
+            self.process.wait()
             self._log.close()
