@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from . import cli_support
+
 KUBECONFIG = {
     "apiVersion": "v1",
     "kind": "Config",
@@ -58,17 +60,6 @@ def podcron(command: str, workdir: Path, **env: str) -> subprocess.CompletedProc
         text=True,
         timeout=60,
     )
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The only line on stderr, once the command exited with 2."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    (line,) = lines
-    assert line.startswith("podcron: ")
-    return line
 
 
 @pytest.mark.parametrize("command", ["operator", "sidecar"])
@@ -129,3 +120,8 @@ def test_an_environment_without_its_config_file_is_warned_about(workdir: Path) -
     assert "PODCRON_ENV is 'prod'" in warning
     assert "config.prod.yaml does not exist" in warning
     assert error.startswith("podcron: no Kubernetes credentials")
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line this command writes for bad input."""
+    return cli_support.one_line(result, "podcron: ")

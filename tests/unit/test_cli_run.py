@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from . import cli_support
+
 JOBS = Path(__file__).parents[1] / "jobs"
 EXAMPLES = Path(__file__).parents[2] / "examples"
 LOCAL = "podcron_testjobs.local"
@@ -37,16 +39,6 @@ def podcron_run(workdir: Path, *arguments: str) -> subprocess.CompletedProcess[s
         text=True,
         timeout=60,
     )
-
-
-def one_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The only line on stderr, once the command exited with 2."""
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("podcron run: ")
-    return lines[0]
 
 
 def echoed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
@@ -255,3 +247,8 @@ def test_a_manifest_that_names_no_runnable_job(
     )
     line = one_line(podcron_run(tmp_path, *arguments))
     assert message in line
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line this command writes for bad input."""
+    return cli_support.one_line(result, "podcron run: ")
