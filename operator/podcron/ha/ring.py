@@ -8,6 +8,7 @@ wins or held, about 1/n of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -36,6 +37,12 @@ def owner(members: Iterable[str], bucket_: int) -> str | None:
     the answer never depends on the members' order.
     """
     return max(members, key=lambda m: (score(m, bucket_), m), default=None)
+
+
+@functools.lru_cache(maxsize=8)
+def assignment(members: tuple[str, ...]) -> Assignment:
+    """The :class:`Assignment` of a sorted member list, shared by whoever asks for the same list."""
+    return Assignment(members)
 
 
 class Assignment:
