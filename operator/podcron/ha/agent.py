@@ -159,6 +159,11 @@ class Agent:
         """How many of the known jobs this replica owns now (a gauge; O(jobs), read rarely)."""
         return sum(len(keys) for b, keys in self._keys_in.items() if self.member.owns(b))
 
+    def owns(self, key: str) -> bool:
+        """Whether this replica owns ``key`` in its epoch (its start bound may be unknown yet)."""
+        b = self._bucket_of.get(key)
+        return self.member.owns(bucket(key) if b is None else b)
+
     def owner_of(self, key: str) -> str | None:
         """The identity owning ``key`` in the epoch this replica adopted."""
         return self.member.assignment.owner_of(key)
