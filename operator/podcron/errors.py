@@ -234,3 +234,19 @@ class ConfigKeyError(PodcronError, KeyError):
     def __str__(self) -> str:
         # KeyError's own str() is the repr of its argument, quotes and all.
         return str(self.args[0])
+
+
+class LeaseStoreError(PodcronError):
+    """A compare-and-swap on the Leases of the replica protocol did not apply (docs/ha.md)."""
+
+
+class LeaseConflict(LeaseStoreError):
+    """The Lease exists already (create) or moved since it was read (replace, delete)."""
+
+
+class LeaseGone(LeaseStoreError, LookupError):
+    """The Lease a replace or delete names no longer exists."""
+
+
+class StoreUnavailable(LeaseStoreError, ConnectionError):
+    """No answer from the store: the write may or may not have been applied."""

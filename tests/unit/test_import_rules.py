@@ -7,9 +7,11 @@ would slip past a reading of the source, not past this.
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +27,10 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None, tuple[str, ...]]
     ),
     # The engine runs jobs; Kubernetes is the controller's business.
     "engine": (("podcron.engine",), None, ("podcron.controller", "podcron.sidecar", "kopf")),
+    # The replica protocol answers the engine's gate; Kubernetes comes in through its store.
+    # (Importing podcron.engine.gate brings the engine package along, so which of the
+    # engine it uses is checked on its source, below.)
+    "ha": (("podcron.ha",), None, ("podcron.controller", "podcron.sidecar", "kopf")),
     # The controller and the sidecar meet only through podcron.wire, on the control socket.
     "controller": (("podcron.controller",), None, ("podcron.sidecar",)),
     # The sidecar must start whatever state the operator is in.
@@ -73,3 +79,20 @@ def test_a_layer_imports_only_what_its_rule_allows(name: str) -> None:
 
 def test_the_sidecar_check_sees_the_whole_sidecar() -> None:
     assert "podcron.sidecar.discovery" in _imported(RULES["sidecar"][0])
+
+
+def test_the_replica_protocol_uses_only_the_gate_of_the_engine() -> None:
+    package = Path(__file__).parents[2] / "operator" / "podcron" / "ha"
+    seen, engine_imports = [], []
+    for source in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            seen += [n for n in names if _within(n, ("podcron",))]
+            engine_imports += [(source.name, n) for n in names if _within(n, ("podcron.engine",))]
+    assert "podcron.errors" in seen, "the check must see the package's imports"
+    assert [i for i in engine_imports if i[1] != "podcron.engine.gate"] == []

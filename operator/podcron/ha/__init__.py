@@ -1,0 +1,6 @@
+"""Several replicas, each tick started once: the protocol of docs/ha.md.
+
+* :mod:`~podcron.ha.store`: the compare-and-swap store the protocol runs on
+  (:class:`~podcron.ha.store.CasStore`) and one in memory, with faults;
+* :mod:`~podcron.ha.ring`: a job's bucket and its owner among an epoch's members.
+"""
