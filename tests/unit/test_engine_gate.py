@@ -218,6 +218,19 @@ async def test_held_ticks_of_a_lost_or_removed_job_never_start(setup: Setup) -> 
     assert setup.recorder.events == []
 
 
+async def test_held_ticks_of_a_job_suspended_meanwhile_never_start(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(2.5)
+    setup.engine.upsert(_the_job(suspended=True))
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == []
+
+
 async def test_a_gained_job_catches_up_above_its_start_bound(setup: Setup) -> None:
     await setup.align()
     gate = setup.gate

@@ -405,7 +405,7 @@ class Engine:
         missed = 0
         for job_id, ticks in self._held.take().items():
             job = self._jobs.get(job_id)
-            if job is None:
+            if job is None or job.spec.suspended:  # suspended since: its ticks are off
                 continue
             oldest_allowed = now - allowance(job.spec)
             for index, (tick, trigger) in enumerate(ticks):
@@ -438,7 +438,6 @@ class Engine:
                 self._early_gains[gain.key] = gain
             else:
                 self._catch_up_gain(job, gain, now)
-        self._set_timer()
 
     def _catch_up_gain(self, job: JobState, gain: Gain, now: float) -> None:
         """docs/ha.md rule 7: start the due ticks above the start bound, count the rest."""
