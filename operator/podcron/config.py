@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,6 +25,8 @@ import yaml
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string"}
+# The ring's name is a label value (podcron.dev/ring) and part of Lease names: a DNS label.
+_RING_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +76,16 @@ class Settings:
     job_config_dir: str = ""
     #: Where the jobs' Secret is mounted (Secret values of ``ctx.config``); empty: none.
     job_secrets_dir: str = ""
+    #: The replicas' ring (docs/ha.md), the chart's release fullname; empty: one replica, no Leases.
+    ha_ring: str = ""
+    #: Where the ring's Leases live; empty: the pod's namespace (``POD_NAMESPACE``).
+    lease_namespace: str = ""
+    #: R: how often a replica renews its member Lease.
+    lease_renew_seconds: float = 1.0
+    #: Λ: how far ahead of its clock a renewal lets a replica start ticks.
+    fire_bound_seconds: float = 2.0
+    #: L: a member Lease unchanged this long is fenced by the coordinator.
+    lease_stale_seconds: float = 6.0
 
     def __post_init__(self) -> None:
         if self.log_format not in ("json", "text"):
@@ -99,6 +112,31 @@ class Settings:
             raise ValueError("statusPatchesPerSecond must be positive")
         if self.max_manual_runs < 1 or self.threads_per_job < 1:
             raise ValueError("maxManualRuns and threadsPerJob must be at least 1")
+        self._check_ha()
+
+    def _check_ha(self) -> None:
+        if self.ha_ring and not _RING_NAME.fullmatch(self.ha_ring):
+            raise ValueError(
+                "haRing must be a DNS label (lower-case letters, digits and '-', at most 63), "
+                f"got {self.ha_ring!r}"
+            )
+        if self.ha_ring and not self.lease_namespace:
+            raise ValueError("leaseNamespace must be set with haRing (or POD_NAMESPACE)")
+        if not self.lease_renew_seconds > 0:
+            raise ValueError(f"leaseRenewSeconds must be positive, got {self.lease_renew_seconds}")
+        # A renewal every R must land before the bound of the one before runs out. Fencing
+        # sooner than the bound gains nothing (the successor starts only ticks above the
+        # fenced replica's bound) and would fence replicas that are merely slow.
+        if not self.fire_bound_seconds > self.lease_renew_seconds:
+            raise ValueError(
+                f"fireBoundSeconds ({self.fire_bound_seconds}) must be greater than "
+                f"leaseRenewSeconds ({self.lease_renew_seconds})"
+            )
+        if not self.lease_stale_seconds > self.fire_bound_seconds:
+            raise ValueError(
+                f"leaseStaleSeconds ({self.lease_stale_seconds}) must be greater than "
+                f"fireBoundSeconds ({self.fire_bound_seconds})"
+            )
 
 
 def _camel(name: str) -> str:
@@ -180,6 +218,8 @@ def load(
         if variable in env:
             values[f.name] = (env[variable], variable)
     converted = {name: _convert(name, value, source) for name, (value, source) in values.items()}
+    if not converted.get("lease_namespace"):
+        converted["lease_namespace"] = env.get("POD_NAMESPACE", "")
     try:
         return dataclasses.replace(_DEFAULTS, **converted)
     except ValueError as error:

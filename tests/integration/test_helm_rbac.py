@@ -26,12 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import requests
 import yaml
 
 from controlplane import ControlPlane
 from helmtool import Helm
+from podcron.errors import StoreUnavailable
+from podcron.ha.leases import KubeLeaseStore
 
 from ..chart import CHART, CUSTOM_VALUES, VALUE_SETS, render, values_file
 from ..waiting import wait_for
@@ -78,13 +81,25 @@ class Release:
         return result.returncode, result.stdout + result.stderr
 
     def env(self, workdir: Path) -> dict[str, str]:
-        """What the pod's containers have: the ConfigMap's settings and the ServiceAccount's
-        credentials. Only the socket differs (a temporary directory, not the emptyDir)."""
+        """What the pod's containers have: the ConfigMap's settings, the ServiceAccount's
+        credentials and the downward API's pod name and namespace. Only the socket differs
+        (a temporary directory, not the emptyDir)."""
         return {
             "KUBECONFIG": str(self.kubeconfig),
             "PODCRON_CONFIG_DIR": str(self.config_dir),
             "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
+            "POD_NAME": f"{RELEASE}-{os.getpid()}",
+            "POD_NAMESPACE": self.namespace,
         }
+
+    def lease_store(self, namespace: str) -> KubeLeaseStore:
+        """The replicas' Lease store in ``namespace``, with the ServiceAccount's token only."""
+        user = yaml.safe_load(self.kubeconfig.read_text())["users"][0]["user"]
+        configuration = kubernetes.client.Configuration(host=self.plane.server)
+        configuration.ssl_ca_cert = str(self.plane.ca_file)
+        configuration.api_key = {"authorization": f"Bearer {user['token']}"}
+        configuration.retries = 0
+        return KubeLeaseStore(namespace, kubernetes.client.ApiClient(configuration))
 
 
 def refusals(*logs: str) -> list[str]:
@@ -278,7 +293,11 @@ def test_helm_install_is_accepted(release: Release, helm: Helm) -> None:
         "serviceaccount/podcron",
         "configmap/podcron",
     } <= set(names)
-    assert not [name for name in names if name.startswith("role")], "no Role outside watched"
+    # In its own namespace, only the replicas' Leases: ScheduledJobs are not watched here.
+    assert [name for name in names if name.startswith("role")] == [
+        f"role.rbac.authorization.k8s.io/{RELEASE}-leases",
+        f"rolebinding.rbac.authorization.k8s.io/{RELEASE}-leases",
+    ]
     cluster_wide = f"{RELEASE}-{release.namespace}"
     plane.kubectl("get", f"clusterrole/{cluster_wide}", f"clusterrolebinding/{cluster_wide}")
     plane.kubectl(
@@ -409,6 +428,11 @@ def test_verbs_the_chart_does_not_grant_are_refused(release: Release) -> None:
         ("patch", "events", "", release.namespace),
         ("get", "nodes", "", ""),
         ("patch", "nodes", "", ""),
+        # Leases in the release's namespace only, and never by PUT (it can re-create one):
+        ("update", "leases.coordination.k8s.io", "", release.namespace),
+        ("create", "leases.coordination.k8s.io", "", release.watched),
+        ("list", "leases.coordination.k8s.io", "", release.watched),
+        ("list", "leases.coordination.k8s.io", "", ""),
         ("delete", "customresourcedefinitions.apiextensions.k8s.io", "", ""),
     ]
     for verb, resource, subresource, namespace in refused:
@@ -424,6 +448,27 @@ def test_verbs_the_chart_does_not_grant_are_refused(release: Release) -> None:
     assert code != 0
     assert "Forbidden" in output
     assert f'User "{account}" cannot delete resource "pods"' in output
+
+
+async def test_the_replicas_leases_work_in_the_release_namespace_and_nowhere_else(
+    release: Release,
+) -> None:
+    own = release.lease_store(release.namespace)
+    elsewhere = release.lease_store(release.watched)
+    try:
+        ring = {"podcron.dev/ring": RELEASE}
+        created = await own.create("podcron-member-chart", "chart", {}, ring)
+        renewed = await own.replace(created.changed(annotations={"podcron.dev/fire-bound": "1"}))
+        assert await own.list(f"podcron.dev/ring={RELEASE}") == [renewed]
+        assert await own.get(created.name) == renewed
+        await own.delete(renewed)
+        with pytest.raises(StoreUnavailable, match="403"):
+            await elsewhere.create("podcron-member-chart", "chart", {}, ring)
+        with pytest.raises(StoreUnavailable, match="403"):
+            await elsewhere.list(f"podcron.dev/ring={RELEASE}")
+    finally:
+        own.close()
+        elsewhere.close()
 
 
 def test_helm_uninstall_removes_the_release_and_leaves_jobs_deletable(

@@ -5,6 +5,7 @@ its image). tests/integration/test_helm_rbac.py puts the same objects to a real 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -29,6 +30,11 @@ JOB_RULES = {("podcron.dev", "scheduledjobs", verb) for verb in ("list", "watch"
     ("", "events", "patch"),
 }
 CRD_RULES = {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
+# The replicas' Leases: read, watch, create, compare-and-swap by patch, delete; never update.
+LEASE_RULES = {
+    ("coordination.k8s.io", "leases", verb)
+    for verb in ("get", "list", "watch", "create", "patch", "delete")
+}
 
 
 def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
@@ -108,6 +114,16 @@ def test_lint_is_clean(helm: Helm, tmp_path: Path, values: dict[str, Any]) -> No
         ({"sidecarProbePort": 8080}, "sidecarProbePort (8080) must differ from service.port"),
         ({"sidecarProbePort": 9090}, "sidecarProbePort (9090) must differ from service.port"),
         ({"podCIDRsMinPrefixV4": 33}, "at '/podCIDRsMinPrefixV4': maximum: got 33, want 32"),
+        ({"replicas": 0}, "at '/replicas': minimum: got 0, want 1"),
+        ({"leaseRenewSeconds": 0}, "at '/leaseRenewSeconds': exclusiveMinimum: got 0, want 0"),
+        (
+            {"fireBoundSeconds": 1},
+            "fireBoundSeconds (1) must be greater than leaseRenewSeconds (1)",
+        ),
+        (
+            {"leaseStaleSeconds": 2},
+            "leaseStaleSeconds (2) must be greater than fireBoundSeconds (2)",
+        ),
         ({"podCIDRsMinPrefixV6": -1}, "at '/podCIDRsMinPrefixV6': minimum: got -1, want 0"),
         ({"networkPolicy": {"enabled": "yes"}}, "at '/networkPolicy/enabled': got string"),
         (
@@ -141,11 +157,18 @@ def test_config_map_holds_the_settings_podcron_reads(
 ) -> None:
     config = find(objects, "ConfigMap", _fullname(values))[0]["data"]["config.yaml"]
     (tmp_path / "config.yaml").write_text(config)
-    settings = load({"PODCRON_CONFIG_DIR": str(tmp_path)})  # raises on a setting it lacks
+    # POD_NAMESPACE as the pod's containers have it (the Leases' namespace).
+    environ = {"PODCRON_CONFIG_DIR": str(tmp_path), "POD_NAMESPACE": "podcron"}
+    settings = load(environ)  # raises on a setting it lacks
+    # The replicas' ring is the release: its name, in its namespace.
+    assert (settings.ha_ring, settings.lease_namespace) == (_fullname(values), "podcron")
     if not values:
         # The chart's defaults are podcron's documented defaults.
-        assert settings == Settings()
+        assert dataclasses.replace(settings, ha_ring="", lease_namespace="") == Settings()
         return
+    assert settings.lease_renew_seconds == values["leaseRenewSeconds"]
+    assert settings.fire_bound_seconds == values["fireBoundSeconds"]
+    assert settings.lease_stale_seconds == values["leaseStaleSeconds"]
     assert settings.allowed_modules == tuple(values["allowedModules"])
     assert settings.allowed_cidrs == tuple(values["allowedCIDRs"])
     assert settings.trusted_proxies == tuple(values["trustedProxies"])
@@ -203,8 +226,15 @@ def test_pod_is_locked_down_and_probed(
     objects: list[dict[str, Any]], values: dict[str, Any]
 ) -> None:
     deployment = one(objects, "Deployment")
-    assert deployment["spec"]["replicas"] == 1, "a second replica would run every job twice"
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    replicas = values.get("replicas", 1)
+    assert deployment["spec"]["replicas"] == replicas
+    if replicas == 1:
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    else:  # a new replica joins the ring before an old one leaves it
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["enableServiceLinks"] is False
@@ -261,7 +291,7 @@ def test_otlp_endpoint_reaches_both_containers_only_when_set(
     objects: list[dict[str, Any]], values: dict[str, Any]
 ) -> None:
     for container in _containers(objects).values():
-        env = {variable["name"]: variable["value"] for variable in container["env"]}
+        env = {variable["name"]: variable.get("value") for variable in container["env"]}
         assert env["PODCRON_CONFIG_DIR"] == "/etc/podcron"
         otlp = values.get("otlp")
         if otlp:
@@ -277,7 +307,7 @@ def test_cluster_wide_rbac_by_default(helm: Helm, tmp_path: Path) -> None:
     cluster_role = one(objects, "ClusterRole")
     nodes = {("", "nodes", "list")}
     assert _grants(cluster_role) == CRD_RULES | nodes | JOB_RULES
-    assert find(objects, "Role") == []
+    assert [role["metadata"]["name"] for role in find(objects, "Role")] == ["podcron-leases"]
     binding = one(objects, "ClusterRoleBinding")
     account = one(objects, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
@@ -290,13 +320,13 @@ def test_watched_namespaces_get_roles_and_fixed_cidrs_no_nodes(helm: Helm, tmp_p
     objects = render(helm, tmp_path, CUSTOM_VALUES, namespace="jobs-system")
     namespaces = {("", "namespaces", verb) for verb in ("list", "watch")}
     assert _grants(one(objects, "ClusterRole")) == CRD_RULES | namespaces
-    roles = find(objects, "Role")
+    roles = [role for role in find(objects, "Role") if role["metadata"]["name"] != "jobs-leases"]
     assert sorted(role["metadata"]["namespace"] for role in roles) == ["billing", "shop"]
     for role in roles:
         assert _grants(role) == JOB_RULES
     subject = {"kind": "ServiceAccount", "name": "jobs-runner", "namespace": "jobs-system"}
     bindings = find(objects, "RoleBinding") + find(objects, "ClusterRoleBinding")
-    assert len(bindings) == 3
+    assert len(bindings) == 4  # the watched namespaces', the cluster's and the Leases'
     assert all(binding["subjects"] == [subject] for binding in bindings)
 
 
@@ -425,7 +455,7 @@ def test_without_job_config_nothing_is_mounted_and_the_settings_say_none(
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert not {volume["name"] for volume in pod["volumes"]} & {"job-config", "job-secrets"}
     (tmp_path / "config.yaml").write_text(find(objects, "ConfigMap")[0]["data"]["config.yaml"])
-    settings = load({"PODCRON_CONFIG_DIR": str(tmp_path)})
+    settings = load({"PODCRON_CONFIG_DIR": str(tmp_path), "POD_NAMESPACE": "podcron"})
     assert (settings.job_config_dir, settings.job_secrets_dir) == ("", "")
 
 
@@ -461,3 +491,52 @@ def test_bad_job_config_values_are_refused(
     )
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_the_replicas_use_leases_in_the_release_namespace_only(
+    objects: list[dict[str, Any]], values: dict[str, Any]
+) -> None:
+    name = f"{_fullname(values)}-leases"
+    role = find(objects, "Role", name)[0]
+    assert role["metadata"]["namespace"] == "podcron"  # the release's
+    assert _grants(role) == LEASE_RULES
+    binding = find(objects, "RoleBinding", name)[0]
+    assert binding["metadata"]["namespace"] == "podcron"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": name,
+    }
+    account = one(objects, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": "podcron"}
+    ]
+    lease_grants = [
+        rule
+        for kind in ("ClusterRole", "Role")
+        for other in find(objects, kind)
+        if other is not role
+        for rule in _grants(other)
+        if rule[1] == "leases"
+    ]
+    assert lease_grants == []
+
+
+def test_both_containers_know_their_pod_from_the_downward_api(
+    objects: list[dict[str, Any]],
+) -> None:
+    for container in _containers(objects).values():
+        env = {variable["name"]: variable for variable in container["env"]}
+        assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["POD_NAMESPACE"]["valueFrom"] == {
+            "fieldRef": {"fieldPath": "metadata.namespace"}
+        }
+
+
+def test_a_disruption_budget_keeps_one_of_several_replicas(helm: Helm, tmp_path: Path) -> None:
+    assert find(render(helm, tmp_path, {}), "PodDisruptionBudget") == []
+    objects = render(helm, tmp_path, {"replicas": 2})
+    budget = one(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()

@@ -126,3 +126,47 @@ def test_job_config_directories(tmp_path: Path) -> None:
     )
     assert settings.job_config_dir == "/etc/podcron-jobs/config"
     assert settings.job_secrets_dir == "/etc/podcron-jobs/secrets"
+
+
+def test_ha_is_off_by_default_and_the_leases_live_in_the_pods_namespace(tmp_path: Path) -> None:
+    defaults = Settings()
+    assert defaults.ha_ring == ""
+    assert (defaults.lease_renew_seconds, defaults.fire_bound_seconds) == (1.0, 2.0)
+    assert defaults.lease_stale_seconds == 6.0
+    environ = {"PODCRON_CONFIG_DIR": str(tmp_path), "POD_NAMESPACE": "podcron-system"}
+    assert load(environ).lease_namespace == "podcron-system"
+    chosen = load(environ | {"PODCRON_HA_RING": "podcron", "PODCRON_LEASE_NAMESPACE": "leases"})
+    assert (chosen.ha_ring, chosen.lease_namespace) == ("podcron", "leases")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"PODCRON_HA_RING": "Podcron_1"},
+            r"^PODCRON_HA_RING: haRing must be a DNS label .*, got 'Podcron_1'$",
+        ),
+        (
+            {"PODCRON_HA_RING": "podcron"},
+            r"^PODCRON_HA_RING: leaseNamespace must be set with haRing \(or POD_NAMESPACE\)$",
+        ),
+        (
+            {"PODCRON_LEASE_RENEW_SECONDS": "0"},
+            r"^PODCRON_LEASE_RENEW_SECONDS: leaseRenewSeconds must be positive, got 0.0$",
+        ),
+        (
+            {"PODCRON_FIRE_BOUND_SECONDS": "1"},
+            r"^PODCRON_FIRE_BOUND_SECONDS: fireBoundSeconds \(1.0\) must be greater than "
+            r"leaseRenewSeconds \(1.0\)$",
+        ),
+        (
+            {"PODCRON_LEASE_STALE_SECONDS": "2"},
+            r"^PODCRON_LEASE_STALE_SECONDS: leaseStaleSeconds \(2.0\) must be greater than "
+            r"fireBoundSeconds \(2.0\)$",
+        ),
+    ],
+    ids=["ring-not-a-label", "no-namespace", "renew-zero", "bound-not-above-renew", "stale-low"],
+)
+def test_ha_timings_that_cannot_work_are_one_line(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load({"PODCRON_CONFIG_DIR": "/nonexistent"} | environ)

@@ -99,3 +99,11 @@ def test_by_default_resources_are_checked_against_the_installed_factories() -> N
         _build(resources=["htp"])
     assert "no resource factory named 'htp'" in str(caught.value)
     assert "http" in str(caught.value)
+
+
+def test_the_uid_is_the_objects_and_the_job_id_where_there_is_no_object() -> None:
+    # The firing gate assigns jobs by uid: a re-created object of the same name is a new job.
+    spec = {"entryPoint": "hello", "schedule": {"every": "5s"}}
+    built = build_spec("ns", "job", spec, allowed_modules=(), uid="0b7c-uid")
+    assert built.uid == "0b7c-uid"
+    assert _build().uid == "ns/job"

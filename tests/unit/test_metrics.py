@@ -480,3 +480,16 @@ def test_a_jobs_series_are_one_object_the_garbage_collector_tracks() -> None:
     # About one array per job (plus the odd cache entry); prometheus-client's
     # labelled metrics would add about forty per job.
     assert len(gc.get_objects()) - before < 2 * 1000
+
+
+def test_missed_and_uncertain_ticks_are_counted_over_all_jobs_from_zero(
+    registry: CollectorRegistry, metrics: JobMetrics
+) -> None:
+    # Exported at 0 from the start, so that an alert's increase() sees the first one.
+    assert registry.get_sample_value("podcron_ticks_missed_total") == 0
+    assert registry.get_sample_value("podcron_ticks_uncertain_total") == 0
+    metrics.ticks_missed(3)
+    metrics.ticks_missed(1)
+    metrics.ticks_uncertain(2)
+    assert registry.get_sample_value("podcron_ticks_missed_total") == 4
+    assert registry.get_sample_value("podcron_ticks_uncertain_total") == 2

@@ -61,6 +61,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-job-config" (include "podcron.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/* The Role and RoleBinding of the replicas' Leases, in the release's namespace. */}}
+{{- define "podcron.leasesName" -}}
+{{- printf "%s-leases" (include "podcron.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/* The directory of the control socket, an emptyDir shared by the two containers. */}}
 {{- define "podcron.socketDir" -}}/var/run/podcron{{- end }}
 
@@ -82,10 +87,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: [create, patch]
 {{- end }}
 
-{{/* The environment of both containers: where the settings are, and OpenTelemetry's own. */}}
+{{/*
+The environment of both containers: where the settings are, the pod's name and namespace (a
+replica's identity and where the Leases are; the settings need the namespace in both), and
+OpenTelemetry's own.
+*/}}
 {{- define "podcron.env" -}}
 - name: PODCRON_CONFIG_DIR
   value: {{ include "podcron.configDir" . }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef: {fieldPath: metadata.name}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef: {fieldPath: metadata.namespace}
 {{- with .Values.otlp.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}

@@ -187,6 +187,7 @@ class Reconciler:
                 name,
                 spec,
                 allowed_modules=self._settings.allowed_modules,
+                uid=str(meta.uid),
                 **({} if self._resources is None else {"check_resources": self._resources.check}),
             )
         except PodcronError as error:

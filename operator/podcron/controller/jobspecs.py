@@ -59,6 +59,7 @@ def build_spec(
     *,
     allowed_modules: Sequence[str],
     check_resources: Callable[[Sequence[str]], None] = _installed_resources,
+    uid: str = "",
 ) -> JobSpec:
     """The engine's record for a ScheduledJob's spec.
 
@@ -66,7 +67,8 @@ def build_spec(
     ``Ready`` condition reason when the spec cannot be scheduled.
     ``check_resources`` raises :class:`podcron.errors.UnknownResource` for
     a name in ``spec.resources`` that no factory is registered under (by
-    default, no factory installed in the entry-point group).
+    default, no factory installed in the entry-point group). ``uid`` is the
+    object's ``metadata.uid`` (empty where there is no object: the job id stands in).
     """
     schedule = parse_schedule(spec.get("schedule") or {}, time_zone=spec.get("timeZone") or "UTC")
     policy_text = spec.get("concurrencyPolicy", ConcurrencyPolicy.FORBID.value)
@@ -98,6 +100,7 @@ def build_spec(
         ),
         starting_deadline_seconds=_optional_seconds(spec, "startingDeadlineSeconds"),
         resources=resource_names,
+        uid=uid,
     )
 
 

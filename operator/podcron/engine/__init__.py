@@ -11,6 +11,8 @@ docs/engine.md explains the model and its budgets; the modules here:
 * :mod:`~podcron.engine.budgets`, :mod:`~podcron.engine.threads`: run slots,
   threads, and threads that outlive their run;
 * :mod:`~podcron.engine.duequeue`: every job's next tick, for the engine's one timer;
+* :mod:`~podcron.engine.gate`: what the engine asks before a tick with several replicas;
+  :mod:`~podcron.engine.gating`: ticks held back, and the catch-up of a gained job;
 * :mod:`~podcron.engine.clock`: the wall clock, injectable for tests.
 """
 

@@ -14,13 +14,18 @@ A run goes start → execute → record: it waits for what it needs
 once (:func:`podcron.engine.recording.record_outcome`), when the body
 returns, fails or is cancelled, or at its deadline. docs/engine.md explains
 the model and its budgets.
+
+With a :class:`podcron.engine.gate.FiringGate` (several replicas) each
+scheduled tick is started only when the gate answers START, right before
+dispatch; held ticks wait in :class:`podcron.engine.gating.HeldTicks`, and a
+job this replica gains is caught up from its start bound (docs/ha.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +34,8 @@ from podcron.engine.budgets import RunBudgets
 from podcron.engine.clock import SYSTEM_CLOCK, Clock
 from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
+from podcron.engine.gate import FiringGate, Gain, Verdict
+from podcron.engine.gating import HeldTicks, allowance, plan_catch_up
 from podcron.engine.jobs import JobState, is_async
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
@@ -94,6 +101,10 @@ class Engine:
     ``resources`` and ``config`` give each run its ``ctx.resources`` (those its
     spec lists) and ``ctx.config``; the configuration's Secret values are
     taken out of failed runs' errors.
+
+    With a ``gate``, ticks start only when it answers START, and the engine is
+    the gate's :class:`podcron.engine.gate.GateListener`: the catch-up of a new
+    job is the gate's (a job's start bound), not its history's.
     """
 
     def __init__(
@@ -110,6 +121,7 @@ class Engine:
         loop_watchdog: bool = True,
         resources: ResourceManager | None = None,
         config: ConfigSource | None = None,
+        gate: FiringGate | None = None,
     ) -> None:
         self._budgets = RunBudgets(
             max_concurrent_runs=max_concurrent_runs,
@@ -138,6 +150,14 @@ class Engine:
         self._watchdog: LoopWatchdog | None = None
         self._closing = False
         self._version = 0
+        self._gate = gate
+        # Kept only with a gate, which speaks of job uids: uid -> job id, the ticks it holds
+        # back, and gains of jobs not registered yet (applied when they are).
+        self._job_ids: dict[str, str] = {}
+        self._held = HeldTicks()
+        self._early_gains: dict[str, Gain] = {}
+        if gate is not None:
+            gate.set_listener(self)
 
     # -- registration -----------------------------------------------------
 
@@ -174,13 +194,20 @@ class Engine:
                     spec.namespace, spec.name, last_success=_last_success(history)
                 )
         else:
+            if job.spec.uid != spec.uid:
+                self._job_ids.pop(job.spec.uid, None)
             job.spec = spec
             job.is_async = is_async(spec.target)
         now = self._clock.wall()
         self._arm(job, after=now)
         if self._metrics is not None:
             self._metrics.job_interval(spec.namespace, spec.name, _interval(job, now))
-        if is_new and history is not None:
+        if self._gate is not None:
+            self._job_ids[spec.uid] = spec.job_id
+            gain = self._early_gains.pop(spec.uid, None)
+            if gain is not None:
+                self._catch_up_gain(job, gain, now)
+        elif is_new and history is not None:
             self._catch_up(job, history, now)
         self._set_timer()
         return self._snapshot(job)
@@ -191,6 +218,9 @@ class Engine:
         if job is None:
             return
         job.removed = True
+        if self._gate is not None:
+            self._job_ids.pop(job.spec.uid, None)
+            self._held.forget(job_id)
         if self._metrics is not None:
             self._metrics.job_removed(job.spec.namespace, job.spec.name)
         self._disarm(job)
@@ -309,6 +339,7 @@ class Engine:
         self._timer = None
         self._timer_due = None
         now = self._clock.wall()
+        gate = self._gate
         for job_id, due in self._due.pop_due(now, DISPATCH_BATCH):
             job = self._jobs.get(job_id)
             if job is None:  # removed by a listener of a run dispatched just before
@@ -322,10 +353,9 @@ class Engine:
                 following = job.next_due
                 interval = None if following is None else following - due
                 self._metrics.job_interval(job.spec.namespace, job.spec.name, interval)
-            try:
-                self._runner.dispatch(job, Trigger.SCHEDULED, _utc(due), parent=None, manual=False)
-            except Exception:  # a listener or a schedule bug must not stop the other jobs
-                log.exception("dispatching job %s failed", job.spec.job_id)
+            if gate is not None and not self._gate_allows(gate, job, due, Trigger.SCHEDULED):
+                continue
+            self._start(job, Trigger.SCHEDULED, due)
         self._set_timer()
 
     # -- dispatch ---------------------------------------------------------
@@ -340,6 +370,106 @@ class Engine:
         if now - missed.timestamp() <= deadline:
             log.info("job %s catches up on its tick of %s", job.spec.job_id, missed.isoformat())
             self._runner.dispatch(job, Trigger.CATCH_UP, missed, parent=None, manual=False)
+
+    # -- the firing gate (several replicas) ---------------------------------
+
+    def _gate_allows(self, gate: FiringGate, job: JobState, tick: float, trigger: Trigger) -> bool:
+        """Whether ``tick`` may start now; a tick the gate holds is kept to be asked again."""
+        verdict = gate.verdict(job.spec.uid, tick)
+        if verdict is Verdict.START:
+            return True
+        if verdict is Verdict.HOLD:
+            self._count_missed(self._held.hold(job.spec.job_id, tick, trigger))
+        return False
+
+    def _count_missed(self, count: int) -> None:
+        if count and self._metrics is not None:
+            self._metrics.ticks_missed(count)
+
+    def _start(self, job: JobState, trigger: Trigger, tick: float) -> None:
+        try:
+            self._runner.dispatch(job, trigger, _utc(tick), parent=None, manual=False)
+        except Exception:  # a listener or a schedule bug must not stop the other jobs
+            log.exception("dispatching job %s failed", job.spec.job_id)
+
+    def bound_moved(self) -> None:
+        """The gate's bounds moved: ask again about every held tick, oldest first.
+
+        A tick older than its job's allowance is missed; one the gate now gives
+        to another replica is dropped; the first still held keeps the later ones held.
+        """
+        gate = self._gate
+        if gate is None or not self._held or self._closing:
+            return
+        now = self._clock.wall()
+        missed = 0
+        for job_id, ticks in self._held.take().items():
+            job = self._jobs.get(job_id)
+            if job is None or job.spec.suspended:  # suspended since: its ticks are off
+                continue
+            oldest_allowed = now - allowance(job.spec)
+            for index, (tick, trigger) in enumerate(ticks):
+                if tick < oldest_allowed:
+                    missed += 1
+                    continue
+                verdict = gate.verdict(job.spec.uid, tick)
+                if verdict is Verdict.START:
+                    self._start(job, trigger, tick)
+                elif verdict is Verdict.HOLD:
+                    for still_held, held_trigger in ticks[index:]:
+                        self._held.hold(job_id, still_held, held_trigger)
+                    break
+        self._count_missed(missed)
+
+    def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
+        """Forget the held ticks of jobs lost; catch up the jobs gained from their start bounds."""
+        if self._gate is None or self._closing:
+            return
+        for key in lost:
+            self._early_gains.pop(key, None)
+            job_id = self._job_ids.get(key)
+            if job_id is not None:
+                self._held.forget(job_id)
+        now = self._clock.wall()
+        for gain in gained:
+            job_id = self._job_ids.get(gain.key)
+            job = None if job_id is None else self._jobs.get(job_id)
+            if job is None:
+                self._early_gains[gain.key] = gain
+            else:
+                self._catch_up_gain(job, gain, now)
+
+    def _catch_up_gain(self, job: JobState, gain: Gain, now: float) -> None:
+        """docs/ha.md rule 7: start the due ticks above the start bound, count the rest."""
+        spec = job.spec
+        # The catch-up covers every tick held so far; they must not start twice.
+        self._held.forget(spec.job_id)
+        if spec.suspended:
+            return
+        plan = plan_catch_up(
+            spec.schedule,
+            start_bound=gain.start_bound,
+            uncertain_from=gain.uncertain_from,
+            now=now,
+            before=job.next_due,
+            allowance_seconds=allowance(spec),
+        )
+        if plan.missed or plan.uncertain:
+            log.warning(
+                "job %s gained: %d ticks missed, %d ticks uncertain (maybe started by a fenced "
+                "replica, not run again)",
+                spec.job_id,
+                plan.missed,
+                plan.uncertain,
+                extra={"job_id": spec.job_id},
+            )
+        self._count_missed(plan.missed)
+        if plan.uncertain and self._metrics is not None:
+            self._metrics.ticks_uncertain(plan.uncertain)
+        gate = self._gate
+        for tick in plan.ticks:
+            if gate is not None and self._gate_allows(gate, job, tick, Trigger.CATCH_UP):
+                self._start(job, Trigger.CATCH_UP, tick)
 
     # -- shutdown ---------------------------------------------------------
 

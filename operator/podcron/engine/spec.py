@@ -38,6 +38,14 @@ class JobSpec:
     starting_deadline_seconds: float | None = None
     # The shared resources its runs get in ctx.resources (spec.resources).
     resources: tuple[str, ...] = ()
+    #: What the firing gate knows the job by (engine/gate.py): the object's metadata.uid,
+    #: new for an object deleted and created again under the same name. Empty: the job id.
+    uid: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.uid:
+            # Frozen: the one way to fill a default taken from another field.
+            object.__setattr__(self, "uid", self.job_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

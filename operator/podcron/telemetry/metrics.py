@@ -108,6 +108,13 @@ _INTERVAL_HELP = (
     "Seconds from a job's latest tick to its next one; absent while it has none (suspended)."
 )
 
+_TICKS_MISSED_HELP = (
+    "Ticks of jobs this replica owns that it never started: too late, or too many, to catch up."
+)
+_TICKS_UNCERTAIN_HELP = (
+    "Ticks of jobs gained from a fenced replica that it may have started; not started again."
+)
+
 
 class JobMetrics:
     """The podcron metrics on ``registry``; every method is quick and never blocks.
@@ -122,6 +129,10 @@ class JobMetrics:
         self._queued = 0
         self._running = 0
         self._abandoned_threads = 0
+        # Ticks no replica started (missed) and ticks a fenced replica may have started
+        # (uncertain), docs/ha.md; both stay at zero without several replicas.
+        self._ticks_missed = 0
+        self._ticks_uncertain = 0
         # Lateness and loop lag: per-bucket counts (not cumulative; +Inf last), then the sum.
         self._lateness = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
         self._loop_lag = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
@@ -200,6 +211,14 @@ class JobMetrics:
         """How many job threads now outlive the run they belong to."""
         self._abandoned_threads = count
 
+    def ticks_missed(self, count: int) -> None:
+        """``count`` ticks of a job this replica owns will never start: they are too late."""
+        self._ticks_missed += count
+
+    def ticks_uncertain(self, count: int) -> None:
+        """``count`` ticks of a gained job may have started on a fenced replica; not run here."""
+        self._ticks_uncertain += count
+
     def loop_lag(self, seconds: float) -> None:
         """The event loop ran a callback ``seconds`` after it was due."""
         lag = self._loop_lag
@@ -270,8 +289,12 @@ class JobMetrics:
             loop_lag,
             failures_in_a_row,
             interval,
+            ticks_missed,
+            ticks_uncertain,
         ) = self._families()
         running.add_metric([], self._running)
+        ticks_missed.add_metric([], self._ticks_missed)
+        ticks_uncertain.add_metric([], self._ticks_uncertain)
         queued.add_metric([], self._queued)
         abandoned.add_metric([], self._abandoned_threads)
         registered.add_metric([], self._registered)
@@ -317,6 +340,8 @@ class JobMetrics:
             loop_lag,
             failures_in_a_row,
             interval,
+            ticks_missed,
+            ticks_uncertain,
         )
 
     @staticmethod
@@ -332,6 +357,8 @@ class JobMetrics:
         HistogramMetricFamily,
         GaugeMetricFamily,
         GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
     ]:
         job = ["namespace", "name"]
         return (
@@ -367,6 +394,8 @@ class JobMetrics:
             ),
             GaugeMetricFamily("podcron_job_failures_in_a_row", _FAILURES_IN_A_ROW_HELP, labels=job),
             GaugeMetricFamily("podcron_job_interval_seconds", _INTERVAL_HELP, labels=job),
+            CounterMetricFamily("podcron_ticks_missed_total", _TICKS_MISSED_HELP),
+            CounterMetricFamily("podcron_ticks_uncertain_total", _TICKS_UNCERTAIN_HELP),
         )
 
 

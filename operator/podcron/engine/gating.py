@@ -1,0 +1,149 @@
+"""The engine's side of a firing gate: ticks held back, and the catch-up of a gained job.
+
+Pure: no loop and no clock (``now`` is passed in). With a gate
+(:mod:`podcron.engine.gate`) the engine asks before it starts a tick; a tick
+the gate holds waits here until the gate's bounds move. A job this replica
+gains gets its due ticks per docs/ha.md rule 7, which :func:`plan_catch_up`
+works out: every tick above the start bound that is at most the job's
+allowance late (``startingDeadlineSeconds``, 10 s when unset), oldest first,
+at most ten; earlier ones are missed, and those the previous owner may have
+started (its uncertain window) are counted and never started here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from podcron.context import Trigger
+from podcron.engine.spec import JobSpec
+from podcron.schedules import Every, Schedule
+
+#: How late a gained or held tick may still start when the job sets no startingDeadlineSeconds.
+DEFAULT_ALLOWANCE_SECONDS = 10.0
+#: At most this many ticks of one job are caught up at a gain, or held at once.
+MAX_CATCH_UP_TICKS = 10
+# Counting the ticks of a wall-clock schedule walks them one by one (DST makes
+# arithmetic wrong), about 20 us each; it stops here (16 hours of a cron job due
+# every minute), so a start bound from long ago cannot hold the loop for long.
+# Past it, the missed count is a lower bound.
+COUNT_LIMIT = 1_000
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def allowance(spec: JobSpec) -> float:
+    """How late a tick of this job may start: its starting deadline, or the default."""
+    deadline = spec.starting_deadline_seconds
+    return DEFAULT_ALLOWANCE_SECONDS if deadline is None else deadline
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+def count_ticks(schedule: Schedule, after: float, upto: float) -> int:
+    """How many ticks fall in (``after``, ``upto``]; at most :data:`COUNT_LIMIT` but for ``every``.
+
+    An ``after`` of minus infinity (no start bound: nobody owned the job
+    before) counts nothing: no tick of it was anyone's to start.
+    """
+    if not math.isfinite(after) or not after < upto:
+        return 0
+    if isinstance(schedule, Every):
+        last, first = (
+            schedule.last_at_or_before(_utc(upto)),
+            schedule.last_at_or_before(_utc(after)),
+        )
+        if last is None or first is None:
+            return 0
+        return (last - first) // schedule.interval
+    count = 0
+    cursor = schedule.next_after(_utc(after))
+    while cursor is not None and cursor.timestamp() <= upto and count < COUNT_LIMIT:
+        count += 1
+        cursor = schedule.next_after(cursor)
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUp:
+    """What a gain means for one job: the ticks to start, and the ones to count."""
+
+    #: Tick times to start, oldest first.
+    ticks: tuple[float, ...]
+    #: Ticks above the start bound too late (or too many) to start.
+    missed: int
+    #: Ticks in the previous owner's uncertain window: maybe started there, never here.
+    uncertain: int
+
+
+def plan_catch_up(
+    schedule: Schedule,
+    *,
+    start_bound: float,
+    uncertain_from: float | None,
+    now: float,
+    before: float | None,
+    allowance_seconds: float,
+) -> CatchUp:
+    """The ticks of a gained job in (``start_bound``, ``now``] that are due to start now.
+
+    ``before`` is the job's next armed tick: it and the ticks after it are the
+    timer's, so they are left out. Ticks below ``now - allowance_seconds`` or
+    beyond the newest :data:`MAX_CATCH_UP_TICKS` are missed.
+    """
+    uncertain = 0 if uncertain_from is None else count_ticks(schedule, uncertain_from, start_bound)
+    upto = now if before is None else min(now, before)
+    cursor = schedule.last_at_or_before(_utc(upto))
+    if cursor is not None and before is not None and cursor.timestamp() >= before:
+        cursor = schedule.last_at_or_before(cursor - _MICROSECOND)
+    if cursor is None:
+        return CatchUp((), 0, uncertain)
+    # The newest tick that is this catch-up's: the ones to start end with it, the missed
+    # ones are those in (start_bound, newest] that are not started.
+    newest = cursor.timestamp()
+    newest_first: list[float] = []
+    oldest_allowed = now - allowance_seconds
+    while cursor is not None and len(newest_first) < MAX_CATCH_UP_TICKS:
+        tick = cursor.timestamp()
+        if tick <= start_bound or tick < oldest_allowed:
+            break
+        newest_first.append(tick)
+        cursor = schedule.last_at_or_before(cursor - _MICROSECOND)
+    missed = count_ticks(schedule, start_bound, newest) - len(newest_first)
+    return CatchUp(tuple(reversed(newest_first)), max(missed, 0), uncertain)
+
+
+class HeldTicks:
+    """Ticks the gate answered HOLD for, per job id, oldest first: at most ten a job."""
+
+    __slots__ = ("_ticks",)
+
+    def __init__(self) -> None:
+        self._ticks: dict[str, list[tuple[float, Trigger]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._ticks)
+
+    def __len__(self) -> int:
+        return sum(len(ticks) for ticks in self._ticks.values())
+
+    def hold(self, job_id: str, tick: float, trigger: Trigger) -> int:
+        """Keep ``tick`` of ``job_id``; returns how many older ticks of it made room (missed)."""
+        ticks = self._ticks.setdefault(job_id, [])
+        ticks.append((tick, trigger))
+        overflow = len(ticks) - MAX_CATCH_UP_TICKS
+        if overflow > 0:
+            del ticks[:overflow]
+            return overflow
+        return 0
+
+    def forget(self, job_id: str) -> None:
+        """Drop the job's held ticks (lost, removed, or superseded by a catch-up)."""
+        self._ticks.pop(job_id, None)
+
+    def take(self) -> dict[str, list[tuple[float, Trigger]]]:
+        """Every held tick, now no longer held: the caller holds again what must still wait."""
+        taken, self._ticks = self._ticks, {}
+        return taken

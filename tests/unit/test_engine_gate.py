@@ -1,0 +1,335 @@
+"""The engine with a firing gate: a tick starts only on START, held ticks, gained jobs caught up.
+
+The gate is scripted: a small model of docs/ha.md's firing rule (owned jobs,
+an acknowledged fire bound, per-job start bounds), which a test moves by hand
+and then tells the engine about, as the replica agent does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from podcron.context import JobContext, Trigger
+from podcron.engine import ConcurrencyPolicy, Engine, History, JobSpec, RunCounts, RunStatus
+from podcron.engine.gate import Gain, GateListener, Verdict
+from podcron.engine.gating import MAX_CATCH_UP_TICKS
+from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
+
+from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spec
+
+pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
+
+UID = "uid-of-ns/job"
+
+
+class ScriptedGate:
+    """The firing rule over state a test sets: what is owned, the fire bound, start bounds."""
+
+    def __init__(self) -> None:
+        self.owned: set[str] = set()
+        self.fire_bound = float("inf")
+        self.start_bounds: dict[str, float] = {}
+        self.unknown: set[str] = set()  # owned, start bound not known yet
+        self.asked: list[tuple[str, float]] = []
+        self.listener: GateListener | None = None
+
+    def verdict(self, key: str, tick: float) -> Verdict:
+        self.asked.append((key, tick))
+        if key not in self.owned or tick <= self.start_bounds.get(key, float("-inf")):
+            return Verdict.NOT_OWNER
+        if key in self.unknown or tick > self.fire_bound:
+            return Verdict.HOLD
+        return Verdict.START
+
+    def set_listener(self, listener: GateListener) -> None:
+        self.listener = listener
+
+
+@dataclass
+class Setup:
+    engine: Engine
+    gate: ScriptedGate
+    clock: LoopClock
+    recorder: Recorder
+    registry: CollectorRegistry
+
+    async def align(self) -> None:
+        """Wait until a quarter second past a whole one: ticks every second fall mid-sleep.
+
+        In the test, not the fixture: only the test's own steps run on the fake loop clock.
+        """
+        wall = self.clock.wall()
+        await asyncio.sleep(math.ceil(wall) - wall + 0.25)
+
+    def counter(self, name: str) -> float | None:
+        return self.registry.get_sample_value(name)
+
+    async def dispatched(self, trigger: Trigger | None = None) -> list[float]:
+        """The ticks dispatched so far, by their outcomes (each has one), oldest first.
+
+        The jobs here return at once, so an outcome follows its dispatch within a
+        few loop steps: on the fake loop clock a sleep returns only when the loop
+        has nothing else to do. Under Forbid, ticks dispatched together are the
+        first one run and the others skipped.
+        """
+        await asyncio.sleep(0.01)
+        return sorted(
+            e.scheduled_time.timestamp()
+            for e in self.recorder.finished()
+            if trigger is None or e.trigger is trigger
+        )
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[Setup]:
+    gate = ScriptedGate()
+    clock = LoopClock()
+    registry = CollectorRegistry()
+    engine = engine_on_loop_clock(
+        clock, gate=gate, telemetry=RunTelemetry(metrics=JobMetrics(registry))
+    )
+    yield Setup(engine, gate, clock, Recorder(engine), registry)
+    await engine.shutdown()
+
+
+async def _job(ctx: JobContext) -> None:
+    pass
+
+
+def _the_job(**fields: Any) -> JobSpec:
+    return spec(_job, uid=UID, **fields)
+
+
+async def test_the_engine_listens_to_its_gate_and_asks_by_uid_at_the_tick(setup: Setup) -> None:
+    await setup.align()
+    assert setup.gate.listener is setup.engine
+    setup.gate.owned.add(UID)
+    setup.engine.upsert(_the_job())
+    await setup.recorder.until(lambda: len(setup.recorder.finished()) >= 3)
+    asked = [tick for key, tick in setup.gate.asked if key == UID]
+    assert (await setup.dispatched(Trigger.SCHEDULED))[:3] == asked[:3]
+    assert all(tick == int(tick) for tick in asked), "asked about the tick, not the wake-up"
+
+
+async def test_a_tick_of_a_job_owned_elsewhere_is_not_started_nor_recorded(setup: Setup) -> None:
+    await setup.align()
+    snapshot = setup.engine.upsert(_the_job())
+    assert snapshot.next_run_time is not None
+    await asyncio.sleep(5)
+    assert len(setup.gate.asked) >= 4, "every tick was asked about"
+    assert setup.recorder.events == []
+    later = setup.engine.snapshot("ns/job")
+    assert later.history.counts == RunCounts()
+    assert later.next_run_time is not None
+    assert later.next_run_time > snapshot.next_run_time, "the next tick is armed as usual"
+    assert setup.counter("podcron_ticks_missed_total") == 0
+
+
+async def test_held_ticks_start_oldest_first_when_the_bound_moves(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()  # frozen: a renewal failed
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(3.5)
+    held = [tick for _, tick in gate.asked]
+    assert len(held) == 3
+    assert setup.recorder.events == [], "held, not started, not recorded"
+    gate.fire_bound = setup.clock.wall() + 2
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == held
+    await setup.recorder.until(lambda: len(setup.recorder.finished()) == 3)
+    finished = setup.recorder.finished()
+    # Forbid: the first held tick runs, the two behind it are skipped; one outcome each.
+    assert [e.status for e in finished].count(RunStatus.SUCCESS) == 1
+    assert {e.trigger for e in finished} == {Trigger.SCHEDULED}
+    assert setup.counter("podcron_ticks_missed_total") == 0
+
+
+async def test_a_bound_that_moves_part_way_starts_the_ticks_below_it_only(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job(concurrency_policy=ConcurrencyPolicy.REPLACE))
+    await asyncio.sleep(3.5)
+    first, second, third = (tick for _, tick in gate.asked)
+    gate.fire_bound = second
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [first, second]
+    gate.fire_bound = third
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [first, second, third]
+
+
+async def test_held_ticks_older_than_the_allowance_are_missed(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job(starting_deadline_seconds=2.5))
+    await asyncio.sleep(5.5)
+    held = [tick for _, tick in gate.asked]
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    now = setup.clock.wall()
+    assert await setup.dispatched() == [tick for tick in held if now - tick <= 2.5]
+    assert len(await setup.dispatched()) == 2
+    assert setup.counter("podcron_ticks_missed_total") == 3
+
+
+async def test_at_most_ten_ticks_of_a_job_are_held_the_older_ones_missed(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job(starting_deadline_seconds=60))
+    await asyncio.sleep(MAX_CATCH_UP_TICKS + 3.5)
+    assert setup.counter("podcron_ticks_missed_total") == 3
+    held = [tick for _, tick in gate.asked]
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == held[3:]
+
+
+async def test_held_ticks_of_a_lost_or_removed_job_never_start(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned |= {UID, "other"}
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    setup.engine.upsert(spec(_job, name="other", uid="other"))
+    await asyncio.sleep(2.5)
+    gate.owned.clear()
+    setup.engine.owners_changed([], [UID])
+    setup.engine.remove("ns/other")
+    gate.owned |= {UID, "other"}
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert setup.recorder.events == []
+
+
+async def test_held_ticks_of_a_job_suspended_meanwhile_never_start(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(2.5)
+    setup.engine.upsert(_the_job(suspended=True))
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == []
+
+
+async def test_a_gained_job_catches_up_above_its_start_bound(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.upsert(_the_job(starting_deadline_seconds=3.5))
+    await asyncio.sleep(8.5)
+    ticks = [tick for _, tick in gate.asked]  # all owned elsewhere so far
+    assert len(ticks) == 8
+    # A fenced predecessor: its frozen fire bound is the start bound, Λ = 2 below it uncertain.
+    bound = ticks[3]
+    gate.owned.add(UID)
+    gate.start_bounds[UID] = bound
+    setup.engine.owners_changed([Gain(UID, start_bound=bound, uncertain_from=bound - 2)], [])
+    now = setup.clock.wall()
+    due = [tick for tick in ticks if tick > bound and now - tick <= 3.5]
+    assert await setup.dispatched(Trigger.CATCH_UP) == due
+    assert len(due) == 3
+    assert setup.counter("podcron_ticks_missed_total") == 1  # ticks[4]: too late
+    assert setup.counter("podcron_ticks_uncertain_total") == 2  # ticks[2], ticks[3]
+    await setup.recorder.until(lambda: len(setup.recorder.finished()) == 3)
+    await asyncio.sleep(1)
+    assert await setup.dispatched(Trigger.SCHEDULED) == [ticks[-1] + 1], "then on schedule"
+
+
+async def test_a_catch_up_starts_at_most_ten_ticks_the_newest(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.upsert(_the_job(starting_deadline_seconds=60))
+    await asyncio.sleep(14.5)
+    ticks = [tick for _, tick in gate.asked]
+    gate.owned.add(UID)
+    setup.engine.owners_changed([Gain(UID, start_bound=ticks[0] - 0.5)], [])
+    assert await setup.dispatched(Trigger.CATCH_UP) == ticks[-MAX_CATCH_UP_TICKS:]
+    assert setup.counter("podcron_ticks_missed_total") == len(ticks) - MAX_CATCH_UP_TICKS
+    assert setup.counter("podcron_ticks_uncertain_total") == 0
+
+
+async def test_a_catch_up_tick_above_the_fire_bound_is_held(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(3.5)
+    first, second, third = (tick for _, tick in gate.asked)
+    gate.owned.add(UID)
+    gate.fire_bound = second
+    setup.engine.owners_changed([Gain(UID, start_bound=first - 0.5)], [])
+    assert await setup.dispatched(Trigger.CATCH_UP) == [first, second]
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched(Trigger.CATCH_UP) == [first, second, third]
+
+
+async def test_a_gain_supersedes_the_ticks_held_for_an_unknown_start_bound(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.unknown.add(UID)
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(3.5)
+    first, second, third = (tick for _, tick in gate.asked)
+    gate.unknown.clear()
+    gate.start_bounds[UID] = first
+    setup.engine.owners_changed([Gain(UID, start_bound=first)], [])
+    setup.engine.bound_moved()
+    # Each tick once: the held ones are the catch-up's.
+    assert await setup.dispatched() == [second, third]
+
+
+async def test_a_gain_before_the_job_is_registered_applies_when_it_is(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    now = setup.clock.wall()
+    setup.engine.owners_changed([Gain(UID, start_bound=now - 3)], [])
+    setup.engine.upsert(_the_job())
+    starts = await setup.dispatched(Trigger.CATCH_UP)
+    assert len(starts) == 3
+    assert all(now - 3 < tick <= now for tick in starts)
+
+
+async def test_with_a_gate_status_history_does_not_catch_up(setup: Setup) -> None:
+    await setup.align()
+    setup.gate.owned.add(UID)
+    history = History(
+        last_run_time=datetime.now(UTC) - timedelta(hours=3),
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=5),
+    )
+    snapshot = setup.engine.upsert(
+        _the_job(every="1h", starting_deadline_seconds=3600),
+        history=history,
+    )
+    assert not snapshot.running
+    assert snapshot.history.counts.total == 5, "the counters still continue"
+
+
+async def test_a_suspended_job_gained_catches_nothing_up(setup: Setup) -> None:
+    await setup.align()
+    setup.gate.owned.add(UID)
+    setup.engine.upsert(_the_job(suspended=True))
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [])
+    assert setup.recorder.events == []
+    assert setup.counter("podcron_ticks_missed_total") == 0
