@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 OPENAPI = ROOT / "operator" / "podcron" / "sidecar" / "openapi.yaml"
 # Written by the handlers beside the run record: the generation they reconciled.
-HANDLER_KEYS = {"observedGeneration"}
+# Written by the handlers themselves: the generation seen, and (several replicas) the owner.
+HANDLER_KEYS = {"observedGeneration", "replica"}
 
 RAN = History(
     last_run_time=datetime(2026, 11, 27, 1, 30, 0, 123000, tzinfo=UTC),

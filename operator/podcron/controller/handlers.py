@@ -30,7 +30,7 @@ failed run; repeats aggregate into one Event with a count (see
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import kopf
@@ -40,6 +40,7 @@ from podcron.config import Settings
 from podcron.controller import jobspecs, resource
 from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
+from podcron.controller.replicas import Replicas
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine, JobEvent, RunFinished, RunStatus, ThreadAbandoned
 from podcron.errors import (
@@ -71,6 +72,7 @@ class Reconciler:
         settings: Settings,
         on_reconciled: Callable[[str, str], None] | None = None,
         resources: ResourceManager | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self._engine = engine
         self._writer = writer
@@ -88,6 +90,11 @@ class Reconciler:
         # The jobs listing each resource, and why each failing resource fails.
         self._users: dict[str, set[str]] = {}
         self._unavailable: dict[str, str] = {}
+        # With several replicas: which one this is, and per job UID its id and the
+        # latest status any replica wrote (what a job gained here continues).
+        self._replicas = replicas
+        self._job_of_uid: dict[str, str] = {}
+        self._latest_status: dict[str, Mapping[str, Any]] = {}
         engine.add_listener(self._on_job_event)
         if resources is not None:
             resources.add_listener(self._on_resource)
@@ -99,13 +106,25 @@ class Reconciler:
         kopf.on.create(*coordinates, registry=registry)(self.on_create)
         kopf.on.update(*coordinates, registry=registry, field="spec")(self.on_update)
         # Filtered before the handler is called: nearly every watch event is
-        # the echo of the operator's own status patch, and only deletions matter here.
-        kopf.on.event(*coordinates, registry=registry, when=_is_deletion)(self.on_event)
+        # the echo of a status patch, and only deletions matter here.
+        when = _is_deletion if self._replicas is None else self._note_status
+        kopf.on.event(*coordinates, registry=registry, when=when)(self.on_event)
         kopf.on.field(
             *coordinates,
             registry=registry,
             field=("metadata", "annotations", resource.RUN_NOW_ANNOTATION),
         )(self.on_run_now)
+
+    def _note_status(self, type: str, body: kopf.Body, **_: Any) -> bool:
+        """Keep each job's latest status (cheap: a reference) and let deletions through."""
+        status = body.get("status")
+        if status is not None:
+            self._latest_status[str(body.meta.uid)] = status
+        return _is_deletion(type, body)
+
+    def _owns(self, uid: str) -> bool:
+        """Whether this replica writes the job's run status: its owner, or the only replica."""
+        return self._replicas is None or self._replicas.owns(uid)
 
     # -- handlers ---------------------------------------------------------
 
@@ -126,6 +145,11 @@ class Reconciler:
         namespace, name = str(body.meta.namespace), str(body.meta.name)
         jid = jobspecs.job_id(namespace, name)
         self._engine.remove(jid)
+        if self._replicas is not None:
+            uid = str(body.meta.uid)
+            self._replicas.agent.remove_job(uid)
+            self._job_of_uid.pop(uid, None)
+            self._latest_status.pop(uid, None)
         self._writer.forget(namespace, name)
         self._conditions.forget(jid)
         self._untrack(jid)
@@ -148,6 +172,8 @@ class Reconciler:
         """
         if reason == kopf.Reason.CREATE or not new or new == old:
             return
+        if not self._owns(str(body.meta.uid)):
+            return  # every replica sees the annotation change; the job's owner runs it
         jid = jobspecs.job_id(str(body.meta.namespace), str(body.meta.name))
         ref = self._refs.get(jid)
         try:
@@ -209,6 +235,9 @@ class Reconciler:
             )
         else:
             # Ignored for a job the engine already runs: its own history is newer.
+            if self._replicas is not None:
+                self._job_of_uid[job_spec.uid] = jid
+                self._replicas.agent.add_job(job_spec.uid)
             snapshot = self._engine.upsert(job_spec, history=runrecord.history_from_status(status))
             if job_spec.suspended:
                 scheduled = ("Suspended", "suspended: no runs are scheduled")
@@ -217,7 +246,8 @@ class Reconciler:
             self._track(jid, job_spec.resources, scheduled)
             condition = self._set_ready(jid)
             patch |= jobspecs.schedule_status(job_spec.schedule)
-            patch |= runrecord.run_status(snapshot.record)
+            if self._owns(job_spec.uid):
+                patch |= runrecord.run_status(snapshot.record)
         patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)
@@ -291,7 +321,36 @@ class Reconciler:
             self._writer.update(ref.namespace, ref.name, self._conditions.status(jid))
             self._post_if_changed(ref, previous, condition)
 
+    # -- several replicas ---------------------------------------------------
+
+    def before_gain(self, uids: Sequence[str]) -> None:
+        """Jobs this replica gains continue the counters their previous owner wrote."""
+        for uid in uids:
+            jid, status = self._job_of_uid.get(uid), self._latest_status.get(uid)
+            if jid is not None and status is not None:
+                self._engine.continue_history(jid, runrecord.history_from_status(status))
+
+    def after_gain(self, uids: Sequence[str]) -> None:
+        """Status of the jobs gained now comes from here, and says so."""
+        assert self._replicas is not None  # only called by the replicas' gate
+        for uid in uids:
+            jid = self._job_of_uid.get(uid)
+            ref = None if jid is None else self._refs.get(jid)
+            if jid is None or ref is None:
+                continue
+            try:
+                snapshot = self._engine.snapshot(jid)
+            except JobNotFound:
+                continue
+            patch = runrecord.run_status(snapshot.record) | {"replica": self._replicas.identity}
+            self._writer.update(ref.namespace, ref.name, patch)
+
     def _on_job_event(self, event: JobEvent) -> None:
+        ref = self._refs.get(event.job_id)
+        if ref is not None and not self._owns(ref.uid):
+            # A run that began before the job moved: its outcome is in this replica's
+            # metrics, spans and logs, but status is the new owner's alone.
+            return
         try:
             snapshot = self._engine.snapshot(event.job_id)
         except JobNotFound:

@@ -38,8 +38,10 @@ from podcron.controller.handlers import Reconciler
 from podcron.controller.kubeapi import KubeApi
 from podcron.controller.probes import ProbeServer
 from podcron.controller.readiness import Key, StartupGate, watch_startup
+from podcron.controller.replicas import Replicas
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
+from podcron.engine.clock import SYSTEM_CLOCK
 from podcron.errors import JobConfigError, StartupError
 from podcron.jobconfig import ConfigSource
 from podcron.telemetry import logs, span_export
@@ -109,13 +111,22 @@ def _kube_api() -> KubeApi:
 class _Shutdown:
     """The one shutdown budget, from the signal on, and what must stop the moment it starts."""
 
-    def __init__(self, budget: float, stop: asyncio.Event, control: ControlServer) -> None:
+    def __init__(
+        self,
+        budget: float,
+        stop: asyncio.Event,
+        control: ControlServer,
+        replicas: Replicas | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
         self.budget = budget
         self._stop = stop
         self._control = control
+        self._replicas = replicas
         self._deadline: float | None = None
         self._control_stopped: asyncio.Task[None] | None = None
+        #: With several replicas: the release of this one's jobs, begun at the signal.
+        self.released: asyncio.Task[None] | None = None
 
     def begin(self, why: str) -> float:
         """Start the shutdown, once; returns when its budget ends (loop time).
@@ -129,6 +140,11 @@ class _Shutdown:
             log.info("%s: shutting down within %ss", why, self.budget)
             self._stop.set()
             self.stop_control()
+            if self._replicas is not None:
+                # First of all, so that the jobs move on while this replica drains.
+                self.released = self._loop.create_task(
+                    self._replicas.agent.release(), name="podcron release"
+                )
             self._loop.call_later(self.budget + HARD_EXIT_SECONDS, _hard_exit)
         return self._deadline
 
@@ -231,6 +247,8 @@ class _Drain:
         loop = asyncio.get_running_loop()
         end = self.shutdown.begin("kopf stopped")
         await self.shutdown.stop_control()
+        if self.shutdown.released is not None:
+            await self.shutdown.released
         await self.engine.shutdown()
         log.info("runs ended %.2fs after the signal", loop.time() - (end - self.shutdown.budget))
         # No run holds a resource any more. They close (newest first) beside the
@@ -290,6 +308,9 @@ async def run(settings: Settings) -> None:
     ResourceMetrics(lambda: ((state.name, state.up, state.failures) for state in shared.states()))
     # Without a Secret there is nothing to take out of spans: no copy of each before export.
     spans = span_export.configure_tracing(config.redact_known if settings.job_secrets_dir else None)
+    replicas = Replicas.from_settings(settings, SYSTEM_CLOCK.wall) if settings.ha_ring else None
+    # The gate calls back into the reconciler, which needs the engine: bound below.
+    hooks: list[Reconciler] = []
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
@@ -299,6 +320,12 @@ async def run(settings: Settings) -> None:
         telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
         resources=shared,
         config=config,
+        gate=None
+        if replicas is None
+        else replicas.gate(
+            before_gain=lambda uids: hooks[0].before_gain(uids),
+            after_gain=lambda uids: hooks[0].after_gain(uids),
+        ),
     )
     writer = StatusWriter(
         api.patch_status,
@@ -315,7 +342,17 @@ async def run(settings: Settings) -> None:
         details=shared.readyz_lines,
     )
     control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
-    shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control)
+    shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control, replicas)
+    reconciler = Reconciler(
+        engine=engine,
+        writer=writer,
+        events=events,
+        settings=settings,
+        on_reconciled=gate.reconciled,
+        resources=shared,
+        replicas=replicas,
+    )
+    hooks.append(reconciler)
 
     def list_jobs() -> set[Key]:
         if not settings.namespaces:
@@ -334,6 +371,9 @@ async def run(settings: Settings) -> None:
             ),
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
         ]
+        if replicas is not None:
+            background.append(asyncio.create_task(replicas.agent.run(), name="podcron replica"))
+            teardown.callback(replicas.close)
         teardown.push_async_callback(_cancel, background)
         writer_task = asyncio.create_task(writer.run(), name="podcron status writer")
         teardown.push_async_callback(
@@ -343,18 +383,7 @@ async def run(settings: Settings) -> None:
         # due; before kopf, whose sweep of leftover tasks must leave theirs alone.
         shared.start()
         ours = asyncio.all_tasks()
-        registry = _registry(
-            Reconciler(
-                engine=engine,
-                writer=writer,
-                events=events,
-                settings=settings,
-                on_reconciled=gate.reconciled,
-                resources=shared,
-            ),
-            teardown,
-            ours,
-        )
+        registry = _registry(reconciler, teardown, ours)
         tasks = await kopf.spawn_tasks(
             registry=registry,
             standalone=True,

@@ -83,6 +83,10 @@ def _last_success(history: History | None) -> float | None:
     return history.last_run_time.timestamp() + (history.last_duration_seconds or 0.0)
 
 
+def _ticks_counted(history: History) -> int:
+    return history.counts.total + history.counts.skipped
+
+
 def _job_of_task(task: asyncio.Task[Any]) -> str | None:
     name = task.get_name()
     return name[len(RUN_TASK_PREFIX) :] if name.startswith(RUN_TASK_PREFIX) else None
@@ -245,6 +249,19 @@ class Engine:
         now = _utc(self._clock.wall())
         self._runner.dispatch(job, Trigger.MANUAL, now, parent=parent, manual=True)
         return self._snapshot(job)
+
+    def continue_history(self, job_id: str, history: History) -> None:
+        """Take ``history`` (what status holds) when it counts more runs than the job's own.
+
+        A job another replica ran until now: its counters went on there, and
+        this replica's copy (taken from status when it registered the job)
+        is behind. Counters must never go backwards.
+        """
+        job = self._jobs.get(job_id)
+        if job is None or _ticks_counted(history) <= _ticks_counted(job.history):
+            return
+        job.history = history
+        self._version += 1
 
     def snapshot(self, job_id: str) -> JobSnapshot:
         """The job's current state; raises :class:`JobNotFound`."""

@@ -1,0 +1,114 @@
+"""This replica's place in a ring of replicas, as the operator's handlers need it.
+
+:mod:`podcron.ha` decides which replica starts which job's ticks
+(docs/ha.md); this module connects it to the rest of the operator: the
+Leases through the Kubernetes API, the engine's gate, the metrics, and the
+status ownership rules (only a job's owner writes its run status, and a job
+it gains continues the counters its previous owner wrote).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Callable, Sequence
+
+from podcron.config import Settings
+from podcron.engine.gate import FiringGate, Gain, GateListener, Verdict
+from podcron.ha.agent import Agent
+from podcron.ha.leases import KubeLeaseStore
+from podcron.ha.protocol import Params
+from podcron.telemetry.replica_metrics import ReplicaMetrics
+
+log = logging.getLogger("podcron.replicas")
+
+#: Told the UIDs of jobs this replica gains, before the engine catches them up and after.
+GainHook = Callable[[Sequence[str]], None]
+
+
+class Replicas:
+    """The agent of this replica, and the gate the engine consults through it."""
+
+    def __init__(self, agent: Agent, store: KubeLeaseStore | None = None) -> None:
+        self.agent = agent
+        self._store = store
+        self._before: GainHook | None = None
+        self._after: GainHook | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, wall: Callable[[], float]) -> Replicas:
+        """The agent over the Leases of ``settings.lease_namespace``, counted in /metrics."""
+        store = KubeLeaseStore.from_environment(
+            settings.lease_namespace, timeout_seconds=settings.lease_renew_seconds
+        )
+        params = Params(
+            renew_period=settings.lease_renew_seconds,
+            fire_ahead=settings.fire_bound_seconds,
+            fence_after=settings.lease_stale_seconds,
+        )
+        pod = os.environ.get("POD_NAME") or socket.gethostname()
+        metrics = ReplicaMetrics()
+        agent = Agent(
+            store,
+            ring=settings.ha_ring,
+            pod_name=pod,
+            endpoint=_endpoint(settings),
+            params=params,
+            wall=wall,
+            observer=metrics,
+        )
+        metrics.owned = agent.owned_jobs
+        return cls(agent, store)
+
+    @property
+    def identity(self) -> str:
+        return self.agent.identity
+
+    def owns(self, uid: str) -> bool:
+        """Whether this replica starts the ticks of job ``uid`` (and so writes its status)."""
+        return self.agent.owns(uid)
+
+    def gate(self, *, before_gain: GainHook, after_gain: GainHook) -> FiringGate:
+        """The engine's gate: the agent's verdicts, with gains shown to the hooks around them."""
+        self._before, self._after = before_gain, after_gain
+        return _HookedGate(self)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
+def _endpoint(settings: Settings) -> str:
+    """Where other replicas reach this one's sidecar (a POST forwarded to the owner)."""
+    address = os.environ.get("POD_IP") or settings.sidecar_host
+    return f"{address}:{settings.sidecar_port}"
+
+
+class _HookedGate:
+    """The agent as the engine's :class:`FiringGate`, telling the hooks of each gain."""
+
+    def __init__(self, replicas: Replicas) -> None:
+        self._replicas = replicas
+        self.verdict: Callable[[str, float], Verdict] = replicas.agent.verdict
+
+    def set_listener(self, listener: GateListener) -> None:
+        self._replicas.agent.set_listener(_HookedListener(self._replicas, listener))
+
+
+class _HookedListener:
+    def __init__(self, replicas: Replicas, engine: GateListener) -> None:
+        self._replicas = replicas
+        self._engine = engine
+
+    def bound_moved(self) -> None:
+        self._engine.bound_moved()
+
+    def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
+        keys = [gain.key for gain in gained]
+        before, after = self._replicas._before, self._replicas._after
+        if before is not None and keys:
+            before(keys)
+        self._engine.owners_changed(gained, lost)
+        if after is not None and keys:
+            after(keys)

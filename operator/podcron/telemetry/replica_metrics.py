@@ -1,0 +1,80 @@
+"""The metrics of a replica in a ring: jobs owned, epochs adopted, renewals refused, fences.
+
+A custom collector like the resources' one: counters are plain integers the
+replica's agent bumps through :class:`ReplicaMetrics`' methods (it is the
+agent's observer), and the owned-jobs gauge is read at each scrape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+_OWNED_HELP = "ScheduledJobs whose ticks this replica starts (it owns them in its epoch)."
+_EPOCHS_HELP = "Epochs (member lists of the ring) this replica adopted: each is a handover."
+_GAINED_HELP = "Jobs this replica gained in a handover or failover."
+_RENEW_FAILURES_HELP = (
+    "Renewals of this replica's Lease that failed, by reason: unavailable (no answer from the "
+    "API server) or conflict (someone else wrote it)."
+)
+_FENCED_HELP = "Times this replica found itself fenced and rejoined under a new identity."
+
+
+class ReplicaMetrics:
+    """``podcron_replica_*`` series; :attr:`owned` is called at each scrape."""
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        #: How many jobs the replica owns; set once the agent that knows exists.
+        self.owned: Callable[[], int] = lambda: 0
+        self._epochs = 0
+        self._gained = 0
+        self._renew_failures: dict[str, int] = {"unavailable": 0, "conflict": 0}
+        self._fenced = 0
+        registry.register(self)
+
+    # -- the agent's observer ------------------------------------------------
+
+    def renew_failed(self, reason: str) -> None:
+        self._renew_failures[reason] = self._renew_failures.get(reason, 0) + 1
+
+    def epoch_adopted(self, epoch: int, gained: int, lost: int) -> None:
+        self._epochs += 1
+        self._gained += gained
+
+    def fenced(self) -> None:
+        self._fenced += 1
+
+    # -- the collector ----------------------------------------------------------
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        owned, epochs, gained, failures, fenced = self._families()
+        owned.add_metric([], self.owned())
+        epochs.add_metric([], self._epochs)
+        gained.add_metric([], self._gained)
+        for reason, count in sorted(self._renew_failures.items()):
+            failures.add_metric([reason], count)
+        fenced.add_metric([], self._fenced)
+        yield from (owned, epochs, gained, failures, fenced)
+
+    @staticmethod
+    def _families() -> tuple[
+        GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
+    ]:
+        return (
+            GaugeMetricFamily("podcron_replica_owned_jobs", _OWNED_HELP),
+            CounterMetricFamily("podcron_replica_epochs", _EPOCHS_HELP),
+            CounterMetricFamily("podcron_replica_jobs_gained", _GAINED_HELP),
+            CounterMetricFamily(
+                "podcron_replica_renew_failures", _RENEW_FAILURES_HELP, labels=["reason"]
+            ),
+            CounterMetricFamily("podcron_replica_fenced", _FENCED_HELP),
+        )
