@@ -218,6 +218,36 @@ async def test_held_ticks_of_a_lost_or_removed_job_never_start(setup: Setup) -> 
     assert setup.recorder.events == []
 
 
+async def test_a_held_tick_the_gate_then_gives_away_is_dropped(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(2.5)
+    first, second = (tick for _, tick in gate.asked)
+    # The next epoch's start bound is above the first: that tick is the predecessor's.
+    gate.start_bounds[UID] = first
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [second]
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [second], "asked once: dropped, not held again"
+
+
+async def test_after_shutdown_the_gates_reports_change_nothing(setup: Setup) -> None:
+    await setup.align()
+    setup.gate.owned.add(UID)
+    setup.gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(1.5)
+    await setup.engine.shutdown()
+    setup.gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [UID])
+    assert await setup.dispatched() == []
+
+
 async def test_held_ticks_of_a_job_suspended_meanwhile_never_start(setup: Setup) -> None:
     await setup.align()
     gate = setup.gate
