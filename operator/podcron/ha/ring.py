@@ -8,6 +8,7 @@ wins or held, about 1/n of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -24,9 +25,23 @@ def bucket(uid: str) -> int:
     return _digest(uid) % BUCKETS
 
 
-def score(identity: str, bucket_: int) -> int:
-    """How strongly ``identity`` claims ``bucket_``; the highest score owns it."""
-    return _digest(f"{identity}\x00{bucket_}")
+def _claim(identity: str) -> hashlib.blake2b:
+    """The hash state of an identity's claims, to be completed by a bucket."""
+    return hashlib.blake2b(identity.encode() + b"\x00", digest_size=8)
+
+
+def _score(claim: hashlib.blake2b, bucket_: int) -> bytes:
+    # Copying the state saves hashing the identity again: an epoch's assignment takes
+    # 4096 scores per member.
+    h = claim.copy()
+    h.update(bucket_.to_bytes(2, "big"))
+    digest: bytes = h.digest()
+    return digest
+
+
+def score(identity: str, bucket_: int) -> bytes:
+    """How strongly ``identity`` claims ``bucket_`` (compared as bytes); the highest owns it."""
+    return _score(_claim(identity), bucket_)
 
 
 def owner(members: Iterable[str], bucket_: int) -> str | None:
@@ -38,18 +53,26 @@ def owner(members: Iterable[str], bucket_: int) -> str | None:
     return max(members, key=lambda m: (score(m, bucket_), m), default=None)
 
 
+@functools.lru_cache(maxsize=8)
+def assignment(members: tuple[str, ...]) -> Assignment:
+    """The :class:`Assignment` of a sorted member list, shared by whoever asks for the same list."""
+    return Assignment(members)
+
+
 class Assignment:
     """The owners of one member list, each bucket's computed once, when first asked."""
 
     def __init__(self, members: Iterable[str]) -> None:
         self.members: tuple[str, ...] = tuple(sorted(set(members)))
+        self._claims = [(_claim(m), m) for m in self.members]
         self._owners: list[str | None] = [None] * BUCKETS
         self._known = bytearray(BUCKETS)
 
     def owner_of_bucket(self, bucket_: int) -> str | None:
         """The owner of ``bucket_`` in this member list (None when it has no members)."""
         if not self._known[bucket_]:
-            self._owners[bucket_] = owner(self.members, bucket_)
+            best = max(((_score(claim, bucket_), m) for claim, m in self._claims), default=None)
+            self._owners[bucket_] = None if best is None else best[1]
             self._known[bucket_] = 1
         return self._owners[bucket_]
 

@@ -1,0 +1,371 @@
+"""The replica's protocol loop: renew, observe the ring, coordinate, and answer the engine's gate.
+
+Every ``R`` the agent renews its member Lease by compare-and-swap, lists the
+ring's Leases in one call, lets its :class:`~podcron.ha.protocol.Member`
+draw the consequences, and, when it holds the coordinator Lease (or may take
+it over), writes what :func:`~podcron.ha.protocol.coordinate` decides. The
+engine asks :meth:`Agent.verdict` before each tick; the agent tells it on the
+loop when owners or bounds change. docs/ha.md is the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from podcron.engine.gate import Gain, GateListener, Verdict
+from podcron.errors import LeaseConflict, LeaseGone, StoreUnavailable
+from podcron.ha.protocol import (
+    RING_LABEL,
+    Action,
+    Changes,
+    Delete,
+    EpochView,
+    Fence,
+    Member,
+    MemberState,
+    MemberView,
+    Params,
+    Snapshot,
+    Staleness,
+    WriteEpoch,
+    coordinate,
+    coordinator_lease_name,
+    fenced,
+    hand_back,
+)
+from podcron.ha.ring import bucket
+from podcron.ha.store import CasStore, LeaseRecord
+
+log = logging.getLogger("podcron.ha")
+
+#: What a write to the store may fail with; none of them is an error of this replica.
+_REFUSED = (LeaseConflict, LeaseGone, StoreUnavailable)
+
+
+class AgentObserver(Protocol):
+    """Where the agent reports what metrics count."""
+
+    def renew_failed(self, reason: str) -> None:
+        """A renewal (or the list after it) did not go through: ``unavailable`` or ``conflict``."""
+        ...
+
+    def epoch_adopted(self, epoch: int, gained: int, lost: int) -> None:
+        """This replica adopted ``epoch``; ``gained``/``lost`` count jobs."""
+        ...
+
+    def fenced(self) -> None:
+        """This replica's identity was fenced; it rejoins under a new one."""
+        ...
+
+
+class _NoListener:
+    def bound_moved(self) -> None:
+        pass
+
+    def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
+        pass
+
+
+class Agent:
+    """One replica in a ring: a :class:`~podcron.engine.gate.FiringGate` and its protocol loop.
+
+    ``wall`` is the clock fire bounds are taken from (the engine's, so ticks and
+    bounds agree); ``monotonic`` judges staleness. Both are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        store: CasStore,
+        *,
+        ring: str,
+        pod_name: str,
+        endpoint: str = "",
+        params: Params | None = None,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        new_suffix: Callable[[], str] = lambda: secrets.token_hex(4),
+        observer: AgentObserver | None = None,
+    ) -> None:
+        self._store = store
+        self.ring = ring
+        self.params = params or Params()
+        self._pod_name = pod_name
+        self._endpoint = endpoint
+        self._wall = wall
+        self._monotonic = monotonic
+        self._new_suffix = new_suffix
+        self._observer = observer
+        self._labels = {RING_LABEL: ring}
+        self._selector = f"{RING_LABEL}={ring}"
+        self._listener: GateListener = _NoListener()
+        self._bucket_of: dict[str, int] = {}
+        self._keys_in: dict[int, set[str]] = {}
+        self._held = False
+        self._releasing = False
+        self._released_written = False
+        self._staleness = Staleness()
+        #: The last snapshot of the ring this replica read (for the System API's owners).
+        self.snapshot: Snapshot | None = None
+        self.member = self._new_member()
+
+    def _new_member(self) -> Member:
+        return Member(f"{self._pod_name}-{self._new_suffix()}", self.params, self._endpoint)
+
+    @property
+    def identity(self) -> str:
+        return self.member.identity
+
+    # -- FiringGate --------------------------------------------------------------------
+
+    def verdict(self, key: str, tick: float) -> Verdict:
+        b = self._bucket_of.get(key)
+        answer = self.member.verdict_for_bucket(bucket(key) if b is None else b, tick)
+        if answer is Verdict.HOLD:
+            self._held = True
+        return answer
+
+    def set_listener(self, listener: GateListener) -> None:
+        self._listener = listener
+
+    # -- the jobs this replica may own ---------------------------------------------------
+
+    def set_jobs(self, keys: Iterable[str]) -> None:
+        """The jobs of the ring, all at once (at start); later changes one by one."""
+        wanted = set(keys)
+        for key in [k for k in self._bucket_of if k not in wanted]:
+            self.remove_job(key)
+        for key in wanted:
+            self.add_job(key)
+
+    def add_job(self, key: str) -> None:
+        """A job of the ring. Owned, its ticks get START from now on: no Gain is reported."""
+        if key not in self._bucket_of:
+            b = bucket(key)
+            self._bucket_of[key] = b
+            self._keys_in.setdefault(b, set()).add(key)
+
+    def remove_job(self, key: str) -> None:
+        b = self._bucket_of.pop(key, None)
+        if b is not None:
+            keys = self._keys_in[b]
+            keys.discard(key)
+            if not keys:
+                del self._keys_in[b]
+
+    def owned_jobs(self) -> int:
+        """How many of the known jobs this replica owns now (a gauge; O(jobs), read rarely)."""
+        return sum(len(keys) for b, keys in self._keys_in.items() if self.member.owns(b))
+
+    def owns(self, key: str) -> bool:
+        """Whether this replica owns ``key`` in its epoch (its start bound may be unknown yet)."""
+        b = self._bucket_of.get(key)
+        return self.member.owns(bucket(key) if b is None else b)
+
+    def owner_of(self, key: str) -> str | None:
+        """The identity owning ``key`` in the epoch this replica adopted."""
+        return self.member.assignment.owner_of(key)
+
+    def endpoint_of(self, identity: str) -> str | None:
+        """Where ``identity``'s control port listens, as its Lease last said (None: unknown)."""
+        view = None if self.snapshot is None else self.snapshot.members.get(identity)
+        return None if view is None or not view.endpoint else view.endpoint
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Renews every ``R`` until :meth:`release`; nothing the store does ends it.
+
+        A step that fails unexpectedly is logged and the next one tries again:
+        the member's state changes only on what the store acknowledged, so a
+        step cut short leaves it as careful as before.
+        """
+        loop = asyncio.get_running_loop()
+        while not self._releasing:
+            began = loop.time()
+            try:
+                await self.step()
+            except Exception:
+                log.exception("replica %s: a protocol step failed", self.identity)
+            await asyncio.sleep(max(0.0, self.params.renew_period - (loop.time() - began)))
+
+    async def step(self) -> None:
+        """One renewal and what follows it: the ring observed, coordination done."""
+        if self._releasing:
+            return
+        if self.member.state is MemberState.FENCED:
+            self.member = self._new_member()
+            log.info("rejoining the ring %s as %s", self.ring, self.identity)
+        if not await self._renew():
+            return
+        try:
+            records = await self._store.list(self._selector)
+        except StoreUnavailable:
+            self._report_failure("unavailable")
+            return
+        snapshot = Snapshot.parse(records, self.ring)
+        self.snapshot = snapshot
+        self._staleness.observe(snapshot, self._monotonic())
+        changes = self.member.observe(snapshot)
+        if self.member.state is MemberState.FENCED:
+            self._fenced(changes.lost)
+            return
+        self._apply(changes)
+        await self._coordinate(snapshot)
+
+    async def _renew(self) -> bool:
+        member = self.member
+        annotations = member.annotations(self._wall())
+        try:
+            if member.record is None:
+                record = await self._store.create(
+                    member.lease_name, member.identity, annotations, self._labels
+                )
+            else:
+                record = await self._store.replace(member.record.changed(annotations=annotations))
+            moved = member.acknowledged(record)
+        except (LeaseConflict, LeaseGone):
+            self._report_failure("conflict")
+            try:
+                current = await self._store.get(member.lease_name)
+            except StoreUnavailable:
+                return False
+            moved = member.conflicted(current)
+        except StoreUnavailable:
+            self._report_failure("unavailable")
+            return False
+        if member.state is MemberState.FENCED:
+            self._fenced(member.owned_buckets())
+            return False
+        if moved and self._held:
+            self._held = False
+            self._listener.bound_moved()
+        return True
+
+    def _report_failure(self, reason: str) -> None:
+        if self._observer is not None:
+            self._observer.renew_failed(reason)
+
+    def _fenced(self, lost: list[int]) -> None:
+        log.warning("replica %s was fenced; it starts no tick under this identity", self.identity)
+        self._apply(Changes(lost=lost))
+        if self._observer is not None:
+            self._observer.fenced()
+
+    def _apply(self, changes: Changes) -> None:
+        lost = [k for b in changes.lost for k in self._keys_in.get(b, ())]
+        gained = [
+            Gain(key, bound.start, bound.uncertain_from)
+            for b, bound in changes.gained.items()
+            for key in self._keys_in.get(b, ())
+        ]
+        if changes.adopted is not None:
+            log.info("replica %s adopted epoch %d", self.identity, changes.adopted)
+            if self._observer is not None:
+                self._observer.epoch_adopted(changes.adopted, len(gained), len(lost))
+        if gained or lost:
+            self._listener.owners_changed(gained, lost)
+        if changes.gained and self._held:
+            self._held = False
+            self._listener.bound_moved()
+
+    async def _coordinate(self, snapshot: Snapshot) -> None:
+        actions = coordinate(
+            self.identity, snapshot, self._staleness, self._monotonic(), self.params
+        )
+        if not actions:
+            return
+        members = dict(snapshot.members)
+        epoch = snapshot.epoch
+        for action in actions:
+            try:
+                written = await self._write(action)
+            except _REFUSED:
+                break
+            if isinstance(action, Fence) and written is not None:
+                log.warning("fenced replica %s (its Lease did not move)", written.holder)
+                view = MemberView.parse(written)
+                members[view.identity] = view
+            elif isinstance(action, WriteEpoch) and written is not None:
+                epoch = EpochView.parse(written)
+        if epoch is not snapshot.epoch:
+            # What this replica just published (or took over) applies to it at once.
+            self.snapshot = Snapshot(epoch, members)
+            self._apply(self.member.observe(self.snapshot))
+
+    async def _write(self, action: Action) -> LeaseRecord | None:
+        store = self._store
+        if isinstance(action, Fence):
+            return await store.replace(fenced(action.record))
+        if isinstance(action, Delete):
+            await store.delete(action.record)
+            return None
+        if action.record is None:
+            return await store.create(
+                coordinator_lease_name(self.ring),
+                action.holder,
+                action.annotations(),
+                self._labels,
+            )
+        return await store.replace(
+            action.record.changed(holder=action.holder, annotations=action.annotations())
+        )
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def release(self, within: float | None = None) -> None:
+        """SIGTERM (rule 8): start no tick from now on, say so, hand the coordinator Lease back.
+
+        Retries for ``within`` seconds (2R by default); whatever is not written
+        by then is left to fencing, which is as safe, only slower.
+        """
+        self.begin_release()
+        try:
+            async with asyncio.timeout(2 * self.params.renew_period if within is None else within):
+                # A retry waits a little: the store refused or did not answer.
+                while True:
+                    if await self.release_once():
+                        return
+                    await asyncio.sleep(self.params.renew_period / 4)
+        except TimeoutError:
+            log.warning("replica %s could not write its release in time", self.identity)
+
+    def begin_release(self) -> None:
+        """From now on no tick starts here, under any identity; the engine is told so."""
+        self._releasing = True
+        self._apply(Changes(lost=self.member.release()))
+
+    async def release_once(self) -> bool:
+        """One attempt at what :meth:`release` writes; True once nothing is left to write."""
+        member = self.member
+        if member.state is not MemberState.RELEASED or member.record is None:
+            return True
+        if not self._released_written:
+            try:
+                record = await self._store.replace(
+                    member.record.changed(annotations=member.annotations(self._wall()))
+                )
+            except (LeaseConflict, LeaseGone):
+                try:
+                    current = await self._store.get(member.lease_name)
+                except StoreUnavailable:
+                    return False
+                member.conflicted(current)
+                # Fenced meanwhile: the successors go by the fence, nothing is left to write.
+                return current is None or MemberView.parse(current).fenced
+            except StoreUnavailable:
+                return False
+            member.acknowledged(record)
+            self._released_written = True
+        try:
+            snapshot = Snapshot.parse(await self._store.list(self._selector), self.ring)
+            handed = hand_back(self.identity, snapshot)
+            if handed is not None:
+                await self._write(handed)
+        except _REFUSED:
+            return False
+        return True

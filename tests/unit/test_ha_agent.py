@@ -1,0 +1,274 @@
+"""The agent on a fake loop clock over MemoryStore: ownership, split, failover, release.
+
+Each test runs real :class:`~podcron.ha.agent.Agent` loops; the ``looptime``
+plugin makes their sleeps free, so the protocol's periods (R = 1 s, L = 6 s)
+pass in simulated time and the deadlines below are the protocol's own bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+
+from podcron.engine.gate import Gain, Verdict
+from podcron.ha.agent import Agent
+from podcron.ha.protocol import (
+    FENCED,
+    FIRE_BOUND,
+    HANDOVER_BOUND,
+    MEMBERS,
+    Params,
+    coordinator_lease_name,
+    member_lease_name,
+)
+from podcron.ha.store import Fault, MemoryStore
+
+from .engine_support import LoopClock
+
+pytestmark = pytest.mark.looptime
+
+PARAMS = Params()
+R, LAMBDA, L = PARAMS.renew_period, PARAMS.fire_ahead, PARAMS.fence_after
+JOBS = [f"ns/job-{i}" for i in range(40)]
+
+
+class Listener:
+    """The engine's side of the gate: what the agent told it."""
+
+    def __init__(self) -> None:
+        self.gains: dict[str, Gain] = {}
+        self.lost: list[str] = []
+        self.moved = 0
+
+    def bound_moved(self) -> None:
+        self.moved += 1
+
+    def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
+        self.gains.update((g.key, g) for g in gained)
+        self.lost += lost
+        for key in lost:
+            self.gains.pop(key, None)
+
+
+async def until(condition: Callable[[], object], within: float) -> None:
+    """Waits for ``condition`` on the loop's (fake) clock, for at most ``within`` seconds.
+
+    It looks every 50 ms of that clock: the agents change state inside their
+    steps, which signal nothing a test could wait on more directly.
+    """
+    async with asyncio.timeout(within):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+
+
+class Ring:
+    """Agents over one store, each with its own task; the test decides when they stop."""
+
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.clock = LoopClock()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.listeners: dict[str, Listener] = {}
+        self._suffixes = itertools.count()
+
+    def start(self, name: str, endpoint: str = "") -> Agent:
+        agent = Agent(
+            self.store,
+            ring="t",
+            pod_name=name,
+            endpoint=endpoint,
+            wall=self.clock.wall,
+            monotonic=lambda: asyncio.get_running_loop().time(),
+            new_suffix=lambda: f"{next(self._suffixes):08x}",
+        )
+        agent.set_jobs(JOBS)
+        listener = Listener()
+        agent.set_listener(listener)
+        self.listeners[name] = listener
+        self.tasks[name] = asyncio.create_task(agent.run(), name=f"agent {name}")
+        return agent
+
+    def crash(self, name: str) -> None:
+        self.tasks.pop(name).cancel()
+
+    def annotation(self, lease: str, key: str) -> str:
+        return self.store.leases()[lease].annotations[key]
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+@pytest.fixture
+async def ring() -> AsyncIterator[Ring]:
+    ring = Ring()
+    yield ring
+    await ring.close()
+
+
+def settled(*agents: Agent) -> bool:
+    """``agents`` are the members of the epoch they all adopted, and every job is owned
+    by exactly one of them, with a known start bound."""
+    members = {a.identity for a in agents}
+    if any(set(a.member.assignment.members) != members for a in agents):
+        return False
+    return all(
+        sum(a.owns(k) and a.verdict(k, -math.inf) is Verdict.NOT_OWNER for a in agents) == 1
+        for k in JOBS
+    )
+
+
+async def test_a_single_replica_coordinates_and_owns_every_job(ring: Ring) -> None:
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    coordinator = ring.store.leases()[coordinator_lease_name("t")]
+    assert coordinator.holder == a.identity
+    assert coordinator.annotations[MEMBERS] == a.identity
+    # The ring's first epoch: nobody started a tick before it.
+    assert {g.start_bound for g in ring.listeners["a"].gains.values()} == {-math.inf}
+    assert a.owned_jobs() == len(JOBS)
+    now = ring.clock.wall()
+    assert a.verdict(JOBS[0], math.floor(now)) is Verdict.START
+    assert a.verdict(JOBS[0], now + LAMBDA + R) is Verdict.HOLD
+    # Steady state: one renewal per R, nothing else written.
+    writes, version = ring.store.writes["replace"], coordinator.resource_version
+    await asyncio.sleep(10 * R + R / 2)
+    assert ring.store.writes["replace"] - writes == 10
+    assert ring.store.leases()[coordinator_lease_name("t")].resource_version == version
+
+
+async def test_two_replicas_split_the_jobs_and_the_newcomer_starts_above_the_handover(
+    ring: Ring,
+) -> None:
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    b = ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    moved = [k for k in JOBS if b.owns(k)]
+    assert 0 < len(moved) < len(JOBS)
+    assert sorted(ring.listeners["a"].lost) == sorted(moved)
+    handover = float(ring.annotation(member_lease_name(a.identity), HANDOVER_BOUND))
+    gains = ring.listeners["b"].gains
+    assert {gains[k].start_bound for k in moved} == {handover}
+    assert all(gains[k].uncertain_from is None for k in moved)
+    assert all(a.verdict(k, handover + 1) is Verdict.NOT_OWNER for k in moved)
+
+
+async def test_a_crashed_replica_is_fenced_after_l_and_its_jobs_start_above_its_frozen_bound(
+    ring: Ring,
+) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    lost = [k for k in JOBS if a.owns(k)]
+    ring.crash("a")
+    crashed_at = asyncio.get_running_loop().time()
+    frozen = float(ring.annotation(member_lease_name(a.identity), FIRE_BOUND))
+    await until(lambda: all(k in ring.listeners["b"].gains for k in lost), within=L + 3 * R)
+    # Not before its Lease stood still for L on b's monotonic clock.
+    assert asyncio.get_running_loop().time() - crashed_at >= L
+    assert ring.annotation(member_lease_name(a.identity), FENCED) == "true"
+    gains = ring.listeners["b"].gains
+    assert {(gains[k].start_bound, gains[k].uncertain_from) for k in lost} == {
+        (frozen, frozen - LAMBDA)
+    }
+    assert settled(b)
+
+
+async def test_a_paused_replica_is_fenced_and_rejoins_under_a_new_identity(ring: Ring) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    first = a.identity
+    ring.crash("a")  # its loop stops, its state stays: a pause
+    await until(lambda: settled(b), within=L + 3 * R)
+    await a.step()
+    assert a.identity == first
+    assert not any(a.owns(k) for k in JOBS)
+    assert a.verdict(JOBS[0], ring.clock.wall() - 1) is Verdict.NOT_OWNER
+    ring.tasks["a"] = asyncio.create_task(a.run())
+    await until(lambda: settled(a, b), within=4 * R)
+    assert a.identity != first
+
+
+async def test_a_released_replica_hands_its_jobs_over_within_2r_with_nothing_uncertain(
+    ring: Ring,
+) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    lost = [k for k in JOBS if a.owns(k)]
+    await a.release()
+    assert not any(a.owns(k) for k in JOBS)
+    await until(lambda: settled(b), within=2 * R)
+    handover = float(ring.annotation(member_lease_name(a.identity), HANDOVER_BOUND))
+    gains = ring.listeners["b"].gains
+    assert {(gains[k].start_bound, gains[k].uncertain_from) for k in lost} == {(handover, None)}
+
+
+async def test_failed_renewals_hold_ticks_until_a_renewal_goes_through(ring: Ring) -> None:
+    down = False
+    ring.store.fault = lambda operation, name: Fault.UNAVAILABLE if down else Fault.NONE
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    down = True
+    await asyncio.sleep(LAMBDA + 2 * R)
+    late = math.floor(ring.clock.wall())
+    assert a.verdict(JOBS[0], late) is Verdict.HOLD
+    moved = ring.listeners["a"].moved
+    down = False
+    await until(lambda: ring.listeners["a"].moved > moved, within=2 * R)
+    assert a.verdict(JOBS[0], late) is Verdict.START
+
+
+async def test_jobs_come_and_go_one_at_a_time(ring: Ring) -> None:
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    a.remove_job(JOBS[0])
+    a.add_job("ns/new")
+    assert a.owned_jobs() == len(JOBS)
+    assert a.owns("ns/new")
+    a.set_jobs(JOBS[:3])
+    assert a.owned_jobs() == 3
+
+
+async def test_each_replica_knows_where_the_others_listen(ring: Ring) -> None:
+    a, b = ring.start("a", "10.0.0.1:8081"), ring.start("b", "10.0.0.2:8081")
+    await until(lambda: settled(a, b), within=4 * R)
+    assert a.endpoint_of(b.identity) == "10.0.0.2:8081"
+    assert b.endpoint_of(a.owner_of(JOBS[0]) or "") in {"10.0.0.1:8081", "10.0.0.2:8081"}
+    assert a.endpoint_of("nobody") is None
+
+
+async def test_a_step_that_fails_unexpectedly_is_logged_and_the_loop_goes_on(
+    ring: Ring, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = iter([RuntimeError("a bug in a store")])
+
+    def fault(operation: str, name: str) -> Fault:
+        if operation == "list":
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+        return Fault.NONE
+
+    ring.store.fault = fault
+    a = ring.start("a")
+    await until(lambda: settled(a), within=3 * R)
+    assert "a protocol step failed" in caplog.text
+
+
+async def test_a_released_replica_never_rejoins(ring: Ring) -> None:
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    await a.release()
+    await a.step()
+    await asyncio.sleep(3 * R)
+    assert a.verdict(JOBS[0], ring.clock.wall() - 1) is Verdict.NOT_OWNER
+    assert ring.tasks["a"].done()
+    # The only replica handed the coordinator Lease back: the next one takes it at once.
+    assert ring.store.leases()[coordinator_lease_name("t")].holder == ""

@@ -1,0 +1,238 @@
+"""The protocol's decisions one by one (docs/ha.md): start bounds, firing, the coordinator."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from podcron.engine.gate import Verdict
+from podcron.ha.protocol import (
+    EPOCH,
+    FENCED,
+    FIRE_BOUND,
+    HANDOVER_BOUND,
+    HANDOVER_EPOCH,
+    MEMBERS,
+    OWNED_BOUND,
+    PREVIOUS_MEMBERS,
+    RELEASED,
+    Bound,
+    Delete,
+    Fence,
+    Member,
+    MemberState,
+    MemberView,
+    Params,
+    Snapshot,
+    Staleness,
+    WriteEpoch,
+    coordinate,
+    coordinator_lease_name,
+    hand_back,
+    member_lease_name,
+    start_bound,
+)
+from podcron.ha.ring import bucket
+from podcron.ha.store import LeaseRecord
+
+PARAMS = Params()
+_versions = iter(range(1, 1_000_000))
+
+
+def member(identity: str, **fields: object) -> LeaseRecord:
+    names = {
+        "fire_bound": FIRE_BOUND,
+        "settled": EPOCH,
+        "handover_epoch": HANDOVER_EPOCH,
+        "handover_bound": HANDOVER_BOUND,
+        "owned_bound": OWNED_BOUND,
+    }
+    annotations = {names[k]: str(v) for k, v in fields.items() if k in names}
+    if fields.get("fenced"):
+        annotations[FENCED] = "true"
+    if fields.get("released"):
+        annotations[RELEASED] = "true"
+    return LeaseRecord(member_lease_name(identity), identity, annotations, {}, str(next(_versions)))
+
+
+def epoch(number: int, members: str, previous: str = "", holder: str = "a") -> LeaseRecord:
+    annotations = {EPOCH: str(number), MEMBERS: members, PREVIOUS_MEMBERS: previous}
+    return LeaseRecord(coordinator_lease_name("r"), holder, annotations, {}, str(next(_versions)))
+
+
+def snapshot(*records: LeaseRecord) -> Snapshot:
+    return Snapshot.parse(records, "r")
+
+
+class TestStartBound:
+    def bound(self, predecessor: LeaseRecord, *others: LeaseRecord) -> Bound | None:
+        view = MemberView.parse(predecessor)
+        return start_bound(view, 5, snapshot(predecessor, *others), PARAMS)
+
+    def test_a_predecessor_that_handed_over_gives_its_handover_bound(self) -> None:
+        p = member("p", fire_bound=130, handover_epoch=5, handover_bound=110, settled=4)
+        assert self.bound(p) == Bound(110.0)
+
+    def test_a_predecessor_that_has_not_handed_over_yet_leaves_it_unknown(self) -> None:
+        assert self.bound(member("p", fire_bound=130, handover_epoch=4, settled=4)) is None
+        assert start_bound(None, 5, snapshot(), PARAMS) is None
+
+    def test_a_fenced_predecessor_gives_its_frozen_fire_bound_and_the_uncertain_window(
+        self,
+    ) -> None:
+        p = member("p", fire_bound=130, handover_bound=90, owned_bound=80, settled=4, fenced=True)
+        assert self.bound(p) == Bound(130.0, 128.0)
+
+    def test_a_fenced_predecessor_that_had_not_settled_falls_back_on_the_floor(self) -> None:
+        p = member("p", fire_bound=130, settled=3, fenced=True)
+        # q handed over a bucket p gained but had not learnt the bound of: q's bound counts.
+        q = member("q", fire_bound=170, handover_epoch=4, handover_bound=140, settled=4)
+        assert self.bound(p, q) == Bound(140.0, 128.0)
+
+    def test_a_released_predecessor_gives_its_handover_bound_with_nothing_uncertain(self) -> None:
+        p = member(
+            "p", fire_bound=130, handover_bound=121, owned_bound=80, settled=4, released=True
+        )
+        assert self.bound(p) == Bound(121.0)
+        unsettled = member("p", fire_bound=130, handover_bound=121, settled=3, released=True)
+        q = member("q", handover_bound=125, handover_epoch=4)
+        assert self.bound(unsettled, q) == Bound(125.0, 121.0)
+
+
+class TestMember:
+    def adopted(self, identity: str = "a", members: str = "a") -> Member:
+        m = Member(identity, PARAMS)
+        m.acknowledged(member(identity, fire_bound=102))
+        changes = m.observe(snapshot(member(identity, fire_bound=102), epoch(1, members)))
+        assert changes.adopted == 1
+        return m
+
+    def test_the_fire_bound_written_never_goes_back_with_the_clock(self) -> None:
+        m = Member("a", PARAMS)
+        assert m.annotations(100.0)[FIRE_BOUND] == "102.0"
+        assert m.annotations(50.0)[FIRE_BOUND] == "102.0"
+        assert m.annotations(101.0)[FIRE_BOUND] == "103.0"
+
+    def test_the_firing_rule(self) -> None:
+        m = self.adopted()
+        key = "ns/job"
+        assert m.verdict(key, 102.0) is Verdict.START
+        assert m.verdict(key, 102.5) is Verdict.HOLD  # above the acknowledged fire bound
+        other = Member("b", PARAMS)
+        assert other.verdict(key, 50.0) is Verdict.NOT_OWNER
+
+    def test_a_gained_bucket_holds_until_its_start_bound_is_known(self) -> None:
+        m = Member("b", PARAMS)
+        m.acknowledged(member("b", fire_bound=102))
+        a = member("a", fire_bound=103, settled=1, handover_epoch=1)
+        b = member("b", fire_bound=102)
+        changes = m.observe(snapshot(a, b, epoch(2, "a,b", "a")))
+        gained = [k for k in (f"ns/j{i}" for i in range(50)) if m.owns(bucket(k))]
+        assert gained
+        assert changes.gained == {}
+        assert m.verdict(gained[0], 101.0) is Verdict.HOLD
+        a = member("a", fire_bound=104, settled=2, handover_epoch=2, handover_bound=99.5)
+        changes = m.observe(snapshot(a, b, epoch(2, "a,b", "a")))
+        assert set(changes.gained.values()) == {Bound(99.5)}
+        assert m.settled_epoch == 2
+        assert m.verdict(gained[0], 99.0) is Verdict.NOT_OWNER
+        assert m.verdict(gained[0], 100.0) is Verdict.START
+
+    def test_losing_a_bucket_hands_over_above_every_tick_started(self) -> None:
+        m = self.adopted()
+        keys = [f"ns/j{i}" for i in range(50)]
+        for k in keys:
+            assert m.verdict(k, 101.0) is Verdict.START
+        mine = member("a", fire_bound=102, settled=1, handover_epoch=1)
+        changes = m.observe(snapshot(mine, member("b"), epoch(2, "a,b", "a")))
+        assert changes.lost
+        assert m.handover_bound == 101.0
+        assert m.annotations(101.0)[HANDOVER_EPOCH] == "2"
+
+    def test_a_fenced_lease_fences_the_member_for_good(self) -> None:
+        m = self.adopted()
+        changes = m.observe(snapshot(member("a", fenced=True), epoch(1, "a")))
+        assert m.state is MemberState.FENCED
+        assert len(changes.lost) == 4096
+        assert m.verdict("ns/job", 100.0) is Verdict.NOT_OWNER
+
+    @pytest.mark.parametrize(
+        "published",
+        [epoch(0, ""), epoch(3, "a", "a")],
+        ids=["epoch went back", "an epoch skipped by a member"],
+    )
+    def test_what_only_a_fenced_member_can_see_fences_it(self, published: LeaseRecord) -> None:
+        m = self.adopted()
+        m.observe(snapshot(member("a", fire_bound=102), published))
+        assert m.state is MemberState.FENCED
+
+    def test_a_lost_reply_is_acknowledged_by_the_next_read(self) -> None:
+        m = Member("a", PARAMS)
+        assert not m.conflicted(None)
+        assert m.state is MemberState.FENCED
+        m = Member("a", PARAMS)
+        assert m.conflicted(member("a", fire_bound=102.0))
+        assert m.w_acked == 102.0
+
+    def test_release_covers_every_tick_started_and_stops_starting(self) -> None:
+        m = self.adopted()
+        assert m.verdict("ns/job", 101.0) is Verdict.START
+        lost = m.release()
+        assert len(lost) == 4096
+        written = m.annotations(150.0)
+        assert written[RELEASED] == "true"
+        assert float(written[HANDOVER_BOUND]) == 101.0
+        assert written[FIRE_BOUND] == "102.0"
+        assert m.verdict("ns/job", 101.5) is Verdict.NOT_OWNER
+
+
+class TestCoordinate:
+    def decide(self, *records: LeaseRecord, now: float = 0.0, seen: float = 0.0) -> list[object]:
+        view = snapshot(*records)
+        staleness = Staleness()
+        staleness.observe(view, seen)
+        return list(coordinate("a", view, staleness, now, PARAMS))
+
+    def test_the_first_member_creates_the_first_epoch(self) -> None:
+        assert self.decide(member("a"), member("b")) == [WriteEpoch(None, "a", 1, ("a", "b"), ())]
+
+    def test_a_live_coordinator_is_left_alone(self) -> None:
+        assert self.decide(member("a"), member("b"), epoch(1, "a,b", holder="b")) == []
+
+    def test_a_released_coordinator_is_taken_over_with_the_next_epoch(self) -> None:
+        coordinator = epoch(1, "a,b", holder="b")
+        b = member("b", released=True)
+        actions = self.decide(member("a", settled=1), b, coordinator)
+        assert actions == [WriteEpoch(coordinator, "a", 2, ("a",), ("a", "b"))]
+
+    def test_a_member_still_for_l_is_fenced_and_left_out(self) -> None:
+        coordinator = epoch(1, "a,b")
+        b = member("b", settled=1)
+        assert self.decide(member("a", settled=1), b, coordinator, now=5.9) == []
+        actions = self.decide(member("a", settled=1), b, coordinator, now=6.0)
+        assert actions == [Fence(b), WriteEpoch(coordinator, "a", 2, ("a",), ("a", "b"))]
+
+    def test_no_epoch_before_every_member_settled_the_last(self) -> None:
+        coordinator = epoch(2, "a,b", "a")
+        records = (member("a", settled=2), member("b", settled=1), member("c"), coordinator)
+        assert self.decide(*records) == []
+
+    def test_left_leases_are_deleted_once_every_member_settled(self) -> None:
+        coordinator = epoch(3, "a", "a,b")
+        gone = member("b", fenced=True)
+        assert self.decide(member("a", settled=2), gone, coordinator) == []
+        assert self.decide(member("a", settled=3), gone, coordinator) == [Delete(gone)]
+
+    def test_a_released_coordinator_hands_back_with_the_epoch_without_it(self) -> None:
+        coordinator = epoch(1, "a,b")
+        view = snapshot(member("a", released=True), member("b", settled=1), coordinator)
+        assert hand_back("a", view) == WriteEpoch(coordinator, "", 2, ("b",), ("a", "b"))
+        unsettled = snapshot(member("a", released=True), member("b"), coordinator)
+        assert hand_back("a", unsettled) == WriteEpoch(coordinator, "", 1, ("a", "b"), ())
+        assert hand_back("b", view) is None
+
+
+def test_an_absent_annotation_reads_as_nothing_promised() -> None:
+    view = MemberView.parse(member("x"))
+    assert (view.fire_bound, view.settled_epoch, view.fenced) == (-math.inf, 0, False)
