@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -130,6 +130,10 @@ bench-engine: $(BENCH_STAMP)
 # A warm shared connection (a resource) against one opened per run, over loopback TCP; QUICK=1.
 bench-resources: venv
 	$(PY) benchmarks/bench_resources.py
+
+# The replica protocol's CPU per verdict and per epoch change, and its writes per replica; QUICK=1.
+bench-ha: venv
+	$(PY) benchmarks/bench_ha.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build

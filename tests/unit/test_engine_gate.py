@@ -218,6 +218,36 @@ async def test_held_ticks_of_a_lost_or_removed_job_never_start(setup: Setup) -> 
     assert setup.recorder.events == []
 
 
+async def test_a_held_tick_the_gate_then_gives_away_is_dropped(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(2.5)
+    first, second = (tick for _, tick in gate.asked)
+    # The next epoch's start bound is above the first: that tick is the predecessor's.
+    gate.start_bounds[UID] = first
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [second]
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [second], "asked once: dropped, not held again"
+
+
+async def test_after_shutdown_the_gates_reports_change_nothing(setup: Setup) -> None:
+    await setup.align()
+    setup.gate.owned.add(UID)
+    setup.gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(1.5)
+    await setup.engine.shutdown()
+    setup.gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [UID])
+    assert await setup.dispatched() == []
+
+
 async def test_held_ticks_of_a_job_suspended_meanwhile_never_start(setup: Setup) -> None:
     await setup.align()
     gate = setup.gate
@@ -252,6 +282,29 @@ async def test_a_gained_job_catches_up_above_its_start_bound(setup: Setup) -> No
     await setup.recorder.until(lambda: len(setup.recorder.finished()) == 3)
     await asyncio.sleep(1)
     assert await setup.dispatched(Trigger.SCHEDULED) == [ticks[-1] + 1], "then on schedule"
+
+
+async def test_the_rings_first_gain_catches_up_from_history_as_one_replica_does(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    setup.gate.owned |= {UID, "other"}
+    history = History(
+        last_run_time=datetime.fromtimestamp(setup.clock.wall() - 3600, UTC),
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=5),
+    )
+    setup.engine.upsert(_the_job(every="1h", starting_deadline_seconds=3600), history=history)
+    setup.engine.upsert(spec(_job, name="other", uid="other"), history=history)
+    assert await setup.dispatched() == [], "with a gate, nothing at registration"
+    # Nobody owned them before (the ring's first epoch): no start bound.
+    first = [Gain(UID, start_bound=-math.inf), Gain("other", start_bound=-math.inf)]
+    setup.engine.owners_changed(first, [])
+    (tick,) = await setup.dispatched(Trigger.CATCH_UP)
+    assert tick == math.floor(setup.clock.wall() / 3600) * 3600, "the latest hourly tick"
+    # "other" sets no startingDeadlineSeconds: as with one replica, nothing is caught up.
+    assert [e.job_id for e in setup.recorder.finished()] == ["ns/job"]
+    assert setup.counter("podcron_ticks_missed_total") == 0
 
 
 async def test_a_catch_up_starts_at_most_ten_ticks_the_newest(setup: Setup) -> None:

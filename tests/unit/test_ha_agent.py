@@ -77,11 +77,12 @@ class Ring:
         self.listeners: dict[str, Listener] = {}
         self._suffixes = itertools.count()
 
-    def start(self, name: str) -> Agent:
+    def start(self, name: str, endpoint: str = "") -> Agent:
         agent = Agent(
             self.store,
             ring="t",
             pod_name=name,
+            endpoint=endpoint,
             wall=self.clock.wall,
             monotonic=lambda: asyncio.get_running_loop().time(),
             new_suffix=lambda: f"{next(self._suffixes):08x}",
@@ -233,3 +234,41 @@ async def test_jobs_come_and_go_one_at_a_time(ring: Ring) -> None:
     assert a.owns("ns/new")
     a.set_jobs(JOBS[:3])
     assert a.owned_jobs() == 3
+
+
+async def test_each_replica_knows_where_the_others_listen(ring: Ring) -> None:
+    a, b = ring.start("a", "10.0.0.1:8081"), ring.start("b", "10.0.0.2:8081")
+    await until(lambda: settled(a, b), within=4 * R)
+    assert a.endpoint_of(b.identity) == "10.0.0.2:8081"
+    assert b.endpoint_of(a.owner_of(JOBS[0]) or "") in {"10.0.0.1:8081", "10.0.0.2:8081"}
+    assert a.endpoint_of("nobody") is None
+
+
+async def test_a_step_that_fails_unexpectedly_is_logged_and_the_loop_goes_on(
+    ring: Ring, caplog: pytest.LogCaptureFixture
+) -> None:
+    failures = iter([RuntimeError("a bug in a store")])
+
+    def fault(operation: str, name: str) -> Fault:
+        if operation == "list":
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+        return Fault.NONE
+
+    ring.store.fault = fault
+    a = ring.start("a")
+    await until(lambda: settled(a), within=3 * R)
+    assert "a protocol step failed" in caplog.text
+
+
+async def test_a_released_replica_never_rejoins(ring: Ring) -> None:
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    await a.release()
+    await a.step()
+    await asyncio.sleep(3 * R)
+    assert a.verdict(JOBS[0], ring.clock.wall() - 1) is Verdict.NOT_OWNER
+    assert ring.tasks["a"].done()
+    # The only replica handed the coordinator Lease back: the next one takes it at once.
+    assert ring.store.leases()[coordinator_lease_name("t")].holder == ""

@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -137,9 +137,10 @@ class Replica:
 
 
 class Ring:
-    """The store, the replicas and the ledger of every tick started."""
+    """The store, the replicas and the ledger of every tick started; counts the agents report."""
 
     def __init__(self) -> None:
+        self.counts = {"renew_failed": 0, "epoch_adopted": 0, "fenced": 0}
         self.sim = [0.0]
         self.faults: dict[tuple[str, str], Fault] = {}
         self.store = MemoryStore(fault=self._fault)
@@ -149,6 +150,15 @@ class Ring:
 
     def _fault(self, operation: str, name: str) -> Fault:
         return self.faults.pop((operation, name), Fault.NONE)
+
+    def renew_failed(self, reason: str) -> None:
+        self.counts["renew_failed"] += 1
+
+    def epoch_adopted(self, epoch: int, gained: int, lost: int) -> None:
+        self.counts["epoch_adopted"] += 1
+
+    def fenced(self) -> None:
+        self.counts["fenced"] += 1
 
     def started(self, job: str, tick: int, identity: str) -> None:
         first = self.ledger.setdefault((job, tick), identity)
@@ -163,6 +173,7 @@ class Ring:
             wall=clock.wall,
             monotonic=clock.monotonic,
             new_suffix=lambda: f"{next(self._suffixes):08x}",
+            observer=self,
         )
         agent.set_jobs(JOBS)
         replica = Replica(self, name, clock, agent)
@@ -212,8 +223,13 @@ class ReplicaProtocol(RuleBasedStateMachine):
 
     @initialize(first=clocks, second=clocks)
     def start_two(self, first: Clock, second: Clock) -> None:
+        """Two replicas that formed the ring: the faults start from a working one."""
         self.ring.spawn("a", self._clock(first))
         self.ring.spawn("b", self._clock(second))
+        for _ in range(6):
+            self.ring.advance(0.5)
+            for replica in self.ring.replicas:
+                self.ring.step(replica)
 
     def _pick(self, index: int) -> Replica:
         return self.ring.replicas[index % len(self.ring.replicas)]
@@ -222,7 +238,7 @@ class ReplicaProtocol(RuleBasedStateMachine):
     def advance_time(self, seconds: float) -> None:
         self.ring.advance(seconds)
 
-    @rule(rounds=st.integers(1, 8), order=st.randoms(use_true_random=False))
+    @rule(rounds=st.integers(1, 16), order=st.randoms(use_true_random=False))
     def run_normally(self, rounds: int, order: Any) -> None:
         """Every running replica renews each half second, in an order that varies."""
         for _ in range(rounds):
@@ -231,6 +247,21 @@ class ReplicaProtocol(RuleBasedStateMachine):
             order.shuffle(replicas)
             for replica in replicas:
                 self.ring.step(replica)
+
+    @rule(
+        index=st.integers(0, 15),
+        seconds=st.floats(0.5, 20.0),
+        order=st.randoms(use_true_random=False),
+    )
+    def pause_while_the_others_run(self, index: int, seconds: float, order: Any) -> None:
+        """SIGSTOP, the others carry on, SIGCONT: the paused engine asks first, then it renews."""
+        replica = self._pick(index)
+        if not replica.running:
+            return
+        self.pause(index, seconds)
+        self.run_normally(math.ceil(seconds / 0.5), order)
+        if replica.running:
+            self.ring.step(replica)
 
     @rule(index=st.integers(0, 15))
     def renew(self, index: int) -> None:
@@ -301,6 +332,19 @@ class ReplicaProtocol(RuleBasedStateMachine):
     def join(self, clock: Clock) -> None:
         if sum(not r.dead for r in self.ring.replicas) < MAX_REPLICAS:
             self.ring.spawn(f"j{len(self.ring.replicas)}", self._clock(clock))
+
+    def teardown(self) -> None:
+        # What the example went through (pytest --hypothesis-show-statistics): the
+        # check is worth what its examples reach.
+        counts = self.ring.counts
+        coordinator = self.ring.store.leases().get("podcron-coordinator-model")
+        epochs = 0 if coordinator is None else int(coordinator.annotations["podcron.dev/epoch"])
+        event(f"epochs published: {'5+' if epochs >= 5 else epochs}")
+        event(f"replicas fenced: {'2+' if counts['fenced'] >= 2 else counts['fenced']}")
+        uncertain = any(r.engine is not None and r.engine.uncertain for r in self.ring.replicas)
+        event(f"gains with uncertain ticks: {uncertain}")
+        event(f"renewals failed: {counts['renew_failed'] > 0}")
+        event(f"replicas started: {len(self.ring.replicas)}")
 
     @invariant()
     def a_member_never_starts_above_its_acknowledged_bound(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -378,15 +379,23 @@ class Engine:
     # -- dispatch ---------------------------------------------------------
 
     def _catch_up(self, job: JobState, history: History, now: float) -> None:
+        """The one catch-up run status history allows: its latest tick, if missed and not late."""
         deadline = job.spec.starting_deadline_seconds
         if deadline is None or job.spec.suspended or history.last_run_time is None:
             return
         missed = job.spec.schedule.last_at_or_before(_utc(now))
         if missed is None or missed <= history.last_run_time:
             return
-        if now - missed.timestamp() <= deadline:
-            log.info("job %s catches up on its tick of %s", job.spec.job_id, missed.isoformat())
-            self._runner.dispatch(job, Trigger.CATCH_UP, missed, parent=None, manual=False)
+        tick = missed.timestamp()
+        if job.next_due is not None and tick >= job.next_due:
+            return  # the timer's, due but not yet popped
+        if now - tick > deadline:
+            return
+        gate = self._gate
+        if gate is not None and not self._gate_allows(gate, job, tick, Trigger.CATCH_UP):
+            return
+        log.info("job %s catches up on its tick of %s", job.spec.job_id, missed.isoformat())
+        self._runner.dispatch(job, Trigger.CATCH_UP, missed, parent=None, manual=False)
 
     # -- the firing gate (several replicas) ---------------------------------
 
@@ -462,6 +471,11 @@ class Engine:
         # The catch-up covers every tick held so far; they must not start twice.
         self._held.forget(spec.job_id)
         if spec.suspended:
+            return
+        if not math.isfinite(gain.start_bound):
+            # No replica ever owned it (the ring's first epoch): what it missed is known from
+            # its status history only, and caught up as a single replica would.
+            self._catch_up(job, job.history, now)
             return
         plan = plan_catch_up(
             spec.schedule,

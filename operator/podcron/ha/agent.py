@@ -106,6 +106,7 @@ class Agent:
         self._bucket_of: dict[str, int] = {}
         self._keys_in: dict[int, set[str]] = {}
         self._held = False
+        self._releasing = False
         self._released_written = False
         self._staleness = Staleness()
         #: The last snapshot of the ring this replica read (for the System API's owners).
@@ -142,6 +143,7 @@ class Agent:
             self.add_job(key)
 
     def add_job(self, key: str) -> None:
+        """A job of the ring. Owned, its ticks get START from now on: no Gain is reported."""
         if key not in self._bucket_of:
             b = bucket(key)
             self._bucket_of[key] = b
@@ -168,19 +170,32 @@ class Agent:
         """The identity owning ``key`` in the epoch this replica adopted."""
         return self.member.assignment.owner_of(key)
 
+    def endpoint_of(self, identity: str) -> str | None:
+        """Where ``identity``'s control port listens, as its Lease last said (None: unknown)."""
+        view = None if self.snapshot is None else self.snapshot.members.get(identity)
+        return None if view is None or not view.endpoint else view.endpoint
+
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Renews every ``R`` until :meth:`release`; the store's failures never end it."""
+        """Renews every ``R`` until :meth:`release`; nothing the store does ends it.
+
+        A step that fails unexpectedly is logged and the next one tries again:
+        the member's state changes only on what the store acknowledged, so a
+        step cut short leaves it as careful as before.
+        """
         loop = asyncio.get_running_loop()
-        while self.member.state is not MemberState.RELEASED:
+        while not self._releasing:
             began = loop.time()
-            await self.step()
+            try:
+                await self.step()
+            except Exception:
+                log.exception("replica %s: a protocol step failed", self.identity)
             await asyncio.sleep(max(0.0, self.params.renew_period - (loop.time() - began)))
 
     async def step(self) -> None:
         """One renewal and what follows it: the ring observed, coordination done."""
-        if self.member.state is MemberState.RELEASED:
+        if self._releasing:
             return
         if self.member.state is MemberState.FENCED:
             self.member = self._new_member()
@@ -320,7 +335,8 @@ class Agent:
             log.warning("replica %s could not write its release in time", self.identity)
 
     def begin_release(self) -> None:
-        """From now on no tick starts here; the engine is told it owns nothing."""
+        """From now on no tick starts here, under any identity; the engine is told so."""
+        self._releasing = True
         self._apply(Changes(lost=self.member.release()))
 
     async def release_once(self) -> bool:
