@@ -50,7 +50,9 @@ class Verdict:
     replicas: int
     jobs: int
     ticks: int
+    #: Of ticks in the window (comparable with ``ticks``), and of every tick in the ledger.
     duplicates: int
+    duplicates_all: int
     missed: int
     missed_outside_window: int
     #: The operators' counts; None where they do not export them (every missing tick is missed).
@@ -74,6 +76,7 @@ class Verdict:
             "sigterm_handover_max_s": _seconds(self.sigterm_handover_max_s),
             "writes_per_s": f"{self.writes_per_s:.1f}",
             "lease_writes_per_s": f"{self.lease_writes_per_s:.2f}",
+            "duplicates_all": self.duplicates_all,
             "missed": self.missed,
             "counted_missed": _count(self.counted_missed),
             "failovers_unrecovered": self.failovers_unrecovered,
@@ -90,9 +93,11 @@ def _seconds(value: float) -> str:
     return "none" if math.isnan(value) else f"{value:.2f}"
 
 
-def duplicates(entries: Iterable[Entry]) -> int:
-    """Starts beyond the first of each (job, tick), over the whole ledger."""
-    starts = collections.Counter((entry.job, _key(entry.tick)) for entry in entries)
+def duplicates(entries: Iterable[Entry], start: float = -math.inf, end: float = math.inf) -> int:
+    """Starts beyond the first of each (job, tick), for ticks in ``[start, end)``."""
+    starts = collections.Counter(
+        (entry.job, _key(entry.tick)) for entry in entries if start <= entry.tick < end
+    )
     return sum(count - 1 for count in starts.values())
 
 
@@ -173,7 +178,8 @@ def judge(
         replicas=replicas,
         jobs=len(schedules),
         ticks=ticks,
-        duplicates=duplicates(entries),
+        duplicates=duplicates(entries, *window),
+        duplicates_all=duplicates(entries),
         missed=missed,
         missed_outside_window=max(0, missed - excused),
         uncertain=uncertain,

@@ -190,7 +190,12 @@ class ProxyLoop:
         async def close_all() -> None:
             for proxy in self._proxies:
                 await proxy._close()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         self.call(close_all())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()

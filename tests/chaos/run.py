@@ -475,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_binaries(), settings.workdir.resolve() / "controlplane"
     ) as plane:
         verdict = run(settings, plane)
-    return 1 if verdict.duplicates or verdict.missed_outside_window else 0
+    return 1 if verdict.duplicates_all or verdict.missed_outside_window else 0
 
 
 if __name__ == "__main__":
