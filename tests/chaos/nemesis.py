@@ -133,6 +133,10 @@ class Nemesis:
         self._began = time.monotonic()
         self._thread.start()
 
+    def running(self) -> bool:
+        """Whether the plan is still being carried out."""
+        return self._thread.is_alive()
+
     def join(self) -> None:
         """Wait for the plan to finish (every fault healed); re-raise what broke it."""
         self._thread.join()
@@ -140,8 +144,8 @@ class Nemesis:
             raise self.error
 
     def stop(self) -> None:
+        """Stop waiting: what is injected is healed at once, and nothing new starts."""
         self._stop.set()
-        self._thread.join()
 
     def _sleep_until(self, at: float) -> bool:
         return not self._stop.wait(max(0.0, self._began + at - time.monotonic()))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -189,6 +190,7 @@ class Cluster:
         self._scraping = threading.Event()
         self._scraper = threading.Thread(target=self._scrape_loop, name="scraper", daemon=True)
         self._apiserver_lock = threading.Lock()
+        self._calls: queue.Queue[Callable[[], None]] = queue.Queue()
 
     # -- nemesis.Targets
 
@@ -221,11 +223,45 @@ class Cluster:
             os.killpg(self.plane.pids[name], signal.SIGKILL)
 
     def restart_control_plane(self, name: str) -> None:
-        with self._apiserver_lock:
-            self.plane.restart(name)
-            if name == "kube-apiserver":
-                self.writes.restarted()
-                self.lease_writes.restarted()
+        def restart() -> None:
+            with self._apiserver_lock:
+                self.plane.restart(name)
+                if name == "kube-apiserver":
+                    self.writes.restarted()
+                    self.lease_writes.restarted()
+
+        self._on_main_thread(restart)
+
+    def _on_main_thread(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the thread in :meth:`serve`, and wait for it.
+
+        The control plane's processes die with the thread that started them
+        (PR_SET_PDEATHSIG): one restarted from the nemesis's thread would be killed by the
+        kernel when that thread ends.
+        """
+        done: queue.Queue[BaseException | None] = queue.Queue()
+
+        def wrapped() -> None:
+            try:
+                call()
+            except BaseException as error:
+                done.put(error)
+            else:
+                done.put(None)
+
+        self._calls.put(wrapped)
+        error = done.get()
+        if error is not None:
+            raise error
+
+    def serve(self, until: float, busy: Callable[[], bool]) -> None:
+        """Carry out calls posted by the nemesis until monotonic ``until`` and while ``busy()``."""
+        while time.monotonic() < until or busy():
+            try:
+                call = self._calls.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            call()
 
     def signal_control_plane(self, name: str, signum: int) -> None:
         os.kill(self.plane.pids[name], signum)
@@ -380,8 +416,13 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         _log(f"window open for {settings.seconds:g}s")
         chaos = nemesis.Nemesis(steps, cluster, _log)
         chaos.start()
-        time.sleep(settings.seconds)
-        window_end = time.time()
+        try:
+            window_closes = time.monotonic() + settings.seconds
+            cluster.serve(window_closes, busy=lambda: False)
+            window_end = time.time()
+            cluster.serve(window_closes, busy=chaos.running)
+        finally:
+            chaos.stop()  # the plan is over by now, unless something failed
         chaos.join()
         cluster.read_apiserver()
         writes, lease_writes = cluster.writes.total, cluster.lease_writes.total
