@@ -6,7 +6,7 @@ intervals cycling through ``--intervals``); start each operator with a kubeconfi
 pointing at its proxy (and, for clock faults, libfaketime preloaded); wait until every job
 has started a tick (the warm-up); open the window and let the nemesis carry out its plan;
 close the window, heal, let the stragglers land (the settle time); read the ledger and the
-counters, print the verdict and the RESULT line. Everything is kept in ``--workdir``.
+counters, print the verdict and the RESULT line. Everything is kept in ``--workdir``, emptied first.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -512,9 +513,10 @@ def _settings(argv: Sequence[str] | None) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = _settings(argv)
-    with ControlPlane.start(
-        ensure_binaries(), settings.workdir.resolve() / "controlplane"
-    ) as plane:
+    workdir = settings.workdir.resolve()
+    # A run's record is the last run's only: etcd's data in particular must start empty.
+    shutil.rmtree(workdir, ignore_errors=True)
+    with ControlPlane.start(ensure_binaries(), workdir / "controlplane") as plane:
         verdict = run(settings, plane)
     return 1 if verdict.duplicates_all or verdict.missed_outside_window else 0
 
