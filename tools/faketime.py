@@ -1,9 +1,19 @@
 """libfaketime, for the chaos run's clock faults: Debian's ``libfaketime``, installed when missing.
 
-A process started with ``LD_PRELOAD`` pointing at the library reads its wall clock through it;
-with ``FAKETIME_TIMESTAMP_FILE`` and ``FAKETIME_NO_CACHE=1`` the offset and rate can be changed
-while it runs, by rewriting that file (``+60``, ``-60``, ``+0 x2``, ``+0 x0.5``). The monotonic
-clock is left alone (``FAKETIME_DONT_FAKE_MONOTONIC=1``): timers and timeouts keep real time.
+A process started with ``LD_PRELOAD`` pointing at the library reads its wall clock through it.
+With ``FAKETIME_TIMESTAMP_FILE`` the clock can be changed while it runs, by rewriting that file
+(read again at most every ``CACHE_SECONDS``, so a change applies within about two seconds).
+The monotonic clock is left alone (``FAKETIME_DONT_FAKE_MONOTONIC=1``), but libfaketime
+still scales the process's sleeps (``epoll_wait``, ``select``) by the rate, and
+``time.sleep()`` fails with EINVAL under it.
+
+libfaketime 0.9.10 can do one of two things to a running process, chosen when it starts:
+
+* steps (``continuous=False``): ``+60 x1`` and ``-60 x1`` move the clock at once; a rate,
+  though, would count from the process's start, so the clock would leap.
+* rates (``continuous=True``, ``FAKETIME_XRESET``): ``+0 x2`` and ``+0 x0.5`` change the
+  rate from that instant, the clock continuous; offsets in the file are then ignored, and
+  going back to ``x1`` leaves the clock off by what it gained or lost.
 
 Installed the way tools/kindengine.py installs docker.io: apt-get, as root, first run only.
 """
@@ -19,6 +29,7 @@ from pathlib import Path
 PACKAGE = "libfaketime"
 LIBRARY = "libfaketime.so.1"
 #: Where Debian puts it (multiarch directory first, then the other usual places).
+CACHE_SECONDS = 1
 SEARCH = ("/usr/lib/*-linux-gnu/faketime", "/usr/lib/faketime", "/usr/lib64/faketime")
 
 
@@ -64,14 +75,18 @@ def ensure_libfaketime() -> Path:
     return found
 
 
-def environment(library: Path, timestamp_file: Path) -> dict[str, str]:
-    """What a process needs in its environment to read its clock through ``timestamp_file``."""
-    return {
+def environment(library: Path, timestamp_file: Path, *, continuous: bool) -> dict[str, str]:
+    """What a process needs in its environment to read its clock through ``timestamp_file``.
+
+    ``continuous``: rate changes (the clock never leaps) rather than steps; see above.
+    """
+    variables = {
         "LD_PRELOAD": str(library),
         "FAKETIME_TIMESTAMP_FILE": str(timestamp_file),
-        # Re-read the file on every call, so a rewrite applies at once.
-        "FAKETIME_NO_CACHE": "1",
+        # FAKETIME_NO_CACHE would re-read the file on every clock read: 100 us each.
+        "FAKETIME_CACHE_DURATION": str(CACHE_SECONDS),
         "FAKETIME_DONT_FAKE_MONOTONIC": "1",
-        # A new rate starts from the instant it is set, not from the process's start.
-        "FAKETIME_XRESET": "1",
     }
+    if continuous:
+        variables["FAKETIME_XRESET"] = "1"
+    return variables

@@ -30,7 +30,8 @@ KINDS = {
     "apiserver": "SIGKILL kube-apiserver; start it again after `seconds`",
     "etcd": "SIGSTOP etcd, then SIGCONT",
     "clock": "an operator's wall clock `value` seconds off (libfaketime)",
-    "rate": "an operator's wall clock running at `value` times real time (libfaketime)",
+    "rate": "an operator's wall clock running at `value` times real time (libfaketime); "
+    "back at x1 it stays off by what it gained or lost until the process restarts",
 }
 #: Kinds that need libfaketime in the operators.
 CLOCK_KINDS = frozenset({"clock", "rate"})
@@ -87,20 +88,33 @@ def plan(
     """The faults of one run, in order; empty when ``kinds`` is."""
     rng = random.Random(seed)
     steps: list[Step] = []
+    # libfaketime steps a process's clock or changes its rate, not both (tools/faketime.py):
+    # the first clock fault on a replica decides which kind it gets.
+    clock_kind: dict[str, str] = {}
     at = rng.uniform(*GAP_SECONDS)
     while kinds:
         kind = rng.choice(kinds)
         seconds, value = _duration(rng, kind, lease_stale)
-        target = (
-            rng.choice(replicas)
-            if kind in OPERATOR_KINDS
-            else kind.replace("apiserver", "kube-apiserver")
-        )
+        if kind in CLOCK_KINDS:
+            fitting = [r for r in replicas if clock_kind.get(r, kind) == kind]
+            if not fitting:
+                continue
+            target = rng.choice(fitting)
+            clock_kind[target] = kind
+        elif kind in OPERATOR_KINDS:
+            target = rng.choice(replicas)
+        else:
+            target = kind.replace("apiserver", "kube-apiserver")
         if at + seconds > window_seconds - QUIET_END_SECONDS:
             break
         steps.append(Step(round(at, 1), kind, target, round(seconds, 1), value))
         at += seconds + rng.uniform(*GAP_SECONDS)
     return steps
+
+
+def rate_changed(steps: Sequence[Step]) -> set[str]:
+    """The replicas whose clock rate the plan changes: libfaketime's continuous mode for them."""
+    return {step.target for step in steps if step.kind == "rate"}
 
 
 class Targets(Protocol):

@@ -99,6 +99,8 @@ class Replica:
         workdir: Path,
         env: Mapping[str, str],
         faketime: Path | None,
+        *,
+        continuous_clock: bool,
     ) -> None:
         self.name = name
         self.proxy = proxy
@@ -117,7 +119,9 @@ class Replica:
             "PODCRON_CONTROL_SOCKET": str(workdir / "control.sock"),
         }
         if faketime is not None:
-            self._env |= faketime_environment(faketime, self.clock_file)
+            self._env |= faketime_environment(
+                faketime, self.clock_file, continuous=continuous_clock
+            )
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
         #: The operator counters last read from each process (by pid), summed at the end.
@@ -399,7 +403,15 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
     env |= {f"PODCRON_{key.upper()}": value for key, value in settings.ha.items()}
     proxies = ProxyLoop()
     replicas = [
-        Replica(name, plane, proxies.proxy(plane.port), workdir / name, env, library)
+        Replica(
+            name,
+            plane,
+            proxies.proxy(plane.port),
+            workdir / name,
+            env,
+            library,
+            continuous_clock=name in nemesis.rate_changed(steps),
+        )
         for name in replica_names
     ]
     cluster = Cluster(plane, replicas)

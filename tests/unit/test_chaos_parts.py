@@ -52,6 +52,13 @@ def test_a_seed_names_one_plan_and_every_fault_ends_before_the_window_closes() -
     assert nemesis.plan(5, (), ["r0"], 600, lease_stale=6) == []
 
 
+def test_a_replica_gets_clock_steps_or_rate_changes_never_both() -> None:
+    for seed in range(20):
+        steps = nemesis.plan(seed, ("clock", "rate", "kill"), ["r0", "r1"], 600, lease_stale=6)
+        stepped = {step.target for step in steps if step.kind == "clock"}
+        assert not stepped & nemesis.rate_changed(steps)
+
+
 @pytest.fixture
 def echo() -> Iterator[int]:
     """A loopback server that answers every chunk with the same bytes."""
