@@ -22,7 +22,7 @@ from tests.chaos import nemesis
 from tests.chaos.run import Settings, run
 
 HA = importlib.util.find_spec("podcron.ha") is not None
-SEED = int(os.environ.get("PODCRON_CHAOS_SEED", "3"))
+SEED = int(os.environ.get("PODCRON_CHAOS_SEED", "8"))
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration, pytest.mark.timeout(600)]
 
