@@ -1,4 +1,4 @@
-"""The short chaos run `make test` includes (``-m chaos`` selects it): 100 jobs, about a minute.
+"""The short chaos run `make test` includes (``-m chaos`` selects it): 100 jobs, 45 s of faults.
 
 With one replica (today) the faults are those one process must survive without starting a
 tick twice; clock faults are left out, because a single process whose clock stepped forward
@@ -36,7 +36,7 @@ def test_every_tick_starts_at_most_once_under_faults(tmp_path: Path) -> None:
     settings = Settings(
         replicas=3 if HA else 1,
         jobs=100,
-        seconds=60,
+        seconds=45,
         seed=SEED,
         kinds=kinds,
         intervals=(2, 5, 10),
