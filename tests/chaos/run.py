@@ -276,10 +276,12 @@ class Cluster:
     def read_apiserver(self) -> None:
         """One read of the API server's request counters (nothing if it does not answer)."""
         with self._apiserver_lock:
+            # The page is a few MB: a loaded machine takes seconds to send it.
             result = self.plane.kubectl(
-                "get", "--raw", "/metrics", "--request-timeout=5s", check=False
+                "get", "--raw", "/metrics", "--request-timeout=30s", check=False
             )
             if result.returncode != 0:
+                _log(f"the API server's /metrics was not read: {result.stderr.strip()[-200:]}")
                 return
             requests = counters.samples(result.stdout, "apiserver_request_total")
             self.writes.read(requests)
