@@ -1,11 +1,11 @@
 """The short chaos run `make test` includes (``-m chaos`` selects it): 100 jobs, 45 s of faults.
 
 With one replica (today) the faults are those one process must survive without starting a
-tick twice; clock faults are left out, because a single process whose clock stepped forward
-and back, then restarted, starts again the ticks it started early (nothing remembers them
-across the restart; docs/ha.md's fire bound does). Once the operator has ``podcron.ha``, the
-run uses three replicas on one ring with every fault, and no tick may go missing outside what
-the operators counted as uncertain or missed either.
+tick twice; clock faults are left out: a process whose clock was stepped forward starts ticks
+early, and a successor started before real time reaches them would start them again (nothing
+remembers them across the restart; docs/ha.md's fire bound does). Once the operator has
+``podcron.ha``, the run uses three replicas on one ring with every fault, and no tick may go
+missing outside what the operators counted as uncertain or missed either.
 """
 
 from __future__ import annotations
