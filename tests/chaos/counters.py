@@ -68,3 +68,18 @@ def mutating(on: str | None = None) -> Callable[[dict[str, str]], bool]:
         )
 
     return accept
+
+
+def exported(page: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each of the counters ``names`` the page declares, summed over its samples.
+
+    A counter declared with no samples yet (no label set used) is there, at 0; one the page
+    does not declare is left out. The declaration names the counter with or without
+    ``_total``, depending on the client and the format.
+    """
+    found: dict[str, float] = {}
+    for name in names:
+        base = name.removesuffix("_total")
+        if f"# TYPE {name} " in page or f"# TYPE {base} " in page:
+            found[name] = sum(samples(page, name).values())
+    return found

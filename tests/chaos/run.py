@@ -174,9 +174,7 @@ class Replica:
                 page = response.read().decode()
         except OSError:
             return
-        found = {name: sum(counters.samples(page, name).values()) for name in OPERATOR_COUNTERS}
-        present = {name: value for name, value in found.items() if f"# TYPE {name[:-6]}" in page}
-        self.counters[process.pid] = present
+        self.counters[process.pid] = counters.exported(page, OPERATOR_COUNTERS)
 
     def stop(self) -> None:
         self.signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM

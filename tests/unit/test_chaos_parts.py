@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.chaos import nemesis
-from tests.chaos.counters import ResettingSum, mutating, samples
+from tests.chaos.counters import ResettingSum, exported, mutating, samples
 from tests.chaos.proxy import Mode, ProxyLoop
 
 PAGE = """\
@@ -36,6 +36,20 @@ def test_counters_sum_increases_across_a_restart() -> None:
     leases.restarted()
     leases.read(samples(PAGE.replace("} 10", "} 1"), "apiserver_request_total"))
     assert leases.total == 7
+
+
+def test_operator_counters_count_when_declared_and_are_absent_otherwise() -> None:
+    page = """\
+# TYPE podcron_ticks_uncertain_total counter
+podcron_ticks_uncertain_total{namespace="a"} 2.0
+podcron_ticks_uncertain_total{namespace="b"} 1.0
+# TYPE podcron_ticks_missed counter
+"""
+    names = ("podcron_ticks_uncertain_total", "podcron_ticks_missed_total", "podcron_x_total")
+    assert exported(page, names) == {
+        "podcron_ticks_uncertain_total": 3.0,
+        "podcron_ticks_missed_total": 0.0,
+    }
 
 
 def test_a_seed_names_one_plan_and_every_fault_ends_before_the_window_closes() -> None:
