@@ -489,6 +489,12 @@ def _settings(argv: Sequence[str] | None) -> Settings:
         help=f"an HA setting for every operator, one of {', '.join(HA_SETTINGS)}",
     )
     parser.add_argument("--workdir", type=Path, default=Path("build/chaos"))
+    parser.add_argument(
+        "--warmup-timeout",
+        type=float,
+        default=600.0,
+        help="seconds for every job to start its first tick before the run gives up",
+    )
     args = parser.parse_args(argv)
     if args.faults == "all":
         kinds = tuple(nemesis.KINDS)
@@ -520,6 +526,7 @@ def _settings(argv: Sequence[str] | None) -> Settings:
         intervals=tuple(int(i) for i in args.intervals.split(",")),
         ha=ha,
         workdir=args.workdir,
+        warmup_timeout=args.warmup_timeout,
     )
 
 
