@@ -142,6 +142,8 @@ class Nemesis:
         self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
         self.faults: list[Fault] = []
         self.error: BaseException | None = None
+        #: When the last fault was healed (monotonic); slow restarts put it past the plan.
+        self.finished_at = 0.0
 
     def start(self) -> None:
         self._began = time.monotonic()
@@ -173,6 +175,8 @@ class Nemesis:
                 self._apply(step)
         except BaseException as error:  # reported by join(), on the caller's thread
             self.error = error
+        finally:
+            self.finished_at = time.monotonic()
 
     def _record(self, step: Step) -> None:
         pid = self._targets.pid(step.target) if step.kind in OPERATOR_KINDS else 0

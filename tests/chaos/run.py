@@ -430,10 +430,11 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         chaos = nemesis.Nemesis(steps, cluster, _log)
         chaos.start()
         try:
-            window_closes = time.monotonic() + settings.seconds
-            cluster.serve(window_closes, busy=lambda: False)
+            cluster.serve(time.monotonic() + settings.seconds, busy=chaos.running)
+            # Restarts on a loaded machine push the plan late: the window keeps its quiet end
+            # after the last fault, so that what that fault cost is inside it.
+            cluster.serve(chaos.finished_at + nemesis.QUIET_END_SECONDS, busy=lambda: False)
             window_end = time.time()
-            cluster.serve(window_closes, busy=chaos.running)
         finally:
             chaos.stop()  # the plan is over by now, unless something failed
         chaos.join()
