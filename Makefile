@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -142,3 +142,16 @@ clean:
 # jobs themselves. DURATION=300 for 5-minute windows; PROFILE=1 adds a py-spy profile of (a).
 bench-operator: $(BENCH_STAMP) binaries
 	$(PY) benchmarks/bench_operator.py
+
+# Operators under injected faults (tests/chaos, docs/testing.md): every tick started at most once,
+# and exactly once outside what the operators counted. HA="ha_ring=chaos lease_stale_seconds=6"
+# passes HA settings to every operator; FAULTS=none or a comma-separated list of kinds.
+REPLICAS ?= 3
+JOBS ?= 2000
+MINUTES ?= 10
+SEED ?= 1
+FAULTS ?= all
+HA ?=
+chaos: venv binaries
+	PYTHONPATH=tools $(PY) -m tests.chaos.run --replicas $(REPLICAS) --jobs $(JOBS) \
+		--minutes $(MINUTES) --seed $(SEED) --faults $(FAULTS) $(foreach s,$(HA),--ha $(s))

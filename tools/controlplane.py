@@ -264,6 +264,7 @@ class ControlPlane:
         self.ca_file = self.workdir / "ca.crt"
         self.kubeconfig = self.workdir / "kubeconfig.yaml"
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def start(cls, binaries: Binaries, workdir: Path | None = None) -> ControlPlane:
@@ -368,7 +369,9 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def _spawn(self, name: str, *command: str) -> None:
-        with (self.workdir / f"{name}.log").open("wb") as log:
+        self._commands[name] = command
+        # Appended to: a restarted process (restart()) keeps its predecessor's log.
+        with (self.workdir / f"{name}.log").open("ab") as log:
             # A session of their own: Ctrl-C in a terminal reaches only Python, which then
             # stops them in order, and killpg() reaches anything they might spawn.
             self._processes[name] = subprocess.Popen(
@@ -419,6 +422,21 @@ class ControlPlane:
     def pids(self) -> dict[str, int]:
         """Process ids by name (``etcd``, ``kube-apiserver``) of the running children."""
         return {name: process.pid for name, process in self._processes.items()}
+
+    def restart(self, name: str) -> None:
+        """Start ``etcd`` or ``kube-apiserver`` again as before (same ports and data), once the
+        old process has exited (the chaos run kills it); return once it is ready again."""
+        old = self._processes[name]
+        if old.poll() is None:
+            os.killpg(old.pid, signal.SIGKILL)
+        old.wait()
+        self._spawn(name, *self._commands[name])
+        if name == "kube-apiserver":
+            self._wait(name, "ready", lambda: self._status("/readyz") == 200)
+        else:
+            self._wait(
+                name, "healthy", lambda: self._etcd_healthy(f"http://127.0.0.1:{self.etcd_port}")
+            )
 
     def log_tail(self, name: str, lines: int = 40) -> str:
         """The last ``lines`` lines that ``etcd`` or ``kube-apiserver`` logged."""

@@ -1,0 +1,192 @@
+"""What the ledger and the counters say about a chaos run, and the RESULT line.
+
+Pure functions over what the run collected: the ledger's entries, the jobs' schedules, the
+measured window, the faults with their times, and counters read from ``/metrics``. The claim
+checked is: every (job, tick) is started at most once, and, outside the ticks the operators
+counted as uncertain or missed, exactly once.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from podcron.schedules import Schedule
+from tests.jobs.podcron_chaosjobs.ledger import Entry
+
+
+def _key(tick: float) -> int:
+    """A tick as whole milliseconds: the ledger writes three decimals."""
+    return round(tick * 1000)
+
+
+def expected_ticks(schedule: Schedule, start: float, end: float) -> set[int]:
+    """The ticks of ``schedule`` in ``[start, end)`` (wall-clock seconds), as milliseconds."""
+    ticks: set[int] = set()
+    following = schedule.next_after(datetime.fromtimestamp(start - 0.001, UTC))
+    while following is not None and following.timestamp() < end:
+        ticks.add(_key(following.timestamp()))
+        following = schedule.next_after(following)
+    return ticks
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """An injected fault, as the checker needs it: what, on whom (a replica and its pid), when."""
+
+    kind: str
+    target: str
+    pid: int
+    monotonic: float
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Everything the RESULT line reports."""
+
+    replicas: int
+    jobs: int
+    ticks: int
+    #: Of ticks in the window (comparable with ``ticks``), and of every tick in the ledger.
+    duplicates: int
+    duplicates_all: int
+    missed: int
+    missed_outside_window: int
+    #: The operators' counts; None where they do not export them (every missing tick is missed).
+    uncertain: int | None
+    counted_missed: int | None
+    failover_p99_s: float
+    failovers_unrecovered: int
+    sigterm_handover_max_s: float
+    writes_per_s: float
+    lease_writes_per_s: float
+
+    def result_line(self, extra: Mapping[str, object] | None = None) -> str:
+        fields: dict[str, object] = {
+            "replicas": self.replicas,
+            "jobs": self.jobs,
+            "ticks": self.ticks,
+            "duplicates": self.duplicates,
+            "missed_outside_window": self.missed_outside_window,
+            "uncertain": _count(self.uncertain),
+            "failover_p99_s": _seconds(self.failover_p99_s),
+            "sigterm_handover_max_s": _seconds(self.sigterm_handover_max_s),
+            "writes_per_s": f"{self.writes_per_s:.1f}",
+            "lease_writes_per_s": f"{self.lease_writes_per_s:.2f}",
+            "duplicates_all": self.duplicates_all,
+            "missed": self.missed,
+            "counted_missed": _count(self.counted_missed),
+            "failovers_unrecovered": self.failovers_unrecovered,
+            **(extra or {}),
+        }
+        return "RESULT chaos " + " ".join(f"{key}={value}" for key, value in fields.items())
+
+
+def _count(value: int | None) -> str:
+    return "none" if value is None else str(value)
+
+
+def _seconds(value: float) -> str:
+    return "none" if math.isnan(value) else f"{value:.2f}"
+
+
+def duplicates(entries: Iterable[Entry], start: float = -math.inf, end: float = math.inf) -> int:
+    """Starts beyond the first of each (job, tick), for ticks in ``[start, end)``."""
+    starts = collections.Counter(
+        (entry.job, _key(entry.tick)) for entry in entries if start <= entry.tick < end
+    )
+    return sum(count - 1 for count in starts.values())
+
+
+def missing(
+    entries: Iterable[Entry], schedules: Mapping[str, Schedule], start: float, end: float
+) -> tuple[int, int]:
+    """(ticks expected in ``[start, end)`` over all jobs, how many of them no one started)."""
+    started: dict[str, set[int]] = collections.defaultdict(set)
+    for entry in entries:
+        started[entry.job].add(_key(entry.tick))
+    expected = missed = 0
+    for job, schedule in schedules.items():
+        due = expected_ticks(schedule, start, end)
+        expected += len(due)
+        missed += len(due - started[job])
+    return expected, missed
+
+
+def takeover_seconds(entries: Sequence[Entry], fault: Fault) -> list[float]:
+    """For each job the faulted process was starting ticks of: seconds until another started one.
+
+    A job is the process's when its last start before the fault was there. NaN for a job no
+    other process started a tick of before the ledger ends.
+    """
+    last_before: dict[str, Entry] = {}
+    for entry in entries:
+        if entry.monotonic < fault.monotonic:
+            last_before[entry.job] = entry
+    affected = {job for job, entry in last_before.items() if entry.pid == fault.pid}
+    first_after: dict[str, float] = {}
+    for entry in sorted(entries, key=lambda e: e.monotonic):
+        if (
+            entry.job in affected
+            and entry.job not in first_after
+            and entry.monotonic > fault.monotonic
+            and entry.pid != fault.pid
+        ):
+            first_after[entry.job] = entry.monotonic - fault.monotonic
+    return [first_after.get(job, math.nan) for job in sorted(affected)]
+
+
+def p99(values: Sequence[float]) -> float:
+    """The 99th percentile by nearest rank; NaN when there are none."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def judge(
+    *,
+    entries: Sequence[Entry],
+    schedules: Mapping[str, Schedule],
+    window: tuple[float, float],
+    faults: Sequence[Fault],
+    replicas: int,
+    uncertain: int | None,
+    counted_missed: int | None,
+    writes: float,
+    lease_writes: float,
+    seconds: float,
+) -> Verdict:
+    """The verdict on one run.
+
+    ``uncertain`` and ``counted_missed`` are the operators' ``podcron_ticks_uncertain_total``
+    and ``podcron_ticks_missed_total`` summed over every process; ``None`` where the operator
+    does not export them, and then every missing tick is missed outside a counted window.
+    ``writes`` and ``lease_writes`` are mutating requests the API server counted in the
+    window of ``seconds``.
+    """
+    ticks, missed = missing(entries, schedules, *window)
+    excused = (uncertain or 0) + (counted_missed or 0)
+    failovers = [t for f in faults if f.kind == "kill" for t in takeover_seconds(entries, f)]
+    handovers = [t for f in faults if f.kind == "term" for t in takeover_seconds(entries, f)]
+    recovered = [t for t in failovers if not math.isnan(t)]
+    handed = [t for t in handovers if not math.isnan(t)]
+    return Verdict(
+        replicas=replicas,
+        jobs=len(schedules),
+        ticks=ticks,
+        duplicates=duplicates(entries, *window),
+        duplicates_all=duplicates(entries),
+        missed=missed,
+        missed_outside_window=max(0, missed - excused),
+        uncertain=uncertain,
+        counted_missed=counted_missed,
+        failover_p99_s=p99(recovered),
+        failovers_unrecovered=len(failovers) - len(recovered) + len(handovers) - len(handed),
+        sigterm_handover_max_s=max(handed) if handed else math.nan,
+        writes_per_s=writes / seconds if seconds > 0 else 0.0,
+        lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
+    )

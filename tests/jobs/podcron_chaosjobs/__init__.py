@@ -1,0 +1,1 @@
+"""The chaos run's job, ``podcron_chaosjobs.ledger:tick``: one ledger line per started tick."""

@@ -1,0 +1,156 @@
+"""The chaos checker on ledgers written by hand: duplicates, missed ticks, take-over times."""
+
+from __future__ import annotations
+
+import math
+
+from podcron.schedules import parse_schedule
+from tests.chaos.checker import Fault, expected_ticks, judge, takeover_seconds
+from tests.jobs.podcron_chaosjobs.ledger import Entry
+
+EVERY_2S = parse_schedule({"every": "2s"})
+SCHEDULES = {"ns/a": EVERY_2S, "ns/b": EVERY_2S}
+
+
+def entry(job: str, tick: float, pid: int = 1, at: float | None = None) -> Entry:
+    """A ledger line of ``pid`` starting ``tick`` at monotonic ``at`` (the tick, by default)."""
+    return Entry(job, tick, f"r{pid}", pid, tick, tick if at is None else at, "scheduled")
+
+
+def verdict(entries: list[Entry], **counts: int | None) -> object:
+    return judge(
+        entries=entries,
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=1,
+        uncertain=counts.get("uncertain"),
+        counted_missed=counts.get("counted_missed"),
+        writes=50.0,
+        lease_writes=10.0,
+        seconds=10.0,
+    )
+
+
+def every_tick(pid: int = 1) -> list[Entry]:
+    return [entry(job, 1000.0 + 2 * i, pid) for job in SCHEDULES for i in range(5)]
+
+
+def test_the_ticks_of_a_window_include_its_start_and_exclude_its_end() -> None:
+    assert expected_ticks(EVERY_2S, 1000.0, 1006.0) == {1_000_000, 1_002_000, 1_004_000}
+
+
+def test_a_ledger_with_every_tick_once_is_clean() -> None:
+    result = verdict(every_tick())
+    assert result == verdict(every_tick())  # the verdict is a value
+    line = judge(
+        entries=every_tick(),
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=1,
+        uncertain=None,
+        counted_missed=None,
+        writes=50.0,
+        lease_writes=10.0,
+        seconds=10.0,
+    ).result_line({"seed": 7})
+    assert line.startswith(
+        "RESULT chaos replicas=1 jobs=2 ticks=10 duplicates=0 missed_outside_window=0 "
+        "uncertain=none failover_p99_s=none sigterm_handover_max_s=none writes_per_s=5.0 "
+        "lease_writes_per_s=1.00"
+    )
+    assert line.endswith(" seed=7")
+
+
+def test_two_replicas_starting_every_tick_are_all_duplicates() -> None:
+    result = judge(
+        entries=every_tick(1) + every_tick(2),
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=2,
+        uncertain=None,
+        counted_missed=None,
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=10.0,
+    )
+    assert (result.ticks, result.duplicates, result.missed) == (10, 10, 0)
+    late = [entry("ns/a", 1010.0, pid) for pid in (1, 2)]  # after the window: counted in all
+    again = judge(
+        entries=every_tick(1) + late,
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=2,
+        uncertain=None,
+        counted_missed=None,
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=10.0,
+    )
+    assert (again.duplicates, again.duplicates_all) == (0, 1)
+
+
+def test_missing_ticks_are_missed_outside_a_window_unless_the_operators_counted_them() -> None:
+    entries = [e for e in every_tick() if not (e.job == "ns/a" and e.tick >= 1006.0)]
+    uncounted = judge(
+        entries=entries,
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=1,
+        uncertain=None,
+        counted_missed=None,
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=10.0,
+    )
+    assert (uncounted.missed, uncounted.missed_outside_window) == (2, 2)
+    counted = judge(
+        entries=entries,
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=1,
+        uncertain=1,
+        counted_missed=1,
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=10.0,
+    )
+    assert (counted.missed, counted.missed_outside_window) == (2, 0)
+
+
+def test_a_take_over_is_timed_from_the_fault_to_another_process_starting_the_job() -> None:
+    entries = [
+        entry("ns/a", 1000.0, pid=1, at=1000.0),
+        entry("ns/b", 1000.0, pid=2, at=1000.0),  # not the killed process's job
+        entry("ns/a", 1006.0, pid=3, at=1006.5),
+    ]
+    kill = Fault("kill", "r1", 1, 1001.0)
+    assert takeover_seconds(entries, kill) == [5.5]
+    never = Fault("kill", "r2", 2, 1001.0)
+    assert all(math.isnan(t) for t in takeover_seconds(entries, never))
+    result = judge(
+        entries=entries,
+        schedules={"ns/a": EVERY_2S},
+        window=(1000.0, 1002.0),
+        faults=[kill, never, Fault("term", "r1", 1, 1001.0)],
+        replicas=2,
+        uncertain=None,
+        counted_missed=None,
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=2.0,
+    )
+    assert result.failover_p99_s == 5.5
+    assert result.sigterm_handover_max_s == 5.5
+    assert result.failovers_unrecovered == 1
+
+
+def test_a_ledger_line_reads_back_as_written() -> None:
+    written = entry("ns/a", 1000.25, pid=42)
+    assert Entry.parse(written.line().decode()) == written
+    assert len(written.line()) < 512  # one write() of under PIPE_BUF: atomic with O_APPEND
