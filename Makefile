@@ -75,12 +75,18 @@ COVERAGE_FLOORS := \
 	engine=operator/podcron/engine/*:96.2 \
 	sidecar-request-path=$(SIDECAR_REQUEST_PATH):94.7
 
-# Unit and integration under coverage, then the kind suite (its first run builds the node image;
-# the code in its containers is not measured).
+# Unit and integration under coverage in two workers (most tests wait on processes and
+# sockets), then the kind suite (the code in its containers is not measured). On a machine
+# that has never built kind's images, they build in the background meanwhile (the log is
+# build/kind-images.log; the e2e suite waits for them and says why if they failed).
+PYTEST_WORKERS ?= 2
 test: venv binaries lint
-	rm -rf build/coverage
-	$(COVERAGE) run -m pytest tests --ignore=tests/e2e; status=$$?; \
+	rm -rf build/coverage && mkdir -p build
+	$(PY) tools/kindimages.py >build/kind-images.log 2>&1 & images=$$!; \
+	$(COVERAGE) run -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests --ignore=tests/e2e; \
+	status=$$?; \
 	$(MAKE) --no-print-directory coverage-report || status=1; \
+	wait $$images || tail -n 20 build/kind-images.log; \
 	$(PY) -m pytest tests/e2e || status=1; \
 	exit $$status
 
