@@ -272,3 +272,36 @@ async def test_a_released_replica_never_rejoins(ring: Ring) -> None:
     assert ring.tasks["a"].done()
     # The only replica handed the coordinator Lease back: the next one takes it at once.
     assert ring.store.leases()[coordinator_lease_name("t")].holder == ""
+
+
+async def test_a_release_whose_reply_is_lost_is_retried_and_goes_through(ring: Ring) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    faults = iter([Fault.LOST_REPLY])
+    lease = member_lease_name(a.identity)
+    ring.store.fault = lambda operation, name: (
+        next(faults, Fault.NONE) if (operation, name) == ("replace", lease) else Fault.NONE
+    )
+    await a.release()
+    assert ring.annotation(lease, "podcron.dev/released") == "true"
+    await until(lambda: settled(b), within=2 * R)
+
+
+async def test_a_release_the_store_never_takes_is_left_to_fencing(
+    ring: Ring, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    ring.crash("a")
+    lease = member_lease_name(a.identity)
+    down = True  # for a's release only: b's fence goes through later
+    ring.store.fault = lambda operation, name: (
+        Fault.UNAVAILABLE if down and name == lease else Fault.NONE
+    )
+    began = asyncio.get_running_loop().time()
+    await a.release()
+    assert asyncio.get_running_loop().time() - began == pytest.approx(2 * R, abs=R / 4)
+    assert "could not write its release" in caplog.text
+    assert not any(a.owns(k) for k in JOBS)
+    down = False
+    await until(lambda: settled(b), within=L + 3 * R)
