@@ -39,6 +39,9 @@ class ErrorCode(enum.StrEnum):
     HEADERS_TOO_LARGE = "HEADERS_TOO_LARGE"
     OPERATOR_UNAVAILABLE = "OPERATOR_UNAVAILABLE"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    #: With several replicas: another one runs the job; a ``location`` (its address) comes
+    #: with it, and the System API redirects there (307).
+    NOT_OWNER = "NOT_OWNER"
 
 
 class PodcronError(Exception):
@@ -159,11 +162,32 @@ class OperatorStarting(OperatorUnavailable):
     """The operator answers, but still registers the jobs that existed at its start."""
 
 
+class NotOwner(PodcronError):
+    """With several replicas: another replica starts this job's runs (``endpoint``: its address).
+
+    An empty ``endpoint``: the job is moving between replicas, and which one
+    takes it is not known yet.
+    """
+
+    reason = "NotOwner"
+
+    def __init__(self, job_id: str, endpoint: str) -> None:
+        self.endpoint = endpoint
+        where = f"the replica at {endpoint}" if endpoint else "another replica (it is moving)"
+        super().__init__(f"job {job_id} is run by {where}")
+
+
 class OperatorRefused(PodcronError):
     """The operator answered with one of the :class:`ErrorCode` codes."""
 
     def __init__(
-        self, code: str, message: str, job_id: str | None, *, retry_after: int | None = None
+        self,
+        code: str,
+        message: str,
+        job_id: str | None,
+        *,
+        retry_after: int | None = None,
+        location: str | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -171,6 +195,8 @@ class OperatorRefused(PodcronError):
         self.job_id = job_id
         #: Seconds after which asking again makes sense, when the operator said so.
         self.retry_after = retry_after
+        #: With NOT_OWNER: the address of the replica that runs the job ("": not known yet).
+        self.location = location
 
 
 class UnknownResource(PodcronError, LookupError):

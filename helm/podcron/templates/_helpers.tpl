@@ -88,8 +88,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The environment of both containers: where the settings are, the pod's name and namespace (a
-replica's identity and where the Leases are; the settings need the namespace in both), and
+The environment of both containers: where the settings are, the pod's name, namespace and
+address (a replica's identity, where the Leases are, where other replicas redirect a manual
+run to; the settings need the namespace in both), and
 OpenTelemetry's own.
 */}}
 {{- define "podcron.env" -}}
@@ -101,6 +102,9 @@ OpenTelemetry's own.
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef: {fieldPath: metadata.namespace}
+- name: POD_IP
+  valueFrom:
+    fieldRef: {fieldPath: status.podIP}
 {{- with .Values.otlp.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
   value: {{ . | quote }}

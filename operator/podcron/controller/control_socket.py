@@ -32,6 +32,7 @@ from podcron.errors import (
     ErrorCode,
     JobAlreadyRunning,
     JobNotFound,
+    NotOwner,
     ProtocolError,
     TooManyManualRuns,
 )
@@ -145,9 +146,13 @@ class ControlServer:
         path: str | os.PathLike[str],
         *,
         ready: Callable[[], bool] = _always_ready,
+        elsewhere: Callable[[str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._ready = ready
+        # With several replicas: raises NotOwner for a job another replica runs, so that a
+        # manual run goes where the job's scheduled runs go (one place for Forbid and status).
+        self._elsewhere = elsewhere
         self._catalogue = JobCatalogue(engine)
         self.path = Path(path)
         self._server: asyncio.Server | None = None
@@ -233,6 +238,8 @@ class ControlServer:
             return [wire.encode_error(ErrorCode.JOB_NOT_FOUND, str(error))]
         except JobAlreadyRunning as error:
             return [wire.encode_error(ErrorCode.JOB_ALREADY_RUNNING, str(error), why=error.why)]
+        except NotOwner as error:
+            return [wire.encode_error(ErrorCode.NOT_OWNER, str(error), location=error.endpoint)]
         except TooManyManualRuns as error:
             return [
                 wire.encode_error(
@@ -256,6 +263,8 @@ class ControlServer:
         if op is wire.Op.GET:
             body = self._catalogue.one(job_id)
             return [wire.encode_answer_header(len(body)), body]
+        if self._elsewhere is not None:
+            self._elsewhere(job_id)
         snapshot = self._engine.trigger(
             job_id, trace_headers=_trace_headers(request.get("traceHeaders"))
         )

@@ -46,6 +46,7 @@ from podcron.engine import Engine, JobEvent, RunFinished, RunStatus, ThreadAband
 from podcron.errors import (
     JobAlreadyRunning,
     JobNotFound,
+    NotOwner,
     PodcronError,
     ResourceUnavailable,
     TooManyManualRuns,
@@ -322,6 +323,16 @@ class Reconciler:
             self._post_if_changed(ref, previous, condition)
 
     # -- several replicas ---------------------------------------------------
+
+    def refuse_if_elsewhere(self, job_id: str) -> None:
+        """Raise :class:`NotOwner` when another replica runs ``job_id`` (or none does yet)."""
+        ref = self._refs.get(job_id)
+        if self._replicas is None or ref is None or self._replicas.owns(ref.uid):
+            return
+        agent = self._replicas.agent
+        owner = agent.owner_of(ref.uid)
+        endpoint = None if owner is None else agent.endpoint_of(owner)
+        raise NotOwner(job_id, endpoint or "")
 
     def before_gain(self, uids: Sequence[str]) -> None:
         """Jobs this replica gains continue the counters their previous owner wrote."""

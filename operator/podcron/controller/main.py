@@ -341,7 +341,12 @@ async def run(settings: Settings) -> None:
         ready=lambda: gate.complete and not stop.is_set(),
         details=shared.readyz_lines,
     )
-    control = ControlServer(engine, settings.control_socket, ready=lambda: gate.complete)
+    control = ControlServer(
+        engine,
+        settings.control_socket,
+        ready=lambda: gate.complete,
+        elsewhere=None if replicas is None else lambda job_id: hooks[0].refuse_if_elsewhere(job_id),
+    )
     shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control, replicas)
     reconciler = Reconciler(
         engine=engine,

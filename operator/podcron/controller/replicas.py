@@ -9,6 +9,8 @@ it gains continues the counters its previous owner wrote).
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -80,9 +82,17 @@ class Replicas:
 
 
 def _endpoint(settings: Settings) -> str:
-    """Where other replicas reach this one's sidecar (a POST forwarded to the owner)."""
+    """Where other replicas' sidecars redirect a manual run of a job this one runs.
+
+    The pod's address (the chart sets ``POD_IP``), else the sidecar's own when it is one
+    address; empty (no redirect, the caller asks again) when neither says where.
+    """
     address = os.environ.get("POD_IP") or settings.sidecar_host
-    return f"{address}:{settings.sidecar_port}"
+    with contextlib.suppress(ValueError):  # a host name is an address too
+        if ipaddress.ip_address(address).is_unspecified:
+            return ""
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{settings.sidecar_port}"
 
 
 class _HookedGate:

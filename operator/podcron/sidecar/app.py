@@ -99,6 +99,16 @@ def _unavailable(error: OperatorUnavailable) -> ApiError:
     )
 
 
+def _to_owner(error: OperatorRefused, path: str) -> Exception:
+    """A POST for a job another replica runs: 307 to that replica's sidecar (same method, body).
+
+    While the job moves between replicas, whose it is is not known yet: 503, ask again.
+    """
+    if not error.location:
+        return ApiError(503, ErrorCode.NOT_OWNER, error.message, headers={"Retry-After": "1"})
+    return falcon.HTTPTemporaryRedirect(f"http://{error.location}{path}")
+
+
 def _refused(error: OperatorRefused) -> ApiError:
     status = REFUSALS.get(error.code)
     if status is None:
@@ -259,6 +269,8 @@ class JobResource(Resource):
         try:
             answer = await self._operator.trigger(job_id, trace_headers=trace_headers)
         except OperatorRefused as error:
+            if error.code == ErrorCode.NOT_OWNER:
+                raise _to_owner(error, req.path) from error
             raise _refused(error) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error

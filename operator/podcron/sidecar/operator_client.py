@@ -151,12 +151,13 @@ class OperatorClient:
                 if header.get("error") == ErrorCode.NOT_READY:
                     raise OperatorStarting(str(header.get("message")))
                 if header.get("ok") is not True:
-                    retry_after = header.get("retryAfter")
+                    retry_after, location = header.get("retryAfter"), header.get("location")
                     raise OperatorRefused(
                         str(header.get("error")),
                         str(header.get("message")),
                         request.get("jobId"),
                         retry_after=retry_after if isinstance(retry_after, int) else None,
+                        location=location if isinstance(location, str) else None,
                     )
                 return header, body
         raise AssertionError("unreachable: the second attempt returns or raises")
