@@ -21,7 +21,7 @@ from podcron.context import JobContext, Trigger
 from podcron.controller.control_socket import ControlServer, JobCatalogue
 from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
 from podcron.entrypoints import JobTarget
-from podcron.errors import ErrorCode, OperatorRefused, OperatorUnavailable
+from podcron.errors import ErrorCode, NotOwner, OperatorRefused, OperatorUnavailable
 from podcron.schedules import parse_schedule
 from podcron.sidecar.operator_client import OperatorClient
 
@@ -291,3 +291,33 @@ async def test_the_catalogue_reencodes_only_after_a_change(engine: Engine) -> No
     assert new_etag != etag
     assert json.loads(new_listing)[0]["suspended"] is True
     assert catalogue.one("ns/b") is one_b, "an unchanged job keeps its encoding"
+
+
+async def test_a_job_another_replica_runs_is_refused_with_its_address(
+    engine: Engine, socket_path: Path, client: OperatorClient
+) -> None:
+    ran = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        ran.set()
+
+    def elsewhere(job_id: str) -> None:
+        if job_id == "ns/theirs":
+            raise NotOwner(job_id, "10.244.1.7:8080")
+        if job_id == "ns/moving":
+            raise NotOwner(job_id, "")
+
+    for name in ("theirs", "moving", "ours"):
+        engine.upsert(_spec(name, target=job))
+    server = ControlServer(engine, socket_path, elsewhere=elsewhere)
+    await server.start()
+    try:
+        for job_id, location in (("ns/theirs", "10.244.1.7:8080"), ("ns/moving", "")):
+            with pytest.raises(OperatorRefused) as refused:
+                await client.trigger(job_id, trace_headers={})
+            assert (refused.value.code, refused.value.location) == (ErrorCode.NOT_OWNER, location)
+        assert not ran.is_set()  # neither ran here
+        await client.trigger("ns/ours", trace_headers={})
+        await asyncio.wait_for(ran.wait(), timeout=5)
+    finally:
+        await server.stop()
