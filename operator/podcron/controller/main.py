@@ -299,6 +299,7 @@ async def run(settings: Settings) -> None:
         telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
         resources=shared,
         config=config,
+        run_history_limit=settings.run_history_limit,
     )
     writer = StatusWriter(
         api.patch_status,

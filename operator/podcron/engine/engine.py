@@ -11,7 +11,7 @@ due instead of skipping it.
 A run goes start → execute → record: it waits for what it needs
 (:class:`podcron.engine.budgets.RunBudgets`), its body runs
 (:func:`podcron.engine.runs.execute`), and its outcome is recorded exactly
-once (:func:`podcron.engine.recording.record_outcome`), when the body
+once (:class:`podcron.engine.recording.Recorder`), when the body
 returns, fails or is cancelled, or at its deadline. docs/engine.md explains
 the model and its budgets.
 """
@@ -35,7 +35,7 @@ from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
 from podcron.jobconfig import ConfigSource
 from podcron.resources import ResourceManager
-from podcron.runrecord import History, RunStatus
+from podcron.runrecord import History, PastRun, RunStatus
 from podcron.telemetry.run_span import parent_from_headers
 from podcron.telemetry.run_telemetry import RunTelemetry
 from podcron.watchdog import LoopWatchdog
@@ -94,6 +94,8 @@ class Engine:
     ``resources`` and ``config`` give each run its ``ctx.resources`` (those its
     spec lists) and ``ctx.config``; the configuration's Secret values are
     taken out of failed runs' errors.
+
+    Each job keeps its last ``run_history_limit`` outcomes (:meth:`runs`; 0: none).
     """
 
     def __init__(
@@ -110,7 +112,11 @@ class Engine:
         loop_watchdog: bool = True,
         resources: ResourceManager | None = None,
         config: ConfigSource | None = None,
+        run_history_limit: int = 20,
     ) -> None:
+        if run_history_limit < 0:
+            raise ValueError(f"run_history_limit must not be negative, got {run_history_limit}")
+        self._run_history_limit = run_history_limit
         self._budgets = RunBudgets(
             max_concurrent_runs=max_concurrent_runs,
             max_manual_runs=max_manual_runs,
@@ -167,7 +173,7 @@ class Engine:
         job = self._jobs.get(spec.job_id)
         is_new = job is None
         if job is None:
-            job = JobState(spec=spec, is_async=is_async(spec.target), history=history or History())
+            job = JobState.restored(spec, history, run_history_limit=self._run_history_limit)
             self._jobs[spec.job_id] = job
             if self._metrics is not None:
                 self._metrics.job_added(
@@ -223,6 +229,17 @@ class Engine:
             raise JobNotFound(job_id)
         return self._snapshot(job)
 
+    def runs(self, job_id: str) -> list[PastRun]:
+        """The job's last outcomes, newest first; raises :class:`JobNotFound`.
+
+        Runs since the operator started only: status keeps counters and
+        recent failures, not the run history.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return [] if job.past_runs is None else list(reversed(job.past_runs))
+
     def snapshots(self) -> list[JobSnapshot]:
         """Every registered job's state, ordered by job id."""
         return [self._snapshot(self._jobs[job_id]) for job_id in sorted(self._jobs)]
@@ -262,7 +279,7 @@ class Engine:
             spec=job.spec,
             running=bool(job.active),
             next_run_time=None if job.next_due is None else _utc(job.next_due),
-            history=job.history,
+            history=job.history(),
         )
 
     # -- timers -----------------------------------------------------------
