@@ -15,6 +15,7 @@ Prints one table and a ``RESULT run-cost ...`` line.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -68,9 +69,15 @@ def _instructions(tree: Path, runs: int) -> int:
     return int(found.group(1))
 
 
-def per_run(tree: Path) -> float:
-    """Instructions of one manual run in ``tree``."""
-    return (_instructions(tree, RUNS) - _instructions(tree, 0)) / RUNS
+def per_run(trees: Sequence[Path]) -> list[float]:
+    """Instructions of one manual run in each tree; the children run side by side."""
+    with concurrent.futures.ThreadPoolExecutor(2 * len(trees)) as pool:
+        counts = {
+            (tree, runs): pool.submit(_instructions, tree, runs)
+            for tree in trees
+            for runs in (0, RUNS)
+        }
+        return [(counts[tree, RUNS].result() - counts[tree, 0].result()) / RUNS for tree in trees]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -79,10 +86,8 @@ def main(argv: Sequence[str]) -> None:
         return
     trees = [Path(arg).resolve() for arg in argv] or [HERE]
     print(f"load before: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
-    rows = []
-    for tree in trees:
-        print(f"  counting {tree} ...", file=sys.stderr, flush=True)
-        rows.append((str(tree), per_run(tree)))
+    print(f"  counting {len(trees)} trees ...", file=sys.stderr, flush=True)
+    rows = [(str(tree), count) for tree, count in zip(trees, per_run(trees), strict=True)]
     width = max(len(name) for name, _ in rows)
     for name, count in rows:
         print(f"{name:{width}}  {count:>10,.0f} instructions per run")

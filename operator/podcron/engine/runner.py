@@ -165,7 +165,22 @@ class Runner:
                 await _until_ended(replaced)
             if not run.manual:
                 await self._budgets.acquire(run)
-            self._start(run)
+            # The body starts now: the run is late by the time it waited.
+            started = run.started = self._clock.wall()
+            lateness = started - run.scheduled_time.timestamp()
+            if self._metrics is not None:
+                self._metrics.run_started(run.trigger, lateness)
+            spec = run.spec
+            self._listeners.emit(
+                RunStarted(
+                    job_id=spec.job_id,
+                    namespace=spec.namespace,
+                    name=spec.name,
+                    trigger=run.trigger,
+                    scheduled_time=run.scheduled_time,
+                    lateness_seconds=lateness,
+                )
+            )
             await execute(
                 run,
                 self._telemetry,
@@ -198,24 +213,6 @@ class Runner:
             )
         finally:
             self._finish(job, run_id, run)
-
-    def _start(self, run: ActiveRun) -> None:
-        """The run's body starts now: it is late by the time it waited."""
-        started = run.started = self._clock.wall()
-        lateness = started - run.scheduled_time.timestamp()
-        if self._metrics is not None:
-            self._metrics.run_started(run.trigger, lateness)
-        spec = run.spec
-        self._listeners.emit(
-            RunStarted(
-                job_id=spec.job_id,
-                namespace=spec.namespace,
-                name=spec.name,
-                trigger=run.trigger,
-                scheduled_time=run.scheduled_time,
-                lateness_seconds=lateness,
-            )
-        )
 
     def _finish(self, job: JobState, run_id: int, run: ActiveRun) -> None:
         """Record the run's outcome once; end it now unless its thread runs on."""
