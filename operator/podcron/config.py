@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: Each past run holds up to a few hundred bytes: 1,000 per job at 10,000 jobs is about 2 GB.
+MAX_RUN_HISTORY_LIMIT = 1000
 _TYPE_NAMES = {int: "a whole number", float: "a number", str: "a string"}
 # The ring's name is a label value (podcron.dev/ring) and part of Lease names: a DNS label.
 _RING_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -49,6 +51,8 @@ class Settings:
     max_manual_runs: int = 10
     #: Runs of one plain ``def`` job active at once under Allow; further ticks are skipped.
     threads_per_job: int = 2
+    #: Outcomes each job keeps for ``/_sys/job/{namespace}/{name}/runs``; 0: none.
+    run_history_limit: int = 20
     #: Namespaces to watch; empty: all namespaces.
     namespaces: tuple[str, ...] = ()
     #: Status patches per second over all jobs (each job is also held to about one per second).
@@ -112,6 +116,11 @@ class Settings:
             raise ValueError("statusPatchesPerSecond must be positive")
         if self.max_manual_runs < 1 or self.threads_per_job < 1:
             raise ValueError("maxManualRuns and threadsPerJob must be at least 1")
+        if not 0 <= self.run_history_limit <= MAX_RUN_HISTORY_LIMIT:
+            raise ValueError(
+                f"runHistoryLimit must be from 0 (off) to {MAX_RUN_HISTORY_LIMIT},"
+                f" got {self.run_history_limit}"
+            )
         self._check_ha()
 
     def _check_ha(self) -> None:

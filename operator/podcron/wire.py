@@ -9,6 +9,8 @@ JSON; the answer is one line of JSON (the header) followed by exactly
                                                  "total" and "etag" in the header, or
                                                  {"notModified": true} and no body
     {"op": "get", "jobId": "ns/name"}           one JobMetadata object
+    {"op": "runs", "jobId": "ns/name"}          its last runs, newest first: a JSON array
+                                                 of PastRun, "total" in the header
     {"op": "trigger", "jobId": "ns/name",       run it once now (trigger manual); the body
      "traceHeaders": {"traceparent": "…"}}      is {"jobId", "triggered", "scheduledNextAt"}
     {"op": "ping"}                              an empty answer: the operator is up
@@ -48,6 +50,7 @@ class Op(enum.StrEnum):
 
     LIST = "list"
     GET = "get"
+    RUNS = "runs"
     TRIGGER = "trigger"
     PING = "ping"
 

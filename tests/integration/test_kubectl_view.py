@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from controlplane import ControlPlane
+from podcron.runrecord import error_summary
 
 from ..waiting import wait_for
 from .conftest import ROOT, TEARDOWN_STOP_SECONDS, OperatorProcess
@@ -123,6 +124,18 @@ def test_a_failing_job_shows_its_streak_and_last_run_condition(view: View) -> No
     assert (last["status"], last["reason"]) == ("False", "RunFailed")
     assert last["message"] == found["lastError"]
     assert ready(found)["status"] == "True", "a failing run does not make the spec unready"
+    # Why it failed, without logs: the last three failures, newest first.
+    failures = found["recentFailures"]
+    assert len(failures) == 3
+    times = [failure["time"] for failure in failures]
+    assert times == sorted(times, reverse=True)
+    assert times[0] == found["lastRunTime"]
+    for failure in failures:
+        assert failure["trigger"] == "scheduled"
+        assert failure["error"] == error_summary(found["lastError"])
+    described = plane.kubectl("describe", "sj", "always-fails", "-n", namespace).stdout
+    assert "Recent Failures:" in described
+    assert failures[0]["error"] in described
 
 
 def test_a_recovered_job_shows_no_streak(view: View) -> None:
@@ -202,6 +215,10 @@ def test_the_streak_and_conditions_survive_an_operator_restart(
         second.stop()
     # The streak went on from where it was; it did not start again at 1.
     assert after["consecutiveFailures"] == after["runs"]["failed"]
+    # So did the recent failures: the new ones first, then those the first operator wrote.
+    new = after["runs"]["failed"] - before["runs"]["failed"]
+    if new < 3:
+        assert after["recentFailures"][new:] == before["recentFailures"][: 3 - new]
     for kind in ("Ready", "LastRunSucceeded"):
         assert (
             condition(after, kind)["lastTransitionTime"]

@@ -29,6 +29,7 @@ from .sidecar_process import OPENAPI, SidecarProcess, client, free_port
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 JOB_PATH = "/_sys/job/{namespace}/{name}"
+RUNS_PATH = "/_sys/job/{namespace}/{name}/runs"
 SCHEMA = schemathesis.openapi.from_path(OPENAPI)
 
 # Suspended: it runs only when triggered, so a scheduled tick never makes it busy.
@@ -185,6 +186,7 @@ def test_no_jobs_lists_empty_and_post_is_404(
     url = f"{open_sidecar.url}/_sys/job/{namespace}/hello"
     _error(session.post(url), JOB_PATH, 404, "JOB_NOT_FOUND")
     _error(session.get(url), JOB_PATH, 404, "JOB_NOT_FOUND")
+    _error(session.get(f"{url}/runs"), RUNS_PATH, 404, "JOB_NOT_FOUND")
 
 
 def test_jobs_are_listed_with_their_metadata(
@@ -231,6 +233,44 @@ def test_post_runs_the_job_with_trigger_manual(
         timeout=10,
         what="the manual run of hello",
     )
+
+
+def test_a_jobs_last_runs_are_listed_newest_first(
+    open_sidecar: SidecarProcess, jobs: list[str], namespace: str
+) -> None:
+    session = client()
+    url = f"{open_sidecar.url}/_sys/job/{namespace}/hello/runs"
+    assert _trigger(session, url.removesuffix("/runs")).status_code == 200
+
+    def manual_run_listed() -> dict[str, Any] | None:
+        body = _validated(session.get(url), RUNS_PATH)
+        return body if any(run["trigger"] == "manual" for run in body["data"]) else None
+
+    body = wait_for(manual_run_listed, timeout=10, what="hello's manual run in its run history")
+    runs = body["data"]
+    assert body["meta"] == {"total": len(runs)}
+    assert 2 <= len(runs) <= 20, "scheduled runs every 2 s and the manual one, at most 20"
+    ends = [run["endTime"] for run in runs]
+    assert ends == sorted(ends, reverse=True), "newest first"
+    for run in runs:
+        assert (run["status"], run["error"]) == ("success", None)
+        assert run["startTime"] <= run["endTime"]
+        assert run["durationSeconds"] >= 0
+    assert {run["trigger"] for run in runs} == {"scheduled", "manual"}
+    # A job with no run yet has an empty history, not a 404.
+    report = session.get(f"{open_sidecar.url}/_sys/job/{namespace}/slow/runs")
+    assert _validated(report, RUNS_PATH)["meta"]["total"] >= 0
+    _error(
+        session.get(f"{open_sidecar.url}/_sys/job/{namespace}/nothing/runs"),
+        RUNS_PATH,
+        404,
+        "JOB_NOT_FOUND",
+    )
+    options = session.options(url)
+    assert options.headers["Allow"] == "GET, HEAD, OPTIONS"
+    refused = session.post(url)
+    assert refused.status_code == 405
+    assert refused.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
 def test_post_with_traceparent_runs_in_the_callers_trace(
@@ -293,13 +333,19 @@ def test_head_answers_on_every_get_route(
     open_sidecar: SidecarProcess, jobs: list[str], namespace: str
 ) -> None:
     session = client()
-    for path in ("/_sys/job", f"/_sys/job/{namespace}/slow", "/_sys/openapi.yaml", "/healthz"):
+    changing = ("/_sys/job", f"/_sys/job/{namespace}/hello/runs")
+    for path in (
+        *changing,
+        f"/_sys/job/{namespace}/slow",
+        "/_sys/openapi.yaml",
+        "/healthz",
+    ):
         got = session.get(f"{open_sidecar.url}{path}", headers={"Accept-Encoding": "identity"})
         head = session.head(f"{open_sidecar.url}{path}", headers={"Accept-Encoding": "identity"})
         assert head.status_code == got.status_code == 200, path
         assert head.content == b""
         assert head.headers["Content-Type"] == got.headers["Content-Type"]
-        if path != "/_sys/job":  # the list may change between the two requests
+        if path not in changing:  # hello runs every 2 s: they may change between the requests
             assert head.headers["Content-Length"] == str(len(got.content))
 
 
@@ -327,12 +373,14 @@ def test_the_allowlist_is_judged_by_the_tcp_peer_at_accept(
     one = f"{base}/_sys/job/{namespace}/hello"
     assert allowed.get(f"{base}/_sys/job").json()["meta"]["total"] == 3
     assert allowed.get(one).status_code == 200
+    assert allowed.get(f"{one}/runs").status_code == 200
     assert _trigger(allowed, one).status_code == 200
     # Every path, known or not: an outsider does not even learn that this is HTTP.
     for method, url in [
         ("GET", f"{base}/_sys/job"),
         ("GET", one),
         ("POST", one),
+        ("GET", f"{one}/runs"),
         ("GET", f"{base}/_sys/openapi.yaml"),
         ("GET", f"{base}/_sys/nothing"),
         ("GET", f"{base}/healthz"),
@@ -354,6 +402,8 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(
     assert _refused(spoofing, "GET", url, headers={"X-Forwarded-For": "127.0.0.2"})
     assert proxy.get(url, headers={"X-Forwarded-For": "127.0.0.2"}).status_code == 200
     _error(proxy.get(url, headers={"X-Forwarded-For": "127.0.0.3"}), "/_sys/job", 403, "FORBIDDEN")
+    runs = f"{url}/{jobs[0]}/runs"
+    _error(proxy.get(runs, headers={"X-Forwarded-For": "127.0.0.3"}), RUNS_PATH, 403, "FORBIDDEN")
     assert proxy.get(url).status_code == 403, "the proxy itself is not allowed"
     # A client may prepend anything; only the hop the trusted proxy appended counts.
     forged = {"X-Forwarded-For": "127.0.0.2, 127.0.0.3"}
@@ -413,6 +463,7 @@ def test_operator_down_then_back(
     one = f"{base}/_sys/job/{namespace}/hello"
     _error(session.post(one), JOB_PATH, 503, "OPERATOR_UNAVAILABLE")
     _error(session.get(one), JOB_PATH, 503, "OPERATOR_UNAVAILABLE")
+    _error(session.get(f"{one}/runs"), RUNS_PATH, 503, "OPERATOR_UNAVAILABLE")
     assert session.get(f"{base}/healthz").status_code == 200
 
     operator.restart()

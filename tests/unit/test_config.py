@@ -43,8 +43,17 @@ def test_precedence(tmp_path: Path) -> None:
         ("", {"PODCRON_LOG_FORMAT": "xml"}, "logFormat"),
         ("", {"PODCRON_WORKER_THREADS": "many"}, "workerThreads"),
         ("allowedModules: 3\n", {}, "allowedModules"),
+        ("", {"PODCRON_RUN_HISTORY_LIMIT": "-1"}, r"runHistoryLimit must be from 0 \(off\)"),
+        ("runHistoryLimit: 5000\n", {}, "runHistoryLimit must be from 0 .* to 1000"),
     ],
-    ids=["unknown-key", "bad-log-format", "not-a-number", "not-a-list"],
+    ids=[
+        "unknown-key",
+        "bad-log-format",
+        "not-a-number",
+        "not-a-list",
+        "negative-history",
+        "history-too-long",
+    ],
 )
 def test_bad_settings_are_named(
     tmp_path: Path, content: str, environ: dict[str, str], message: str

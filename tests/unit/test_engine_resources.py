@@ -206,3 +206,8 @@ async def test_config_follows_the_files_and_secrets_stay_out_of_errors(tmp_path:
     errors = [e.error or "" for e in recorder.finished()]
     assert all(REDACTED in error and "s3cr3t" not in error for error in errors)
     assert "s3cr3t" not in (engine.snapshot("ns/job").history.last_error or "")
+    # The run history and the recent failures show the same redacted summary.
+    shown = [run.error or "" for run in engine.runs("ns/job")]
+    shown += [failure.error or "" for failure in engine.snapshot("ns/job").history.recent_failures]
+    assert shown
+    assert all(REDACTED in error and "s3cr3t" not in error for error in shown)

@@ -36,7 +36,7 @@ from podcron.errors import (
     ProtocolError,
     TooManyManualRuns,
 )
-from podcron.runrecord import format_time
+from podcron.runrecord import format_time, past_run
 
 log = logging.getLogger("podcron.control")
 
@@ -263,6 +263,10 @@ class ControlServer:
         if op is wire.Op.GET:
             body = self._catalogue.one(job_id)
             return [wire.encode_answer_header(len(body)), body]
+        if op is wire.Op.RUNS:
+            runs = self._engine.runs(job_id)
+            body = jobmetadata.encode([past_run(run) for run in runs])
+            return [wire.encode_answer_header(len(body), total=len(runs)), body]
         if self._elsewhere is not None:
             self._elsewhere(job_id)
         snapshot = self._engine.trigger(

@@ -326,6 +326,7 @@ async def run(settings: Settings) -> None:
             before_gain=lambda uids: hooks[0].before_gain(uids),
             after_gain=lambda uids: hooks[0].after_gain(uids),
         ),
+        run_history_limit=settings.run_history_limit,
     )
     writer = StatusWriter(
         api.patch_status,

@@ -7,7 +7,7 @@ docs/engine.md explains the model and its budgets; the modules here:
 * :mod:`~podcron.engine.engine`: :class:`Engine`, registration and ticks;
 * :mod:`~podcron.engine.runner`: dispatch, and each run's start → execute → record;
 * :mod:`~podcron.engine.runs`: a run's state and the execution of its body;
-* :mod:`~podcron.engine.recording`: an outcome into the job's history;
+* :mod:`~podcron.engine.recording`: an outcome into the job's history and run history;
 * :mod:`~podcron.engine.budgets`, :mod:`~podcron.engine.threads`: run slots,
   threads, and threads that outlive their run;
 * :mod:`~podcron.engine.duequeue`: every job's next tick, for the engine's one timer;
@@ -32,7 +32,7 @@ from podcron.engine.runner import RUN_TASK_PREFIX
 from podcron.engine.runs import ERROR_TEXT_LIMIT
 from podcron.engine.shutdown import INTERRUPTED, NOT_STARTED
 from podcron.engine.spec import ConcurrencyPolicy, JobSnapshot, JobSpec
-from podcron.runrecord import History, RunCounts, RunStatus
+from podcron.runrecord import FailedRun, History, PastRun, RunCounts, RunStatus
 
 __all__ = [
     "ABANDON_AFTER_SECONDS",
@@ -47,11 +47,13 @@ __all__ = [
     "Clock",
     "ConcurrencyPolicy",
     "Engine",
+    "FailedRun",
     "History",
     "JobEvent",
     "JobSnapshot",
     "JobSpec",
     "Listener",
+    "PastRun",
     "RunCounts",
     "RunFinished",
     "RunStarted",

@@ -11,7 +11,7 @@ due instead of skipping it.
 A run goes start → execute → record: it waits for what it needs
 (:class:`podcron.engine.budgets.RunBudgets`), its body runs
 (:func:`podcron.engine.runs.execute`), and its outcome is recorded exactly
-once (:func:`podcron.engine.recording.record_outcome`), when the body
+once (:class:`podcron.engine.recording.Recorder`), when the body
 returns, fails or is cancelled, or at its deadline. docs/engine.md explains
 the model and its budgets.
 
@@ -43,7 +43,7 @@ from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
 from podcron.jobconfig import ConfigSource
 from podcron.resources import ResourceManager
-from podcron.runrecord import History, RunStatus
+from podcron.runrecord import History, PastRun, RunStatus
 from podcron.telemetry.run_span import parent_from_headers
 from podcron.telemetry.run_telemetry import RunTelemetry
 from podcron.watchdog import LoopWatchdog
@@ -110,6 +110,7 @@ class Engine:
     With a ``gate``, ticks start only when it answers START, and the engine is
     the gate's :class:`podcron.engine.gate.GateListener`: the catch-up of a new
     job is the gate's (a job's start bound), not its history's.
+    Each job keeps its last ``run_history_limit`` outcomes (:meth:`runs`; 0: none).
     """
 
     def __init__(
@@ -127,7 +128,11 @@ class Engine:
         resources: ResourceManager | None = None,
         config: ConfigSource | None = None,
         gate: FiringGate | None = None,
+        run_history_limit: int = 20,
     ) -> None:
+        if run_history_limit < 0:
+            raise ValueError(f"run_history_limit must not be negative, got {run_history_limit}")
+        self._run_history_limit = run_history_limit
         self._budgets = RunBudgets(
             max_concurrent_runs=max_concurrent_runs,
             max_manual_runs=max_manual_runs,
@@ -192,7 +197,7 @@ class Engine:
         job = self._jobs.get(spec.job_id)
         is_new = job is None
         if job is None:
-            job = JobState(spec=spec, is_async=is_async(spec.target), history=history or History())
+            job = JobState.restored(spec, history, run_history_limit=self._run_history_limit)
             self._jobs[spec.job_id] = job
             if self._metrics is not None:
                 self._metrics.job_added(
@@ -259,9 +264,9 @@ class Engine:
         is behind. Counters must never go backwards.
         """
         job = self._jobs.get(job_id)
-        if job is None or _ticks_counted(history) <= _ticks_counted(job.history):
+        if job is None or _ticks_counted(history) <= job.total + job.skipped:
             return
-        job.history = history
+        job.continue_from(history)
         self._version += 1
 
     def snapshot(self, job_id: str) -> JobSnapshot:
@@ -270,6 +275,17 @@ class Engine:
         if job is None:
             raise JobNotFound(job_id)
         return self._snapshot(job)
+
+    def runs(self, job_id: str) -> list[PastRun]:
+        """The job's last outcomes, newest first; raises :class:`JobNotFound`.
+
+        Runs since the operator started only: status keeps counters and
+        recent failures, not the run history.
+        """
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return [] if job.past_runs is None else list(reversed(job.past_runs))
 
     def snapshots(self) -> list[JobSnapshot]:
         """Every registered job's state, ordered by job id."""
@@ -310,7 +326,7 @@ class Engine:
             spec=job.spec,
             running=bool(job.active),
             next_run_time=None if job.next_due is None else _utc(job.next_due),
-            history=job.history,
+            history=job.history(),
         )
 
     # -- timers -----------------------------------------------------------
@@ -475,7 +491,7 @@ class Engine:
         if not math.isfinite(gain.start_bound):
             # No replica ever owned it (the ring's first epoch): what it missed is known from
             # its status history only, and caught up as a single replica would.
-            self._catch_up(job, job.history, now)
+            self._catch_up(job, job.history(), now)
             return
         plan = plan_catch_up(
             spec.schedule,

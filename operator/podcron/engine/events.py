@@ -1,11 +1,17 @@
-"""What the engine tells its listeners: a run started or finished, a thread outlived its run."""
+"""What the engine tells its listeners: a run started or finished, a thread outlived its run.
+
+The events are named tuples, not frozen dataclasses: two are made for every
+run, and a frozen dataclass sets each field through ``object.__setattr__``,
+which cost about 300 instructions a field (docs/performance.md). They are
+as immutable, and listeners read them by name.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from podcron.context import Trigger
 from podcron.runrecord import RunStatus
@@ -18,8 +24,7 @@ log = logging.getLogger("podcron.engine")
 ABANDON_AFTER_SECONDS = 1.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunStarted:
+class RunStarted(NamedTuple):
     """A run's body began; ``lateness_seconds`` is the body's start minus the due time."""
 
     job_id: str
@@ -30,8 +35,7 @@ class RunStarted:
     lateness_seconds: float
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunFinished:
+class RunFinished(NamedTuple):
     """A run's outcome, or a tick that did not run (``status`` SKIPPED, no RunStarted before it).
 
     ``duration_seconds`` is the body's own time, from its start to the outcome.
@@ -47,8 +51,7 @@ class RunFinished:
     error: str | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ThreadAbandoned:
+class ThreadAbandoned(NamedTuple):
     """A plain ``def`` run's thread still runs :data:`ABANDON_AFTER_SECONDS` after its outcome.
 
     ``error`` is the outcome recorded (the timeout, Replaced, ...). The job
@@ -64,8 +67,7 @@ class ThreadAbandoned:
     abandoned_threads: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ThreadReturned:
+class ThreadReturned(NamedTuple):
     """The thread of a run whose outcome was already recorded has returned: the job is free."""
 
     job_id: str

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import inspect
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from podcron.engine.runs import ActiveRun
 from podcron.engine.spec import ConcurrencyPolicy, JobSpec
 from podcron.entrypoints import JobTarget
-from podcron.runrecord import History
+from podcron.runrecord import FailedRun, History, PastRun, RunCounts, RunStatus
 
 
 def is_async(target: JobTarget) -> bool:
@@ -19,16 +21,82 @@ def is_async(target: JobTarget) -> bool:
 
 @dataclass(slots=True, eq=False)
 class JobState:
-    """A registered job: its spec, its history, its next due time and its active runs."""
+    """A registered job: its spec, its history, its next due time and its active runs.
+
+    Each run updates the plain fields of its history below; the
+    :class:`History` that snapshots hand out is built from them only when one
+    is asked for (:meth:`history`), and kept until the next run, so that a
+    run whose outcome nobody reads builds none.
+    """
 
     spec: JobSpec
     is_async: bool
-    # Replaced, not changed, by each run: a snapshot handed out keeps its own.
-    history: History
+    # The last runs, newest last; None when the run history is off (a limit of 0).
+    past_runs: collections.deque[PastRun] | None
     # The wall-clock time of its next tick, None when it has none.
     next_due: float | None = None
     active: dict[int, ActiveRun] = field(default_factory=dict)
     removed: bool = False
+    # The history, as plain fields: see History for what each means.
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    # When the last run started (wall clock), None if it never ran.
+    last_started: float | None = None
+    last_status: RunStatus | None = None
+    last_duration_seconds: float | None = None
+    last_error: str | None = None
+    recent_failures: tuple[FailedRun, ...] = ()
+    # The History last handed out; a run clears it. It starts as the one restored from status.
+    built_history: History | None = None
+
+    @classmethod
+    def restored(
+        cls, spec: JobSpec, history: History | None, *, run_history_limit: int
+    ) -> JobState:
+        """A new job, its counters and last run continued from ``history`` (from status)."""
+        job = cls(
+            spec=spec,
+            is_async=is_async(spec.target),
+            past_runs=collections.deque(maxlen=run_history_limit) if run_history_limit else None,
+        )
+        if history is not None:
+            job.continue_from(history)
+        return job
+
+    def continue_from(self, history: History) -> None:
+        """Take the counters and the last run from ``history`` (what status holds)."""
+        counts = history.counts
+        self.total, self.succeeded = counts.total, counts.succeeded
+        self.failed, self.skipped = counts.failed, counts.skipped
+        started = history.last_run_time
+        self.last_started = None if started is None else started.timestamp()
+        self.last_status = history.last_status
+        self.last_duration_seconds = history.last_duration_seconds
+        self.last_error = history.last_error
+        self.recent_failures = history.recent_failures
+        self.built_history = history
+
+    def history(self) -> History:
+        """The job's history now; the same object until the next run changes it."""
+        history = self.built_history
+        if history is None:
+            started = self.last_started
+            history = self.built_history = History(
+                last_run_time=None if started is None else datetime.fromtimestamp(started, UTC),
+                last_status=self.last_status,
+                last_duration_seconds=self.last_duration_seconds,
+                last_error=self.last_error,
+                counts=RunCounts(
+                    total=self.total,
+                    succeeded=self.succeeded,
+                    failed=self.failed,
+                    skipped=self.skipped,
+                ),
+                recent_failures=self.recent_failures,
+            )
+        return history
 
 
 def why_busy(job: JobState, *, manual: bool, threads_per_job: int) -> str | None:

@@ -1,7 +1,10 @@
 """The last step of a run (or of a skipped tick): its outcome into the job's history.
 
 Every run's outcome passes here exactly once: the job's counters and last
-run, the metrics, and one :class:`RunFinished` for the listeners.
+run, its run history and recent failures, the metrics, and one
+:class:`RunFinished` for the listeners. This is on every run's path, so the
+job's fields are updated in place and nothing is built that nobody reads
+(:meth:`podcron.engine.jobs.JobState.history`).
 """
 
 from __future__ import annotations
@@ -9,82 +12,112 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from podcron.context import Trigger
+from podcron.engine.clock import Clock
 from podcron.engine.events import Listeners, RunFinished
 from podcron.engine.jobs import JobState
-from podcron.runrecord import History, RunCounts, RunStatus
+from podcron.jobconfig import ConfigSource
+from podcron.runrecord import (
+    RECENT_FAILURES,
+    FailedRun,
+    PastRun,
+    RunStatus,
+    error_summary,
+)
 from podcron.telemetry.metrics import JobMetrics
 
 
-def record_outcome(
-    job: JobState,
-    trigger: Trigger,
-    scheduled_time: datetime,
-    status: RunStatus,
-    started: float | None,
-    error: str | None,
-    *,
-    now: float,
-    metrics: JobMetrics | None,
-    listeners: Listeners,
-    trace_id: int = 0,
-) -> None:
-    """Record a run that started at ``started`` (None: a skipped tick) and ended ``now``.
+class Recorder:
+    """Records outcomes; ``config``'s Secret values are taken out of errors first."""
 
-    ``trace_id`` is the run's exported trace (0: none), its duration's exemplar.
-    """
-    history = job.history
-    counts = history.counts
-    duration = 0.0
-    if started is None:
-        # A skipped tick is not a run: the last run's outcome stays what status shows.
-        counts = RunCounts(
-            total=counts.total,
-            succeeded=counts.succeeded,
-            failed=counts.failed,
-            skipped=counts.skipped + 1,
+    __slots__ = ("_clock", "_config", "_listeners", "_metrics", "version")
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        metrics: JobMetrics | None,
+        listeners: Listeners,
+        config: ConfigSource | None,
+    ) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self._listeners = listeners
+        self._config = config
+        #: Moves with every outcome recorded (see Engine.version).
+        self.version = 0
+
+    def record(
+        self,
+        job: JobState,
+        trigger: Trigger,
+        scheduled_time: datetime,
+        status: RunStatus,
+        started: float | None,
+        error: str | None,
+        trace_id: int = 0,
+    ) -> None:
+        """Record a run that started at ``started`` (None: a skipped tick) and ended now.
+
+        ``trace_id`` is the run's exported trace (0: none), its duration's exemplar.
+        A job removed meanwhile records nothing.
+        """
+        if job.removed:
+            return
+        self.version += 1
+        now = self._clock.wall()
+        summary = None
+        if error is not None:
+            if self._config is not None:
+                # Status, Events and the System API show it: no Secret value in it.
+                error = self._config.redact(error)
+            summary = error_summary(error)
+        job.built_history = None
+        if started is None:
+            # A skipped tick is not a run: the last run's outcome stays what status shows.
+            duration = 0.0
+            job.skipped += 1
+        else:
+            duration = now - started
+            job.last_started = started
+            job.last_status = status
+            job.last_duration_seconds = duration
+            job.total += 1
+            if status is RunStatus.SUCCESS:
+                job.succeeded += 1
+            else:
+                job.failed += 1
+                job.last_error = error
+                failure = FailedRun(
+                    time=datetime.fromtimestamp(started, UTC),
+                    trigger=trigger,
+                    error=summary,
+                    trace_id=trace_id,
+                )
+                job.recent_failures = (failure, *job.recent_failures[: RECENT_FAILURES - 1])
+        if job.past_runs is not None:
+            job.past_runs.append(
+                PastRun(trigger, scheduled_time, started, now, status, summary, trace_id)
+            )
+        spec = job.spec
+        if self._metrics is not None:
+            self._metrics.run_recorded(
+                spec.namespace,
+                spec.name,
+                trigger=trigger,
+                status=status,
+                duration_seconds=None if started is None else duration,
+                ended_at=now,
+                trace_id=trace_id,
+            )
+        self._listeners.emit(
+            RunFinished(
+                job_id=spec.job_id,
+                namespace=spec.namespace,
+                name=spec.name,
+                trigger=trigger,
+                scheduled_time=scheduled_time,
+                status=status,
+                duration_seconds=duration,
+                error=error,
+            )
         )
-        job.history = History(
-            last_run_time=history.last_run_time,
-            last_status=history.last_status,
-            last_duration_seconds=history.last_duration_seconds,
-            last_error=history.last_error,
-            counts=counts,
-        )
-    else:
-        duration = now - started
-        succeeded = status is RunStatus.SUCCESS
-        job.history = History(
-            last_run_time=datetime.fromtimestamp(started, UTC),
-            last_status=status,
-            last_duration_seconds=duration,
-            last_error=history.last_error if succeeded else error,
-            counts=RunCounts(
-                total=counts.total + 1,
-                succeeded=counts.succeeded + succeeded,
-                failed=counts.failed + (not succeeded),
-                skipped=counts.skipped,
-            ),
-        )
-    spec = job.spec
-    if metrics is not None:
-        metrics.run_recorded(
-            spec.namespace,
-            spec.name,
-            trigger=trigger,
-            status=status,
-            duration_seconds=None if started is None else duration,
-            ended_at=now,
-            trace_id=trace_id,
-        )
-    listeners.emit(
-        RunFinished(
-            job_id=spec.job_id,
-            namespace=spec.namespace,
-            name=spec.name,
-            trigger=trigger,
-            scheduled_time=scheduled_time,
-            status=status,
-            duration_seconds=duration,
-            error=error,
-        )
-    )

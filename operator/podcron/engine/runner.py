@@ -2,7 +2,7 @@
 
 A run waits for what it needs (:class:`podcron.engine.budgets.RunBudgets`),
 its body runs (:func:`podcron.engine.runs.execute`), and its outcome is
-recorded exactly once (:func:`podcron.engine.recording.record_outcome`), when
+recorded exactly once (:class:`podcron.engine.recording.Recorder`), when
 the body returns, fails or is cancelled, or at its deadline. A plain ``def``
 body cannot be stopped: a thread that outlives its run's outcome keeps the
 job active until it returns (:mod:`podcron.engine.threads`).
@@ -23,7 +23,7 @@ from podcron.engine.budgets import RunBudgets
 from podcron.engine.clock import Clock
 from podcron.engine.events import Listeners, RunStarted
 from podcron.engine.jobs import JobState, why_busy
-from podcron.engine.recording import record_outcome
+from podcron.engine.recording import Recorder
 from podcron.engine.runs import ActiveRun, error_text, execute
 from podcron.engine.shutdown import shut_down
 from podcron.engine.spec import ConcurrencyPolicy
@@ -66,6 +66,10 @@ class Runner:
         # configuration's Secret values are also taken out of failed runs' errors.
         self._resources = resources
         self._config = config
+        self._recorder = Recorder(
+            clock=clock, metrics=self._metrics, listeners=listeners, config=config
+        )
+        self._record = self._recorder.record
         self._threads = OutlivedThreads(
             budgets=budgets,
             clock=clock,
@@ -74,8 +78,13 @@ class Runner:
         )
         self._run_ids = itertools.count()
         self._closing = False
-        #: Moves whenever a job's active runs or history change (see Engine.version).
-        self.version = 0
+        # Moves whenever a job's active runs change.
+        self._changes = 0
+
+    @property
+    def version(self) -> int:
+        """Moves whenever a job's active runs or history change (see Engine.version)."""
+        return self._changes + self._recorder.version
 
     def dispatch(
         self,
@@ -100,7 +109,8 @@ class Runner:
                     why,
                     extra={"job_id": spec.job_id},
                 )
-                self._record(job, trigger, scheduled_time, RunStatus.SKIPPED, None, None)
+                # Its why is the skipped tick's error: the run history says it.
+                self._record(job, trigger, scheduled_time, RunStatus.SKIPPED, None, why)
                 return
             if spec.concurrency_policy is ConcurrencyPolicy.REPLACE:
                 replaced = list(job.active.values())
@@ -118,7 +128,7 @@ class Runner:
         )
         run_id = next(self._run_ids)
         job.active[run_id] = run
-        self.version += 1
+        self._changes += 1
         if self._metrics is not None:
             self._metrics.run_queued()
         run.task = asyncio.get_running_loop().create_task(
@@ -155,7 +165,22 @@ class Runner:
                 await _until_ended(replaced)
             if not run.manual:
                 await self._budgets.acquire(run)
-            self._start(run)
+            # The body starts now: the run is late by the time it waited.
+            started = run.started = self._clock.wall()
+            lateness = started - run.scheduled_time.timestamp()
+            if self._metrics is not None:
+                self._metrics.run_started(run.trigger, lateness)
+            spec = run.spec
+            self._listeners.emit(
+                RunStarted(
+                    job_id=spec.job_id,
+                    namespace=spec.namespace,
+                    name=spec.name,
+                    trigger=run.trigger,
+                    scheduled_time=run.scheduled_time,
+                    lateness_seconds=lateness,
+                )
+            )
             await execute(
                 run,
                 self._telemetry,
@@ -189,24 +214,6 @@ class Runner:
         finally:
             self._finish(job, run_id, run)
 
-    def _start(self, run: ActiveRun) -> None:
-        """The run's body starts now: it is late by the time it waited."""
-        started = run.started = self._clock.wall()
-        lateness = started - run.scheduled_time.timestamp()
-        if self._metrics is not None:
-            self._metrics.run_started(run.trigger, lateness)
-        spec = run.spec
-        self._listeners.emit(
-            RunStarted(
-                job_id=spec.job_id,
-                namespace=spec.namespace,
-                name=spec.name,
-                trigger=run.trigger,
-                scheduled_time=run.scheduled_time,
-                lateness_seconds=lateness,
-            )
-        )
-
     def _finish(self, job: JobState, run_id: int, run: ActiveRun) -> None:
         """Record the run's outcome once; end it now unless its thread runs on."""
         thread = run.thread
@@ -217,13 +224,7 @@ class Runner:
             run.recorded = True
             status = RunStatus.SKIPPED if run.started is None else run.status
             self._record(
-                job,
-                run.trigger,
-                run.scheduled_time,
-                status,
-                run.started,
-                run.error,
-                trace_id=run.trace_id,
+                job, run.trigger, run.scheduled_time, status, run.started, run.error, run.trace_id
             )
         if not body_returned:
             self._threads.watch(job, run_id, run, end=self._end, closing=self._closing)
@@ -232,7 +233,7 @@ class Runner:
         """The run's body has returned (or never started): release what it held."""
         run.ended = True
         job.active.pop(run_id, None)
-        self.version += 1
+        self._changes += 1
         self._budgets.release(run)
         if self._metrics is not None:
             if run.started is None:
@@ -243,36 +244,6 @@ class Runner:
             for waiter in run.successors:
                 if not waiter.done():
                     waiter.set_result(None)
-
-    def _record(
-        self,
-        job: JobState,
-        trigger: Trigger,
-        scheduled_time: datetime,
-        status: RunStatus,
-        started: float | None,
-        error: str | None,
-        *,
-        trace_id: int = 0,
-    ) -> None:
-        if job.removed:
-            return
-        self.version += 1
-        if error is not None and self._config is not None:
-            # Status, Events and the System API show it: no Secret value in it.
-            error = self._config.redact(error)
-        record_outcome(
-            job,
-            trigger,
-            scheduled_time,
-            status,
-            started,
-            error,
-            now=self._clock.wall(),
-            metrics=self._metrics,
-            listeners=self._listeners,
-            trace_id=trace_id,
-        )
 
     async def shutdown(self, jobs: list[JobState], wait_seconds: float) -> None:
         """Stop the active runs of ``jobs`` (:func:`podcron.engine.shutdown.shut_down`)."""

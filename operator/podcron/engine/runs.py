@@ -128,11 +128,12 @@ async def execute(
         scheduled_time=run.scheduled_time,
         parent=parent,
     ) as span:
-        run.trace_id = sampled_trace_id(span)
-        metrics = telemetry.metrics
-        if run.trace_id and metrics is not None:
-            lateness = run.started - run.scheduled_time.timestamp()
-            metrics.run_traced(run.trigger, lateness, run.trace_id)
+        if telemetry.spans is not None:  # else no span is exported: no trace to link to
+            run.trace_id = sampled_trace_id(span)
+            metrics = telemetry.metrics
+            if run.trace_id and metrics is not None:
+                lateness = run.started - run.scheduled_time.timestamp()
+                metrics.run_traced(run.trigger, lateness, run.trace_id)
         trace_context = trace.set_span_in_context(span, parent)
         # Resources created already are handed over at once; None: acquire below.
         run_resources = NO_RESOURCES if not spec.resources else _ready(resources, spec.resources)

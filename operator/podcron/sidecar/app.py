@@ -1,4 +1,4 @@
-"""The System API as a Falcon ASGI app: ``/_sys/job`` over the control socket.
+"""The System API as a Falcon ASGI app: ``/_sys/job`` and its jobs, over the control socket.
 
 Every answer is the ``{"data", "meta"}`` envelope, errors included
 (``{"data": null, "meta": {}, "error": {"code", "message"}}``), and every
@@ -284,6 +284,35 @@ class JobResource(Resource):
         resp.content_type = JSON
 
 
+class RunsResource(Resource):
+    """``/_sys/job/{namespace}/{name}/runs``: the job's last runs, newest first."""
+
+    def __init__(self, operator: OperatorClient) -> None:
+        self._operator = operator
+
+    async def on_options(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
+    ) -> None:
+        """The allowed methods, for a path that can name a job."""
+        _job_id(params["namespace"], params["name"])
+        await super().on_options(req, resp)
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, namespace: str, name: str
+    ) -> None:
+        """The operator's array of PastRun, passed through undecoded, and its length."""
+        try:
+            total, data = await self._operator.runs(_job_id(namespace, name))
+        except OperatorRefused as error:
+            raise _refused(error) from error
+        except OperatorUnavailable as error:
+            raise _unavailable(error) from error
+        resp.data = b'{"data":%s,"meta":{"total":%d}}' % (data, total)
+        resp.content_type = JSON
+
+    on_head = on_get
+
+
 class HealthResource(Resource):
     """``/healthz``: the sidecar process serves requests."""
 
@@ -341,6 +370,7 @@ def create_app(
     app = _app(CIDRFilter(allowlist, trusted_proxies), EncodedSlashFilter())
     app.add_route("/_sys/job", JobsResource(operator))
     app.add_route("/_sys/job/{namespace}/{name}", JobResource(operator))
+    app.add_route("/_sys/job/{namespace}/{name}/runs", RunsResource(operator))
     app.add_route("/_sys/openapi.yaml", OpenAPIResource())
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadyResource(operator))

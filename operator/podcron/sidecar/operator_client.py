@@ -199,6 +199,14 @@ class OperatorClient:
         """One job's JobMetadata as JSON; raises :class:`OperatorRefused` (JOB_NOT_FOUND)."""
         return (await self._exchange({"op": wire.Op.GET, "jobId": job_id}, idempotent=True))[1]
 
+    async def runs(self, job_id: str) -> tuple[int, bytes]:
+        """How many runs, and the job's JSON array of PastRun; raises as :meth:`get_job` does."""
+        header, body = await self._exchange({"op": wire.Op.RUNS, "jobId": job_id}, idempotent=True)
+        total = header.get("total")
+        if not isinstance(total, int):
+            raise OperatorUnavailable(f"a runs answer without total: {header!r}")
+        return total, body
+
     async def trigger(self, job_id: str, *, trace_headers: Mapping[str, str]) -> dict[str, Any]:
         """Run the job once now; raises :class:`OperatorRefused` when the operator refuses."""
         request = {"op": wire.Op.TRIGGER, "jobId": job_id, "traceHeaders": dict(trace_headers)}
