@@ -124,7 +124,8 @@ def test_short_name_category_and_printer_columns(crd: ControlPlane, namespace: s
         "READY", "REASON", "AGE",
     ]  # fmt: skip
     wide = crd.kubectl("get", "sj", "columns", "-n", namespace, "-o", "wide").stdout
-    assert re.split(r"\s{2,}", wide.splitlines()[0].strip())[-2:] == ["ENTRY POINT", "MESSAGE"]
+    wide_columns = re.split(r"\s{2,}", wide.splitlines()[0].strip())[-3:]
+    assert wide_columns == ["ENTRY POINT", "REPLICA", "MESSAGE"]
     by_category = crd.kubectl("get", "podcron", "-n", namespace, "-o", "name").stdout
     assert "scheduledjob.podcron.dev/columns" in by_category.split()
 

@@ -456,16 +456,17 @@ async def test_the_replicas_leases_work_in_the_release_namespace_and_nowhere_els
     own = release.lease_store(release.namespace)
     elsewhere = release.lease_store(release.watched)
     try:
-        ring = {"podcron.dev/ring": RELEASE}
+        # A ring of its own: the release's operator runs in the release's ring meanwhile.
+        ring = {"podcron.dev/ring": "rbac-probe"}
         created = await own.create("podcron-member-chart", "chart", {}, ring)
         renewed = await own.replace(created.changed(annotations={"podcron.dev/fire-bound": "1"}))
-        assert await own.list(f"podcron.dev/ring={RELEASE}") == [renewed]
+        assert await own.list("podcron.dev/ring=rbac-probe") == [renewed]
         assert await own.get(created.name) == renewed
         await own.delete(renewed)
         with pytest.raises(StoreUnavailable, match="403"):
             await elsewhere.create("podcron-member-chart", "chart", {}, ring)
         with pytest.raises(StoreUnavailable, match="403"):
-            await elsewhere.list(f"podcron.dev/ring={RELEASE}")
+            await elsewhere.list("podcron.dev/ring=rbac-probe")
     finally:
         own.close()
         elsewhere.close()
