@@ -246,12 +246,17 @@ def run_podcron(
     return scenario
 
 
+def _cpu_seconds(r: Scenario) -> str:
+    return f"{r.cpu_pct * r.window_s / 100:.1f} s"
+
+
 def result_line(r: Scenario) -> str:
     """The ``RESULT vs-cronjob`` line of one configuration."""
     return (
         f"RESULT vs-cronjob config={r.key} jobs={r.jobs} window_s={r.window_s:.0f} "
         f"due={r.expected} missed={r.missed} p50_ms={r.p50_ms:.1f} p99_ms={r.p99_ms:.1f} "
-        f"max_ms={r.max_ms:.1f} cpu_pct={r.cpu_pct:.1f} rss_mb={r.rss_mb:.0f} "
+        f"max_ms={r.max_ms:.1f} cpu_pct={r.cpu_pct:.1f} cpu_s={r.cpu_pct * r.window_s / 100:.1f} "
+        f"rss_mb={r.rss_mb:.0f} "
         f"writes_per_s={r.writes_per_s:.1f} load1={r.load[0]:.1f} "
         f"machine_busy_pct={r.machine_busy_pct:.0f}"
     )
@@ -287,7 +292,8 @@ def main() -> int:
                 run_podcron(cluster, "podcron-1s", jobs, 1, s.duration_s),
             ]
             # Printed as each N ends: a later N that fails keeps what was measured.
-            print_scenarios(results, scenario_rows("scheduler"))
+            cpu_seconds = ("scheduler CPU in the window", _cpu_seconds)
+            print_scenarios(results, [*scenario_rows("scheduler"), cpu_seconds])
             print()
             for r in results:
                 print(result_line(r), flush=True)
