@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha chaos
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -148,6 +148,12 @@ clean:
 # jobs themselves. DURATION=300 for 5-minute windows; PROFILE=1 adds a py-spy profile of (a).
 bench-operator: $(BENCH_STAMP) binaries
 	$(PY) benchmarks/bench_operator.py
+
+# podcron beside kube-controller-manager's CronJob controller on one API server: N CronJobs and
+# N ScheduledJobs every minute, N every second; JOBS=100,1000 by default, QUICK=1 for 2-minute
+# windows. Builds kube-controller-manager on first use (tools/kindimages.py), else skips.
+bench-vs-cronjob: $(BENCH_STAMP) binaries
+	$(PY) benchmarks/bench_vs_cronjob.py
 
 # Operators under injected faults (tests/chaos, docs/testing.md): every tick started at most once,
 # and exactly once outside what the operators counted. HA="ha_ring=chaos lease_stale_seconds=6"

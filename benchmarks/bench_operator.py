@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -63,9 +63,16 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from cluster import status_patches  # noqa: E402
+from cluster import status_patches, write_requests  # noqa: E402
 from controlplane import ControlPlane, ensure_binaries  # noqa: E402
-from harness import percentile, process_cpu_seconds, rss_mb, wait_until  # noqa: E402
+from harness import (  # noqa: E402
+    machine_busy_seconds,
+    percentile,
+    print_columns,
+    process_cpu_seconds,
+    rss_mb,
+    wait_until,
+)
 from otlp_receiver import OtlpReceiver  # noqa: E402
 from podcron.controller.resource import GROUP, PLURAL, VERSION  # noqa: E402
 
@@ -138,6 +145,8 @@ class Scenario:
     apiserver_cpu_pct: float = 0.0
     etcd_cpu_pct: float = 0.0
     patches_per_s: float = 0.0
+    writes_per_s: float = 0.0
+    machine_busy_pct: float = 0.0
     watch_events_per_s: float = 0.0
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     extras: dict[str, str] = field(default_factory=dict)
@@ -151,28 +160,39 @@ def _free_port() -> int:
 
 
 class EventCounter:
-    """Watches a namespace's ScheduledJobs as the operator does and counts the events.
+    """Watches a namespace's ScheduledJobs (or ``resource``) and counts the events.
 
     The API server's ``apiserver_watch_events_total`` was seen standing still
     while events flowed, so the benchmark holds a watch of its own.
+    ``on_event``, if given, is handed each event (a dict) as it arrives.
     """
 
-    def __init__(self, api: kubernetes.client.CustomObjectsApi, namespace: str) -> None:
+    def __init__(
+        self,
+        api: kubernetes.client.CustomObjectsApi,
+        namespace: str,
+        resource: tuple[str, str, str] = (GROUP, VERSION, PLURAL),
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.count = 0
+        self._on_event = on_event
         self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+        group, version, plural = resource
         listing = cast(
             dict[str, Any],
-            api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1),
+            api.list_namespaced_custom_object(group, version, namespace, plural, limit=1),
         )
-        args = (api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+        args = (api.list_namespaced_custom_object, group, version, namespace, plural)
         version = listing["metadata"]["resourceVersion"]
         threading.Thread(target=self._run, args=(args, version), daemon=True).start()
 
     def _run(self, args: tuple[Any, ...], version: str) -> None:
         with contextlib.suppress(Exception):  # it ends with the control plane
             stream = self._watch.stream(*args, resource_version=version)  # type: ignore[no-untyped-call]
-            for _ in stream:
+            for event in stream:
                 self.count += 1
+                if self._on_event:
+                    self._on_event(event)
 
     def stop(self) -> None:
         self._watch.stop()  # type: ignore[no-untyped-call]
@@ -207,16 +227,23 @@ class Cluster:
 
     def create_jobs(self, namespace: str, intervals: dict[str, int]) -> float:
         """Create one ScheduledJob per entry of ``intervals``; returns the seconds it took."""
+        bodies = [_job(index, interval) for index, interval in enumerate(intervals.values())]
+        return self.create_objects(namespace, bodies, self.create_scheduled_job)
+
+    def create_scheduled_job(self, namespace: str, body: dict[str, Any]) -> None:
+        self.api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def create_objects(
+        self,
+        namespace: str,
+        bodies: list[dict[str, Any]],
+        create: Callable[[str, dict[str, Any]], object],
+    ) -> float:
+        """Create ``namespace``, then each body in it with ``create``; returns the seconds."""
         self.plane.kubectl("create", "namespace", namespace)
         started = time.monotonic()
-
-        def create(item: tuple[int, int]) -> None:
-            index, interval = item
-            body = _job(index, interval)
-            self.api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
-
         with ThreadPoolExecutor(CREATE_THREADS) as pool:
-            list(pool.map(create, enumerate(intervals.values())))
+            list(pool.map(lambda body: create(namespace, body), bodies))
         return time.monotonic() - started
 
 
@@ -416,41 +443,61 @@ class Churn:
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
 
-def measure(
-    scenario: Scenario, cluster: Cluster, operator: Operator, intervals: dict[str, int], s: Settings
-) -> None:
-    """Measure one window of ``s.duration_s`` into ``scenario``."""
-    pid = operator.process.pid
-    pids = cluster.plane.pids
-    print(f"  ({scenario.key}) measuring {s.duration_s:g}s ...", file=sys.stderr, flush=True)
-    patches_0, events_0 = status_patches(cluster.plane), operator.events.count
-    cpu_0 = process_cpu_seconds(pid)
+def measure_usage(
+    scenario: Scenario,
+    plane: ControlPlane,
+    pid: int,
+    duration_s: float,
+    events: Callable[[], int] = lambda: 0,
+) -> tuple[float, float]:
+    """Sleep ``duration_s``, filling ``scenario``'s CPU, RSS, API and load figures from it.
+
+    ``pid`` is the scheduler measured, ``events`` a count of watch events seen so
+    far. Returns the window's start and end, in wall-clock seconds.
+    """
+    pids = plane.pids
+    print(f"  ({scenario.key}) measuring {duration_s:g}s ...", file=sys.stderr, flush=True)
+    patches_0, writes_0, events_0 = status_patches(plane), write_requests(plane), events()
+    cpu_0, busy_0 = process_cpu_seconds(pid), machine_busy_seconds()
     side_0 = {name: process_cpu_seconds(p) for name, p in pids.items()}
     start = time.time()
-    time.sleep(s.duration_s)
+    time.sleep(duration_s)
     end = time.time()
-    cpu_1, scenario.rss_mb = process_cpu_seconds(pid), rss_mb(pid)
+    cpu_1, busy_1, scenario.rss_mb = process_cpu_seconds(pid), machine_busy_seconds(), rss_mb(pid)
     side_1 = {name: process_cpu_seconds(p) for name, p in pids.items()}
-    patches_1, events_1 = status_patches(cluster.plane), operator.events.count
+    patches_1, writes_1, events_1 = status_patches(plane), write_requests(plane), events()
     scenario.load = os.getloadavg()
     window = scenario.window_s = end - start
     scenario.cpu_pct = 100 * (cpu_1 - cpu_0) / window
+    scenario.machine_busy_pct = 100 * (busy_1 - busy_0) / window / (os.cpu_count() or 1)
     scenario.apiserver_cpu_pct = (
         100 * (side_1["kube-apiserver"] - side_0["kube-apiserver"]) / window
     )
     scenario.etcd_cpu_pct = 100 * (side_1["etcd"] - side_0["etcd"]) / window
     scenario.patches_per_s = (patches_1 - patches_0) / window
+    scenario.writes_per_s = (writes_1 - writes_0) / window
     scenario.watch_events_per_s = (events_1 - events_0) / window
+    return start, end
 
-    time.sleep(NOTE_GRACE_SECONDS)
+
+def tally(
+    scenario: Scenario,
+    runs: Iterable[tuple[str, float, float]],
+    intervals: dict[str, int],
+    start: float,
+    end: float,
+) -> None:
+    """Runs (job, due time, lateness in seconds) against the ticks due in [start, end).
+
+    Ticks are the multiples of each job's interval since the epoch (a cron
+    schedule of every minute has the ticks of a 60 s interval).
+    """
     observed: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
     lateness: list[float] = []
-    for line in operator.notes.read_text().splitlines():
-        name, due_text, late = line.split()
-        due = float(due_text)
+    for name, due, late in runs:
         if start <= due < end:
             observed[name][round(due * 1000)] += 1
-            lateness.append(float(late))
+            lateness.append(late)
     expected = missed = extra = 0
     for name, interval in intervals.items():
         first = math.ceil(start / interval) * interval
@@ -464,6 +511,29 @@ def measure(
         scenario.p50_ms = 1000 * statistics.median(lateness)
         scenario.p99_ms = 1000 * percentile(lateness, 0.99)
         scenario.max_ms = 1000 * max(lateness)
+
+
+def noted_runs(operator: Operator) -> Iterator[tuple[str, float, float]]:
+    """The runs the jobs noted (``bench_operator_job``): job, due time, lateness."""
+    for line in operator.notes.read_text().splitlines():
+        name, due, late = line.split()
+        yield name, float(due), float(late)
+
+
+def measure(
+    scenario: Scenario,
+    cluster: Cluster,
+    operator: Operator,
+    intervals: dict[str, int],
+    duration_s: float,
+) -> None:
+    """Measure one window of ``duration_s`` into ``scenario``."""
+    pid = operator.process.pid
+    start, end = measure_usage(
+        scenario, cluster.plane, pid, duration_s, lambda: operator.events.count
+    )
+    time.sleep(NOTE_GRACE_SECONDS)
+    tally(scenario, noted_runs(operator), intervals, start, end)
 
 
 def profile(operator: Operator, seconds: float) -> list[str]:
@@ -514,7 +584,7 @@ def run_a(cluster: Cluster, s: Settings, results: list[Scenario], profile_lines:
     try:
         scenario.extras["ready after start"] = f"{operator.wait_ready(300):.1f} s"
         time.sleep(s.warmup_s)
-        measure(scenario, cluster, operator, intervals, s)
+        measure(scenario, cluster, operator, intervals, s.duration_s)
         if s.profile_s:
             profile_lines += profile(operator, s.profile_s)
     finally:
@@ -534,7 +604,7 @@ def run_bc(cluster: Cluster, s: Settings, results: list[Scenario]) -> None:
         if "b" in s.scenarios:
             scenario = Scenario("b", f"{s.jobs_b} jobs every 10-60s", s.jobs_b)
             scenario.extras["ready after start"] = ready
-            measure(scenario, cluster, operator, intervals, s)
+            measure(scenario, cluster, operator, intervals, s.duration_s)
             results.append(scenario)
         if "c" in s.scenarios:
             scenario = Scenario("c", "(b) + 50 spec updates/s + GET /_sys/job per 100 ms", s.jobs_b)
@@ -542,7 +612,7 @@ def run_bc(cluster: Cluster, s: Settings, results: list[Scenario]) -> None:
                 sidecar(operator) as url,
                 Churn(cluster, "bench-b", list(intervals), url) as churn,
             ):
-                measure(scenario, cluster, operator, intervals, s)
+                measure(scenario, cluster, operator, intervals, s.duration_s)
             scenario.extras["spec updates/s"] = f"{churn.updates / scenario.window_s:.1f}"
             scenario.extras["GET /_sys/job p50/p99"] = (
                 f"{1000 * statistics.median(churn.gets):.0f}/"
@@ -565,10 +635,9 @@ def _extra(key: str) -> Callable[[Scenario], str]:
     return lambda r: r.extras.get(key, "")
 
 
-def report(results: list[Scenario], profile_lines: list[str]) -> None:
-    """The table, the targets, the profile and the RESULT line."""
-    by_key = {r.key: r for r in results}
-    rows: list[tuple[str, Callable[[Scenario], str]]] = [
+def scenario_rows(scheduler: str) -> list[tuple[str, Callable[[Scenario], str]]]:
+    """The rows of a table of scenarios (one column each); ``scheduler`` names the process."""
+    return [
         ("jobs", lambda r: f"{r.jobs}"),
         ("window", lambda r: f"{r.window_s:.0f} s"),
         ("runs due / noted", lambda r: f"{r.expected} / {r.runs}"),
@@ -576,27 +645,42 @@ def report(results: list[Scenario], profile_lines: list[str]) -> None:
         ("lateness p50", lambda r: f"{r.p50_ms:.1f} ms"),
         ("lateness p99", lambda r: f"{r.p99_ms:.1f} ms"),
         ("lateness max", lambda r: f"{r.max_ms:.1f} ms"),
-        ("operator CPU (of one core)", lambda r: f"{r.cpu_pct:.0f} %"),
-        ("operator RSS", lambda r: f"{r.rss_mb:.0f} MiB"),
-        ("status patches", lambda r: f"{r.patches_per_s:.1f} /s"),
-        ("watch events", lambda r: f"{r.watch_events_per_s:.1f} /s"),
+        (f"{scheduler} CPU (of one core)", lambda r: f"{r.cpu_pct:.0f} %"),
+        (f"{scheduler} RSS", lambda r: f"{r.rss_mb:.0f} MiB"),
+        ("API write requests (all)", lambda r: f"{r.writes_per_s:.1f} /s"),
         (
             "kube-apiserver / etcd CPU",
             lambda r: f"{r.apiserver_cpu_pct:.0f} / {r.etcd_cpu_pct:.0f} %",
         ),
+        ("machine busy (all cores)", lambda r: f"{r.machine_busy_pct:.0f} %"),
         ("machine load 1/5/15 min", lambda r: "/".join(f"{x:.1f}" for x in r.load)),
     ]
-    extras = sorted({key for r in results for key in r.extras})
-    rows += [(key, _extra(key)) for key in extras]
-    width = max(len(label) for label, _ in rows)
+
+
+def print_scenarios(
+    results: list[Scenario], rows: list[tuple[str, Callable[[Scenario], str]]]
+) -> None:
+    """The scenarios' titles, then ``rows`` and every scenario's extras as one column each."""
     print(f"machine: {os.cpu_count()} cores; scenarios:")
     for r in results:
         print(f"  ({r.key}) {r.title}")
-    header = "".join(f"{'(' + r.key + ')':>22}" for r in results)
-    print(f"\n{'measure':<{width}}{header}")
-    print("-" * (width + 22 * len(results)))
-    for label, cell in rows:
-        print(f"{label:<{width}}" + "".join(f"{cell(r):>22}" for r in results))
+    extras = sorted({key for r in results for key in r.extras})
+    rows = [*rows, *((key, _extra(key)) for key in extras)]
+    cells = [(label, [cell(r) for r in results]) for label, cell in rows]
+    print_columns([f"({r.key})" for r in results], cells)
+
+
+def report(results: list[Scenario], profile_lines: list[str]) -> None:
+    """The table, the targets, the profile and the RESULT line."""
+    by_key = {r.key: r for r in results}
+    print_scenarios(
+        results,
+        [
+            *scenario_rows("operator"),
+            ("status patches", lambda r: f"{r.patches_per_s:.1f} /s"),
+            ("watch events", lambda r: f"{r.watch_events_per_s:.1f} /s"),
+        ],
+    )
     print("\ntargets")
     for r in results:
         ok = r.p99_ms <= TARGET_P99_MS[r.key]

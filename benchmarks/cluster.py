@@ -1,4 +1,4 @@
-"""What the benchmarks against a real API server share (bench_api.py, bench_shutdown.py).
+"""What the benchmarks against a real API server share (bench_api, bench_shutdown, vs_cronjob).
 
 A fresh control plane with the CRD and a namespace, ScheduledJob bodies, and
 the ``podcron operator`` process.
@@ -6,9 +6,10 @@ the ``podcron operator`` process.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,19 @@ def prepare_namespace(
     return kubernetes.client.CustomObjectsApi(client)
 
 
-def scheduled_job(index: int, entry_point: str, every: str = "1s") -> dict[str, Any]:
-    """The body of ScheduledJob ``job-<index>``, running ``entry_point`` every ``every``."""
+def scheduled_job(
+    index: int, entry_point: str, every: str = "1s", *, cron: str | None = None
+) -> dict[str, Any]:
+    """The body of ScheduledJob ``job-<index>``, running ``entry_point`` every ``every``
+    (or on the ``cron`` schedule, if given)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "metadata": {"name": f"job-{index:05d}"},
-        "spec": {"entryPoint": entry_point, "schedule": {"every": every}},
+        "spec": {
+            "entryPoint": entry_point,
+            "schedule": {"cron": cron} if cron else {"every": every},
+        },
     }
 
 
@@ -99,15 +106,32 @@ def operator_process(
             stop(process)
 
 
-def status_patches(plane: ControlPlane) -> float:
-    """The API server's count of PATCH requests to scheduledjobs/status so far."""
+#: The verbs by which apiserver_request_total counts writes.
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION"})
+
+
+def _requests(plane: ControlPlane, counts: Callable[[dict[str, str]], bool]) -> float:
+    """The API server's apiserver_request_total so far, summed over the series ``counts`` keeps."""
     total = 0.0
     for line in plane.kubectl("get", "--raw", "/metrics").stdout.splitlines():
-        if (
-            line.startswith("apiserver_request_total{")
-            and f'resource="{PLURAL}"' in line
-            and 'subresource="status"' in line
-            and 'verb="PATCH"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
+        if line.startswith("apiserver_request_total{"):
+            series, _, value = line.rpartition(" ")
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', series))
+            if counts(labels):
+                total += float(value)
     return total
+
+
+def status_patches(plane: ControlPlane) -> float:
+    """The API server's count of PATCH requests to scheduledjobs/status so far."""
+    return _requests(
+        plane,
+        lambda s: (
+            (s.get("resource"), s.get("subresource"), s.get("verb")) == (PLURAL, "status", "PATCH")
+        ),
+    )
+
+
+def write_requests(plane: ControlPlane) -> float:
+    """The API server's count of write requests so far, from every client and to any resource."""
+    return _requests(plane, lambda s: s.get("verb") in WRITE_VERBS)

@@ -33,6 +33,17 @@ def print_table(rows: Sequence[tuple[str, str]]) -> None:
         print(f"{label:<{width}}  {value}")
 
 
+def print_columns(
+    headings: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], width: int = 22
+) -> None:
+    """Rows of (measure, one value per column), aligned under ``headings``."""
+    label_width = max(len(label) for label, _ in rows)
+    print(f"\n{'measure':<{label_width}}" + "".join(f"{h:>{width}}" for h in headings))
+    print("-" * (label_width + width * len(headings)))
+    for label, cells in rows:
+        print(f"{label:<{label_width}}" + "".join(f"{cell:>{width}}" for cell in cells))
+
+
 def print_targets(targets: Iterable[tuple[str, bool]], title: str = "targets") -> None:
     """Each target (what, met) as ``ok`` or ``MISSED``."""
     print(f"\n{title}")
