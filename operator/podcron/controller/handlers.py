@@ -358,7 +358,11 @@ class Reconciler:
 
     def _on_job_event(self, event: JobEvent) -> None:
         ref = self._refs.get(event.job_id)
-        if ref is not None and not self._owns(ref.uid):
+        if (
+            ref is not None
+            and self._replicas is not None
+            and self._replicas.runs_elsewhere(ref.uid)
+        ):
             # A run that began before the job moved: its outcome is in this replica's
             # metrics, spans and logs, but status is the new owner's alone.
             return

@@ -71,6 +71,16 @@ class Replicas:
         """Whether this replica starts the ticks of job ``uid`` (and so writes its status)."""
         return self.agent.owns(uid)
 
+    def runs_elsewhere(self, uid: str) -> bool:
+        """Whether another replica owns job ``uid`` in the epoch this one adopted last.
+
+        Not the same as not owning it: a replica that released its jobs at SIGTERM
+        owns none, but no other has taken them in its view yet, so the outcomes of
+        the runs it interrupts are still its to write.
+        """
+        owner = self.agent.owner_of(uid)
+        return owner is not None and owner != self.agent.identity
+
     def gate(self, *, before_gain: GainHook, after_gain: GainHook) -> FiringGate:
         """The engine's gate: the agent's verdicts, with gains shown to the hooks around them."""
         self._before, self._after = before_gain, after_gain
