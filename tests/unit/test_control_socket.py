@@ -316,6 +316,9 @@ async def test_a_job_another_replica_runs_is_refused_with_its_address(
             with pytest.raises(OperatorRefused) as refused:
                 await client.trigger(job_id, trace_headers={})
             assert (refused.value.code, refused.value.location) == (ErrorCode.NOT_OWNER, location)
+            with pytest.raises(OperatorRefused) as refused:
+                await client.runs(job_id)
+            assert refused.value.code == ErrorCode.NOT_OWNER
         assert not ran.is_set()  # neither ran here
         await client.trigger("ns/ours", trace_headers={})
         await asyncio.wait_for(ran.wait(), timeout=5)

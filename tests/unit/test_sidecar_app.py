@@ -195,3 +195,39 @@ def test_an_operator_answer_the_sidecar_does_not_know_is_a_500(
     assert result.status_code == 500
     assert result.json["error"]["code"] == "INTERNAL_ERROR"
     assert "GET /_sys/job/ns/name failed" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/_sys/job/ns/name"), ("GET", "/_sys/job/ns/name/runs")]
+)
+@pytest.mark.parametrize(
+    ("location", "status"), [("10.244.1.7:8080", 307), ("[fd00::7]:8080", 307), ("", 503)]
+)
+def test_a_job_another_replica_runs_is_redirected_to_it(
+    socket_dir: Path, method: str, path: str, location: str, status: int
+) -> None:
+    socket_path = socket_dir / "replica.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(socket_path))
+    listener.listen()
+
+    def replica() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)
+            refusal = wire.encode_error("NOT_OWNER", "run elsewhere", location=location)
+            connection.sendall(refusal)
+
+    thread = threading.Thread(target=replica)
+    thread.start()
+    try:
+        result = _app(socket_path).simulate_request(method, path)
+    finally:
+        thread.join(5)
+        listener.close()
+    assert result.status_code == status
+    if status == 307:
+        assert result.headers["Location"] == f"http://{location}{path}"
+    else:  # moving between replicas: ask again
+        assert result.headers["Retry-After"] == "1"
+        assert result.json["error"]["code"] == "NOT_OWNER"

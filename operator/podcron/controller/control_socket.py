@@ -263,12 +263,13 @@ class ControlServer:
         if op is wire.Op.GET:
             body = self._catalogue.one(job_id)
             return [wire.encode_answer_header(len(body)), body]
+        # A job's runs and its manual runs are where its scheduled runs are: the owner's.
+        if self._elsewhere is not None:
+            self._elsewhere(job_id)
         if op is wire.Op.RUNS:
             runs = self._engine.runs(job_id)
             body = jobmetadata.encode([past_run(run) for run in runs])
             return [wire.encode_answer_header(len(body), total=len(runs)), body]
-        if self._elsewhere is not None:
-            self._elsewhere(job_id)
         snapshot = self._engine.trigger(
             job_id, trace_headers=_trace_headers(request.get("traceHeaders"))
         )

@@ -99,17 +99,17 @@ def _unavailable(error: OperatorUnavailable) -> ApiError:
     )
 
 
-def _to_owner(error: OperatorRefused, path: str) -> Exception:
-    """A POST for a job another replica runs: 307 to that replica's sidecar (same method, body).
+def _refused(error: OperatorRefused, path: str) -> Exception:
+    """The operator's refusal as the System API answers it.
 
-    While the job moves between replicas, whose it is is not known yet: 503, ask again.
+    ``NOT_OWNER`` (several replicas; a manual run or a job's runs): 307 to the same path on
+    the sidecar of the replica that runs the job, same method and body; while the job moves
+    between replicas, whose it is is not known yet: 503, ask again.
     """
-    if not error.location:
-        return ApiError(503, ErrorCode.NOT_OWNER, error.message, headers={"Retry-After": "1"})
-    return falcon.HTTPTemporaryRedirect(f"http://{error.location}{path}")
-
-
-def _refused(error: OperatorRefused) -> ApiError:
+    if error.code == ErrorCode.NOT_OWNER:
+        if not error.location:
+            return ApiError(503, ErrorCode.NOT_OWNER, error.message, headers={"Retry-After": "1"})
+        return falcon.HTTPTemporaryRedirect(f"http://{error.location}{path}")
     status = REFUSALS.get(error.code)
     if status is None:
         raise error  # a code this sidecar does not know: _unexpected_error's 500
@@ -252,7 +252,7 @@ class JobResource(Resource):
         try:
             data = await self._operator.get_job(_job_id(namespace, name))
         except OperatorRefused as error:
-            raise _refused(error) from error
+            raise _refused(error, req.path) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
         resp.data = b'{"data":%s,"meta":{}}' % data
@@ -269,9 +269,7 @@ class JobResource(Resource):
         try:
             answer = await self._operator.trigger(job_id, trace_headers=trace_headers)
         except OperatorRefused as error:
-            if error.code == ErrorCode.NOT_OWNER:
-                raise _to_owner(error, req.path) from error
-            raise _refused(error) from error
+            raise _refused(error, req.path) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
         log.info(
@@ -304,7 +302,7 @@ class RunsResource(Resource):
         try:
             total, data = await self._operator.runs(_job_id(namespace, name))
         except OperatorRefused as error:
-            raise _refused(error) from error
+            raise _refused(error, req.path) from error
         except OperatorUnavailable as error:
             raise _unavailable(error) from error
         resp.data = b'{"data":%s,"meta":{"total":%d}}' % (data, total)
