@@ -13,7 +13,9 @@ probes on a port of their own, which only answers ``/healthz`` and ``/readyz``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from importlib import resources
 from typing import Any, Literal
 
@@ -232,8 +234,19 @@ def _job_id(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-class JobResource(Resource):
-    """``/_sys/job/{namespace}/{name}``: one job, and its manual trigger."""
+@contextlib.contextmanager
+def _operator_answers(path: str) -> Iterator[None]:
+    """The operator's refusals, and its absence, as the System API answers them."""
+    try:
+        yield
+    except OperatorRefused as error:
+        raise _refused(error, path) from error
+    except OperatorUnavailable as error:
+        raise _unavailable(error) from error
+
+
+class _OneJobResource(Resource):
+    """A path under ``/_sys/job/{namespace}/{name}``, answered by the operator."""
 
     def __init__(self, operator: OperatorClient) -> None:
         self._operator = operator
@@ -245,16 +258,16 @@ class JobResource(Resource):
         _job_id(params["namespace"], params["name"])
         await super().on_options(req, resp)
 
+
+class JobResource(_OneJobResource):
+    """``/_sys/job/{namespace}/{name}``: one job, and its manual trigger."""
+
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, namespace: str, name: str
     ) -> None:
         """The job's JobMetadata."""
-        try:
+        with _operator_answers(req.path):
             data = await self._operator.get_job(_job_id(namespace, name))
-        except OperatorRefused as error:
-            raise _refused(error, req.path) from error
-        except OperatorUnavailable as error:
-            raise _unavailable(error) from error
         resp.data = b'{"data":%s,"meta":{}}' % data
         resp.content_type = JSON
 
@@ -266,12 +279,8 @@ class JobResource(Resource):
         """Run the job once now (trigger ``manual``), in the caller's trace if it sent one."""
         job_id = _job_id(namespace, name)
         trace_headers = {h: v for h in wire.TRACE_HEADERS if (v := req.get_header(h)) is not None}
-        try:
+        with _operator_answers(req.path):
             answer = await self._operator.trigger(job_id, trace_headers=trace_headers)
-        except OperatorRefused as error:
-            raise _refused(error, req.path) from error
-        except OperatorUnavailable as error:
-            raise _unavailable(error) from error
         log.info(
             "manual run of %s requested by %s",
             job_id,
@@ -282,29 +291,15 @@ class JobResource(Resource):
         resp.content_type = JSON
 
 
-class RunsResource(Resource):
+class RunsResource(_OneJobResource):
     """``/_sys/job/{namespace}/{name}/runs``: the job's last runs, newest first."""
-
-    def __init__(self, operator: OperatorClient) -> None:
-        self._operator = operator
-
-    async def on_options(
-        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, **params: str
-    ) -> None:
-        """The allowed methods, for a path that can name a job."""
-        _job_id(params["namespace"], params["name"])
-        await super().on_options(req, resp)
 
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, namespace: str, name: str
     ) -> None:
         """The operator's array of PastRun, passed through undecoded, and its length."""
-        try:
+        with _operator_answers(req.path):
             total, data = await self._operator.runs(_job_id(namespace, name))
-        except OperatorRefused as error:
-            raise _refused(error, req.path) from error
-        except OperatorUnavailable as error:
-            raise _unavailable(error) from error
         resp.data = b'{"data":%s,"meta":{"total":%d}}' % (data, total)
         resp.content_type = JSON
 
