@@ -106,6 +106,9 @@ async def _job(ctx: JobContext) -> None:
 
 
 def _the_job(**fields: Any) -> JobSpec:
+    # Allow, so that several late ticks all start: what the gate lets through is what starts.
+    # Under Forbid and Replace only the newest does (the test after the catch-up tests).
+    fields.setdefault("concurrency_policy", ConcurrencyPolicy.ALLOW)
     return spec(_job, uid=UID, **fields)
 
 
@@ -160,7 +163,7 @@ async def test_a_bound_that_moves_part_way_starts_the_ticks_below_it_only(setup:
     gate = setup.gate
     gate.owned.add(UID)
     gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job(concurrency_policy=ConcurrencyPolicy.REPLACE))
+    setup.engine.upsert(_the_job())
     await asyncio.sleep(3.5)
     first, second, third = (tick for _, tick in gate.asked)
     gate.fire_bound = second
@@ -169,6 +172,25 @@ async def test_a_bound_that_moves_part_way_starts_the_ticks_below_it_only(setup:
     gate.fire_bound = third
     setup.engine.bound_moved()
     assert await setup.dispatched() == [first, second, third]
+
+
+async def test_under_replace_the_newest_held_tick_the_bound_allows_starts_the_older_missed(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job(concurrency_policy=ConcurrencyPolicy.REPLACE))
+    await asyncio.sleep(3.5)
+    _first, second, third = (tick for _, tick in gate.asked)
+    gate.fire_bound = second
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [second]
+    assert setup.counter("podcron_ticks_missed_total") == 1  # the first: replaced at once
+    gate.fire_bound = third
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == [second, third]
 
 
 async def test_held_ticks_older_than_the_allowance_are_missed(setup: Setup) -> None:
@@ -282,6 +304,27 @@ async def test_a_gained_job_catches_up_above_its_start_bound(setup: Setup) -> No
     await setup.recorder.until(lambda: len(setup.recorder.finished()) == 3)
     await asyncio.sleep(1)
     assert await setup.dispatched(Trigger.SCHEDULED) == [ticks[-1] + 1], "then on schedule"
+
+
+async def test_under_forbid_a_gain_starts_only_the_newest_due_tick_the_older_are_missed(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.upsert(_the_job(concurrency_policy=ConcurrencyPolicy.FORBID))
+    await asyncio.sleep(5.5)
+    ticks = [tick for _, tick in gate.asked]  # all owned elsewhere so far
+    assert len(ticks) == 5
+    bound = ticks[0]  # handed over: nothing uncertain
+    gate.owned.add(UID)
+    gate.start_bounds[UID] = bound
+    setup.engine.owners_changed([Gain(UID, start_bound=bound)], [])
+    # Started together, three of the four would be skipped by Forbid: one starts, three missed.
+    assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
+    assert setup.counter("podcron_ticks_missed_total") == 3
+    assert setup.counter("podcron_ticks_uncertain_total") == 0
+    await setup.recorder.until(lambda: len(setup.recorder.finished()) == 1)
+    assert [run.status for run in setup.recorder.finished()] == [RunStatus.SUCCESS]
 
 
 async def test_the_rings_first_gain_catches_up_from_history_as_one_replica_does(

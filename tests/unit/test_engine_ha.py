@@ -20,7 +20,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext
-from podcron.engine import Engine, RunFinished
+from podcron.engine import ConcurrencyPolicy, Engine, RunFinished
 from podcron.ha.agent import Agent
 from podcron.ha.protocol import Params
 from podcron.ha.store import MemoryStore
@@ -81,7 +81,10 @@ class Ring:
 
         engine.add_listener(record)
         for job in JOBS:
-            job_spec = spec(_job, name=job, uid=f"uid-{job}")
+            # Allow: every tick a replica may start does start (Forbid coalesces late ones).
+            job_spec = spec(
+                _job, name=job, uid=f"uid-{job}", concurrency_policy=ConcurrencyPolicy.ALLOW
+            )
             engine.upsert(job_spec)
             agent.add_job(job_spec.uid)
         replica = self.replicas[name] = Replica(engine, agent, registry)

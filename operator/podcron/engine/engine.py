@@ -36,7 +36,7 @@ from podcron.engine.clock import SYSTEM_CLOCK, Clock
 from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
 from podcron.engine.gate import FiringGate, Gain, Verdict
-from podcron.engine.gating import HeldTicks, allowance, plan_catch_up
+from podcron.engine.gating import HeldTicks, allowance, plan_catch_up, runs_side_by_side
 from podcron.engine.jobs import JobState, is_async
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
@@ -450,18 +450,43 @@ class Engine:
             if job is None or job.spec.suspended:  # suspended since: its ticks are off
                 continue
             oldest_allowed = now - allowance(job.spec)
-            for index, (tick, trigger) in enumerate(ticks):
-                if tick < oldest_allowed:
-                    missed += 1
-                    continue
+            due = [(tick, trigger) for tick, trigger in ticks if tick >= oldest_allowed]
+            missed += len(ticks) - len(due)
+            if not runs_side_by_side(job.spec):
+                missed += self._start_newest(job, due)
+                continue
+            for index, (tick, trigger) in enumerate(due):
                 verdict = gate.verdict(job.spec.uid, tick)
                 if verdict is Verdict.START:
                     self._start(job, trigger, tick)
                 elif verdict is Verdict.HOLD:
-                    for still_held, held_trigger in ticks[index:]:
+                    for still_held, held_trigger in due[index:]:
                         self._held.hold(job_id, still_held, held_trigger)
                     break
         self._count_missed(missed)
+
+    def _start_newest(self, job: JobState, due: list[tuple[float, Trigger]]) -> int:
+        """Start the newest held tick the gate lets through; returns how many older are missed.
+
+        For a job whose ticks may not run side by side: started together, all but
+        one would be skipped. Newer ticks the gate still holds stay held.
+        """
+        gate = self._gate
+        assert gate is not None  # only called with a gate
+        still_held: list[tuple[float, Trigger]] = []
+        missed = 0
+        for index in range(len(due) - 1, -1, -1):
+            tick, trigger = due[index]
+            verdict = gate.verdict(job.spec.uid, tick)
+            if verdict is Verdict.START:
+                self._start(job, trigger, tick)
+                missed = index
+                break
+            if verdict is Verdict.HOLD:
+                still_held.append((tick, trigger))
+        for tick, trigger in reversed(still_held):  # held oldest first
+            self._held.hold(job.spec.job_id, tick, trigger)
+        return missed
 
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         """Forget the held ticks of jobs lost; catch up the jobs gained from their start bounds."""
@@ -501,20 +526,24 @@ class Engine:
             before=job.next_due,
             allowance_seconds=allowance(spec),
         )
-        if plan.missed or plan.uncertain:
+        ticks, missed = plan.ticks, plan.missed
+        if not runs_side_by_side(spec):
+            missed += max(len(ticks) - 1, 0)
+            ticks = ticks[-1:]
+        if missed or plan.uncertain:
             log.warning(
                 "job %s gained: %d ticks missed, %d ticks uncertain (maybe started by a fenced "
                 "replica, not run again)",
                 spec.job_id,
-                plan.missed,
+                missed,
                 plan.uncertain,
                 extra={"job_id": spec.job_id},
             )
-        self._count_missed(plan.missed)
+        self._count_missed(missed)
         if plan.uncertain and self._metrics is not None:
             self._metrics.ticks_uncertain(plan.uncertain)
         gate = self._gate
-        for tick in plan.ticks:
+        for tick in ticks:
             if gate is not None and self._gate_allows(gate, job, tick, Trigger.CATCH_UP):
                 self._start(job, Trigger.CATCH_UP, tick)
 

@@ -6,7 +6,8 @@ the gate holds waits here until the gate's bounds move. A job this replica
 gains gets its due ticks per docs/ha.md rule 7, which :func:`plan_catch_up`
 works out: every tick above the start bound that is at most the job's
 allowance late (``startingDeadlineSeconds``, 10 s when unset), oldest first,
-at most ten; earlier ones are missed, and those the previous owner may have
+at most ten (only the newest when the job's ticks may not run side by side:
+:func:`runs_side_by_side`); earlier ones are missed, and those the previous owner may have
 started (its uncertain window) are counted and never started here.
 """
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from podcron.context import Trigger
-from podcron.engine.spec import JobSpec
+from podcron.engine.spec import ConcurrencyPolicy, JobSpec
 from podcron.schedules import Every, Schedule
 
 #: How late a gained or held tick may still start when the job sets no startingDeadlineSeconds.
@@ -30,6 +31,16 @@ MAX_CATCH_UP_TICKS = 10
 # Past it, the missed count is a lower bound.
 COUNT_LIMIT = 1_000
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def runs_side_by_side(spec: JobSpec) -> bool:
+    """Whether several late ticks of the job may start together (concurrencyPolicy Allow).
+
+    Under Forbid or Replace all but one of them would be skipped or replaced at
+    once: only the newest starts, as the engine's timer coalesces the ticks a
+    blocked loop missed, and the older ones count as missed.
+    """
+    return spec.concurrency_policy is ConcurrencyPolicy.ALLOW
 
 
 def allowance(spec: JobSpec) -> float:
