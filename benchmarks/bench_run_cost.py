@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import re
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from harness import callgrind_instructions
 
 RUNS = 5_000
 HERE = Path(__file__).resolve().parents[1]
@@ -47,26 +47,9 @@ def _child(tree: Path, runs: int) -> None:
 def _instructions(tree: Path, runs: int) -> int:
     environment = {k: v for k, v in os.environ.items() if k not in TELEMETRY_ENVIRONMENT}
     environment.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "child",
-            str(tree),
-            str(runs),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=environment,
+    return callgrind_instructions(
+        [sys.executable, __file__, "child", str(tree), str(runs)], env=environment
     )
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from callgrind:\n{result.stderr[-2000:]}")
-    return int(found.group(1))
 
 
 def per_run(trees: Sequence[Path]) -> list[float]:

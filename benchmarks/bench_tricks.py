@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from opentelemetry.sdk.trace import SpanProcessor
+
+from harness import callgrind_instructions
 
 OPS = 5_000
 SCHEDULED = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -138,25 +138,9 @@ OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
 
 def _instructions(operation: str, variant: str) -> int:
     """Instructions callgrind counts for a child doing ``operation`` as ``variant``."""
-    result = subprocess.run(
-        [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            "instructions-child",
-            operation,
-            variant,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+    return callgrind_instructions(
+        [sys.executable, __file__, "instructions-child", operation, variant]
     )
-    found = re.search(r"Collected : (\d+)", result.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count from callgrind:\n{result.stderr[-2000:]}")
-    return int(found.group(1))
 
 
 # -- the parent --------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -49,6 +50,21 @@ def print_targets(targets: Iterable[tuple[str, bool]], title: str = "targets") -
     print(f"\n{title}")
     for label, met in targets:
         print(f"  {'ok' if met else 'MISSED':6} {label}")
+
+
+def callgrind_instructions(command: Sequence[str], env: dict[str, str] | None = None) -> int:
+    """Instructions valgrind's callgrind counts for the whole of ``command`` (a Python child)."""
+    result = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *command],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    found = re.search(r"Collected : (\d+)", result.stderr)
+    if found is None:
+        raise RuntimeError(f"no instruction count from callgrind:\n{result.stderr[-2000:]}")
+    return int(found.group(1))
 
 
 def cpu_seconds() -> float:
