@@ -309,8 +309,8 @@ async def run(settings: Settings) -> None:
     # Without a Secret there is nothing to take out of spans: no copy of each before export.
     spans = span_export.configure_tracing(config.redact_known if settings.job_secrets_dir else None)
     replicas = Replicas.from_settings(settings, SYSTEM_CLOCK.wall) if settings.ha_ring else None
-    # The gate calls back into the reconciler, which needs the engine: bound below.
-    hooks: list[Reconciler] = []
+    # It tells the reconciler of the jobs it gains; the reconciler needs the engine: set below.
+    firing_gate = None if replicas is None else replicas.gate()
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
@@ -320,12 +320,7 @@ async def run(settings: Settings) -> None:
         telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
         resources=shared,
         config=config,
-        gate=None
-        if replicas is None
-        else replicas.gate(
-            before_gain=lambda uids: hooks[0].before_gain(uids),
-            after_gain=lambda uids: hooks[0].after_gain(uids),
-        ),
+        gate=firing_gate,
         run_history_limit=settings.run_history_limit,
     )
     writer = StatusWriter(
@@ -335,6 +330,17 @@ async def run(settings: Settings) -> None:
     )
     events = EventRecorder(api)
     gate = StartupGate()
+    reconciler = Reconciler(
+        engine=engine,
+        writer=writer,
+        events=events,
+        settings=settings,
+        on_reconciled=gate.reconciled,
+        resources=shared,
+        replicas=replicas,
+    )
+    if firing_gate is not None:
+        firing_gate.hooks = reconciler
     stop = asyncio.Event()
     probes = ProbeServer(
         host=settings.metrics_host,
@@ -346,19 +352,9 @@ async def run(settings: Settings) -> None:
         engine,
         settings.control_socket,
         ready=lambda: gate.complete,
-        elsewhere=None if replicas is None else lambda job_id: hooks[0].refuse_if_elsewhere(job_id),
+        elsewhere=None if replicas is None else reconciler.refuse_if_elsewhere,
     )
     shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control, replicas)
-    reconciler = Reconciler(
-        engine=engine,
-        writer=writer,
-        events=events,
-        settings=settings,
-        on_reconciled=gate.reconciled,
-        resources=shared,
-        replicas=replicas,
-    )
-    hooks.append(reconciler)
 
     def list_jobs() -> set[Key]:
         if not settings.namespaces:

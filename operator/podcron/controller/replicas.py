@@ -15,9 +15,10 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from podcron.config import Settings
-from podcron.engine.gate import FiringGate, Gain, GateListener, Verdict
+from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.ha.agent import Agent
 from podcron.ha.leases import KubeLeaseStore
 from podcron.ha.protocol import Params
@@ -25,8 +26,13 @@ from podcron.telemetry.replica_metrics import ReplicaMetrics
 
 log = logging.getLogger("podcron.replicas")
 
-#: Told the UIDs of jobs this replica gains, before the engine catches them up and after.
-GainHook = Callable[[Sequence[str]], None]
+
+class GainHooks(Protocol):
+    """Told the UIDs of jobs this replica gains, before the engine catches them up and after."""
+
+    def before_gain(self, uids: Sequence[str]) -> None: ...
+
+    def after_gain(self, uids: Sequence[str]) -> None: ...
 
 
 class Replicas:
@@ -35,8 +41,6 @@ class Replicas:
     def __init__(self, agent: Agent, store: KubeLeaseStore | None = None) -> None:
         self.agent = agent
         self._store = store
-        self._before: GainHook | None = None
-        self._after: GainHook | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, wall: Callable[[], float]) -> Replicas:
@@ -81,10 +85,9 @@ class Replicas:
         owner = self.agent.owner_of(uid)
         return owner is not None and owner != self.agent.identity
 
-    def gate(self, *, before_gain: GainHook, after_gain: GainHook) -> FiringGate:
-        """The engine's gate: the agent's verdicts, with gains shown to the hooks around them."""
-        self._before, self._after = before_gain, after_gain
-        return _HookedGate(self)
+    def gate(self) -> HookedGate:
+        """The engine's gate: the agent's verdicts, with gains shown to its ``hooks``."""
+        return HookedGate(self.agent)
 
     def close(self) -> None:
         if self._store is not None:
@@ -105,20 +108,24 @@ def _endpoint(settings: Settings) -> str:
     return f"{host}:{settings.sidecar_port}"
 
 
-class _HookedGate:
-    """The agent as the engine's :class:`FiringGate`, telling the hooks of each gain."""
+class HookedGate:
+    """The agent as the engine's :class:`FiringGate`, telling ``hooks`` of each gain.
 
-    def __init__(self, replicas: Replicas) -> None:
-        self._replicas = replicas
-        self.verdict: Callable[[str, float], Verdict] = replicas.agent.verdict
+    ``hooks`` is set once the reconciler exists (it needs the engine, which needs the gate).
+    """
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self.hooks: GainHooks | None = None
+        self.verdict: Callable[[str, float], Verdict] = agent.verdict
 
     def set_listener(self, listener: GateListener) -> None:
-        self._replicas.agent.set_listener(_HookedListener(self._replicas, listener))
+        self._agent.set_listener(_HookedListener(self, listener))
 
 
 class _HookedListener:
-    def __init__(self, replicas: Replicas, engine: GateListener) -> None:
-        self._replicas = replicas
+    def __init__(self, gate: HookedGate, engine: GateListener) -> None:
+        self._gate = gate
         self._engine = engine
 
     def bound_moved(self) -> None:
@@ -126,9 +133,9 @@ class _HookedListener:
 
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         keys = [gain.key for gain in gained]
-        before, after = self._replicas._before, self._replicas._after
-        if before is not None and keys:
-            before(keys)
+        hooks = self._gate.hooks
+        if hooks is not None and keys:
+            hooks.before_gain(keys)
         self._engine.owners_changed(gained, lost)
-        if after is not None and keys:
-            after(keys)
+        if hooks is not None and keys:
+            hooks.after_gain(keys)
