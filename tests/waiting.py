@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -28,6 +29,25 @@ def wait_for(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
+
+
+async def until(
+    condition: Callable[[], Any], within: float = 5.0, *, interval: float = 0.01, what: str = ""
+) -> Any:
+    """:func:`wait_for` for a test on the event loop: polls between the loop's own steps.
+
+    The deadline is on the monotonic clock, not the loop's: what is awaited
+    often happens on another thread, which a fake loop clock would not wait for.
+    """
+    within *= load_factor()
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what or condition}")
+        await asyncio.sleep(interval)
 
 
 def load_factor() -> float:

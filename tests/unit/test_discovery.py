@@ -4,8 +4,7 @@ never wait for the API server before serving, ignore implausible ranges."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -14,16 +13,9 @@ import pytest
 from podcron.sidecar.cidr import LOOPBACK, Allowlist
 from podcron.sidecar.discovery import Discovery, MinimumPrefixes, NodeLister
 
+from ..waiting import wait_for
+
 POD = IPv4Address("10.244.1.5")
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float, what: str) -> None:
-    """Poll ``condition`` (discovery runs on its own thread); fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Nodes:

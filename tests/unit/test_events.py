@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,7 +25,8 @@ from podcron.controller.events import (
 from podcron.controller.kubeapi import KubeApi
 from podcron.errors import ObjectGone, TransientApiError
 
-DEADLINE = 5.0
+from ..waiting import until
+
 JOB = ObjectRef("ns", "job", "uid-1")
 
 
@@ -66,13 +66,6 @@ class RecordingApi:
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
-
-
-async def until(condition: Callable[[], object], within: float = DEADLINE) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 class LoopClock:

@@ -8,10 +8,8 @@ tests/integration/test_resources.py).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import kopf
@@ -24,7 +22,7 @@ from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
 from podcron.resources import ResourceManager, ResourceStatus
 
-DEADLINE = 5.0
+from ..waiting import until
 
 
 class Writer:
@@ -87,13 +85,6 @@ def body(name: str, *resources: str) -> kopf.Body:
         "status": {},
     }
     return kopf.Body(cast(kopf.RawBody, raw))
-
-
-async def until(condition: Callable[[], object]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 @pytest.fixture

@@ -37,6 +37,8 @@ from podcron.resources import (
     eager,
 )
 
+from ..waiting import until
+
 DEADLINE = 5.0
 
 
@@ -55,14 +57,6 @@ class LoopClock:
 @pytest.fixture
 async def clock(monkeypatch: pytest.MonkeyPatch) -> LoopClock:
     return LoopClock(asyncio.get_running_loop(), monkeypatch)
-
-
-async def until(condition: Callable[[], object], within: float = DEADLINE) -> None:
-    """Wait for ``condition``, letting the loop run (and fire timers the clock made due)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.005)
 
 
 class Journal:

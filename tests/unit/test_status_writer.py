@@ -13,6 +13,8 @@ import pytest
 from podcron.controller.status import StatusWriter, merge
 from podcron.errors import ObjectGone, TransientApiError
 
+from ..waiting import until
+
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
 pytestmark = pytest.mark.asyncio_debug
 
@@ -30,13 +32,6 @@ class RecordingApi:
             if self.fail_next:
                 raise self.fail_next.pop(0)
             self.patches.append((time.monotonic(), f"{namespace}/{name}", dict(status)))
-
-
-async def until(condition: Any, within: float = 5.0) -> None:
-    # Polled: the patches land from the writer's worker threads, not the loop.
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
