@@ -26,10 +26,8 @@ from podcron.errors import JobAlreadyRunning, JobNotFound
 from .engine_support import DEADLINE, Recorder, engine_on_loop_clock, spec
 
 # On a fake loop clock, but for the tests of plain def jobs (engine_support says why).
-pytestmark = pytest.mark.looptime
-
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
-pytestmark = pytest.mark.asyncio_debug
+pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
 
 @pytest.fixture

@@ -13,10 +13,8 @@ from podcron.engine import Engine, History, RunStatus
 from .engine_support import Recorder, engine_on_loop_clock, spec
 
 # On a fake loop clock (engine_support says how).
-pytestmark = pytest.mark.looptime
-
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
-pytestmark = pytest.mark.asyncio_debug
+pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
 # 30 February: valid, as in Kubernetes CronJob, and never comes.
 NO_SUCH_DATE = {"cron": "0 0 30 2 *"}

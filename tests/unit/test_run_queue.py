@@ -15,10 +15,8 @@ from podcron.telemetry.run_telemetry import RunTelemetry
 from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spec
 
 # On a fake loop clock (engine_support says how).
-pytestmark = pytest.mark.looptime
-
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
-pytestmark = pytest.mark.asyncio_debug
+pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
 
 async def test_a_run_waiting_for_a_slot_is_queued_late_and_its_duration_is_its_body() -> None:
