@@ -129,10 +129,46 @@ def _metrics(variant: str) -> Callable[[], None]:
     return loop
 
 
+RUN_EVENTS_PER_PATCH = 10  # 1,000 one-second jobs: 2,000 run events/s, 100 patches/s at most
+
+
+def _status_fields(variant: str) -> Callable[[], None]:
+    from functools import partial
+
+    from bench_telemetry import BATCH, ManualRuns
+    from podcron import runrecord
+    from podcron.controller.conditions import JobConditions
+    from podcron.controller.status import StatusWriter
+
+    async def loop() -> None:
+        runs = ManualRuns()
+        await runs.run(BATCH)  # a job that has run: its status has every field
+        engine, job_id = runs.engine, ManualRuns.JOB_ID
+        conditions = JobConditions()
+        writer = StatusWriter(lambda namespace, name, status: None)
+
+        def fields() -> dict[str, object]:
+            snapshot = engine.snapshot(job_id)
+            return runrecord.run_status(snapshot.record) | conditions.status(job_id)
+
+        # OPS run events, then the patches a writer at its ceiling sends for them.
+        for _ in range(OPS // RUN_EVENTS_PER_PATCH):
+            for _ in range(RUN_EVENTS_PER_PATCH):
+                if variant == "trick":
+                    writer.update_when_sent("bench", "noop", partial(fields))
+                elif variant == "plain":
+                    writer.update("bench", "noop", fields())
+            writer._take(("bench", "noop"))
+        writer.close()
+
+    return lambda: asyncio.run(loop())
+
+
 OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
     "run span (open and end)": _run_span,
     "timeout guard of a run without timeout": _timeout_guard,
     "metric updates of one run": _metrics,
+    "status of one run event (a patch per 10)": _status_fields,
 }
 
 

@@ -276,3 +276,71 @@ async def test_the_writer_stops_when_cancelled_as_an_update_wakes_it() -> None:
     assert done, "the cancellation was swallowed: the writer kept running"
     assert await writer.flush(until=soon()) == 0
     writer.close()
+
+
+class Counting:
+    """A job's run count, and how often its status fields were built from it."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.builds = 0
+
+    def build(self) -> dict[str, Any]:
+        self.builds += 1
+        return {"runs": {"total": self.total}} if self.total else {}
+
+
+async def test_fields_built_when_sent_are_built_once_per_patch_from_the_newest_state(
+    running: Any,
+) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, per_object_interval=0.3))
+    job = Counting()
+    for _ in range(50):
+        job.total += 1
+        writer.update_when_sent("ns", "a", job.build)
+        await asyncio.sleep(0.005)
+    await until(lambda: api.patches and api.patches[-1][2]["runs"]["total"] == 50)
+    assert job.builds == len(api.patches) < 50
+
+
+async def test_fields_built_when_sent_go_over_the_eager_ones_of_the_same_patch() -> None:
+    api = RecordingApi()
+    writer = StatusWriter(api.patch)
+    job = Counting()
+    job.total = 3
+    writer.update_when_sent("ns", "a", job.build)
+    writer.update("ns", "a", {"runs": {"total": 1, "failed": 1}, "replica": "r1"})
+    await writer.flush(until=asyncio.get_running_loop().time() + 5)
+    assert [p[2] for p in api.patches] == [{"runs": {"total": 3, "failed": 1}, "replica": "r1"}]
+    writer.close()
+
+
+async def test_fields_built_empty_send_no_patch_and_a_forgotten_object_builds_nothing(
+    running: Any,
+) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01))
+    nothing, forgotten = Counting(), Counting()
+    forgotten.total = 1
+    writer.update_when_sent("ns", "empty", nothing.build)
+    writer.update_when_sent("ns", "gone", forgotten.build)
+    writer.forget("ns", "gone")
+    await until(lambda: nothing.builds == 1)
+    writer.update("ns", "marker", {"running": False})  # patched after the empty one's turn
+    await until(lambda: api.patches)
+    assert [p[1] for p in api.patches] == ["ns/marker"]
+    assert forgotten.builds == 0
+    assert writer.pending == 0
+
+
+async def test_the_flush_builds_what_waits_and_sends_it() -> None:
+    api = RecordingApi()
+    writer = StatusWriter(api.patch, per_object_interval=60)
+    job = Counting()
+    job.total = 7
+    writer.update_when_sent("ns", "a", job.build)
+    unsent = await writer.flush(until=asyncio.get_running_loop().time() + 5)
+    assert unsent == 0
+    assert [p[2] for p in api.patches] == [{"runs": {"total": 7}}]
+    writer.close()

@@ -29,6 +29,7 @@ failed run; repeats aggregate into one Event with a count (see
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -357,24 +358,13 @@ class Reconciler:
             self._writer.update(ref.namespace, ref.name, patch)
 
     def _on_job_event(self, event: JobEvent) -> None:
-        ref = self._refs.get(event.job_id)
-        if (
-            ref is not None
-            and self._replicas is not None
-            and self._replicas.runs_elsewhere(ref.uid)
-        ):
+        if self._moved(event.job_id):
             # A run that began before the job moved: its outcome is in this replica's
             # metrics, spans and logs, but status is the new owner's alone.
             return
-        try:
-            snapshot = self._engine.snapshot(event.job_id)
-        except JobNotFound:
-            return
-        patch = runrecord.run_status(snapshot.record)
         if isinstance(event, RunFinished) and event.status is not RunStatus.SKIPPED:
             succeeded = event.status is RunStatus.SUCCESS
             self._conditions.run_ended(event.job_id, succeeded=succeeded, error=event.error)
-            patch |= self._conditions.status(event.job_id)
             if not succeeded:
                 ref = self._refs.get(event.job_id)
                 if ref is not None:
@@ -389,4 +379,25 @@ class Reconciler:
                     message=f"a run's thread did not stop ({event.error}); the job counts as"
                     f" running until it returns ({event.abandoned_threads} abandoned threads)",
                 )
-        self._writer.update(event.namespace, event.name, patch)
+        self._writer.update_when_sent(
+            event.namespace, event.name, functools.partial(self._run_status, event.job_id)
+        )
+
+    def _run_status(self, job_id: str) -> dict[str, Any]:
+        """A job's run fields and conditions as they are now: built when its patch goes out."""
+        if self._moved(job_id):
+            return {}  # since its last run event: its status is the new owner's
+        try:
+            snapshot = self._engine.snapshot(job_id)
+        except JobNotFound:
+            return {}
+        return runrecord.run_status(snapshot.record) | self._conditions.status(job_id)
+
+    def _moved(self, job_id: str) -> bool:
+        """Whether another replica owns the job now."""
+        ref = self._refs.get(job_id)
+        return (
+            ref is not None
+            and self._replicas is not None
+            and self._replicas.runs_elsewhere(ref.uid)
+        )
