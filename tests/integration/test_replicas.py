@@ -356,7 +356,7 @@ def _went_back(history: list[tuple[dict[str, int], object]]) -> list[str]:
 
 @pytest.mark.xfail(
     reason="a job's new owner continues the counters of the last status its watch delivered; "
-    "at a SIGTERM handover the old owner's last patch can land after that, and the new "
+    "at a handover the old owner's last patch can land after that, and the new "
     "owner's first write is then lower (seen: total 22 -> 21)",
     strict=False,
 )
