@@ -34,7 +34,8 @@ from faketime import FaketimeUnavailable, ensure_libfaketime
 from faketime import environment as faketime_environment
 from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
 from podcron.schedules import Schedule, parse_schedule
-from tests.jobs.podcron_chaosjobs.ledger import LEDGER_VARIABLE, REPLICA_VARIABLE, Entry
+from tests.jobs.podcron_chaosjobs.ledger import LEDGER_VARIABLE, REPLICA_VARIABLE
+from tests.jobs.podcron_chaosjobs.ledger import read as ledger_entries
 
 from . import checker, counters, nemesis
 from .proxy import FaultProxy, ProxyLoop
@@ -332,12 +333,6 @@ def job_manifests(count: int, intervals: Sequence[int]) -> tuple[str, dict[str, 
     return yaml.safe_dump_all(documents), schedules
 
 
-def read_ledger(path: Path) -> list[Entry]:
-    if not path.exists():
-        return []
-    return [Entry.parse(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -420,7 +415,7 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
             replica.start()
         _log(f"{settings.replicas} operator(s) started; warming up until every job started a tick")
         _wait(
-            lambda: len({e.job for e in read_ledger(ledger)}) >= settings.jobs,
+            lambda: len({e.job for e in ledger_entries(ledger)}) >= settings.jobs,
             settings.warmup_timeout,
             "every job's first tick",
         )
@@ -444,7 +439,7 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         time.sleep(settings.settle_seconds)
         cluster.stop_scraping()
     verdict = checker.judge(
-        entries=read_ledger(ledger),
+        entries=ledger_entries(ledger),
         schedules=schedules,
         window=(window_start, window_end),
         faults=chaos.faults,

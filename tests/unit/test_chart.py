@@ -226,7 +226,7 @@ def test_pod_is_locked_down_and_probed(
     objects: list[dict[str, Any]], values: dict[str, Any]
 ) -> None:
     deployment = one(objects, "Deployment")
-    replicas = values.get("replicas", 1)
+    replicas = values.get("replicas", 2)
     assert deployment["spec"]["replicas"] == replicas
     if replicas == 1:
         assert deployment["spec"]["strategy"] == {"type": "Recreate"}
@@ -337,7 +337,7 @@ def test_rbac_and_service_account_can_be_left_to_the_user(helm: Helm, tmp_path: 
         {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "mine"}},
     )
     kinds = {o["kind"] for o in objects}
-    assert kinds == {"ConfigMap", "Service", "Deployment", "NetworkPolicy"}
+    assert kinds == {"ConfigMap", "Service", "Deployment", "NetworkPolicy", "PodDisruptionBudget"}
     pod = one(objects, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "mine"
 
@@ -533,10 +533,14 @@ def test_both_containers_know_their_pod_from_the_downward_api(
         }
 
 
-def test_a_disruption_budget_keeps_one_of_several_replicas(helm: Helm, tmp_path: Path) -> None:
-    assert find(render(helm, tmp_path, {}), "PodDisruptionBudget") == []
-    objects = render(helm, tmp_path, {"replicas": 2})
+def test_a_disruption_budget_takes_one_replica_at_a_time(helm: Helm, tmp_path: Path) -> None:
+    assert find(render(helm, tmp_path, {"replicas": 1}), "PodDisruptionBudget") == []
+    for replicas in (2, 3):
+        budget = one(render(helm, tmp_path, {"replicas": replicas}), "PodDisruptionBudget")
+        assert budget["spec"] == budget["spec"] | {"maxUnavailable": 1}
+        assert "minAvailable" not in budget["spec"]
+    objects = render(helm, tmp_path, {})  # two replicas by default
     budget = one(objects, "PodDisruptionBudget")
-    assert budget["spec"]["minAvailable"] == 1
+    assert budget["spec"]["maxUnavailable"] == 1
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()

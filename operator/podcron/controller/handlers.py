@@ -250,6 +250,10 @@ class Reconciler:
             patch |= jobspecs.schedule_status(job_spec.schedule)
             if self._owns(job_spec.uid):
                 patch |= runrecord.run_status(snapshot.record)
+                if self._replicas is not None:
+                    # A job this replica owned before it knew the job was never gained
+                    # (after_gain): say whose it is here, or kubectl shows no REPLICA.
+                    patch["replica"] = self._replicas.identity
         patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)

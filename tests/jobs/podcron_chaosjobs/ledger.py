@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from podcron import JobContext
 
@@ -50,6 +51,17 @@ class Entry:
     def parse(cls, line: str) -> Entry:
         job, tick, replica, pid, wall, monotonic, trigger = line.split()
         return cls(job, float(tick), replica, int(pid), float(wall), float(monotonic), trigger)
+
+
+def read(path: Path) -> list[Entry]:
+    """Every whole line of the ledger at ``path``; none when nothing was written yet.
+
+    Read while replicas write: a line still being written (no newline yet) is left out.
+    """
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    return [Entry.parse(line) for line in lines if line.endswith("\n") and line.strip()]
 
 
 def _ledger() -> int:
