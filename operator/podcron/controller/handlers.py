@@ -249,6 +249,10 @@ class Reconciler:
             patch |= jobspecs.schedule_status(job_spec.schedule)
             if self._owns(job_spec.uid):
                 patch |= runrecord.run_status(snapshot.record)
+                if self._replicas is not None:
+                    # A job added within an epoch is owned from the start, with no gain to
+                    # announce it (after_gain): the owner says so here.
+                    patch["replica"] = self._replicas.identity
         patch |= self._conditions.status(jid)
         # Urgent: someone who just applied or edited the object waits for this.
         self._writer.update(namespace, name, patch, urgent=True)
