@@ -3,12 +3,13 @@
 One cluster serves the module (tools/kindcluster.py): stock kind images where a registry
 answers, else a node image built here (tools/kindimages.py); podcron's image built from the
 Dockerfile, plus a job module of the suite's own, loaded into it; the chart installed with
-`helm install --wait`, the examples applied. Then what a cluster adds over a bare API server:
-the pod's own ServiceAccount, probes as the kubelet runs them, the read-only root file system
-and UID 65532, the System API from a pod (allowed) and from outside (refused), a `helm
-upgrade` the new pod picks up, SIGTERM from `kubectl delete pod`, and `helm uninstall`
-leaving nothing but the CRD. The cluster is deleted afterwards (PODCRON_E2E_KEEP_CLUSTER=1
-keeps it for a look around).
+two replicas and `helm install --wait`, the examples applied. Then what a cluster adds over a
+bare API server: the pods' own ServiceAccount, probes as the kubelet runs them, the read-only
+root file system and UID 65532, the jobs shared by the two replicas through Leases, the
+System API from a pod (allowed, on either replica) and from outside (refused), a `helm
+upgrade` the new pods pick up, SIGTERM from `kubectl delete pod` (the other replica takes the
+pod's jobs over), and `helm uninstall` leaving nothing but the CRD. The cluster is deleted
+afterwards (PODCRON_E2E_KEEP_CLUSTER=1 keeps it for a look around).
 
 Needs a container engine (Docker; Debian's docker.io is installed and started where missing)
 and Go. Skipped, with the reason, only where no engine can run. Run it with `make e2e`.
@@ -19,14 +20,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,8 @@ IMAGE = f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
 RELEASE = "podcron"
 RELEASE_SELECTOR = f"app.kubernetes.io/instance={RELEASE}"
 SYSTEM = "podcron-system"
+# Set explicitly, whatever the chart's default: the suite checks how two replicas share jobs.
+REPLICAS = 2
 # Short, so that a pod deleted with a run active records it within seconds.
 SHUTDOWN_TIMEOUT_SECONDS, GRACE_PERIOD_SECONDS = 5, 15
 # The suite's own job module, added to podcron's image as users add theirs; allowed only
@@ -75,7 +81,8 @@ spec:
 JOBS = "podcron-e2e-jobs"
 SERVICE_URL = f"http://{RELEASE}.{SYSTEM}.svc:8080"
 EXAMPLES = ("hello", "cleanup", "report")
-# Suspended: it runs only when triggered.
+# Suspended: it runs only when triggered. Allow: the in-cluster client triggers it several
+# times at once, through either replica.
 ON_DEMAND = """
 apiVersion: podcron.dev/v1alpha1
 kind: ScheduledJob
@@ -83,8 +90,22 @@ metadata: {name: on-demand}
 spec:
   entryPoint: hello
   schedule: {daily: {at: "02:30"}}
+  concurrencyPolicy: Allow
   suspend: true
 """
+# Jobs enough that each replica owns some (all on one of two: about 2 in 2**16), and that the
+# pod deleted owns a job running every few seconds whose move can be watched.
+SPREAD = [f"spread-{index:02}" for index in range(12)]
+SPREAD_JOB = """
+apiVersion: podcron.dev/v1alpha1
+kind: ScheduledJob
+metadata: {{name: {name}}}
+spec:
+  entryPoint: hello
+  schedule: {{every: 5s}}
+"""
+# Scheduled jobs that succeed every few seconds: where a failover shows within seconds.
+FREQUENT = ("hello", *SPREAD)
 # The sidecar from outside the pod network: a NodePort that keeps the client's address
 # (externalTrafficPolicy Local; Cluster would masquerade it as the node's pod-network
 # gateway), mapped to this machine by kind-config.yaml's extraPortMappings.
@@ -99,21 +120,39 @@ spec:
   selector: {{app.kubernetes.io/name: podcron, app.kubernetes.io/instance: {RELEASE}}}
   ports: [{{port: 8080, targetPort: http, nodePort: {NODE_PORT}}}]
 """
-# Runs in a pod of the cluster, from the podcron image itself (nothing to pull).
+# Runs in a pod of the cluster, from the podcron image itself (nothing to pull): lists the
+# jobs and triggers on-demand through the Service and through each pod's address (argv), a
+# 307 followed by hand, as `curl -L` does (urllib never repeats a POST on a redirect).
 IN_CLUSTER_CLIENT = f"""
-import json, urllib.error, urllib.request
+import json, sys, urllib.error, urllib.request
 
-def call(method, path):
-    request = urllib.request.Request("{SERVICE_URL}" + path, method=method)
+class Answer(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None  # a redirect is an answer of its own here
+
+opener = urllib.request.build_opener(Answer, urllib.request.ProxyHandler({{}}))
+
+def call(method, url):
+    request = urllib.request.Request(url, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
+        with opener.open(request, timeout=10) as response:
+            return [response.status, None, json.load(response)]
     except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+        body = error.read()
+        return [error.code, error.headers.get("Location"), json.loads(body) if body else None]
 
+def post_following(url):
+    answers = [call("POST", url)]
+    if answers[-1][0] == 307:
+        answers.append(call("POST", answers[-1][1]))
+    return answers
+
+path = "/_sys/job/{JOBS}/on-demand"
 print(json.dumps({{
-    "list": call("GET", "/_sys/job"),
-    "post": call("POST", "/_sys/job/{JOBS}/on-demand"),
+    "list": call("GET", "{SERVICE_URL}/_sys/job"),
+    "listed by pod": {{ip: call("GET", f"http://{{ip}}:8080/_sys/job") for ip in sys.argv[1:]}},
+    "posted to service": post_following("{SERVICE_URL}" + path),
+    "posted to pod": {{ip: post_following(f"http://{{ip}}:8080" + path) for ip in sys.argv[1:]}},
 }}))
 """
 
@@ -174,6 +213,11 @@ class Cluster:
         runs: dict[str, int] = self.status(name).get("runs") or {}
         return runs.get("succeeded", 0)
 
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        """The status of every ScheduledJob in the jobs namespace, by name, in one read."""
+        found = json.loads(self.kubectl("get", "scheduledjobs", "-n", JOBS, "-o", "json"))
+        return {job["metadata"]["name"]: job.get("status") or {} for job in found["items"]}
+
     def pods(self) -> list[dict[str, Any]]:
         """The release's pods, not those being deleted."""
         found = json.loads(
@@ -181,9 +225,43 @@ class Cluster:
         )["items"]
         return [pod for pod in found if not pod["metadata"].get("deletionTimestamp")]
 
+    def ready_pods(self) -> list[dict[str, Any]]:
+        """The release's pods once there are REPLICAS and all their containers are ready
+        (empty until then).
+
+        Ready is what the kubelet's probes last found: on a loaded machine a probe can time
+        out now and then, and the pod is ready again at the next one.
+        """
+        pods = self.pods()
+        ready = len(pods) == REPLICAS and all(
+            status["ready"] for pod in pods for status in pod["status"]["containerStatuses"]
+        )
+        return pods if ready else []
+
+    def pod_names(self) -> set[str]:
+        return {pod["metadata"]["name"] for pod in self.pods()}
+
+    def owners(self) -> dict[str, str]:
+        """Each job's owner, as the name of its pod, once every job's owner is a pod alive now.
+
+        Empty while some job has none yet, or still names a replica that has gone: its jobs
+        are moving.
+        """
+        owners = {name: _pod_of(status) for name, status in self.statuses().items()}
+        if not set(owners.values()) <= self.pod_names():  # None is no pod: a job without one
+            return {}
+        return {name: pod for name, pod in owners.items() if pod is not None}
+
     def on_node(self, *command: str) -> str:
         """Run ``command`` in the node's container (as the kubelet's neighbour)."""
         return _run(self.docker, "exec", self.node, *command)
+
+
+def _pod_of(status: dict[str, Any]) -> str | None:
+    """The pod of the replica a job's status names; a replica's identity is the pod's name,
+    a dash and 8 hex digits (new for every process start)."""
+    identity = status.get("replica")
+    return identity.rsplit("-", 1)[0] if identity else None
 
 
 def _free_port() -> int:
@@ -221,6 +299,7 @@ def cluster(helm: Helm) -> Iterator[Cluster]:
 
 INSTALL_VALUES = (
     f"image.repository={IMAGE_REPOSITORY},image.tag={IMAGE_TAG},image.pullPolicy=Never,"
+    f"replicas={REPLICAS},"
     f"shutdownTimeoutSeconds={SHUTDOWN_TIMEOUT_SECONDS},"
     f"terminationGracePeriodSeconds={GRACE_PERIOD_SECONDS}"
 )
@@ -228,7 +307,8 @@ INSTALL_VALUES = (
 
 @pytest.fixture(scope="module")
 def installed(cluster: Cluster) -> Cluster:
-    """The chart installed and ready, the examples applied, and the jobs registered."""
+    """The chart installed and ready, the examples and the spread jobs applied, and the jobs
+    registered."""
     cluster.helm.run(
         "install",
         RELEASE,
@@ -245,6 +325,8 @@ def installed(cluster: Cluster) -> Cluster:
     cluster.kubectl("create", "namespace", JOBS)
     cluster.kubectl("apply", "-n", JOBS, "-f", str(ROOT / "examples"))
     cluster.kubectl("apply", "-n", JOBS, "-f", "-", input=ON_DEMAND)
+    spread = "---".join(SPREAD_JOB.format(name=name) for name in SPREAD)
+    cluster.kubectl("apply", "-n", JOBS, "-f", "-", input=spread)
     wait_for(
         lambda: cluster.succeeded("hello") >= 1,
         timeout=120,
@@ -254,7 +336,9 @@ def installed(cluster: Cluster) -> Cluster:
     return cluster
 
 
-def _exec(cluster: Cluster, container: str, *command: str) -> subprocess.CompletedProcess[str]:
+def _exec(
+    cluster: Cluster, pod: str, container: str, *command: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             cluster.kubectl_binary,
@@ -262,7 +346,7 @@ def _exec(cluster: Cluster, container: str, *command: str) -> subprocess.Complet
             "exec",
             "-n",
             SYSTEM,
-            f"deployment/{RELEASE}",
+            pod,
             "-c",
             container,
             "--",
@@ -278,24 +362,26 @@ def _exec(cluster: Cluster, container: str, *command: str) -> subprocess.Complet
 def test_both_containers_run_as_the_unprivileged_user_on_a_read_only_root(
     installed: Cluster,
 ) -> None:
-    pods = installed.pods()
-    assert len(pods) == 1
-    statuses = {s["name"]: s for s in pods[0]["status"]["containerStatuses"]}
-    assert set(statuses) == {"operator", "sidecar"}
-    assert all(s["ready"] for s in statuses.values())
-    for container in statuses:
-        assert _exec(installed, container, "id", "-u").stdout.strip() == "65532"
-        written = _exec(installed, container, "touch", "/opt/podcron/written")
+    pods = wait_for(installed.ready_pods, timeout=60, interval=1, what="both pods ready")
+    for found in pods:
+        statuses = {s["name"]: s for s in found["status"]["containerStatuses"]}
+        assert set(statuses) == {"operator", "sidecar"}
+    # The pods are alike: one is looked into.
+    pod = pods[0]["metadata"]["name"]
+    for container in ("operator", "sidecar"):
+        assert _exec(installed, pod, container, "id", "-u").stdout.strip() == "65532"
+        written = _exec(installed, pod, container, "touch", "/opt/podcron/written")
         assert written.returncode != 0
         assert "Read-only file system" in written.stderr
         # /tmp is the one writable place (an emptyDir).
-        assert _exec(installed, container, "touch", "/tmp/written").returncode == 0
+        assert _exec(installed, pod, container, "touch", "/tmp/written").returncode == 0
 
 
 def test_the_operator_talks_to_the_api_as_its_service_account(installed: Cluster) -> None:
     # No kubeconfig anywhere: the in-cluster configuration, from the pod's own token.
     probe = _exec(
         installed,
+        installed.pods()[0]["metadata"]["name"],
         "operator",
         "python",
         "-c",
@@ -335,18 +421,36 @@ def test_the_operator_talks_to_the_api_as_its_service_account(installed: Cluster
 
 
 def test_the_kubelet_probes_pass_from_the_node_address(installed: Cluster) -> None:
-    pod = installed.pods()[0]
-    statuses = {s["name"]: s for s in pod["status"]["containerStatuses"]}
-    # started: the sidecar's startup probe passed; ready: both readiness probes; no
-    # restart: liveness has never failed.
-    assert statuses["sidecar"]["started"] is True
-    assert all(s["ready"] and s["restartCount"] == 0 for s in statuses.values())
-    # As the kubelet calls them, from the node: the probe port answers every address.
-    ip = pod["status"]["podIP"]
-    curl = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5")
-    assert installed.on_node(*curl, f"http://{ip}:8081/healthz") == "200"
-    assert installed.on_node(*curl, f"http://{ip}:8081/readyz") == "200"
-    assert installed.on_node(*curl, f"http://{ip}:9090/readyz") == "200"
+    # Ready: both readiness probes passed.
+    pods = wait_for(installed.ready_pods, timeout=60, interval=1, what="both pods ready")
+    for pod in pods:
+        statuses = {s["name"]: s for s in pod["status"]["containerStatuses"]}
+        # started: the sidecar's startup probe passed; no restart: liveness has never failed.
+        assert statuses["sidecar"]["started"] is True
+        assert all(s["restartCount"] == 0 for s in statuses.values())
+        # As the kubelet calls them, from the node: the probe port answers every address.
+        ip = pod["status"]["podIP"]
+        curl = ("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5")
+        assert installed.on_node(*curl, f"http://{ip}:8081/healthz") == "200"
+        assert installed.on_node(*curl, f"http://{ip}:8081/readyz") == "200"
+        assert installed.on_node(*curl, f"http://{ip}:9090/readyz") == "200"
+
+
+def test_the_replicas_share_the_jobs(installed: Cluster) -> None:
+    # Each job names its owner in status once the replicas agree; every pod owns some.
+    owners = wait_for(
+        installed.owners,
+        timeout=60,
+        interval=1,
+        what="an owner for every job, each a pod alive now",
+    )
+    assert set(owners) >= {*EXAMPLES, "on-demand", *SPREAD}
+    assert set(owners.values()) == installed.pod_names()
+    # What `kubectl get sj -o wide` shows in its REPLICA column.
+    wide = installed.kubectl("get", "scheduledjob", "hello", "-n", JOBS, "-o", "wide")
+    header, row = wide.splitlines()
+    column = header.index("REPLICA")
+    assert _pod_of({"replica": row[column:].split()[0]}) == owners["hello"]
 
 
 def test_examples_run_and_report_in_status(installed: Cluster) -> None:
@@ -365,7 +469,12 @@ def test_examples_run_and_report_in_status(installed: Cluster) -> None:
     assert installed.status("report")["nextRunTime"]
 
 
-def test_a_pod_in_the_cluster_lists_and_triggers_jobs(installed: Cluster) -> None:
+def test_a_pod_in_the_cluster_lists_and_triggers_jobs_on_either_replica(
+    installed: Cluster,
+) -> None:
+    owner = wait_for(installed.owners, timeout=60, interval=1, what="every job owned")["on-demand"]
+    ips = {pod["metadata"]["name"]: pod["status"]["podIP"] for pod in installed.pods()}
+    assert len(ips) == REPLICAS
     before = installed.succeeded("on-demand")
     installed.kubectl(
         "run",
@@ -380,6 +489,7 @@ def test_a_pod_in_the_cluster_lists_and_triggers_jobs(installed: Cluster) -> Non
         "python",
         "-c",
         IN_CLUSTER_CLIENT,
+        *ips.values(),
     )
     try:
         installed.kubectl(
@@ -393,18 +503,29 @@ def test_a_pod_in_the_cluster_lists_and_triggers_jobs(installed: Cluster) -> Non
         answers = json.loads(installed.kubectl("logs", "pod/e2e-client", "-n", JOBS))
     finally:
         installed.kubectl("delete", "pod", "e2e-client", "-n", JOBS, "--wait=false")
-    code, listed = answers["list"]
-    assert code == 200
-    ids = {job["jobId"] for job in listed["data"]}
-    assert {f"{JOBS}/{name}" for name in (*EXAMPLES, "on-demand")} <= ids
-    code, posted = answers["post"]
-    assert code == 200, posted
-    assert posted["data"]["triggered"] is True
+    # Every replica lists every job, whichever runs it.
+    expected = {f"{JOBS}/{name}" for name in (*EXAMPLES, "on-demand", *SPREAD)}
+    for code, _, listed in (answers["list"], *answers["listed by pod"].values()):
+        assert code == 200
+        assert expected <= {job["jobId"] for job in listed["data"]}
+    # A manual run asked of the replica that does not run the job is redirected to the one
+    # that does; asked of that one, or through the Service, it runs there.
+    url = f"http://{ips[owner]}:8080/_sys/job/{JOBS}/on-demand"
+    for ip, answered in answers["posted to pod"].items():
+        if ip == ips[owner]:
+            assert [code for code, _, _ in answered] == [200], answered
+        else:
+            assert [(code, location) for code, location, _ in answered[:1]] == [(307, url)]
+            assert answered[1][0] == 200, answered
+    served = answers["posted to service"]
+    assert [code for code, _, _ in served][-1] == 200, served
+    for answered in (served, *answers["posted to pod"].values()):
+        assert answered[-1][2]["data"]["triggered"] is True
     wait_for(
-        lambda: installed.succeeded("on-demand") == before + 1,
+        lambda: installed.succeeded("on-demand") == before + 1 + REPLICAS,
         timeout=30,
         interval=1,
-        what="the run the pod asked for",
+        what="the runs the pod asked for",
     )
 
 
@@ -426,8 +547,8 @@ def test_a_caller_outside_the_pod_network_is_refused(installed: Cluster) -> None
     # where the network does not enforce it, the sidecar disconnects the peer at accept.
     for path in ("/_sys/job", "/healthz"):
         assert answer(path) == (0, b"")
-    logs = installed.kubectl("logs", "-n", SYSTEM, f"deployment/{RELEASE}", "-c", "sidecar")
-    assert "denied GET" not in logs
+    for pod in installed.pod_names():
+        assert "denied GET" not in installed.kubectl("logs", "-n", SYSTEM, pod, "-c", "sidecar")
 
 
 def test_kubectl_triggers_a_run(installed: Cluster) -> None:
@@ -449,18 +570,32 @@ def test_kubectl_triggers_a_run(installed: Cluster) -> None:
     )
 
 
-def test_metrics_count_the_runs(installed: Cluster) -> None:
-    exposition = installed.kubectl(
-        "get", "--raw", f"/api/v1/namespaces/{SYSTEM}/services/{RELEASE}:metrics/proxy/metrics"
-    )
-    runs = {
+def _runs_counted(exposition: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {
         tuple(sorted(sample.labels.items())): sample.value
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
         if sample.name == "podcron_job_runs_total"
     }
-    labels = {"namespace": JOBS, "name": "hello", "trigger": "scheduled", "status": "success"}
-    assert runs.get(tuple(sorted(labels.items())), 0) >= 1, runs
+
+
+def test_metrics_count_the_runs(installed: Cluster) -> None:
+    # Through the Service, one replica answers: it counts the runs it started.
+    exposition = installed.kubectl(
+        "get", "--raw", f"/api/v1/namespaces/{SYSTEM}/services/{RELEASE}:metrics/proxy/metrics"
+    )
+    assert _runs_counted(exposition)
+    # The runs of hello are counted by the replica that runs it, each pod scraped on its own.
+    hello = {"namespace": JOBS, "name": "hello", "trigger": "scheduled", "status": "success"}
+    counted = 0.0
+    for pod in installed.pod_names():
+        runs = _runs_counted(
+            installed.kubectl(
+                "get", "--raw", f"/api/v1/namespaces/{SYSTEM}/pods/{pod}:9090/proxy/metrics"
+            )
+        )
+        counted += runs.get(tuple(sorted(hello.items())), 0)
+    assert counted >= 1
 
 
 def test_helm_upgrade_allowing_a_module_reaches_the_new_pod(installed: Cluster) -> None:
@@ -471,7 +606,7 @@ def test_helm_upgrade_allowing_a_module_reaches_the_new_pod(installed: Cluster) 
         interval=1,
         what="the job of a module not allowed refused in status",
     )
-    before = installed.pods()[0]["metadata"]["name"]
+    before = installed.pod_names()
     installed.helm.run(
         "upgrade",
         RELEASE,
@@ -485,8 +620,9 @@ def test_helm_upgrade_allowing_a_module_reaches_the_new_pod(installed: Cluster) 
         "--timeout=5m",
         kubeconfig=installed.kubeconfig,
     )
-    pods = installed.pods()
-    assert [pod["metadata"]["name"] for pod in pods] != [before]
+    after = installed.pod_names()
+    assert len(after) == REPLICAS
+    assert not after & before
     wait_for(
         functools.partial(installed.ready, "holding"),
         timeout=60,
@@ -495,7 +631,59 @@ def test_helm_upgrade_allowing_a_module_reaches_the_new_pod(installed: Cluster) 
     )
 
 
-def test_kubectl_delete_pod_records_the_interrupted_run(installed: Cluster) -> None:
+Samples = list[tuple[float, dict[str, dict[str, Any]]]]
+
+
+@contextlib.contextmanager
+def _sampling(cluster: Cluster) -> Iterator[Samples]:
+    """Every job's status, read over and over until the block ends, each with the monotonic
+    time it was read."""
+    samples: Samples = []
+    done = threading.Event()
+    failed: list[BaseException] = []
+
+    def sample() -> None:
+        try:
+            while not done.is_set():
+                samples.append((time.monotonic(), cluster.statuses()))
+                done.wait(0.5)
+        except BaseException as error:  # pytest.fail's too: re-raised in the test's thread
+            failed.append(error)
+
+    thread = threading.Thread(target=sample, name="status-samples", daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join(timeout=60)
+    if failed:
+        raise failed[0]
+
+
+def _counters_never_go_back(samples: Samples) -> None:
+    highest: dict[tuple[str, str], int] = {}
+    for _, statuses in samples:
+        for name, status in statuses.items():
+            for counter, value in (status.get("runs") or {}).items():
+                key = (name, counter)
+                assert value >= highest.get(key, 0), f"{name} runs.{counter} went back to {value}"
+                highest[key] = value
+
+
+def _first(samples: Samples, since: float, holds: Callable[[dict[str, Any]], bool]) -> float:
+    """Seconds from ``since`` to the first sample where ``holds`` (inf: none)."""
+    return min((at - since for at, statuses in samples if holds(statuses)), default=math.inf)
+
+
+def test_kubectl_delete_pod_moves_its_jobs_to_the_other_replica(installed: Cluster) -> None:
+    # Both replicas of the upgraded release share the jobs.
+    wait_for(
+        lambda: set(installed.owners().values()) == installed.pod_names(),
+        timeout=120,
+        interval=1,
+        what="the jobs shared by both pods of the upgrade",
+    )
     installed.kubectl(
         "annotate", "scheduledjob", "holding", "-n", JOBS, "podcron.dev/run-now=e2e", "--overwrite"
     )
@@ -505,22 +693,64 @@ def test_kubectl_delete_pod_records_the_interrupted_run(installed: Cluster) -> N
         interval=1,
         what="the holding run active in status",
     )
-    pod = installed.pods()[0]["metadata"]["name"]
-    # Returns once the pod is gone: the kubelet sent SIGTERM and the operator exited.
-    installed.kubectl("delete", "pod", pod, "-n", SYSTEM, f"--timeout={GRACE_PERIOD_SECONDS + 30}s")
-    found = installed.status("holding")
-    assert found["running"] is False
-    assert found["lastRunStatus"] == "failure"
-    assert found["lastError"].startswith("Interrupted: the operator shut down")
-    assert found["runs"]["failed"] == 1
-    # The Deployment's next pod takes over, and the examples keep running.
+    owners = installed.owners()
+    doomed = owners["holding"]
+    (survivor,) = installed.pod_names() - {doomed}
+    moving = [name for name in FREQUENT if owners[name] == doomed]
+    assert moving, f"{doomed} runs none of {FREQUENT}: {owners}"
+    with _sampling(installed) as samples:
+        deleting = time.monotonic()
+        # Returns once the pod is gone: the kubelet sent SIGTERM and the operator exited.
+        installed.kubectl(
+            "delete", "pod", doomed, "-n", SYSTEM, f"--timeout={GRACE_PERIOD_SECONDS + 30}s"
+        )
+        gone = time.monotonic() - deleting
+        # Its run of holding was interrupted by the shutdown and says so; the jobs it ran
+        # go on under the other replica, their counters continued.
+        before = {name: installed.succeeded(name) for name in moving}
+        wait_for(
+            lambda: (
+                (found := installed.status("holding"))["running"] is False
+                and found["lastRunStatus"] == "failure"
+                and found["runs"]["failed"] == 1
+                and found["lastError"].startswith("Interrupted: the operator shut down")
+            ),
+            timeout=30,
+            interval=1,
+            what="the interrupted run of holding in status",
+        )
+        wait_for(
+            lambda: all(
+                _pod_of(status) == survivor and status["runs"]["succeeded"] > before[name]
+                for name, status in installed.statuses().items()
+                if name in moving
+            ),
+            timeout=60,
+            interval=1,
+            what=f"{', '.join(moving)} running on {survivor}",
+        )
+    _counters_never_go_back(samples)
+    moved = _first(
+        samples, deleting, lambda found: all(_pod_of(found[name]) == survivor for name in moving)
+    )
+    ran = _first(
+        samples,
+        deleting,
+        lambda found: all(found[name]["runs"]["succeeded"] > before[name] for name in moving),
+    )
+    # Figures for docs/ha.md (`pytest tests/e2e -rP` shows them): seconds after `kubectl
+    # delete pod` began, as status showed them (read every half second or so).
+    print(
+        f"SIGTERM failover of {len(moving)} jobs: pod gone after {gone:.1f} s, owner in status"
+        f" after {moved:.1f} s, a run on the other replica after {ran:.1f} s"
+    )
+    # The Deployment's next pod joins the ring and takes its share of the jobs.
     installed.kubectl("rollout", "status", f"deployment/{RELEASE}", "-n", SYSTEM, "--timeout=180s")
-    before = installed.succeeded("hello")
     wait_for(
-        lambda: installed.succeeded("hello") > before,
+        lambda: set(installed.owners().values()) == installed.pod_names(),
         timeout=60,
         interval=1,
-        what="hello running under the next pod",
+        what="the jobs shared with the next pod",
     )
 
 

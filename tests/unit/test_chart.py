@@ -354,9 +354,12 @@ def test_two_releases_in_two_namespaces_make_distinct_cluster_objects(
     assert names == {"podcron-team-a", "podcron-team-b"}
 
 
-def test_the_sidecar_has_a_startup_probe_on_its_probe_port(objects: list[dict[str, Any]]) -> None:
-    startup = _containers(objects)["sidecar"]["startupProbe"]
-    assert startup["httpGet"] == {"path": "/healthz", "port": "probes"}
+@pytest.mark.parametrize(("container", "port"), [("sidecar", "probes"), ("operator", "metrics")])
+def test_each_container_has_a_startup_probe_on_its_probe_port(
+    objects: list[dict[str, Any]], container: str, port: str
+) -> None:
+    startup = _containers(objects)[container]["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": port}
     # A minute for a slow node before liveness counts.
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
 
