@@ -22,6 +22,7 @@ from podcron.controller.control_socket import ControlServer, JobCatalogue
 from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
 from podcron.entrypoints import JobTarget
 from podcron.errors import ErrorCode, NotOwner, OperatorRefused, OperatorUnavailable
+from podcron.ha.ring import Assignment
 from podcron.schedules import parse_schedule
 from podcron.sidecar.operator_client import OperatorClient
 
@@ -291,6 +292,29 @@ async def test_the_catalogue_reencodes_only_after_a_change(engine: Engine) -> No
     assert new_etag != etag
     assert json.loads(new_listing)[0]["suspended"] is True
     assert catalogue.one("ns/b") is one_b, "an unchanged job keeps its encoding"
+
+
+async def test_each_job_names_the_replica_that_owns_it_in_the_assignment_adopted(
+    engine: Engine,
+) -> None:
+    uids = {name: f"uid-{name}" for name in ("a", "b", "c", "d")}
+    for name, uid in uids.items():
+        engine.upsert(_spec(name, uid=uid))
+    two = Assignment(["replica-1", "replica-2"])
+    adopted = two
+    catalogue = JobCatalogue(engine, lambda: adopted)
+    etag, _, listing = catalogue.listing()
+    owners = {job["name"]: job["replica"] for job in json.loads(listing)}
+    assert owners == {name: two.owner_of(uid) for name, uid in uids.items()}
+    assert set(owners.values()) <= {"replica-1", "replica-2"}
+    assert json.loads(catalogue.one("ns/a"))["replica"] == owners["a"]
+    # replica-2 leaves: the next epoch's assignment moves its jobs, and the list says so.
+    adopted = Assignment(["replica-1"])
+    new_etag, _, new_listing = catalogue.listing()
+    assert new_etag != etag
+    assert {job["replica"] for job in json.loads(new_listing)} == {"replica-1"}
+    # One replica: no owner to name.
+    assert json.loads(JobCatalogue(engine).one("ns/a"))["replica"] is None
 
 
 async def test_a_job_another_replica_runs_is_refused_with_its_address(

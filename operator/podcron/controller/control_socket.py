@@ -5,9 +5,10 @@ the operator opens no TCP port for this. The wire format is
 :mod:`podcron.wire`.
 
 Serialising 1,000 JobMetadata objects takes milliseconds, so the job list is
-kept serialised: it is rebuilt only when :attr:`Engine.version` moved, and
-then only the jobs whose snapshot changed are encoded again. The sidecar
-sends the list's ETag back and gets a body-less "not modified" while it holds.
+kept serialised: it is rebuilt only when :attr:`Engine.version` moved or the
+replicas adopted a new assignment (each job names its owner), and then only
+the jobs whose snapshot or owner changed are encoded again. The sidecar sends
+the list's ETag back and gets a body-less "not modified" while it holds.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from podcron.errors import (
     ProtocolError,
     TooManyManualRuns,
 )
+from podcron.ha.ring import Assignment
 from podcron.runrecord import format_time, past_run
 
 log = logging.getLogger("podcron.control")
@@ -52,9 +54,10 @@ class _Entry:
     history: History
     running: bool
     next_run_time: datetime | None
+    replica: str | None
     data: bytes
 
-    def matches(self, snapshot: JobSnapshot) -> bool:
+    def matches(self, snapshot: JobSnapshot, replica: str | None) -> bool:
         # Specs and histories are immutable and replaced on change, so
         # identity is the cheap and exact test.
         return (
@@ -62,41 +65,54 @@ class _Entry:
             and self.history is snapshot.history
             and self.running == snapshot.running
             and self.next_run_time == snapshot.next_run_time
+            and self.replica == replica
         )
 
 
 class JobCatalogue:
     """The engine's jobs as encoded JobMetadata, re-encoded only where they changed."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, owners: Callable[[], Assignment] | None = None) -> None:
         self._engine = engine
+        # With several replicas: the assignment this replica adopted, which names each
+        # job's owner. It is replaced, never changed, when the replicas move jobs.
+        self._owners = owners
+        self._assignment: Assignment | None = None
         # A restarted operator starts a new token, so the sidecar can never
         # mistake its cached list for the new operator's.
         self._token = secrets.token_hex(8)
-        self._version: int | None = None
+        self._version = 0  # the listing's, in its ETag
+        self._listed = -1  # the engine's version the listing was built at
         self._entries: dict[str, _Entry] = {}
         self._listing = b"[]"
 
     def _entry(self, snapshot: JobSnapshot) -> _Entry:
+        assignment = self._assignment
+        replica = None if assignment is None else assignment.owner_of(snapshot.spec.uid)
         entry = self._entries.get(snapshot.spec.job_id)
-        if entry is not None and entry.matches(snapshot):
+        if entry is not None and entry.matches(snapshot, replica):
             return entry
         return _Entry(
             spec=snapshot.spec,
             history=snapshot.history,
             running=snapshot.running,
             next_run_time=snapshot.next_run_time,
-            data=jobmetadata.encode(jobmetadata.job_metadata(snapshot)),
+            replica=replica,
+            data=jobmetadata.encode(jobmetadata.job_metadata(snapshot, replica)),
         )
 
     def _refresh(self) -> None:
         version = self._engine.version
-        if version == self._version:
+        assignment = None if self._owners is None else self._owners()
+        if version == self._listed and assignment is self._assignment:
             return
+        self._assignment = assignment
         entries = {s.spec.job_id: self._entry(s) for s in self._engine.snapshots()}
         self._entries = entries
         self._listing = b"[" + b",".join(e.data for e in entries.values()) + b"]"
-        self._version = version
+        self._listed = version
+        # The ETag moves with the engine and with every assignment adopted.
+        self._version += 1
 
     def listing(self) -> tuple[str, int, bytes]:
         """``(etag, total, JSON array of JobMetadata)`` for every job, by job id."""
@@ -106,6 +122,8 @@ class JobCatalogue:
     def one(self, job_id: str) -> bytes:
         """One job's JobMetadata as JSON; raises :class:`JobNotFound`."""
         snapshot = self._engine.snapshot(job_id)
+        if self._owners is not None:
+            self._assignment = self._owners()
         return self._entry(snapshot).data
 
 
@@ -147,13 +165,14 @@ class ControlServer:
         *,
         ready: Callable[[], bool] = _always_ready,
         elsewhere: Callable[[str], None] | None = None,
+        owners: Callable[[], Assignment] | None = None,
     ) -> None:
         self._engine = engine
         self._ready = ready
         # With several replicas: raises NotOwner for a job another replica runs, so that a
         # manual run goes where the job's scheduled runs go (one place for Forbid and status).
         self._elsewhere = elsewhere
-        self._catalogue = JobCatalogue(engine)
+        self._catalogue = JobCatalogue(engine, owners)
         self.path = Path(path)
         self._server: asyncio.Server | None = None
         self._inode: int | None = None

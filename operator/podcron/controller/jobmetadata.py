@@ -13,8 +13,8 @@ from podcron.engine import JobSnapshot
 from podcron.runrecord import run_metadata
 
 
-def job_metadata(snapshot: JobSnapshot) -> dict[str, Any]:
-    """The JobMetadata object of the System API for one engine snapshot."""
+def job_metadata(snapshot: JobSnapshot, replica: str | None = None) -> dict[str, Any]:
+    """The JobMetadata of one engine snapshot; ``replica``: the job's owner, if several run."""
     spec = snapshot.spec
     schedule = spec.schedule
     return {
@@ -27,6 +27,7 @@ def job_metadata(snapshot: JobSnapshot) -> dict[str, Any]:
         "humanReadable": schedule.human_readable,
         "timeZone": schedule.time_zone,
         "suspended": spec.suspended,
+        "replica": replica,
         **run_metadata(snapshot.record),
     }
 

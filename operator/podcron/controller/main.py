@@ -353,6 +353,7 @@ async def run(settings: Settings) -> None:
         settings.control_socket,
         ready=lambda: gate.complete,
         elsewhere=None if replicas is None else reconciler.refuse_if_elsewhere,
+        owners=None if replicas is None else replicas.assignment,
     )
     shutdown = _Shutdown(settings.shutdown_timeout_seconds, stop, control, replicas)
 

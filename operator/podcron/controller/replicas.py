@@ -22,6 +22,7 @@ from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.ha.agent import Agent
 from podcron.ha.leases import KubeLeaseStore
 from podcron.ha.protocol import Params
+from podcron.ha.ring import Assignment
 from podcron.telemetry.replica_metrics import ReplicaMetrics
 
 log = logging.getLogger("podcron.replicas")
@@ -84,6 +85,10 @@ class Replicas:
         """
         owner = self.agent.owner_of(uid)
         return owner is not None and owner != self.agent.identity
+
+    def assignment(self) -> Assignment:
+        """Who owns which job in the epoch this replica adopted last (replaced when it moves)."""
+        return self.agent.member.assignment
 
     def gate(self) -> HookedGate:
         """The engine's gate: the agent's verdicts, with gains shown to its ``hooks``."""
