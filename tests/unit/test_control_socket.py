@@ -310,6 +310,7 @@ async def test_each_job_names_the_replica_that_owns_it_in_the_assignment_adopted
     assert json.loads(catalogue.one("ns/a"))["replica"] == owners["a"]
     # replica-2 leaves: the next epoch's assignment moves its jobs, and the list says so.
     adopted = Assignment(["replica-1"])
+    assert json.loads(catalogue.one("ns/a"))["replica"] == "replica-1"
     new_etag, _, new_listing = catalogue.listing()
     assert new_etag != etag
     assert {job["replica"] for job in json.loads(new_listing)} == {"replica-1"}

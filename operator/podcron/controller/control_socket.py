@@ -86,8 +86,7 @@ class JobCatalogue:
         self._entries: dict[str, _Entry] = {}
         self._listing = b"[]"
 
-    def _entry(self, snapshot: JobSnapshot) -> _Entry:
-        assignment = self._assignment
+    def _entry(self, snapshot: JobSnapshot, assignment: Assignment | None) -> _Entry:
         replica = None if assignment is None else assignment.owner_of(snapshot.spec.uid)
         entry = self._entries.get(snapshot.spec.job_id)
         if entry is not None and entry.matches(snapshot, replica):
@@ -107,7 +106,7 @@ class JobCatalogue:
         if version == self._listed and assignment is self._assignment:
             return
         self._assignment = assignment
-        entries = {s.spec.job_id: self._entry(s) for s in self._engine.snapshots()}
+        entries = {s.spec.job_id: self._entry(s, assignment) for s in self._engine.snapshots()}
         self._entries = entries
         self._listing = b"[" + b",".join(e.data for e in entries.values()) + b"]"
         self._listed = version
@@ -122,9 +121,7 @@ class JobCatalogue:
     def one(self, job_id: str) -> bytes:
         """One job's JobMetadata as JSON; raises :class:`JobNotFound`."""
         snapshot = self._engine.snapshot(job_id)
-        if self._owners is not None:
-            self._assignment = self._owners()
-        return self._entry(snapshot).data
+        return self._entry(snapshot, None if self._owners is None else self._owners()).data
 
 
 def _trace_headers(value: object) -> dict[str, str]:
