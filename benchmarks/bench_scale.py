@@ -138,9 +138,10 @@ def run_configuration(
     finally:
         for operator in operators:
             operator.stop()
-    scenario.extras["operator warnings/errors"] = str(
-        sum(len(operator.problems()) for operator in operators)
-    )
+    problems = [line for operator in operators for line in operator.problems()]
+    scenario.extras["operator warnings/errors"] = str(len(problems))
+    for line in problems[:5]:
+        print(f"  ({key}) {line[:300]}", file=sys.stderr, flush=True)
     return scenario
 
 
