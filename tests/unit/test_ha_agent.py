@@ -351,3 +351,32 @@ async def test_a_released_member_publishes_the_epoch_without_it(ring: Ring) -> N
     assert int(published.annotations[EPOCH]) == int(before.annotations[EPOCH]) + 1
     assert leaving.identity not in published.annotations[MEMBERS]
     assert published.holder == before.holder
+
+
+async def test_a_noticed_epoch_is_adopted_before_the_next_renewal(ring: Ring) -> None:
+    agents = a, b = ring.start("a"), ring.start("b")
+    coordinator = coordinator_lease_name("t")
+
+    def written_settled() -> bool:
+        if not settled(*agents):
+            return False
+        epoch = ring.annotation(coordinator, EPOCH)
+        return all(ring.annotation(member_lease_name(x.identity), EPOCH) == epoch for x in agents)
+
+    await until(written_settled, within=6 * R)
+    renewed = asyncio.Event()
+    lease = member_lease_name(b.identity)
+
+    def mark(operation: str, name: str) -> Fault:
+        if (operation, name) == ("replace", lease):
+            renewed.set()
+        return Fault.NONE
+
+    ring.store.fault = mark
+    await renewed.wait()  # b has just renewed: its next renewal is R away
+    began = asyncio.get_running_loop().time()
+    await a.release()
+    published = ring.store.leases()[coordinator]
+    b.noticed(published)
+    await until(lambda: b.member.epoch == int(published.annotations[EPOCH]), within=R / 4)
+    assert asyncio.get_running_loop().time() - began < R / 4

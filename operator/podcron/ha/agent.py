@@ -11,6 +11,7 @@ loop when owners or bounds change. docs/ha.md is the protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -20,6 +21,7 @@ from typing import Protocol
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.errors import LeaseConflict, LeaseGone, StoreUnavailable
 from podcron.ha.protocol import (
+    MEMBER_PREFIX,
     RING_LABEL,
     Action,
     Changes,
@@ -112,6 +114,8 @@ class Agent:
         #: One write of the member Lease at a time: a release that raced a renewal would
         #: conflict with it and cost a read and another write, at SIGTERM, under load.
         self._member_write = asyncio.Lock()
+        #: Set when a Lease changed in a way that may hand this replica jobs: step now.
+        self._wake = asyncio.Event()
         #: The last snapshot of the ring this replica read (for the System API's owners).
         self.snapshot: Snapshot | None = None
         self.member = self._new_member()
@@ -194,7 +198,25 @@ class Agent:
                 await self.step()
             except Exception:
                 log.exception("replica %s: a protocol step failed", self.identity)
-            await asyncio.sleep(max(0.0, self.params.renew_period - (loop.time() - began)))
+            left = max(0.0, self.params.renew_period - (loop.time() - began))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+            self._wake.clear()
+
+    def noticed(self, record: LeaseRecord) -> None:
+        """A Lease of the ring changed (a watch's hint, on the loop): step now if it may matter.
+
+        A new epoch to adopt, or a member of this replica's epoch released or fenced (an
+        epoch to publish, when this replica coordinates). Renewals, one per member per
+        ``R``, wait for the next period: stepping on each would multiply the writes.
+        """
+        if record.name == coordinator_lease_name(self.ring):
+            if EpochView.parse(record).epoch != self.member.epoch:
+                self._wake.set()
+        elif record.name.startswith(MEMBER_PREFIX):
+            view = MemberView.parse(record)
+            if view.gone and view.identity in self.member.assignment.members:
+                self._wake.set()
 
     async def step(self) -> None:
         """One renewal and what follows it: the ring observed, coordination done."""
