@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob bench-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -148,6 +148,11 @@ clean:
 # jobs themselves. DURATION=300 for 5-minute windows; PROFILE=1 adds a py-spy profile of (a).
 bench-operator: $(BENCH_STAMP) binaries
 	$(PY) benchmarks/bench_operator.py
+
+# JOBS ScheduledJobs (20,000) on REPLICAS replicas (4), then the same on 1: time until all are
+# Ready, lateness p99, RSS and CPU per replica, API writes/s. QUICK=1: 2,000 jobs, 30 s windows.
+bench-scale: $(BENCH_STAMP) binaries
+	$(PY) benchmarks/bench_scale.py
 
 # podcron beside kube-controller-manager's CronJob controller on one API server: N CronJobs and
 # N ScheduledJobs every minute, N every second; JOBS=100,1000 by default, QUICK=1 for 2-minute

@@ -50,7 +50,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,6 +142,9 @@ class Scenario:
     max_ms: float = math.nan
     cpu_pct: float = 0.0
     rss_mb: float = 0.0
+    #: Per process measured (several replicas): CPU of one core and RSS.
+    cpu_pcts: list[float] = field(default_factory=list)
+    rss_mbs: list[float] = field(default_factory=list)
     apiserver_cpu_pct: float = 0.0
     etcd_cpu_pct: float = 0.0
     patches_per_s: float = 0.0
@@ -248,17 +251,32 @@ class Cluster:
 
 
 class Operator:
-    """A ``podcron operator`` process for one namespace, telemetry on."""
+    """A ``podcron operator`` process for one namespace, telemetry on.
 
-    def __init__(self, cluster: Cluster, namespace: str, jobs: int) -> None:
-        self.workdir = cluster.workdir / namespace
+    ``name`` (the namespace by default) names its directory under the cluster's,
+    for several processes in one namespace; ``env`` is added to the environment.
+    Its watch events are counted unless ``count_events`` is False.
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        jobs: int,
+        *,
+        name: str = "",
+        env: Mapping[str, str] | None = None,
+        count_events: bool = True,
+    ) -> None:
+        self.workdir = cluster.workdir / (name or namespace)
         self.workdir.mkdir()
         self.notes = self.workdir / "lateness.txt"
         self.socket = self.workdir / "control.sock"
         self.metrics_port = _free_port()
         self._log = (self.workdir / "operator.log").open("wb")
-        self.events = EventCounter(cluster.api, namespace)
-        env = {k: v for k, v in cluster.plane.env().items() if not k.startswith("OTEL_")} | {
+        self.events = EventCounter(cluster.api, namespace) if count_events else None
+        environment = {k: v for k, v in cluster.plane.env().items() if not k.startswith("OTEL_")}
+        environment |= {
             "PYTHONPATH": os.pathsep.join(
                 [str(ROOT / "benchmarks"), os.environ.get("PYTHONPATH", "")]
             ),
@@ -270,11 +288,12 @@ class Operator:
             "PODCRON_METRICS_PORT": str(self.metrics_port),
             "PODCRON_BENCH_LATENESS_FILE": str(self.notes),
             "OTEL_EXPORTER_OTLP_ENDPOINT": cluster.receiver.endpoint,
+            **(env or {}),
         }
-        self.env = env
+        self.env = environment
         self.process = subprocess.Popen(
             [sys.executable, "-m", "podcron", "operator"],
-            env=env,
+            env=environment,
             stdout=self._log,
             stderr=self._log,
             cwd=self.workdir,
@@ -322,7 +341,8 @@ class Operator:
         ]
 
     def stop(self) -> None:
-        self.events.stop()
+        if self.events is not None:
+            self.events.stop()
         self._scraping.set()
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -446,29 +466,34 @@ class Churn:
 def measure_usage(
     scenario: Scenario,
     plane: ControlPlane,
-    pid: int,
+    pids: Sequence[int],
     duration_s: float,
     events: Callable[[], int] = lambda: 0,
 ) -> tuple[float, float]:
     """Sleep ``duration_s``, filling ``scenario``'s CPU, RSS, API and load figures from it.
 
-    ``pid`` is the scheduler measured, ``events`` a count of watch events seen so
-    far. Returns the window's start and end, in wall-clock seconds.
+    ``pids`` are the scheduler's processes (several replicas): CPU is their sum,
+    RSS their largest, each one's in ``cpu_pcts`` and ``rss_mbs``. ``events`` is
+    a count of watch events seen so far. Returns the window's start and end, in
+    wall-clock seconds.
     """
-    pids = plane.pids
     print(f"  ({scenario.key}) measuring {duration_s:g}s ...", file=sys.stderr, flush=True)
     patches_0, writes_0, events_0 = status_patches(plane), write_requests(plane), events()
-    cpu_0, busy_0 = process_cpu_seconds(pid), machine_busy_seconds()
-    side_0 = {name: process_cpu_seconds(p) for name, p in pids.items()}
+    cpu_0, busy_0 = [process_cpu_seconds(p) for p in pids], machine_busy_seconds()
+    side_0 = {name: process_cpu_seconds(p) for name, p in plane.pids.items()}
     start = time.time()
     time.sleep(duration_s)
     end = time.time()
-    cpu_1, busy_1, scenario.rss_mb = process_cpu_seconds(pid), machine_busy_seconds(), rss_mb(pid)
-    side_1 = {name: process_cpu_seconds(p) for name, p in pids.items()}
+    cpu_1, busy_1 = [process_cpu_seconds(p) for p in pids], machine_busy_seconds()
+    scenario.rss_mbs = [rss_mb(p) for p in pids]
+    side_1 = {name: process_cpu_seconds(p) for name, p in plane.pids.items()}
     patches_1, writes_1, events_1 = status_patches(plane), write_requests(plane), events()
     scenario.load = os.getloadavg()
     window = scenario.window_s = end - start
-    scenario.cpu_pct = 100 * (cpu_1 - cpu_0) / window
+    used = [after - before for before, after in zip(cpu_0, cpu_1, strict=True)]
+    scenario.cpu_pcts = [100 * seconds / window for seconds in used]
+    scenario.cpu_pct = sum(scenario.cpu_pcts)
+    scenario.rss_mb = max(scenario.rss_mbs)
     scenario.machine_busy_pct = 100 * (busy_1 - busy_0) / window / (os.cpu_count() or 1)
     scenario.apiserver_cpu_pct = (
         100 * (side_1["kube-apiserver"] - side_0["kube-apiserver"]) / window
@@ -528,9 +553,13 @@ def measure(
     duration_s: float,
 ) -> None:
     """Measure one window of ``duration_s`` into ``scenario``."""
-    pid = operator.process.pid
+    events = operator.events
     start, end = measure_usage(
-        scenario, cluster.plane, pid, duration_s, lambda: operator.events.count
+        scenario,
+        cluster.plane,
+        [operator.process.pid],
+        duration_s,
+        lambda: 0 if events is None else events.count,
     )
     time.sleep(NOTE_GRACE_SECONDS)
     tally(scenario, noted_runs(operator), intervals, start, end)

@@ -189,7 +189,7 @@ def run_cronjob(cluster: Cluster, binary: Path, jobs: int, duration_s: float) ->
     try:
         with controller_manager(cluster.plane, binary) as process:
             sleep_to_window()
-            start, end = measure_usage(scenario, cluster.plane, process.pid, duration_s)
+            start, end = measure_usage(scenario, cluster.plane, [process.pid], duration_s)
             expected = jobs * ticks_in(start, end, 60)
 
             def all_seen() -> bool:

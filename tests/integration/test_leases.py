@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Iterator
 
 import kubernetes
@@ -152,6 +153,32 @@ async def test_list_selects_the_rings_leases_by_label(store: KubeLeaseStore) -> 
     assert alpha[0] == await store.get("m-a")
     assert [record.name for record in await store.list(f"{RING}=beta")] == ["m-c"]
     assert await store.list(f"{RING}=gamma") == []
+
+
+async def test_a_watch_hands_over_each_change_of_the_rings_leases(store: KubeLeaseStore) -> None:
+    seen: asyncio.Queue[LeaseRecord] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+    watching = threading.Thread(
+        target=store.watch,
+        args=(f"{RING}=alpha", lambda r: loop.call_soon_threadsafe(seen.put_nowait, r), stop),
+        daemon=True,
+    )
+    watching.start()
+    try:
+        created = await store.create("m-w", "w", {}, {RING: "alpha"})
+        await store.create("m-other", "o", {}, {RING: "beta"})
+        # The watch may open after the create (then it lists it first): either way it comes.
+        async with asyncio.timeout(HANG_GUARD_SECONDS * load_factor()):
+            assert (await seen.get()).name == "m-w"
+            released = await store.replace(
+                created.changed(annotations={"podcron.dev/released": "true"})
+            )
+            while (record := await seen.get()).resource_version != released.resource_version:
+                pass
+        assert record == released
+    finally:
+        stop.set()
 
 
 async def test_a_create_in_a_namespace_that_does_not_exist_is_unavailable(

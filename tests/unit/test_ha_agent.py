@@ -17,6 +17,7 @@ import pytest
 from podcron.engine.gate import Gain, Verdict
 from podcron.ha.agent import Agent
 from podcron.ha.protocol import (
+    EPOCH,
     FENCED,
     FIRE_BOUND,
     HANDOVER_BOUND,
@@ -305,3 +306,77 @@ async def test_a_release_the_store_never_takes_is_left_to_fencing(
     assert not any(a.owns(k) for k in JOBS)
     down = False
     await until(lambda: settled(b), within=L + 3 * R)
+
+
+async def test_a_release_during_a_renewal_waits_for_it_instead_of_conflicting(ring: Ring) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    lease = member_lease_name(a.identity)
+    renewing = asyncio.Event()
+    calls: list[str] = []
+
+    async def slow_renewal(operation: str, name: str) -> None:
+        if name == lease:
+            calls.append(operation)
+            if operation == "replace" and not renewing.is_set():
+                renewing.set()
+                await asyncio.sleep(R / 2)
+
+    ring.store.latency = slow_renewal
+    await renewing.wait()
+    await a.release()
+    await asyncio.wait_for(ring.tasks["a"], R)  # its loop, the renewal included, has ended
+    # The renewal, then the release: no conflict, so no read back and no second attempt.
+    assert calls == ["replace", "replace"]
+    assert ring.annotation(lease, "podcron.dev/released") == "true"
+
+
+async def test_a_released_member_publishes_the_epoch_without_it(ring: Ring) -> None:
+    agents = [ring.start(name) for name in "abc"]
+    coordinator = coordinator_lease_name("t")
+
+    def written_settled() -> bool:
+        # Rule 5 goes by the Leases: each member's renewal says it settled the epoch.
+        if not settled(*agents):
+            return False
+        epoch = ring.annotation(coordinator, EPOCH)
+        return all(ring.annotation(member_lease_name(a.identity), EPOCH) == epoch for a in agents)
+
+    await until(written_settled, within=6 * R)
+    before = ring.store.leases()[coordinator]
+    leaving = next(a for a in agents if a.identity != before.holder)
+    await leaving.release()
+    published = ring.store.leases()[coordinator]
+    # Published by the release itself, not at the coordinator's next renewal; its holder kept.
+    assert int(published.annotations[EPOCH]) == int(before.annotations[EPOCH]) + 1
+    assert leaving.identity not in published.annotations[MEMBERS]
+    assert published.holder == before.holder
+
+
+async def test_a_noticed_epoch_is_adopted_before_the_next_renewal(ring: Ring) -> None:
+    agents = a, b = ring.start("a"), ring.start("b")
+    coordinator = coordinator_lease_name("t")
+
+    def written_settled() -> bool:
+        if not settled(*agents):
+            return False
+        epoch = ring.annotation(coordinator, EPOCH)
+        return all(ring.annotation(member_lease_name(x.identity), EPOCH) == epoch for x in agents)
+
+    await until(written_settled, within=6 * R)
+    renewed = asyncio.Event()
+    lease = member_lease_name(b.identity)
+
+    def mark(operation: str, name: str) -> Fault:
+        if (operation, name) == ("replace", lease):
+            renewed.set()
+        return Fault.NONE
+
+    ring.store.fault = mark
+    await renewed.wait()  # b has just renewed: its next renewal is R away
+    began = asyncio.get_running_loop().time()
+    await a.release()
+    published = ring.store.leases()[coordinator]
+    b.noticed(published)
+    await until(lambda: b.member.epoch == int(published.annotations[EPOCH]), within=R / 4)
+    assert asyncio.get_running_loop().time() - began < R / 4

@@ -232,6 +232,18 @@ class TestCoordinate:
         assert hand_back("a", unsettled) == WriteEpoch(coordinator, "", 1, ("a", "b"), ())
         assert hand_back("b", view) is None
 
+    def test_a_released_member_publishes_the_epoch_without_it_the_holder_kept(self) -> None:
+        coordinator = epoch(1, "a,b,c")
+        view = snapshot(
+            member("a", settled=1), member("b", settled=1), member("c", released=True), coordinator
+        )
+        assert hand_back("c", view) == WriteEpoch(coordinator, "a", 2, ("a", "b"), ("a", "b", "c"))
+        unsettled = snapshot(
+            member("a", settled=1), member("b"), member("c", released=True), coordinator
+        )
+        # Rule 5 does not allow it yet: the coordinator publishes it once b has settled.
+        assert hand_back("c", unsettled) is None
+
 
 def test_an_absent_annotation_reads_as_nothing_promised() -> None:
     view = MemberView.parse(member("x"))

@@ -376,6 +376,7 @@ async def run(settings: Settings) -> None:
         ]
         if replicas is not None:
             background.append(asyncio.create_task(replicas.agent.run(), name="podcron replica"))
+            replicas.watch(asyncio.get_running_loop())
             teardown.callback(replicas.close)
         teardown.push_async_callback(_cancel, background)
         writer_task = asyncio.create_task(writer.run(), name="podcron status writer")

@@ -9,11 +9,13 @@ it gains continues the counters its previous owner wrote).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -21,7 +23,7 @@ from podcron.config import Settings
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.ha.agent import Agent
 from podcron.ha.leases import KubeLeaseStore
-from podcron.ha.protocol import Params
+from podcron.ha.protocol import RING_LABEL, Params
 from podcron.ha.ring import Assignment
 from podcron.telemetry.replica_metrics import ReplicaMetrics
 
@@ -42,6 +44,7 @@ class Replicas:
     def __init__(self, agent: Agent, store: KubeLeaseStore | None = None) -> None:
         self.agent = agent
         self._store = store
+        self._stop_watch = threading.Event()
 
     @classmethod
     def from_settings(cls, settings: Settings, wall: Callable[[], float]) -> Replicas:
@@ -94,7 +97,25 @@ class Replicas:
         """The engine's gate: the agent's verdicts, with gains shown to its ``hooks``."""
         return HookedGate(self.agent)
 
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watch the ring's Leases in a thread, so that a handover is seen before the next
+        renewal (docs/ha.md, rule 8): each change is handed to the agent on ``loop``."""
+        if self._store is None:
+            return
+        store, agent = self._store, self.agent
+        threading.Thread(
+            target=store.watch,
+            args=(
+                f"{RING_LABEL}={agent.ring}",
+                lambda record: loop.call_soon_threadsafe(agent.noticed, record),
+                self._stop_watch,
+            ),
+            name="podcron lease watch",
+            daemon=True,
+        ).start()
+
     def close(self) -> None:
+        self._stop_watch.set()
         if self._store is not None:
             self._store.close()
 

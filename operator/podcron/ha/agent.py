@@ -11,6 +11,7 @@ loop when owners or bounds change. docs/ha.md is the protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -20,6 +21,7 @@ from typing import Protocol
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.errors import LeaseConflict, LeaseGone, StoreUnavailable
 from podcron.ha.protocol import (
+    MEMBER_PREFIX,
     RING_LABEL,
     Action,
     Changes,
@@ -109,6 +111,11 @@ class Agent:
         self._releasing = False
         self._released_written = False
         self._staleness = Staleness()
+        #: One write of the member Lease at a time: a release that raced a renewal would
+        #: conflict with it and cost a read and another write, at SIGTERM, under load.
+        self._member_write = asyncio.Lock()
+        #: Set when a Lease changed in a way that may hand this replica jobs: step now.
+        self._wake = asyncio.Event()
         #: The last snapshot of the ring this replica read (for the System API's owners).
         self.snapshot: Snapshot | None = None
         self.member = self._new_member()
@@ -191,7 +198,25 @@ class Agent:
                 await self.step()
             except Exception:
                 log.exception("replica %s: a protocol step failed", self.identity)
-            await asyncio.sleep(max(0.0, self.params.renew_period - (loop.time() - began)))
+            left = max(0.0, self.params.renew_period - (loop.time() - began))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+            self._wake.clear()
+
+    def noticed(self, record: LeaseRecord) -> None:
+        """A Lease of the ring changed (a watch's hint, on the loop): step now if it may matter.
+
+        A new epoch to adopt, or a member of this replica's epoch released or fenced (an
+        epoch to publish, when this replica coordinates). Renewals, one per member per
+        ``R``, wait for the next period: stepping on each would multiply the writes.
+        """
+        if record.name == coordinator_lease_name(self.ring):
+            if EpochView.parse(record).epoch != self.member.epoch:
+                self._wake.set()
+        elif record.name.startswith(MEMBER_PREFIX):
+            view = MemberView.parse(record)
+            if view.gone and view.identity in self.member.assignment.members:
+                self._wake.set()
 
     async def step(self) -> None:
         """One renewal and what follows it: the ring observed, coordination done."""
@@ -219,25 +244,27 @@ class Agent:
 
     async def _renew(self) -> bool:
         member = self.member
-        annotations = member.annotations(self._wall())
-        try:
-            if member.record is None:
-                record = await self._store.create(
-                    member.lease_name, member.identity, annotations, self._labels
-                )
-            else:
-                record = await self._store.replace(member.record.changed(annotations=annotations))
-            moved = member.acknowledged(record)
-        except (LeaseConflict, LeaseGone):
-            self._report_failure("conflict")
+        async with self._member_write:
+            annotations = member.annotations(self._wall())
             try:
-                current = await self._store.get(member.lease_name)
+                if member.record is None:
+                    record = await self._store.create(
+                        member.lease_name, member.identity, annotations, self._labels
+                    )
+                else:
+                    changed = member.record.changed(annotations=annotations)
+                    record = await self._store.replace(changed)
+                moved = member.acknowledged(record)
+            except (LeaseConflict, LeaseGone):
+                self._report_failure("conflict")
+                try:
+                    current = await self._store.get(member.lease_name)
+                except StoreUnavailable:
+                    return False
+                moved = member.conflicted(current)
             except StoreUnavailable:
+                self._report_failure("unavailable")
                 return False
-            moved = member.conflicted(current)
-        except StoreUnavailable:
-            self._report_failure("unavailable")
-            return False
         if member.state is MemberState.FENCED:
             self._fenced(member.owned_buckets())
             return False
@@ -345,24 +372,33 @@ class Agent:
         if member.state is not MemberState.RELEASED or member.record is None:
             return True
         if not self._released_written:
-            try:
-                record = await self._store.replace(
-                    member.record.changed(annotations=member.annotations(self._wall()))
-                )
-            except (LeaseConflict, LeaseGone):
-                try:
-                    current = await self._store.get(member.lease_name)
-                except StoreUnavailable:
+            async with self._member_write:
+                # After a renewal whose reply was lost the Lease moved: read, write again at once.
+                for _ in range(2):
+                    try:
+                        record = await self._store.replace(
+                            member.record.changed(annotations=member.annotations(self._wall()))
+                        )
+                    except (LeaseConflict, LeaseGone):
+                        try:
+                            current = await self._store.get(member.lease_name)
+                        except StoreUnavailable:
+                            return False
+                        if current is None or MemberView.parse(current).fenced:
+                            # Fenced meanwhile: the successors go by the fence, nothing is left.
+                            return True
+                        member.conflicted(current)
+                        continue
+                    except StoreUnavailable:
+                        return False
+                    member.acknowledged(record)
+                    self._released_written = True
+                    break
+                else:
                     return False
-                member.conflicted(current)
-                # Fenced meanwhile: the successors go by the fence, nothing is left to write.
-                return current is None or MemberView.parse(current).fenced
-            except StoreUnavailable:
-                return False
-            member.acknowledged(record)
-            self._released_written = True
         try:
             snapshot = Snapshot.parse(await self._store.list(self._selector), self.ring)
+            # Published here, the epoch without this replica is one renewal sooner (rule 8).
             handed = hand_back(self.identity, snapshot)
             if handed is not None:
                 await self._write(handed)

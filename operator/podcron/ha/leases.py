@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,6 +48,8 @@ from podcron.ha.store import LeaseRecord
 
 #: Renewal, the coordinator's writes and a list may overlap; a few threads keep them apart.
 POOL_SIZE = 3
+#: How long one watch of the ring's Leases lasts before it is opened again (server side).
+WATCH_SECONDS = 300
 
 
 def _record(lease: Mapping[str, Any]) -> LeaseRecord:
@@ -126,6 +129,32 @@ class KubeLeaseStore:
         """In-cluster credentials in a pod, the current kubeconfig elsewhere."""
         client = kubeclient.api_client(pool_size=POOL_SIZE, retries=0)
         return cls(namespace, client, timeout_seconds=timeout_seconds)
+
+    def watch(
+        self, label_selector: str, changed: Callable[[LeaseRecord], None], stop: threading.Event
+    ) -> None:
+        """Hand ``changed`` each Lease of ``label_selector`` as it changes, until ``stop`` is set.
+
+        Blocking: run it in a thread of its own (``changed`` is called there). A hint
+        only, that a step may be worth taking sooner: the protocol decides on what it
+        reads itself. A watch that ends or breaks is opened again after a second.
+        """
+        while not stop.is_set():
+            watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+            try:
+                for event in watch.stream(  # type: ignore[no-untyped-call]
+                    self._api.list_namespaced_lease,
+                    self.namespace,
+                    label_selector=label_selector,
+                    timeout_seconds=WATCH_SECONDS,
+                ):
+                    if stop.is_set():
+                        break
+                    changed(_record(event["raw_object"]))
+            except (ApiException, OSError, urllib3.exceptions.HTTPError, ValueError):
+                stop.wait(1.0)
+            finally:
+                watch.stop()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         """Stop the threads (a call under way finishes within its timeout) and the pool."""

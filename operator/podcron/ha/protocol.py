@@ -551,15 +551,21 @@ def coordinate(
 
 
 def hand_back(me: str, snapshot: Snapshot) -> WriteEpoch | None:
-    """A released coordinator's last write (rule 8): the Lease without a holder.
+    """A released member's last write (rule 8): the next epoch, without it, if rule 5 allows.
 
-    When rule 5 already allows it, the same write publishes the epoch without
-    this member, so the others adopt it at their next renewal.
+    Any released member publishes that epoch itself rather than leave it to the
+    coordinator's next renewal: the successors adopt it at theirs, one renewal
+    period sooner. The coordinator Lease keeps its holder, unless that is this
+    member, which hands it back (no holder) in the same write, epoch or not.
+    None: nothing to write.
     """
     published = snapshot.epoch
-    if published is None or published.holder != me:
+    if published is None:
         return None
+    holder = "" if published.holder == me else published.holder
     live = tuple(sorted(i for i, v in snapshot.members.items() if not v.gone and i != me))
     if live and live != published.members and _ready(published, snapshot, (me,)):
-        return WriteEpoch(published.record, "", published.epoch + 1, live, published.members)
+        return WriteEpoch(published.record, holder, published.epoch + 1, live, published.members)
+    if published.holder != me:
+        return None
     return WriteEpoch(published.record, "", published.epoch, published.members, published.previous)
