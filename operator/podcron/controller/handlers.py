@@ -255,9 +255,12 @@ class Reconciler:
                     # (after_gain): say whose it is here, or kubectl shows no REPLICA.
                     patch["replica"] = self._replicas.identity
         patch |= self._conditions.status(jid)
-        # Urgent: someone who just applied or edited the object waits for this.
-        self._writer.update(namespace, name, patch, urgent=True)
-        self._post_if_changed(ref, previous, condition)
+        if not self._moved(jid):
+            # Another replica's is the same, from the same spec: one writer, one Event
+            # (four replicas starting side by side sent four patches for every job).
+            # Urgent: someone who just applied or edited the object waits for this.
+            self._writer.update(namespace, name, patch, urgent=True)
+            self._post_if_changed(ref, previous, condition)
         if self._on_reconciled is not None:
             self._on_reconciled(namespace, name)
 
@@ -398,7 +401,7 @@ class Reconciler:
         return runrecord.run_status(snapshot.record) | self._conditions.status(job_id)
 
     def _moved(self, job_id: str) -> bool:
-        """Whether another replica owns the job now."""
+        """Whether another replica owns the job now (not while no epoch says who does)."""
         ref = self._refs.get(job_id)
         return (
             ref is not None

@@ -1,0 +1,70 @@
+"""With several replicas, a job's status and Events come from its owner alone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+import pytest
+
+from podcron.config import Settings
+from podcron.controller.events import EventRecorder
+from podcron.controller.handlers import Reconciler
+from podcron.controller.replicas import Replicas
+from podcron.controller.status import StatusWriter
+from podcron.engine import Engine
+from podcron.ha.agent import Agent
+from podcron.ha.ring import Assignment
+from podcron.ha.store import MemoryStore
+
+from .test_resource_conditions import Events, Writer, body, ready
+
+NAMES = [f"job-{index}" for index in range(12)]
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[Engine]:
+    engine = Engine(shutdown_timeout_seconds=1.0, loop_watchdog=False)
+    yield engine
+    await engine.shutdown()
+
+
+def reconciler(engine: Engine, replicas: Replicas) -> tuple[Reconciler, Writer, Events]:
+    writer, events = Writer(), Events()
+    return (
+        Reconciler(
+            engine=engine,
+            writer=cast(StatusWriter, writer),
+            events=cast(EventRecorder, events),
+            settings=Settings(),
+            replicas=replicas,
+        ),
+        writer,
+        events,
+    )
+
+
+async def test_only_the_owner_writes_a_jobs_status_and_posts_its_events(engine: Engine) -> None:
+    agent = Agent(MemoryStore(), ring="t", pod_name="a")
+    # The epoch this replica adopted: it and one other replica share the jobs.
+    assignment = Assignment([agent.identity, "b-00000000"])
+    agent.member.assignment = assignment
+    handlers, writer, events = reconciler(engine, Replicas(agent))
+    for name in NAMES:
+        await handlers.on_create(body=body(name))
+    ours = {n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity}
+    assert 0 < len(ours) < len(NAMES)
+    assert set(writer.status) == ours
+    assert all(ready(writer, n)["reason"] == "Scheduled" for n in ours)
+    assert {name for name, *_ in events.posted} == ours
+
+
+async def test_before_any_epoch_says_who_owns_a_job_every_replica_writes_it(
+    engine: Engine,
+) -> None:
+    agent = Agent(MemoryStore(), ring="t", pod_name="a")
+    handlers, writer, events = reconciler(engine, Replicas(agent))
+    for name in NAMES:
+        await handlers.on_create(body=body(name))
+    assert set(writer.status) == set(NAMES)
+    assert {name for name, *_ in events.posted} == set(NAMES)
