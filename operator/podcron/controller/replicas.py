@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from podcron.config import Settings
+from podcron.engine.clock import OffsetClock
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.ha.agent import Agent
 from podcron.ha.leases import KubeLeaseStore
 from podcron.ha.protocol import Params
+from podcron.ha.servertime import ServerTime
 from podcron.telemetry.replica_metrics import ReplicaMetrics
 
 log = logging.getLogger("podcron.replicas")
@@ -36,17 +38,32 @@ class GainHooks(Protocol):
 
 
 class Replicas:
-    """The agent of this replica, and the gate the engine consults through it."""
+    """The agent of this replica, the gate the engine consults through it, and its clock.
 
-    def __init__(self, agent: Agent, store: KubeLeaseStore | None = None) -> None:
+    :attr:`server_time` keeps ``clock`` (the engine's, and the agent's for fire
+    bounds) on the API server's time, from the Date of the Lease replies; its
+    ``moved`` is set to the engine's re-arm once the engine exists.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        store: KubeLeaseStore | None = None,
+        server_time: ServerTime | None = None,
+    ) -> None:
         self.agent = agent
         self._store = store
+        self.server_time = server_time
 
     @classmethod
-    def from_settings(cls, settings: Settings, wall: Callable[[], float]) -> Replicas:
+    def from_settings(cls, settings: Settings, clock: OffsetClock) -> Replicas:
         """The agent over the Leases of ``settings.lease_namespace``, counted in /metrics."""
+        metrics = ReplicaMetrics()
+        server_time = ServerTime(clock, gauge=metrics.clock_offset)
         store = KubeLeaseStore.from_environment(
-            settings.lease_namespace, timeout_seconds=settings.lease_renew_seconds
+            settings.lease_namespace,
+            timeout_seconds=settings.lease_renew_seconds,
+            on_reply=server_time.observe,
         )
         params = Params(
             renew_period=settings.lease_renew_seconds,
@@ -54,18 +71,18 @@ class Replicas:
             fence_after=settings.lease_stale_seconds,
         )
         pod = os.environ.get("POD_NAME") or socket.gethostname()
-        metrics = ReplicaMetrics()
         agent = Agent(
             store,
             ring=settings.ha_ring,
             pod_name=pod,
             endpoint=_endpoint(settings),
             params=params,
-            wall=wall,
+            # Not clock.wall itself: the clock swaps that function when its offset changes.
+            wall=lambda: clock.wall(),
             observer=metrics,
         )
         metrics.owned = agent.owned_jobs
-        return cls(agent, store)
+        return cls(agent, store, server_time)
 
     @property
     def identity(self) -> str:
