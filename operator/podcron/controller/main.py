@@ -379,7 +379,7 @@ async def run(settings: Settings) -> None:
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
         ]
         if replicas is not None:
-            background.append(asyncio.create_task(replicas.agent.run(), name="podcron replica"))
+            background.append(asyncio.create_task(replicas.run(), name="podcron replica"))
             teardown.callback(replicas.close)
         teardown.push_async_callback(_cancel, background)
         writer_task = asyncio.create_task(writer.run(), name="podcron status writer")

@@ -20,9 +20,10 @@ from typing import Protocol
 from podcron.config import Settings
 from podcron.engine.clock import OffsetClock
 from podcron.engine.gate import Gain, GateListener, Verdict
+from podcron.errors import StoreUnavailable
 from podcron.ha.agent import Agent
 from podcron.ha.leases import KubeLeaseStore
-from podcron.ha.protocol import Params
+from podcron.ha.protocol import RING_LABEL, Params
 from podcron.ha.servertime import ServerTime
 from podcron.telemetry.replica_metrics import ReplicaMetrics
 
@@ -83,6 +84,17 @@ class Replicas:
         )
         metrics.owned = agent.owned_jobs
         return cls(agent, store, server_time)
+
+    async def run(self) -> None:
+        """The agent's loop, once one reply of the API server has set the clock.
+
+        Else the first renewal would take its fire bound from the node's clock,
+        and a bound never goes down: a node ahead would keep it high for as long.
+        """
+        if self._store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.list(f"{RING_LABEL}={self.agent.ring}")
+        await self.agent.run()
 
     @property
     def identity(self) -> str:
