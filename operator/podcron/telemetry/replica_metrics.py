@@ -22,7 +22,7 @@ _RENEW_FAILURES_HELP = (
 )
 _FENCED_HELP = "Times this replica found itself fenced and rejoined under a new identity."
 _CLOCK_OFFSET_HELP = (
-    "The API server's clock minus this process's, in seconds, as estimated from the Date of its "
+    "The API server's clock minus this node's, in seconds, as estimated from the Date of its "
     "replies (to within about half a second); ticks start by the API server's clock."
 )
 
