@@ -167,3 +167,13 @@ def test_the_gauge_reports_the_wall_clocks_skew_and_a_large_one_warns_once(
     assert len(warnings) == 1
     assert "-60" in warnings[0]
     assert any("back within" in r.getMessage() for r in caplog.records)
+
+
+def test_a_skew_within_the_estimates_uncertainty_does_not_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = ServerTime(OffsetClock())
+    sample = reply(100.0, rtt=2.0)  # one slow reply: the offset is known to within 1.5 s
+    with caplog.at_level(logging.WARNING, logger="podcron.ha"):
+        server.observe(Sample(sample.sent, sample.received, sample.date, sample.wall - 1.2))
+    assert not caplog.records

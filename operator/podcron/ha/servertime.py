@@ -155,7 +155,7 @@ class ServerTime:
         skew = estimate + sample.received - sample.wall
         if self._gauge is not None:
             self._gauge(skew)
-        self._warn(skew)
+        self._warn(skew, self._estimator.uncertainty or 0.0)
         if self._applied is not None and abs(estimate - self._applied) <= MOVE_SECONDS:
             return
         self._applied = estimate
@@ -163,14 +163,15 @@ class ServerTime:
         if self.moved is not None:
             self.moved()
 
-    def _warn(self, skew: float) -> None:
-        skewed = abs(skew) > WARN_SECONDS
-        if skewed and not self._warned:
+    def _warn(self, skew: float, uncertainty: float) -> None:
+        # Only a skew beyond doubt: a first reply, slow under load, allows a wide interval.
+        if not self._warned and abs(skew) - uncertainty > WARN_SECONDS:
+            self._warned = True
             log.warning(
                 "this node's clock is %+.1f s off the API server's; ticks follow the API "
                 "server's clock, but the node's clock needs fixing (NTP)",
                 -skew,
             )
-        elif not skewed and self._warned:
+        elif self._warned and abs(skew) <= WARN_SECONDS:
+            self._warned = False
             log.info("this node's clock is back within %.0f s of the API server's", WARN_SECONDS)
-        self._warned = skewed
