@@ -26,8 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-
-from podcron.engine.clock import OffsetClock
+from typing import Protocol
 
 log = logging.getLogger("podcron.ha")
 
@@ -117,6 +116,14 @@ class OffsetEstimator:
         return (high - low) / 2
 
 
+class SettableClock(Protocol):
+    """What :class:`ServerTime` sets (the engine's :class:`~podcron.engine.clock.OffsetClock`)."""
+
+    def set_offset(self, offset: float) -> None:
+        """From now on the clock reads the monotonic clock plus ``offset`` seconds."""
+        ...
+
+
 #: The estimate must move this much before the clock follows it (and the engine re-arms).
 MOVE_SECONDS = 0.25
 #: Beyond this offset the replica warns: its node's clock needs fixing.
@@ -134,7 +141,7 @@ class ServerTime:
 
     def __init__(
         self,
-        clock: OffsetClock,
+        clock: SettableClock,
         *,
         moved: Callable[[], None] | None = None,
         gauge: Callable[[float], None] | None = None,
