@@ -5,7 +5,8 @@ store to it on the real thing: a create of an existing Lease, a replace or delet
 stale resourceVersion, and one of a Lease gone, are refused as the protocol expects; a
 list sees only its ring. An API server that stops answering (paused, as a black-holed
 one looks) or is stopped makes each call fail within the store's timeout, and a paused
-one that resumes serves again.
+one that resumes serves again. Every answer's Date tells the API server's clock, which,
+on the same machine, is the test's own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import kubernetes
@@ -23,6 +25,7 @@ import pytest
 from controlplane import ControlPlane
 from podcron.errors import LeaseConflict, LeaseGone, StoreUnavailable
 from podcron.ha.leases import KubeLeaseStore
+from podcron.ha.servertime import OffsetEstimator, Sample
 from podcron.ha.store import CasStore, LeaseRecord
 
 from ..waiting import load_factor
@@ -79,6 +82,23 @@ async def test_a_lease_without_a_holder_reads_back_with_an_empty_one(
     handed_back = await store.replace(taken.changed(holder=""))
     assert (await store.get(created.name)) == handed_back
     assert handed_back.holder == ""
+
+
+async def test_each_answer_tells_the_api_servers_clock_to_within_a_second(
+    store: KubeLeaseStore,
+) -> None:
+    samples: list[Sample] = []
+    store.on_reply = samples.append
+    await store.create("podcron-member-a", "a", {}, {RING: "alpha"})
+    await store.list(f"{RING}=alpha")
+    await store.get("podcron-member-a")
+    assert len(samples) == 3
+    estimator = OffsetEstimator()
+    for sample in samples:
+        estimator.add(sample)
+    assert estimator.offset is not None
+    # The API server runs on this machine: its clock minus the monotonic one is the wall's.
+    assert abs(estimator.offset - (time.time() - time.monotonic())) < 1.0
 
 
 async def test_replace_is_a_compare_and_swap_on_the_resource_version(

@@ -41,7 +41,7 @@ from podcron.controller.readiness import Key, StartupGate, watch_startup
 from podcron.controller.replicas import Replicas
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
-from podcron.engine.clock import SYSTEM_CLOCK
+from podcron.engine.clock import SYSTEM_CLOCK, OffsetClock
 from podcron.errors import JobConfigError, StartupError
 from podcron.jobconfig import ConfigSource
 from podcron.telemetry import logs, span_export
@@ -308,7 +308,9 @@ async def run(settings: Settings) -> None:
     ResourceMetrics(lambda: ((state.name, state.up, state.failures) for state in shared.states()))
     # Without a Secret there is nothing to take out of spans: no copy of each before export.
     spans = span_export.configure_tracing(config.redact_known if settings.job_secrets_dir else None)
-    replicas = Replicas.from_settings(settings, SYSTEM_CLOCK.wall) if settings.ha_ring else None
+    # With replicas, ticks go by the API server's clock (docs/ha.md, "Time"); alone, by the node's.
+    clock = OffsetClock()
+    replicas = Replicas.from_settings(settings, clock) if settings.ha_ring else None
     # It tells the reconciler of the jobs it gains; the reconciler needs the engine: set below.
     firing_gate = None if replicas is None else replicas.gate()
     engine = Engine(
@@ -322,7 +324,10 @@ async def run(settings: Settings) -> None:
         config=config,
         gate=firing_gate,
         run_history_limit=settings.run_history_limit,
+        clock=SYSTEM_CLOCK if replicas is None else clock,
     )
+    if replicas is not None and replicas.server_time is not None:
+        replicas.server_time.moved = engine.clock_moved
     writer = StatusWriter(
         api.patch_status,
         patches_per_second=settings.status_patches_per_second,
@@ -375,7 +380,7 @@ async def run(settings: Settings) -> None:
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
         ]
         if replicas is not None:
-            background.append(asyncio.create_task(replicas.agent.run(), name="podcron replica"))
+            background.append(asyncio.create_task(replicas.run(), name="podcron replica"))
             replicas.watch(asyncio.get_running_loop())
             teardown.callback(replicas.close)
         teardown.push_async_callback(_cancel, background)

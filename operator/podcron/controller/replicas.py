@@ -20,11 +20,14 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from podcron.config import Settings
+from podcron.engine.clock import OffsetClock
 from podcron.engine.gate import Gain, GateListener, Verdict
+from podcron.errors import StoreUnavailable
 from podcron.ha.agent import Agent
 from podcron.ha.leases import KubeLeaseStore
 from podcron.ha.protocol import RING_LABEL, Params
 from podcron.ha.ring import Assignment
+from podcron.ha.servertime import ServerTime
 from podcron.telemetry.replica_metrics import ReplicaMetrics
 
 log = logging.getLogger("podcron.replicas")
@@ -39,18 +42,33 @@ class GainHooks(Protocol):
 
 
 class Replicas:
-    """The agent of this replica, and the gate the engine consults through it."""
+    """The agent of this replica, the gate the engine consults through it, and its clock.
 
-    def __init__(self, agent: Agent, store: KubeLeaseStore | None = None) -> None:
+    :attr:`server_time` keeps ``clock`` (the engine's, and the agent's for fire
+    bounds) on the API server's time, from the Date of the Lease replies; its
+    ``moved`` is set to the engine's re-arm once the engine exists.
+    """
+
+    def __init__(
+        self,
+        agent: Agent,
+        store: KubeLeaseStore | None = None,
+        server_time: ServerTime | None = None,
+    ) -> None:
         self.agent = agent
         self._store = store
         self._stop_watch = threading.Event()
+        self.server_time = server_time
 
     @classmethod
-    def from_settings(cls, settings: Settings, wall: Callable[[], float]) -> Replicas:
+    def from_settings(cls, settings: Settings, clock: OffsetClock) -> Replicas:
         """The agent over the Leases of ``settings.lease_namespace``, counted in /metrics."""
+        metrics = ReplicaMetrics()
+        server_time = ServerTime(clock, gauge=metrics.clock_offset)
         store = KubeLeaseStore.from_environment(
-            settings.lease_namespace, timeout_seconds=settings.lease_renew_seconds
+            settings.lease_namespace,
+            timeout_seconds=settings.lease_renew_seconds,
+            on_reply=server_time.observe,
         )
         params = Params(
             renew_period=settings.lease_renew_seconds,
@@ -58,18 +76,29 @@ class Replicas:
             fence_after=settings.lease_stale_seconds,
         )
         pod = os.environ.get("POD_NAME") or socket.gethostname()
-        metrics = ReplicaMetrics()
         agent = Agent(
             store,
             ring=settings.ha_ring,
             pod_name=pod,
             endpoint=_endpoint(settings),
             params=params,
-            wall=wall,
+            # Not clock.wall itself: the clock swaps that function when its offset changes.
+            wall=lambda: clock.wall(),
             observer=metrics,
         )
         metrics.owned = agent.owned_jobs
-        return cls(agent, store)
+        return cls(agent, store, server_time)
+
+    async def run(self) -> None:
+        """The agent's loop, once one reply of the API server has set the clock.
+
+        Else the first renewal would take its fire bound from the node's clock,
+        and a bound never goes down: a node ahead would keep it high for as long.
+        """
+        if self._store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.list(f"{RING_LABEL}={self.agent.ring}")
+        await self.agent.run()
 
     @property
     def identity(self) -> str:

@@ -369,6 +369,16 @@ class Engine:
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
         self._timer_due = due
 
+    def clock_moved(self) -> None:
+        """The wall clock was set to other time (the API server's): set the timer by it again.
+
+        Due times are wall-clock; the timer waits on the loop's clock for what
+        the wall clock said was left, which is now wrong by as much as it moved.
+        """
+        if self._timer is not None:
+            self._cancel_timer()
+            self._set_timer()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_due = None

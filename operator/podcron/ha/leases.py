@@ -34,6 +34,7 @@ import asyncio
 import functools
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -44,6 +45,7 @@ from kubernetes.client.exceptions import ApiException
 
 from podcron import kubeclient
 from podcron.errors import LeaseConflict, LeaseGone, StoreUnavailable
+from podcron.ha.servertime import Sample, parse_date
 from podcron.ha.store import LeaseRecord
 
 #: Renewal, the coordinator's writes and a list may overlap; a few threads keep them apart.
@@ -100,11 +102,23 @@ def _json(response: Any) -> dict[str, Any]:
         response.release_conn()
 
 
+def _timed(call: Callable[[], Any]) -> tuple[dict[str, Any], Sample | None]:
+    """``call``'s JSON, and when it was sent and received with the API server's ``Date``:
+    what the server's clock is estimated from (podcron.ha.servertime)."""
+    sent = time.monotonic()
+    response = call()
+    received = time.monotonic()
+    wall = time.time()
+    date = parse_date(response.headers.get("Date"))
+    return _json(response), None if date is None else Sample(sent, received, date, wall)
+
+
 class KubeLeaseStore:
     """A :class:`~podcron.ha.store.CasStore` over the Leases of ``namespace``.
 
     ``timeout_seconds`` bounds each request, connecting included. Call
     :meth:`close` when done: it ends the threads and the connections.
+    ``on_reply`` hears, on the loop, the timing and ``Date`` of every answer.
     """
 
     def __init__(
@@ -113,6 +127,7 @@ class KubeLeaseStore:
         api_client: kubernetes.client.ApiClient,
         *,
         timeout_seconds: float = 1.0,
+        on_reply: Callable[[Sample], None] | None = None,
     ) -> None:
         if not timeout_seconds > 0:
             raise ValueError(f"timeout_seconds must be positive, got {timeout_seconds}")
@@ -120,15 +135,22 @@ class KubeLeaseStore:
         self._client = api_client
         self._api = kubernetes.client.CoordinationV1Api(api_client)
         self._timeout = timeout_seconds
+        self.on_reply = on_reply
         self._threads = ThreadPoolExecutor(POOL_SIZE, thread_name_prefix="podcron-lease")
         # The latest version of each Lease this store returned: what a replace of it changes.
         self._seen: dict[str, LeaseRecord] = {}
 
     @classmethod
-    def from_environment(cls, namespace: str, *, timeout_seconds: float = 1.0) -> KubeLeaseStore:
+    def from_environment(
+        cls,
+        namespace: str,
+        *,
+        timeout_seconds: float = 1.0,
+        on_reply: Callable[[Sample], None] | None = None,
+    ) -> KubeLeaseStore:
         """In-cluster credentials in a pod, the current kubeconfig elsewhere."""
         client = kubeclient.api_client(pool_size=POOL_SIZE, retries=0)
-        return cls(namespace, client, timeout_seconds=timeout_seconds)
+        return cls(namespace, client, timeout_seconds=timeout_seconds, on_reply=on_reply)
 
     def watch(
         self, label_selector: str, changed: Callable[[LeaseRecord], None], stop: threading.Event
@@ -168,8 +190,8 @@ class KubeLeaseStore:
         kwargs |= {"_request_timeout": self._timeout, "_preload_content": False}
         call = functools.partial(function, *args, **kwargs)
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._threads, lambda: _json(call())
+            answer, sample = await asyncio.get_running_loop().run_in_executor(
+                self._threads, _timed, call
             )
         except ApiException as error:
             if error.status == 409:
@@ -182,6 +204,9 @@ class KubeLeaseStore:
         except (OSError, urllib3.exceptions.HTTPError, ValueError) as error:
             # ValueError: an answer that is not JSON (a proxy's error page).
             raise StoreUnavailable(f"{what}: {type(error).__name__}: {error}") from error
+        if sample is not None and self.on_reply is not None:
+            self.on_reply(sample)
+        return answer
 
     def _remember(self, lease: Mapping[str, Any]) -> LeaseRecord:
         record = self._seen[str(lease["metadata"]["name"])] = _record(lease)

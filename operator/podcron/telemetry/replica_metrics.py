@@ -1,4 +1,5 @@
-"""The metrics of a replica in a ring: jobs owned, epochs adopted, renewals refused, fences.
+"""The metrics of a replica in a ring: jobs owned, epochs adopted, renewals refused, fences,
+and how far its clock is off the API server's.
 
 A custom collector like the resources' one: counters are plain integers the
 replica's agent bumps through :class:`ReplicaMetrics`' methods (it is the
@@ -20,6 +21,10 @@ _RENEW_FAILURES_HELP = (
     "API server) or conflict (someone else wrote it)."
 )
 _FENCED_HELP = "Times this replica found itself fenced and rejoined under a new identity."
+_CLOCK_OFFSET_HELP = (
+    "The API server's clock minus this node's, in seconds, as estimated from the Date of its "
+    "replies (to within about half a second); ticks start by the API server's clock."
+)
 
 
 class ReplicaMetrics:
@@ -32,6 +37,7 @@ class ReplicaMetrics:
         self._gained = 0
         self._renew_failures: dict[str, int] = {"unavailable": 0, "conflict": 0}
         self._fenced = 0
+        self._clock_offset = 0.0
         registry.register(self)
 
     # -- the agent's observer ------------------------------------------------
@@ -46,20 +52,25 @@ class ReplicaMetrics:
     def fenced(self) -> None:
         self._fenced += 1
 
+    def clock_offset(self, seconds: float) -> None:
+        """The latest estimate of the API server's clock minus this process's."""
+        self._clock_offset = seconds
+
     # -- the collector ----------------------------------------------------------
 
     def describe(self) -> list[Metric]:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        owned, epochs, gained, failures, fenced = self._families()
+        owned, epochs, gained, failures, fenced, offset = self._families()
         owned.add_metric([], self.owned())
         epochs.add_metric([], self._epochs)
         gained.add_metric([], self._gained)
         for reason, count in sorted(self._renew_failures.items()):
             failures.add_metric([reason], count)
         fenced.add_metric([], self._fenced)
-        yield from (owned, epochs, gained, failures, fenced)
+        offset.add_metric([], self._clock_offset)
+        yield from (owned, epochs, gained, failures, fenced, offset)
 
     @staticmethod
     def _families() -> tuple[
@@ -68,6 +79,7 @@ class ReplicaMetrics:
         CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
+        GaugeMetricFamily,
     ]:
         return (
             GaugeMetricFamily("podcron_replica_owned_jobs", _OWNED_HELP),
@@ -77,4 +89,5 @@ class ReplicaMetrics:
                 "podcron_replica_renew_failures", _RENEW_FAILURES_HELP, labels=["reason"]
             ),
             CounterMetricFamily("podcron_replica_fenced", _FENCED_HELP),
+            GaugeMetricFamily("podcron_clock_offset_seconds", _CLOCK_OFFSET_HELP),
         )

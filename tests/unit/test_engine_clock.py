@@ -1,0 +1,74 @@
+"""The engine's timer follows its wall clock when that is set to other time (the API server's).
+
+On a fake loop clock (``looptime``), the engine's wall clock is the loop's plus an offset the
+test moves, as :class:`~podcron.ha.servertime.ServerTime` moves an
+:class:`~podcron.engine.clock.OffsetClock`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from podcron.context import JobContext
+from podcron.engine import Engine
+
+from .engine_support import Recorder, spec
+
+pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
+
+#: Loop time 0 reads as this wall-clock time: a whole minute, so a job every 60 s is due at 60.
+ORIGIN = 1_800_000_000.0
+
+
+class MovableClock:
+    """The loop's clock plus an offset the test sets."""
+
+    def __init__(self) -> None:
+        self.offset = ORIGIN
+
+    def wall(self) -> float:
+        return asyncio.get_running_loop().time() + self.offset
+
+
+async def _job(ctx: JobContext) -> None:
+    pass
+
+
+@pytest.mark.parametrize("moved", [-20.0, 20.0])
+async def test_a_moved_clock_rearms_the_timer_by_the_new_time(moved: float) -> None:
+    clock = MovableClock()
+    engine = Engine(clock=clock, loop_watchdog=False)
+    recorder = Recorder(engine)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    clock.offset = ORIGIN - start
+    try:
+        engine.upsert(spec(_job, every="60s"))
+        await asyncio.sleep(10)  # the timer is set for loop time start + 60
+        clock.offset += moved
+        engine.clock_moved()
+        await recorder.until(lambda: bool(recorder.started()), within=120)
+        # Due at wall time ORIGIN + 60, which the moved clock reads at loop time 60 - moved.
+        assert loop.time() - start == pytest.approx(60 - moved, abs=0.01)
+    finally:
+        await engine.shutdown()
+
+
+async def test_without_the_call_the_timer_keeps_its_old_deadline() -> None:
+    """What clock_moved is for: the timer waits on the loop's clock, blind to the move."""
+    clock = MovableClock()
+    engine = Engine(clock=clock, loop_watchdog=False)
+    recorder = Recorder(engine)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    clock.offset = ORIGIN - start
+    try:
+        engine.upsert(spec(_job, every="60s"))
+        await asyncio.sleep(10)
+        clock.offset += 20
+        await recorder.until(lambda: bool(recorder.started()), within=120)
+        assert loop.time() - start == pytest.approx(60, abs=0.01)
+    finally:
+        await engine.shutdown()
