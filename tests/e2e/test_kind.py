@@ -677,7 +677,8 @@ def _first(samples: Samples, since: float, holds: Callable[[dict[str, Any]], boo
 
 
 def test_kubectl_delete_pod_moves_its_jobs_to_the_other_replica(installed: Cluster) -> None:
-    # Both replicas of the upgraded release share the jobs.
+    # Both replicas of the upgraded release are ready and share the jobs.
+    wait_for(installed.ready_pods, timeout=120, interval=1, what="both pods ready")
     wait_for(
         lambda: set(installed.owners().values()) == installed.pod_names(),
         timeout=120,
