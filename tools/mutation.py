@@ -97,7 +97,7 @@ timeout = 120
     )
 
 
-def run(name: str, group: Group, max_children: int | None) -> Counter[str]:
+def run(name: str, group: Group, max_children: int | None, mutants: list[str]) -> Counter[str]:
     """Run mutmut for one group; mutmut's result for each mutant, counted."""
     where = STAGING / name
     stage(group, where)
@@ -106,7 +106,7 @@ def run(name: str, group: Group, max_children: int | None) -> Counter[str]:
     mutmut = Path(sys.executable).with_name("mutmut")
     # On a shared machine one child at a time; mutmut's default is one per core.
     children = [] if max_children is None else ["--max-children", str(max_children)]
-    subprocess.run([mutmut, "run", *children], cwd=where, env=env, check=False)
+    subprocess.run([mutmut, "run", *children, *mutants], cwd=where, env=env, check=False)
     results = subprocess.run(
         [mutmut, "results", "--all", "true"],
         cwd=where,
@@ -125,13 +125,20 @@ def main() -> int:
     parser.add_argument(
         "--max-children", type=int, metavar="N", help="mutants tested at once (mutmut's default)"
     )
+    parser.add_argument(
+        "--mutants",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="only the mutants whose names match (e.g. 'podcron.engine.recording.*'); repeatable",
+    )
     arguments = parser.parse_args()
     unknown = set(arguments.groups) - set(GROUPS)
     if unknown:
         parser.error(f"no group {', '.join(sorted(unknown))}; groups: {', '.join(GROUPS)}")
     equivalent = [line for line in EQUIVALENT.read_text().splitlines() if line[:1] not in "#"]
     for name in arguments.groups or GROUPS:
-        counts = run(name, GROUPS[name], arguments.max_children)
+        counts = run(name, GROUPS[name], arguments.max_children, arguments.mutants)
         known = sum(1 for line in equivalent if line.startswith(f"{name} "))
         survived = counts["survived"]
         print(
