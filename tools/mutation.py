@@ -33,15 +33,18 @@ class Group:
     tests: tuple[str, ...]
 
 
-# The engine's own unit tests: dispatch, overlap policies, timeouts, outcomes, manual runs.
+# The engine's own unit tests: dispatch, overlap policies, timeouts, outcomes, manual runs,
+# the history a restarted job continues, the resources a run waits for.
 _ENGINE_TESTS = (
     "test_engine.py",
+    "test_engine_resources.py",
     "test_engine_skips.py",
     "test_engine_threads.py",
     "test_engine_no_further_run.py",
     "test_run_outcomes.py",
     "test_manual_runs.py",
     "test_run_queue.py",
+    "test_run_history.py",
 )
 
 GROUPS = {
