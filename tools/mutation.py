@@ -34,7 +34,7 @@ class Group:
 
 
 # The engine's own unit tests: dispatch, overlap policies, timeouts, outcomes, manual runs,
-# the history a restarted job continues, the resources a run waits for.
+# the history a restarted job continues, the resources a run waits for, what a run logs.
 _ENGINE_TESTS = (
     "test_engine.py",
     "test_engine_resources.py",
@@ -45,6 +45,7 @@ _ENGINE_TESTS = (
     "test_manual_runs.py",
     "test_run_queue.py",
     "test_run_history.py",
+    "test_logs.py",
 )
 
 GROUPS = {

@@ -14,9 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from podcron.context import JobContext
 from podcron.engine import ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.telemetry import span_export
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
@@ -256,3 +261,39 @@ async def test_a_run_without_a_timeout_enters_no_timeout_guard(
         engine.trigger(job_id)
         await finished.wait()  # no deadline of its own: it would be one more timeout
     assert guards == [30]
+
+
+@pytest.mark.parametrize(
+    ("timeout_seconds", "error", "exception"),
+    [
+        (None, "ValueError: no such table", "ValueError"),
+        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError"),
+    ],
+    ids=["raised", "timed-out"],
+)
+async def test_a_failed_runs_span_says_why_and_carries_the_exception(
+    timeout_seconds: float | None, error: str, exception: str
+) -> None:
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    engine = engine_on_loop_clock(telemetry=telemetry)
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        if timeout_seconds is None:
+            raise ValueError("no such table")
+        await asyncio.sleep(3600)
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=timeout_seconds))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    await engine.shutdown()
+    provider.shutdown()
+    assert recorder.finished()[0].error == error
+    (span,) = exported.get_finished_spans()
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, error)
+    (event,) = span.events
+    assert (event.name, (event.attributes or {})["exception.type"]) == ("exception", exception)
