@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 import types
+import uuid
 from pathlib import Path
 
 import pytest
@@ -90,26 +91,31 @@ def test_unresolvable_references_are_not_found(case: str) -> None:
 
 
 @pytest.fixture
-def installed_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A distribution installed after the operator looked its entry points up once."""
+def installed_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A distribution installed after the operator looked its entry points up once.
+
+    Returns the suffix of its entry points' names: new to this test, so no look-up made
+    before (by another test, in this process or the one it was forked from) has seen them.
+    """
     resolve("hello")  # the operator's view of installed distributions is taken now
+    suffix = uuid.uuid4().hex
     dist_info = tmp_path / "podcron_late-1.0.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: podcron-late\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text(
         "[podcron.jobs]\n"
-        "late = podcron_examples.hello:hello\n"
-        "broken = no_such_module_xyz:run\n"
-        "not-callable = json:__doc__\n"
+        f"late-{suffix} = podcron_examples.hello:hello\n"
+        f"broken-{suffix} = no_such_module_xyz:run\n"
+        f"not-callable-{suffix} = json:__doc__\n"
         "[console_scripts]\n"
-        "not-a-job = podcron_examples.hello:hello\n"
+        f"not-a-job-{suffix} = podcron_examples.hello:hello\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    return suffix
 
 
-@pytest.mark.usefixtures("installed_later")
-def test_an_entry_point_installed_after_start_up_is_found() -> None:
-    assert resolve("late") is hello
+def test_an_entry_point_installed_after_start_up_is_found(installed_later: str) -> None:
+    assert resolve(f"late-{installed_later}") is hello
 
 
 # entry-point name of the distribution installed later, and what the message says is wrong
@@ -120,13 +126,13 @@ UNRUNNABLE_ENTRY_POINTS = {
 }
 
 
-@pytest.mark.usefixtures("installed_later")
 @pytest.mark.parametrize("name", list(UNRUNNABLE_ENTRY_POINTS))
-def test_entry_points_that_cannot_run_are_not_found(name: str) -> None:
+def test_entry_points_that_cannot_run_are_not_found(installed_later: str, name: str) -> None:
+    reference = f"{name}-{installed_later}"
     with pytest.raises(EntryPointNotFound) as caught:
-        resolve(name)
+        resolve(reference)
     why = UNRUNNABLE_ENTRY_POINTS[name]
-    assert str(caught.value) == f"spec.entryPoint: {why} (got {name!r})"
+    assert str(caught.value) == f"spec.entryPoint: {why} (got {reference!r})"
 
 
 # -- what counts as "defined in" an allowed module ----------------------------------------
