@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from podcron.context import JobContext
-from podcron.engine import ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.engine.runs import TRUNCATED, error_text
 from podcron.telemetry import span_export
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -297,3 +298,21 @@ async def test_a_failed_runs_span_says_why_and_carries_the_exception(
     assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, error)
     (event,) = span.events
     assert (event.name, (event.attributes or {})["exception.type"]) == ("exception", exception)
+
+
+@pytest.mark.parametrize(
+    "length", [100, ERROR_TEXT_LIMIT, ERROR_TEXT_LIMIT + 1], ids=["short", "at-limit", "over"]
+)
+def test_an_error_text_is_cut_to_the_limit_and_says_so(length: int) -> None:
+    text = error_text(ValueError("x" * (length - len("ValueError: "))))
+    assert len(text) == min(length, ERROR_TEXT_LIMIT)
+    if length > ERROR_TEXT_LIMIT:
+        assert text.endswith("x" + TRUNCATED)
+    else:
+        assert text.endswith("x")
+
+
+def test_an_error_with_notes_is_one_text_of_all_its_lines() -> None:
+    error = ValueError("no such table")
+    error.add_note("while loading shop.orders")
+    assert error_text(error) == "ValueError: no such table\nwhile loading shop.orders"
