@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -316,3 +317,47 @@ def test_an_error_with_notes_is_one_text_of_all_its_lines() -> None:
     error = ValueError("no such table")
     error.add_note("while loading shop.orders")
     assert error_text(error) == "ValueError: no such table\nwhile loading shop.orders"
+
+
+async def test_a_runs_deadline_is_its_start_plus_its_timeout_in_utc(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    deadlines: list[datetime | None] = []
+
+    async def job(ctx: JobContext) -> None:
+        deadlines.append(ctx.deadline)
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=30.0))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    (started,) = recorder.started()
+    began = started.scheduled_time + timedelta(seconds=started.lateness_seconds)
+    (deadline,) = deadlines
+    assert deadline is not None
+    assert deadline.tzinfo is UTC
+    assert abs(deadline - began - timedelta(seconds=30)) < timedelta(milliseconds=1)
+
+
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+async def test_a_def_body_runs_in_its_runs_trace_and_leaves_its_thread_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One thread: the second run's body runs where the first one's did.
+    engine = engine_on_loop_clock(worker_threads=1)
+    recorder = Recorder(engine)
+    seen: list[int] = []
+
+    def job(ctx: JobContext) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger(
+        "ns/job", trace_headers={"traceparent": f"00-{TRACE_ID:032x}-00f067aa0ba902b7-01"}
+    )
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    await engine.shutdown()
+    assert seen == [TRACE_ID, 0], "the caller's trace, then none"
+    assert [r.message for r in caplog.records if r.name.startswith("opentelemetry")] == []
