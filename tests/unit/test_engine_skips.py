@@ -76,7 +76,9 @@ async def test_a_skipped_tick_says_why(engine: Engine, policy: ConcurrencyPolicy
                 await release.wait()
 
     engine.upsert(spec(job, concurrency_policy=policy))  # every 1s
-    await recorder.until(lambda: recorder.count("job", RunStatus.SKIPPED) == 1)
-    (skipped,) = [e for e in recorder.finished() if e.status is RunStatus.SKIPPED]
-    assert skipped.error == why
-    release.set()
+    try:
+        await recorder.until(lambda: recorder.count("job", RunStatus.SKIPPED) == 1)
+        (skipped,) = [e for e in recorder.finished() if e.status is RunStatus.SKIPPED]
+        assert skipped.error == why
+    finally:
+        release.set()  # else the run that ignores cancellation would hold up shutdown
