@@ -42,6 +42,7 @@ from opentelemetry import trace
 
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.engine import ABANDON_AFTER_SECONDS, ERROR_TEXT_LIMIT, RunStatus
+from podcron.engine.runs import TRUNCATED
 from podcron.entrypoints import JobTarget
 from podcron.jobconfig import NO_CONFIG, JobConfig
 from podcron.resources import NO_RESOURCES, RunResources
@@ -384,4 +385,4 @@ def _error_text(error: BaseException) -> str:
     text = "".join(traceback.format_exception_only(error)).strip()
     if len(text) <= ERROR_TEXT_LIMIT:
         return text
-    return text[: ERROR_TEXT_LIMIT - 14] + "... (truncated)"
+    return text[: ERROR_TEXT_LIMIT - len(TRUNCATED)] + TRUNCATED

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
 
 from podcron.context import JobContext, Trigger
-from podcron.engine import Engine, RunStatus
+from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
 
@@ -49,3 +50,33 @@ async def test_skipped_ticks_keep_the_last_runs_status(engine: Engine, outcome: 
     assert history.counts.skipped >= 1
     assert history.counts.total == 1
     release.set()
+
+
+@pytest.mark.parametrize(
+    ("policy", "why"),
+    [
+        (ConcurrencyPolicy.FORBID, "concurrencyPolicy Forbid"),
+        (
+            ConcurrencyPolicy.REPLACE,
+            "the run it would replace has not stopped yet (concurrencyPolicy Replace)",
+        ),
+    ],
+    ids=["forbid", "replace"],
+)
+async def test_a_skipped_tick_says_why(engine: Engine, policy: ConcurrencyPolicy, why: str) -> None:
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        # Lasts until released, cancelled or not: a run Replace cancels does not stop.
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    engine.upsert(spec(job, concurrency_policy=policy))  # every 1s
+    try:
+        await recorder.until(lambda: recorder.count("job", RunStatus.SKIPPED) == 1)
+        (skipped,) = [e for e in recorder.finished() if e.status is RunStatus.SKIPPED]
+        assert skipped.error == why
+    finally:
+        release.set()  # else the run that ignores cancellation would hold up shutdown

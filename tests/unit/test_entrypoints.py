@@ -6,6 +6,7 @@ import importlib
 import json
 import sys
 import types
+import uuid
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,10 @@ def test_module_references_are_refused_by_default(reference: str) -> None:
     with pytest.raises(EntryPointNotAllowed) as caught:
         resolve(reference)
     assert caught.value.reason == "EntryPointNotAllowed"
-    assert "spec.entryPoint" in str(caught.value)
+    module = reference.split(":")[0]
+    assert str(caught.value) == (
+        f"spec.entryPoint: module {module!r} matches none of allowedModules [] (got {reference!r})"
+    )
 
 
 def test_refused_before_import() -> None:
@@ -56,22 +60,79 @@ def test_module_patterns(module: str, patterns: list[str], allowed: bool) -> Non
     assert module_allowed(module, patterns) is allowed
 
 
-@pytest.mark.parametrize(
-    ("reference", "allowed_modules"),
-    [
-        ("no-such-job", []),
-        ("json:no_such_function", ["json"]),
-        ("json:__doc__", ["json"]),
-        ("no_such_module_xyz:run", ["no_such_module_xyz"]),
-        ("rm -rf /", []),
-        ("", []),
-    ],
-    ids=["unknown-name", "missing-attribute", "not-callable", "missing-module", "garbage", "empty"],
-)
-def test_unresolvable_references_are_not_found(reference: str, allowed_modules: list[str]) -> None:
+# reference, allowedModules, and what the message says is wrong
+UNRESOLVABLE: dict[str, tuple[str, list[str], str]] = {
+    "unknown-name": ("no-such-job", [], "no entry point of that name in group podcron.jobs"),
+    "missing-attribute": (
+        "json:no_such_function",
+        ["json"],
+        "cannot import: module 'json' has no attribute 'no_such_function'",
+    ),
+    "not-callable": ("json:__doc__", ["json"], "does not name a callable"),
+    "missing-module": (
+        "no_such_module_xyz:run",
+        ["no_such_module_xyz"],
+        "cannot import: No module named 'no_such_module_xyz'",
+    ),
+    "garbage": ("rm -rf /", [], "not an entry-point name of group podcron.jobs nor a module:"),
+    "empty": ("", [], "not an entry-point name of group podcron.jobs nor a module:"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNRESOLVABLE))
+def test_unresolvable_references_are_not_found(case: str) -> None:
+    reference, allowed_modules, why = UNRESOLVABLE[case]
     with pytest.raises(EntryPointNotFound) as caught:
         resolve(reference, allowed_modules=allowed_modules)
     assert caught.value.reason == "EntryPointNotFound"
+    message = str(caught.value)
+    assert message.startswith(f"spec.entryPoint: {why}"), message
+    assert message.endswith(f"(got {reference!r})"), message
+
+
+@pytest.fixture
+def installed_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A distribution installed after the operator looked its entry points up once.
+
+    Returns the suffix of its entry points' names: new to this test, so no look-up made
+    before (by another test, in this process or the one it was forked from) has seen them.
+    """
+    resolve("hello")  # the operator's view of installed distributions is taken now
+    suffix = uuid.uuid4().hex
+    dist_info = tmp_path / "podcron_late-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: podcron-late\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[podcron.jobs]\n"
+        f"late-{suffix} = podcron_examples.hello:hello\n"
+        f"broken-{suffix} = no_such_module_xyz:run\n"
+        f"not-callable-{suffix} = json:__doc__\n"
+        "[console_scripts]\n"
+        f"not-a-job-{suffix} = podcron_examples.hello:hello\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return suffix
+
+
+def test_an_entry_point_installed_after_start_up_is_found(installed_later: str) -> None:
+    assert resolve(f"late-{installed_later}") is hello
+
+
+# entry-point name of the distribution installed later, and what the message says is wrong
+UNRUNNABLE_ENTRY_POINTS = {
+    "broken": "entry point failed to load: No module named 'no_such_module_xyz'",
+    "not-callable": "does not name a callable",
+    "not-a-job": "no entry point of that name in group podcron.jobs",  # another group's
+}
+
+
+@pytest.mark.parametrize("name", list(UNRUNNABLE_ENTRY_POINTS))
+def test_entry_points_that_cannot_run_are_not_found(installed_later: str, name: str) -> None:
+    reference = f"{name}-{installed_later}"
+    with pytest.raises(EntryPointNotFound) as caught:
+        resolve(reference)
+    why = UNRUNNABLE_ENTRY_POINTS[name]
+    assert str(caught.value) == f"spec.entryPoint: {why} (got {reference!r})"
 
 
 # -- what counts as "defined in" an allowed module ----------------------------------------
@@ -126,6 +187,7 @@ PATHS_OUT: dict[str, str] = {
     "inherited_call": "runs Toucher.__call__, defined in module 'podcron_testjobs.outside'",
     "partial_touch": "names a functools.partial object",
     "partial_plain": "names a functools.partial object",
+    "bound_print": "names a builtins.method object",
     "replaced": "runs replacing.<locals>.wrapper, defined in module 'podcron_testjobs.outside'",
     "functools.partial": "goes through module 'functools'",
     "contextlib.suppress": "goes through module 'contextlib'",
@@ -133,8 +195,8 @@ PATHS_OUT: dict[str, str] = {
     "plain.__call__": "goes through a function object of module 'builtins'",
     "jobs.nightly.__func__": "goes through a method object of module 'builtins'",
     "Jobs.__class__.__call__": "goes through class type of module 'builtins'",
-    "Jobs.__init_subclass__": "names built-in Jobs.__init_subclass__",
-    "Jobs.mro": "names built-in Jobs.mro",
+    "Jobs.__init_subclass__": "names built-in Jobs.__init_subclass__;",
+    "Jobs.mro": "names built-in Jobs.mro;",
     "jobs.__class__": "names class Jobs",
     "jobs.__init__": "names a builtins.method-wrapper object",
     "__builtins__.exec": "goes through a dict object of module 'builtins'",
@@ -150,7 +212,18 @@ def test_paths_out_of_an_allowed_module_are_refused(testjobs: types.ModuleType, 
     message = str(caught.value)
     assert PATHS_OUT[attr] in message, message
     assert message.startswith("spec.entryPoint: ")
+    assert message.endswith(f"(got 'podcron_testjobs.allowed:{attr}')")
     assert "\n" not in message
+
+
+def test_a_refused_class_is_told_what_may_run(testjobs: types.ModuleType) -> None:
+    with pytest.raises(EntryPointNotAllowed) as caught:
+        resolve("podcron_testjobs.allowed:Jobs", allowed_modules=ALLOWED)
+    assert str(caught.value) == (
+        "spec.entryPoint: names class Jobs (calling a class runs __new__ and __init__); only a"
+        " function (def, async def or lambda) defined in a module of allowedModules, or an object"
+        " whose __call__ is one, may run (got 'podcron_testjobs.allowed:Jobs')"
+    )
 
 
 def test_builtins_are_not_attributes_of_a_module(testjobs: types.ModuleType) -> None:

@@ -54,7 +54,7 @@ def lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
-def spec(target: JobTarget) -> JobSpec:
+def spec(target: JobTarget, timeout_seconds: float | None = None) -> JobSpec:
     return JobSpec(
         job_id="ns/job",
         namespace="ns",
@@ -63,6 +63,7 @@ def spec(target: JobTarget) -> JobSpec:
         target=target,
         # Due in a day: only the manual run happens during the test.
         schedule=parse_schedule({"daily": {"at": "00:00"}}),
+        timeout_seconds=timeout_seconds,
     )
 
 
@@ -73,7 +74,7 @@ async def engine() -> AsyncIterator[Engine]:
     await engine.shutdown()
 
 
-async def run_once(engine: Engine, target: JobTarget) -> None:
+async def run_once(engine: Engine, target: JobTarget, timeout_seconds: float | None = None) -> None:
     """Register ``target``, trigger it in the caller's trace, wait for its end."""
     done = asyncio.Event()
 
@@ -82,9 +83,23 @@ async def run_once(engine: Engine, target: JobTarget) -> None:
             done.set()
 
     engine.add_listener(on_event)
-    engine.upsert(spec(target))
+    engine.upsert(spec(target, timeout_seconds))
     engine.trigger("ns/job", trace_headers={"traceparent": TRACEPARENT})
     await asyncio.wait_for(done.wait(), DEADLINE)
+
+
+async def test_a_timed_out_run_logs_its_timeout_with_its_traceback(
+    engine: Engine, captured: io.StringIO
+) -> None:
+    async def hangs(ctx: JobContext) -> None:
+        await asyncio.Event().wait()
+
+    await run_once(engine, hangs, timeout_seconds=0.01)
+    error = [r for r in lines(captured) if r["job_id"] == "ns/job"][-1]
+    assert (error["level"], error["logger"]) == ("ERROR", "podcron.job")
+    assert error["message"] == "run timed out after 0.01s"
+    assert error["exc_info"].startswith("Traceback (most recent call last):")
+    assert error["exc_info"].endswith("TimeoutError")
 
 
 async def test_a_failed_run_logs_its_traceback_as_json_in_the_runs_trace(

@@ -6,12 +6,14 @@ On a fake loop clock (engine_support says how), so the times and durations are e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from podcron.context import JobContext, Trigger
-from podcron.engine import ConcurrencyPolicy, Engine, History, RunStatus
+from podcron.engine import ConcurrencyPolicy, Engine, History, RunCounts, RunStatus
 from podcron.errors import JobNotFound
 from podcron.runrecord import ERROR_SUMMARY_LIMIT, RECENT_FAILURES
 
@@ -174,3 +176,59 @@ async def test_recent_failures_continue_from_status_after_a_restart(clock: LoopC
     assert len(failures) == 3
     assert failures[1:] == restored.recent_failures
     assert second.snapshot("ns/job").history.counts.failed == restored.counts.failed + 1
+
+
+async def test_every_counter_continues_from_status_after_a_restart(clock: LoopClock) -> None:
+    engine = await _engine(clock)
+    restored = History(
+        last_run_time=datetime(2026, 1, 1, tzinfo=UTC),
+        last_status=RunStatus.FAILURE,
+        last_duration_seconds=2.5,
+        last_error="boom",
+        counts=RunCounts(total=10, succeeded=6, failed=4, skipped=3),
+    )
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job), history=restored)
+    recorder = Recorder(engine)
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    await engine.shutdown()
+    history = engine.snapshot("ns/job").history
+    assert history.counts == RunCounts(total=11, succeeded=7, failed=4, skipped=3)
+    assert history.last_status is RunStatus.SUCCESS
+    # A success leaves the last error as it was: it is what went wrong last.
+    assert history.last_error == "boom"
+
+
+RAN_BEFORE = History(
+    last_run_time=datetime(2026, 1, 1, tzinfo=UTC),
+    last_status=RunStatus.FAILURE,
+    last_duration_seconds=2.5,
+    last_error="boom",
+    counts=RunCounts(total=10, succeeded=6, failed=4, skipped=3),
+)
+NEVER_RAN = History(counts=RunCounts(skipped=3))
+
+
+@pytest.mark.parametrize("restored", [RAN_BEFORE, NEVER_RAN], ids=["ran-before", "never-ran"])
+async def test_a_skipped_tick_after_a_restart_keeps_the_restored_last_run(
+    clock: LoopClock, restored: History
+) -> None:
+    engine = await _engine(clock)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(job, concurrency_policy=ConcurrencyPolicy.FORBID), history=restored)
+    recorder = Recorder(engine)
+    await recorder.until(lambda: len(recorder.finished()) == 1)  # the next tick is skipped
+    history = engine.snapshot("ns/job").history
+    counts = restored.counts
+    assert history == dataclasses.replace(
+        restored, counts=dataclasses.replace(counts, skipped=counts.skipped + 1)
+    )
+    release.set()
+    await engine.shutdown()

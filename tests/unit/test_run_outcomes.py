@@ -10,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from podcron.context import JobContext
-from podcron.engine import ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.engine.runs import TRUNCATED, error_text
+from podcron.telemetry import span_export
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
@@ -254,3 +261,101 @@ async def test_a_run_without_a_timeout_enters_no_timeout_guard(
         engine.trigger(job_id)
         await finished.wait()  # no deadline of its own: it would be one more timeout
     assert guards == [30]
+
+
+@pytest.mark.parametrize(
+    ("timeout_seconds", "error", "exception"),
+    [
+        (None, "ValueError: no such table", "ValueError"),
+        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError"),
+    ],
+    ids=["raised", "timed-out"],
+)
+async def test_a_failed_runs_span_says_why_and_carries_the_exception(
+    timeout_seconds: float | None, error: str, exception: str
+) -> None:
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    engine = engine_on_loop_clock(telemetry=telemetry)
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        if timeout_seconds is None:
+            raise ValueError("no such table")
+        await asyncio.sleep(3600)
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=timeout_seconds))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    await engine.shutdown()
+    provider.shutdown()
+    assert recorder.finished()[0].error == error
+    (span,) = exported.get_finished_spans()
+    assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, error)
+    (event,) = span.events
+    assert (event.name, (event.attributes or {})["exception.type"]) == ("exception", exception)
+
+
+@pytest.mark.parametrize(
+    "length", [100, ERROR_TEXT_LIMIT, ERROR_TEXT_LIMIT + 1], ids=["short", "at-limit", "over"]
+)
+def test_an_error_text_is_cut_to_the_limit_and_says_so(length: int) -> None:
+    text = error_text(ValueError("x" * (length - len("ValueError: "))))
+    assert len(text) == min(length, ERROR_TEXT_LIMIT)
+    if length > ERROR_TEXT_LIMIT:
+        assert text.endswith("x" + TRUNCATED)
+    else:
+        assert text.endswith("x")
+
+
+def test_an_error_with_notes_is_one_text_of_all_its_lines() -> None:
+    error = ValueError("no such table")
+    error.add_note("while loading shop.orders")
+    assert error_text(error) == "ValueError: no such table\nwhile loading shop.orders"
+
+
+async def test_a_runs_deadline_is_its_start_plus_its_timeout_in_utc(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    deadlines: list[datetime | None] = []
+
+    async def job(ctx: JobContext) -> None:
+        deadlines.append(ctx.deadline)
+
+    engine.upsert(spec(job, every="1h", timeout_seconds=30.0))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    (started,) = recorder.started()
+    began = started.scheduled_time + timedelta(seconds=started.lateness_seconds)
+    (deadline,) = deadlines
+    assert deadline is not None
+    assert deadline.tzinfo is UTC
+    assert abs(deadline - began - timedelta(seconds=30)) < timedelta(milliseconds=1)
+
+
+TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+async def test_a_def_body_runs_in_its_runs_trace_and_leaves_its_thread_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One thread: the second run's body runs where the first one's did.
+    engine = engine_on_loop_clock(worker_threads=1)
+    recorder = Recorder(engine)
+    seen: list[int] = []
+
+    def job(ctx: JobContext) -> None:
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger(
+        "ns/job", trace_headers={"traceparent": f"00-{TRACE_ID:032x}-00f067aa0ba902b7-01"}
+    )
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    await engine.shutdown()
+    assert seen == [TRACE_ID, 0], "the caller's trace, then none"
+    assert [r.message for r in caplog.records if r.name.startswith("opentelemetry")] == []

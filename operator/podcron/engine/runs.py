@@ -35,6 +35,8 @@ from podcron.telemetry.run_telemetry import RunTelemetry
 job_log = logging.getLogger("podcron.job")
 
 ERROR_TEXT_LIMIT = 1024
+#: Ends an error text cut to ERROR_TEXT_LIMIT, within the limit.
+TRUNCATED = "... (truncated)"
 # Most jobs have no timeout; entering asyncio.timeout(None) still costs a
 # timer-less Timeout object per run.
 NO_TIMEOUT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
@@ -83,9 +85,9 @@ class ActiveRun:
 def error_text(error: BaseException) -> str:
     """The exception as one status line, cut to :data:`ERROR_TEXT_LIMIT` characters."""
     text = "".join(traceback.format_exception_only(error)).strip()
-    return (
-        text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 14] + "... (truncated)"
-    )
+    if len(text) <= ERROR_TEXT_LIMIT:
+        return text
+    return text[: ERROR_TEXT_LIMIT - len(TRUNCATED)] + TRUNCATED
 
 
 def deadline_of(started: float, timeout: float) -> datetime:

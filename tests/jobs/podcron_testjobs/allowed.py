@@ -15,6 +15,7 @@ import functools
 import os  # noqa: F401 - a path out of the module: "podcron_testjobs.allowed:os.system"
 import sys  # noqa: F401 - "podcron_testjobs.allowed:sys.exit"
 import time  # noqa: F401 - "podcron_testjobs.allowed:time.sleep"
+import types
 from os import system  # noqa: F401 - a re-export: "podcron_testjobs.allowed:system"
 
 from podcron import JobContext
@@ -108,6 +109,8 @@ class InheritsCall(Toucher):
 inherited_call = InheritsCall()
 toucher = Toucher()
 partial_touch = functools.partial(touch)
+# A method object around a built-in, bound to an object of a class defined here: it runs print.
+bound_print = types.MethodType(print, jobs)
 # Even around a function written here: a partial object is not a function.
 partial_plain = functools.partial(plain)
 
