@@ -68,3 +68,22 @@ async def test_before_any_epoch_says_who_owns_a_job_every_replica_writes_it(
         await handlers.on_create(body=body(name))
     assert set(writer.status) == set(NAMES)
     assert {name for name, *_ in events.posted} == set(NAMES)
+
+
+async def test_a_gained_job_gets_its_whole_status_from_its_new_owner(engine: Engine) -> None:
+    agent = Agent(MemoryStore(), ring="t", pod_name="a")
+    assignment = Assignment([agent.identity, "b-00000000"])
+    agent.member.assignment = assignment
+    handlers, writer, _ = reconciler(engine, Replicas(agent))
+    for name in NAMES:
+        await handlers.on_create(body=body(name))
+    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    assert theirs not in writer.status
+    # The other replica leaves: this one gains the job, and writes all the owner would
+    # have (that replica may have read the spec under other settings).
+    handlers.after_gain([f"uid-{theirs}"])
+    status = writer.status[theirs]
+    assert ready(writer, theirs)["reason"] == "Scheduled"
+    assert (status["observedGeneration"], status["scheduleType"]) == (1, "fixed-rate")
+    assert status["replica"] == agent.identity
+    assert status["runs"]["total"] == 0

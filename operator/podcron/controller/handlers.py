@@ -84,6 +84,10 @@ class Reconciler:
         # removed: readiness waits for the objects that existed at start-up.
         self._on_reconciled = on_reconciled
         self._refs: dict[str, ObjectRef] = {}
+        # What the last reconciliation of each job said of its spec (observedGeneration,
+        # schedule fields): with several replicas, a job's new owner writes it again, as the
+        # previous owner may have seen the spec under other settings (a rolling upgrade).
+        self._spec_status: dict[str, dict[str, Any]] = {}
         self._conditions = JobConditions()
         self._resources = resources
         # Per scheduled job: the resources it lists, and Ready as it is while they work.
@@ -158,6 +162,7 @@ class Reconciler:
         if self._on_reconciled is not None:
             self._on_reconciled(namespace, name)
         log.info("job %s removed", jid, extra={"job_id": jid})
+        self._spec_status.pop(jid, None)
         ref = self._refs.pop(jid, None)
         if ref is not None:
             self._events.forget(ref)
@@ -221,6 +226,7 @@ class Reconciler:
         except PodcronError as error:
             self._engine.remove(jid)
             self._untrack(jid)
+            self._spec_status.pop(jid, None)
             condition = self._conditions.set_ready(
                 jid, ok=False, reason=error.reason, message=str(error)
             )
@@ -248,6 +254,7 @@ class Reconciler:
             self._track(jid, job_spec.resources, scheduled)
             condition = self._set_ready(jid)
             patch |= jobspecs.schedule_status(job_spec.schedule)
+            self._spec_status[jid] = dict(patch)
             if self._owns(job_spec.uid):
                 patch |= runrecord.run_status(snapshot.record)
                 if self._replicas is not None:
@@ -350,7 +357,7 @@ class Reconciler:
                 self._engine.continue_history(jid, runrecord.history_from_status(status))
 
     def after_gain(self, uids: Sequence[str]) -> None:
-        """Status of the jobs gained now comes from here, and says so."""
+        """Status of the jobs gained now comes from here, all of it, and says so."""
         assert self._replicas is not None  # only called by the replicas' gate
         for uid in uids:
             jid = self._job_of_uid.get(uid)
@@ -361,7 +368,12 @@ class Reconciler:
                 snapshot = self._engine.snapshot(jid)
             except JobNotFound:
                 continue
-            patch = runrecord.run_status(snapshot.record) | {"replica": self._replicas.identity}
+            patch = (
+                self._spec_status.get(jid, {})
+                | runrecord.run_status(snapshot.record)
+                | self._conditions.status(jid)
+                | {"replica": self._replicas.identity}
+            )
             self._writer.update(ref.namespace, ref.name, patch)
 
     def _on_job_event(self, event: JobEvent) -> None:
