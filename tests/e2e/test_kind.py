@@ -720,12 +720,17 @@ def test_kubectl_delete_pod_moves_its_jobs_to_the_other_replica(installed: Clust
             interval=1,
             what="the interrupted run of holding in status",
         )
+
+        def ran_on_survivor(name: str) -> bool:
+            # Seen at any time, not now: the Deployment's next pod may have taken it since.
+            return any(
+                _pod_of(found[name]) == survivor and found[name]["runs"]["succeeded"] > before[name]
+                for _, found in list(samples)
+                if name in found
+            )
+
         wait_for(
-            lambda: all(
-                _pod_of(status) == survivor and status["runs"]["succeeded"] > before[name]
-                for name, status in installed.statuses().items()
-                if name in moving
-            ),
+            lambda: all(ran_on_survivor(name) for name in moving),
             timeout=60,
             interval=1,
             what=f"{', '.join(moving)} running on {survivor}",
