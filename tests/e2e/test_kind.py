@@ -696,7 +696,7 @@ def test_kubectl_delete_pod_moves_its_jobs_to_the_other_replica(installed: Clust
     )
     owners = installed.owners()
     doomed = owners["holding"]
-    (survivor,) = installed.pod_names() - {doomed}
+    assert len(installed.pod_names() - {doomed}) == 1  # the other replica
     moving = [name for name in FREQUENT if owners[name] == doomed]
     assert moving, f"{doomed} runs none of {FREQUENT}: {owners}"
     with _sampling(installed) as samples:
@@ -721,23 +721,36 @@ def test_kubectl_delete_pod_moves_its_jobs_to_the_other_replica(installed: Clust
             what="the interrupted run of holding in status",
         )
 
-        def ran_on_survivor(name: str) -> bool:
-            # Seen at any time, not now: the Deployment's next pod may have taken it since.
+        def ran_elsewhere(name: str) -> bool:
+            # On the survivor or on the Deployment's next pod, which starts as the doomed
+            # one terminates and may take a job first; seen at any time, not only now.
             return any(
-                _pod_of(found[name]) == survivor and found[name]["runs"]["succeeded"] > before[name]
+                _pod_of(found[name]) not in (None, doomed)
+                and found[name]["runs"]["succeeded"] > before[name]
                 for _, found in list(samples)
                 if name in found
             )
 
+        def last_seen() -> str:
+            latest = samples[-1][1] if samples else {}
+            return ", ".join(
+                f"{name} on {_pod_of(latest.get(name, {}))} "
+                f"succeeded {latest.get(name, {}).get('runs', {}).get('succeeded')}"
+                for name in moving
+            )
+
         wait_for(
-            lambda: all(ran_on_survivor(name) for name in moving),
+            lambda: all(ran_elsewhere(name) for name in moving),
             timeout=60,
             interval=1,
-            what=f"{', '.join(moving)} running on {survivor}",
+            what=f"{', '.join(moving)} running on another pod than {doomed} (before:"
+            f" {before}; last seen: {last_seen()})",
         )
     _counters_never_go_back(samples)
     moved = _first(
-        samples, deleting, lambda found: all(_pod_of(found[name]) == survivor for name in moving)
+        samples,
+        deleting,
+        lambda found: all(_pod_of(found[name]) not in (None, doomed) for name in moving),
     )
     ran = _first(
         samples,
