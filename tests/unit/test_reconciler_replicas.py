@@ -44,7 +44,8 @@ def reconciler(engine: Engine, replicas: Replicas) -> tuple[Reconciler, Writer, 
     )
 
 
-async def test_only_the_owner_writes_a_jobs_status_and_posts_its_events(engine: Engine) -> None:
+async def sharing(engine: Engine) -> tuple[Reconciler, Writer, Events, Agent, Assignment]:
+    """A reconciler of replica a, sharing the jobs with b, every job created."""
     agent = Agent(MemoryStore(), ring="t", pod_name="a")
     # The epoch this replica adopted: it and one other replica share the jobs.
     assignment = Assignment([agent.identity, "b-00000000"])
@@ -52,6 +53,11 @@ async def test_only_the_owner_writes_a_jobs_status_and_posts_its_events(engine: 
     handlers, writer, events = reconciler(engine, Replicas(agent))
     for name in NAMES:
         await handlers.on_create(body=body(name))
+    return handlers, writer, events, agent, assignment
+
+
+async def test_only_the_owner_writes_a_jobs_status_and_posts_its_events(engine: Engine) -> None:
+    _, writer, events, agent, assignment = await sharing(engine)
     ours = {n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity}
     assert 0 < len(ours) < len(NAMES)
     assert set(writer.status) == ours
@@ -71,12 +77,7 @@ async def test_before_any_epoch_says_who_owns_a_job_every_replica_writes_it(
 
 
 async def test_a_gained_job_gets_its_whole_status_from_its_new_owner(engine: Engine) -> None:
-    agent = Agent(MemoryStore(), ring="t", pod_name="a")
-    assignment = Assignment([agent.identity, "b-00000000"])
-    agent.member.assignment = assignment
-    handlers, writer, _ = reconciler(engine, Replicas(agent))
-    for name in NAMES:
-        await handlers.on_create(body=body(name))
+    handlers, writer, _, agent, assignment = await sharing(engine)
     theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
     assert theirs not in writer.status
     # The other replica leaves: this one gains the job, and writes all the owner would
