@@ -338,6 +338,7 @@ async def test_a_runs_deadline_is_its_start_plus_its_timeout_in_utc(engine: Engi
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
 
+@pytest.mark.looptime(False)  # a def body runs on a worker thread, on real time
 async def test_a_def_body_runs_in_its_runs_trace_and_leaves_its_thread_without_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
