@@ -63,7 +63,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from cluster import status_patches, write_requests  # noqa: E402
+from cluster import install_crd, status_patches, write_requests  # noqa: E402
 from controlplane import ControlPlane, ensure_binaries  # noqa: E402
 from harness import (  # noqa: E402
     machine_busy_seconds,
@@ -217,6 +217,18 @@ def _job(index: int, interval_s: int) -> dict[str, Any]:
 
 class Cluster:
     """The control plane, an API client and the OTLP receiver every scenario shares."""
+
+    @classmethod
+    @contextmanager
+    def started(cls, prefix: str) -> Iterator[Cluster]:
+        """A fresh control plane with the CRD, an OTLP receiver and a work directory."""
+        with (
+            tempfile.TemporaryDirectory(prefix=prefix) as tmp,
+            ControlPlane.start(ensure_binaries()) as plane,
+            OtlpReceiver() as receiver,
+        ):
+            install_crd(plane)
+            yield cls(plane, receiver, Path(tmp))
 
     def __init__(self, plane: ControlPlane, receiver: OtlpReceiver, workdir: Path) -> None:
         self.plane = plane
@@ -748,19 +760,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: list[Scenario] = []
     profile_lines: list[str] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-operator-") as tmp,
-        ControlPlane.start(ensure_binaries()) as plane,
-        OtlpReceiver() as receiver,
-    ):
-        plane.kubectl("apply", "--server-side", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", "crd/scheduledjobs.podcron.dev")
-        cluster = Cluster(plane, receiver, Path(tmp))
+    with Cluster.started("bench-operator-") as cluster:
         if "a" in s.scenarios:
             run_a(cluster, s, results, profile_lines)
         if "b" in s.scenarios or "c" in s.scenarios:
             run_bc(cluster, s, results)
-        print(f"  spans received: {receiver.span_count}", file=sys.stderr)
+        print(f"  spans received: {cluster.receiver.span_count}", file=sys.stderr)
     report(results, profile_lines)
     return 0
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 import itertools
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -48,10 +46,8 @@ from bench_operator import (
     scenario_rows,
     tally,
 )
-from cluster import CRD, control_plane, is_ready
+from cluster import is_ready
 from harness import quick, wait_until
-from otlp_receiver import OtlpReceiver
-from podcron.controller.resource import GROUP, PLURAL
 
 RING = "scale"
 #: From the operators' start until every job is Ready; one replica writes 100 statuses a second.
@@ -179,14 +175,7 @@ def main() -> int:
     )
     configurations = [replicas, 1] if replicas != 1 else [1]
     results: list[Scenario] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
-        control_plane() as plane,
-        OtlpReceiver() as receiver,
-    ):
-        plane.kubectl("apply", "--server-side", "-f", str(CRD))
-        plane.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
-        cluster = Cluster(plane, receiver, Path(tmp))
+    with Cluster.started("bench-scale-") as cluster:
         for count in configurations:
             results.append(run_configuration(cluster, jobs, count, duration_s, warmup_s))
     rows: list[tuple[str, Callable[[Scenario], str]]] = [

@@ -43,7 +43,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,12 +65,11 @@ from bench_operator import (
     scenario_rows,
     tally,
 )
-from cluster import CRD, ControlPlane, control_plane, is_ready, scheduled_job
+from cluster import ControlPlane, is_ready, scheduled_job
 from controlplane import _die_with_parent, _free_ports
 from gobuild import BinariesUnavailable
 from harness import quick, stop, wait_until
 from kindimages import ensure_node_binaries
-from otlp_receiver import OtlpReceiver
 from podcron.controller.resource import GROUP, PLURAL, VERSION
 
 SCHEDULED_AT = "batch.kubernetes.io/cronjob-scheduled-timestamp"
@@ -281,14 +279,7 @@ def main() -> int:
     for jobs in s.jobs:
         # A fresh control plane for each N: kube-controller-manager watches every
         # namespace, and would also run the CronJobs an earlier N left behind.
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-vs-cronjob-") as tmp,
-            control_plane() as plane,
-            OtlpReceiver() as receiver,
-        ):
-            plane.kubectl("apply", "--server-side", "-f", str(CRD))
-            plane.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
-            cluster = Cluster(plane, receiver, Path(tmp))
+        with Cluster.started("bench-vs-cronjob-") as cluster:
             results = [
                 run_cronjob(cluster, controller_manager_binary, jobs, s.duration_s),
                 run_podcron(cluster, "podcron-1m", jobs, 60, s.duration_s),

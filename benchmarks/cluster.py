@@ -38,12 +38,17 @@ def control_plane() -> Iterator[ControlPlane]:
         yield plane
 
 
+def install_crd(plane: ControlPlane) -> None:
+    """The ScheduledJob CRD, applied and established."""
+    plane.kubectl("apply", "--server-side", "-f", str(CRD))
+    plane.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
+
+
 def prepare_namespace(
     plane: ControlPlane, namespace: str, *, connections: int
 ) -> kubernetes.client.CustomObjectsApi:
     """Install the CRD, create ``namespace``; a client with ``connections`` pooled connections."""
-    plane.kubectl("apply", "--server-side", "-f", str(CRD))
-    plane.kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}")
+    install_crd(plane)
     plane.kubectl("create", "namespace", namespace)
     client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
         config_file=str(plane.kubeconfig)
