@@ -145,7 +145,7 @@ def _status_fields(variant: str) -> Callable[[], None]:
         await runs.run(BATCH)  # a job that has run: its status has every field
         engine, job_id = runs.engine, ManualRuns.JOB_ID
         conditions = JobConditions()
-        writer = StatusWriter(lambda namespace, name, status: None)
+        writer = StatusWriter(lambda namespace, name, status, resource_version=None: None)
 
         def fields() -> dict[str, object]:
             snapshot = engine.snapshot(job_id)

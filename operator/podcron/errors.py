@@ -150,6 +150,10 @@ class TransientApiError(PodcronError):
     """A Kubernetes API failure worth retrying: throttling, conflicts, 5xx, lost connections."""
 
 
+class ApiConflict(TransientApiError):
+    """The object changed since the resourceVersion a write was made on (409): read it again."""
+
+
 class ProtocolError(PodcronError, ValueError):
     """A control socket line that is not what :mod:`podcron.wire` defines."""
 

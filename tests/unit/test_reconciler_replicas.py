@@ -88,3 +88,24 @@ async def test_a_gained_job_gets_its_whole_status_from_its_new_owner(engine: Eng
     assert (status["observedGeneration"], status["scheduleType"]) == (1, "fixed-rate")
     assert status["replica"] == agent.identity
     assert status["runs"]["total"] == 0
+
+
+async def test_a_refused_patch_continues_the_counters_found_and_builds_them_anew(
+    engine: Engine,
+) -> None:
+    handlers, writer, _, agent, assignment = await sharing(engine)
+    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    assert writer.versions[ours] == "1"  # the patches build on the version reconciled
+    # The job's previous owner counted 9 runs since: the patch from here is refused.
+    found = {"runs": {"total": 9, "succeeded": 9}, "lastRunStatus": "success"}
+    refused = {"runs": {"total": 0}, "replica": agent.identity}
+    again = handlers.rebased("ns", ours, refused, found)
+    assert again == {"replica": agent.identity}
+    assert writer.builds[ours]()["runs"] == {"total": 9, "succeeded": 9, "failed": 0, "skipped": 0}
+
+
+async def test_a_refused_patch_of_a_job_that_moved_is_dropped(engine: Engine) -> None:
+    handlers, writer, _, agent, assignment = await sharing(engine)
+    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    assert handlers.rebased("ns", theirs, {"runs": {"total": 3}}, {"runs": {"total": 9}}) is None
+    assert theirs not in writer.builds

@@ -9,7 +9,7 @@ tests/integration/test_resources.py).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
 import kopf
@@ -30,11 +30,21 @@ class Writer:
 
     def __init__(self) -> None:
         self.status: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, str] = {}
+        self.builds: dict[str, Callable[[], Mapping[str, Any]]] = {}
 
     def update(
         self, namespace: str, name: str, status: Mapping[str, Any], *, urgent: bool = False
     ) -> None:
         self.status.setdefault(name, {}).update(status)
+
+    def update_when_sent(
+        self, namespace: str, name: str, build: Callable[[], Mapping[str, Any]]
+    ) -> None:
+        self.builds[name] = build
+
+    def note_version(self, namespace: str, name: str, resource_version: str) -> None:
+        self.versions.setdefault(name, resource_version)
 
     def forget(self, namespace: str, name: str) -> None:
         self.status.pop(name, None)
@@ -75,7 +85,13 @@ def ready(writer: Writer, name: str) -> dict[str, Any]:
 
 def body(name: str, *resources: str) -> kopf.Body:
     raw: dict[str, Any] = {
-        "metadata": {"namespace": "ns", "name": name, "uid": f"uid-{name}", "generation": 1},
+        "metadata": {
+            "namespace": "ns",
+            "name": name,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
         # A tick the test never reaches: Ready alone is under test.
         "spec": {
             "entryPoint": "hello",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
 
 from podcron.controller.status import StatusWriter, merge
-from podcron.errors import ObjectGone, TransientApiError
+from podcron.errors import ApiConflict, ObjectGone, TransientApiError
 
 from ..waiting import until
 
@@ -20,18 +20,49 @@ pytestmark = pytest.mark.asyncio_debug
 
 
 class RecordingApi:
-    """Stands in for the API server's status endpoint; can fail on request."""
+    """Stands in for the API server's status endpoint; can fail on request.
+
+    It keeps each object's status and a resourceVersion, which every patch moves
+    on, and refuses a patch made on an older one (409) as the API server does.
+    """
 
     def __init__(self) -> None:
         self.patches: list[tuple[float, str, dict[str, Any]]] = []
         self.fail_next: list[Exception] = []
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.versions: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def patch(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str:
+        key = f"{namespace}/{name}"
         with self._lock:
             if self.fail_next:
                 raise self.fail_next.pop(0)
-            self.patches.append((time.monotonic(), f"{namespace}/{name}", dict(status)))
+            if resource_version is not None and resource_version != str(self.versions.get(key)):
+                raise ApiConflict("409 Conflict")
+            self.patches.append((time.monotonic(), key, dict(status)))
+            return self._write(key, status)
+
+    def write(self, namespace: str, name: str, status: Mapping[str, Any]) -> str:
+        """Somebody else's write: the object moves to a new version."""
+        with self._lock:
+            return self._write(f"{namespace}/{name}", status)
+
+    def _write(self, key: str, status: Mapping[str, Any]) -> str:
+        self.statuses[key] = merge(self.statuses.get(key, {}), status)
+        self.versions[key] = self.versions.get(key, 0) + 1
+        return str(self.versions[key])
+
+    def read(self, namespace: str, name: str) -> tuple[Mapping[str, Any], str]:
+        key = f"{namespace}/{name}"
+        with self._lock:
+            return dict(self.statuses.get(key, {})), str(self.versions.get(key, 0))
 
 
 @pytest.fixture
@@ -134,7 +165,9 @@ async def test_patches_of_one_object_never_overlap(running: Any) -> None:
     spans: list[tuple[float, float, dict[str, Any]]] = []
     first_started = threading.Event()
 
-    def slow_patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def slow_patch(
+        namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
         started = time.monotonic()
         first_started.set()
         time.sleep(0.2)
@@ -196,7 +229,9 @@ async def test_stopping_the_writer_while_a_patch_waits_for_a_free_slot_loses_not
     started, release = threading.Event(), threading.Event()
     sent: list[str] = []
 
-    def patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch(
+        namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
         if name == "slow":
             started.set()
             release.wait(5)
@@ -222,7 +257,9 @@ async def test_the_flush_has_many_patches_in_flight_at_once() -> None:
     together = threading.Barrier(64, timeout=10)
     api = RecordingApi()
 
-    def patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch(
+        namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
         together.wait()
         api.patch(namespace, name, status)
 
@@ -247,7 +284,9 @@ async def test_the_flush_retries_a_transient_failure_while_time_remains() -> Non
 async def test_the_flush_stops_at_its_deadline_and_says_what_it_did_not_write() -> None:
     release = threading.Event()
 
-    def patch(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    def patch(
+        namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
         if name == "hung":
             release.wait(10)
 
@@ -344,3 +383,69 @@ async def test_the_flush_builds_what_waits_and_sends_it() -> None:
     assert unsent == 0
     assert [p[2] for p in api.patches] == [{"runs": {"total": 7}}]
     writer.close()
+
+
+async def test_a_patch_on_an_old_version_is_sent_again_as_rebase_says(running: Any) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {"runs": {"total": 5}})
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01, read=api.read))
+    handed: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    def rebase(
+        namespace: str, name: str, refused: Mapping[str, Any], found: Mapping[str, Any]
+    ) -> Mapping[str, Any]:
+        handed.append((dict(refused), dict(found)))
+        return {"runs": {"total": found["runs"]["total"] + 1}}
+
+    writer.rebase = rebase
+    writer.note_version("ns", "a", version)
+    api.write("ns", "a", {"runs": {"total": 7}})  # somebody else wrote since
+    writer.update("ns", "a", {"runs": {"total": 6}})
+    await until(lambda: api.statuses["ns/a"]["runs"]["total"] == 8)
+    assert handed == [({"runs": {"total": 6}}, {"runs": {"total": 7}})]
+    # The refused patch never landed, so the counter never went from 7 to 6.
+    assert [status for _, _, status in api.patches] == [{"runs": {"total": 8}}]
+
+
+async def test_a_rebase_that_returns_nothing_sends_nothing(running: Any) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {"runs": {"total": 5}})
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01, read=api.read))
+    refused: list[Mapping[str, Any]] = []
+    writer.rebase = lambda namespace, name, patch, found: refused.append(patch)
+    writer.note_version("ns", "a", version)
+    api.write("ns", "a", {"runs": {"total": 7}})
+    writer.update("ns", "a", {"runs": {"total": 6}})
+    await until(lambda: bool(refused))
+    await until(lambda: writer.pending == 0)
+    assert api.patches == []
+    assert api.statuses["ns/a"] == {"runs": {"total": 7}}
+
+
+async def test_without_a_rebase_a_refused_patch_goes_again_on_no_version(running: Any) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {})
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01))
+    writer.note_version("ns", "a", version)
+    api.write("ns", "a", {"lastError": "theirs"})
+    writer.update("ns", "a", {"running": True})
+    await until(lambda: bool(api.patches))
+    assert api.statuses["ns/a"] == {"lastError": "theirs", "running": True}
+
+
+async def test_the_writers_own_patches_keep_its_version_current(running: Any) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {})
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01, read=api.read))
+    writer.rebase = lambda *_: pytest.fail("no other writer: nothing to rebase")
+    writer.note_version("ns", "a", version)
+
+    def written(total: int) -> Callable[[], bool]:
+        return lambda: api.statuses["ns/a"].get("runs") == {"total": total}
+
+    for total in (1, 2, 3):
+        writer.update("ns", "a", {"runs": {"total": total}})
+        await until(written(total))
+        # An older version, noted late (a watch lags behind), does not replace it.
+        writer.note_version("ns", "a", version)
+    assert len(api.patches) == 3

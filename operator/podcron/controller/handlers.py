@@ -100,8 +100,9 @@ class Reconciler:
         # latest status any replica wrote (what a job gained here continues).
         self._replicas = replicas
         self._job_of_uid: dict[str, str] = {}
-        self._latest_status: dict[str, Mapping[str, Any]] = {}
+        self._latest_status: dict[str, tuple[Mapping[str, Any], str]] = {}
         engine.add_listener(self._on_job_event)
+        writer.rebase = self.rebased
         if resources is not None:
             resources.add_listener(self._on_resource)
 
@@ -125,7 +126,7 @@ class Reconciler:
         """Keep each job's latest status (cheap: a reference) and let deletions through."""
         status = body.get("status")
         if status is not None:
-            self._latest_status[str(body.meta.uid)] = status
+            self._latest_status[str(body.meta.uid)] = (status, str(body.meta["resourceVersion"]))
         return _is_deletion(type, body)
 
     def _owns(self, uid: str) -> bool:
@@ -242,11 +243,15 @@ class Reconciler:
                 "ScheduledJob %s cannot be scheduled: %s", jid, error, extra={"job_id": jid}
             )
         else:
-            # Ignored for a job the engine already runs: its own history is newer.
             if self._replicas is not None:
                 self._job_of_uid[job_spec.uid] = jid
                 self._replicas.agent.add_job(job_spec.uid)
-            snapshot = self._engine.upsert(job_spec, history=runrecord.history_from_status(status))
+            # A new job's counters continue from status; a job the engine already runs
+            # keeps its own, unless someone else counted more runs there since.
+            history = runrecord.history_from_status(status)
+            self._engine.upsert(job_spec, history=history)
+            self._engine.continue_history(jid, history)
+            self._writer.note_version(namespace, name, str(meta["resourceVersion"]))
             if job_spec.suspended:
                 scheduled = ("Suspended", "suspended: no runs are scheduled")
             else:
@@ -256,7 +261,7 @@ class Reconciler:
             patch |= jobspecs.schedule_status(job_spec.schedule)
             self._spec_status[jid] = dict(patch)
             if self._owns(job_spec.uid):
-                patch |= runrecord.run_status(snapshot.record)
+                patch |= runrecord.run_status(self._engine.snapshot(jid).record)
                 if self._replicas is not None:
                     # A job this replica owned before it knew the job was never gained
                     # (after_gain): say whose it is here, or kubectl shows no REPLICA.
@@ -350,11 +355,18 @@ class Reconciler:
         raise NotOwner(job_id, endpoint or "")
 
     def before_gain(self, uids: Sequence[str]) -> None:
-        """Jobs this replica gains continue the counters their previous owner wrote."""
+        """Jobs this replica gains continue the counters their previous owner wrote.
+
+        As the watch last showed them: if the previous owner wrote again since,
+        the API server refuses the first patch from here, and :meth:`rebased` reads them.
+        """
         for uid in uids:
-            jid, status = self._job_of_uid.get(uid), self._latest_status.get(uid)
-            if jid is not None and status is not None:
+            jid, seen = self._job_of_uid.get(uid), self._latest_status.get(uid)
+            ref = None if jid is None else self._refs.get(jid)
+            if jid is not None and ref is not None and seen is not None:
+                status, version = seen
                 self._engine.continue_history(jid, runrecord.history_from_status(status))
+                self._writer.note_version(ref.namespace, ref.name, version)
 
     def after_gain(self, uids: Sequence[str]) -> None:
         """Status of the jobs gained now comes from here, all of it, and says so."""
@@ -401,6 +413,24 @@ class Reconciler:
         self._writer.update_when_sent(
             event.namespace, event.name, functools.partial(self._run_status, event.job_id)
         )
+
+    def rebased(
+        self, namespace: str, name: str, refused: Mapping[str, Any], found: Mapping[str, Any]
+    ) -> Mapping[str, Any] | None:
+        """What to patch instead of ``refused``, now that the job's status is ``found``.
+
+        Somebody wrote the status since this replica last did (with several
+        replicas, a job's previous owner as it drains; or a user): counters
+        continue from ``found`` when it counts more runs, so that they never go
+        backwards, and the run fields are built again from there.
+        """
+        jid = jobspecs.job_id(namespace, name)
+        if self._moved(jid):
+            return None  # its status is the new owner's now
+        self._engine.continue_history(jid, runrecord.history_from_status(found))
+        self._writer.update_when_sent(namespace, name, functools.partial(self._run_status, jid))
+        # The counters it held may be lower than those found: the builder sends them anew.
+        return {key: value for key, value in refused.items() if key != "runs"}
 
     def _run_status(self, job_id: str) -> dict[str, Any]:
         """A job's run fields and conditions as they are now: built when its patch goes out."""

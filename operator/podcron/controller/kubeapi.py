@@ -16,12 +16,12 @@ from kubernetes.client.exceptions import ApiException
 
 from podcron import kubeclient
 from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
-from podcron.errors import ObjectGone, TransientApiError
+from podcron.errors import ApiConflict, ObjectGone, TransientApiError
 
 COMPONENT = "podcron-operator"
 # events.k8s.io/v1 refuses a note over 1 kB; the same bound on core/v1 messages.
 MESSAGE_LIMIT = 1024
-TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def _call(function: Callable[..., Any], *args: object, **kwargs: object) -> Any:
@@ -31,6 +31,8 @@ def _call(function: Callable[..., Any], *args: object, **kwargs: object) -> Any:
     except ApiException as error:
         if error.status == 404:
             raise ObjectGone(str(error.reason)) from error
+        if error.status == 409:
+            raise ApiConflict(f"{error.status} {error.reason}") from error
         if error.status in TRANSIENT_STATUSES:
             raise TransientApiError(f"{error.status} {error.reason}") from error
         raise
@@ -60,17 +62,43 @@ class KubeApi:
         """
         return cls(kubeclient.api_client(pool_size=pool_size))
 
-    def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        """Merge-patch the status subresource; raises ObjectGone or TransientApiError."""
-        _call(
+    def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str:
+        """Merge-patch the status subresource; returns the object's new resourceVersion.
+
+        With ``resource_version``, only if the object is still at that version:
+        raises ApiConflict when it moved on. Raises ObjectGone or TransientApiError.
+        """
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        patched = _call(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
             namespace,
             PLURAL,
             name,
-            {"status": dict(status)},
+            body,
         )
+        return str(patched["metadata"]["resourceVersion"])
+
+    def read_status(self, namespace: str, name: str) -> tuple[Mapping[str, Any], str]:
+        """The object's status as the API server holds it now, and its resourceVersion."""
+        found = _call(
+            self._custom.get_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+        )
+        return found.get("status") or {}, str(found["metadata"]["resourceVersion"])
 
     def list_job_keys(self, namespace: str | None = None) -> set[tuple[str, str]]:
         """(namespace, name) of every ScheduledJob, in ``namespace`` or in all of them."""

@@ -332,6 +332,7 @@ async def run(settings: Settings) -> None:
         api.patch_status,
         patches_per_second=settings.status_patches_per_second,
         flush_concurrency=FLUSH_CONCURRENCY,
+        read=api.read_status,
     )
     events = EventRecorder(api)
     gate = StartupGate()

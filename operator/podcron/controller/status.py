@@ -30,6 +30,15 @@ the deadline it is given (what is left of the shutdown budget) and says how
 many objects it could not write. A key the writer took from its queue is put
 back if the writer is cancelled while it waits for its turn, so stopping the
 writer never loses an update.
+
+Each patch is made on the resourceVersion the writer last saw of its object
+(its own previous patch, or what :meth:`StatusWriter.note_version` was told), so
+the API server refuses it (409) if anyone else wrote meanwhile. Then the writer
+reads the object again and hands the refused patch and the status it found to
+:attr:`StatusWriter.rebase`, which returns what to send instead, on the new
+version. With several replicas, a job's previous owner may still be writing
+(the last outcomes of its runs as it drains) when the new owner writes; both
+send whole counters, and without this the later write would win, lower or not.
 """
 
 from __future__ import annotations
@@ -43,15 +52,35 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
-from podcron.errors import ObjectGone, TransientApiError
+from podcron.errors import ApiConflict, ObjectGone, TransientApiError
 
 log = logging.getLogger("podcron.status")
 
 Key = tuple[str, str]  # (namespace, name)
-PatchFn = Callable[[str, str, Mapping[str, Any]], None]
 Build = Callable[[], Mapping[str, Any]]
+#: Reads an object's status and resourceVersion (in a worker thread).
+ReadFn = Callable[[str, str], tuple[Mapping[str, Any], str]]
+#: (namespace, name, refused patch, status found): what to send instead, None for nothing.
+Rebase = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any] | None]
+
+
+class PatchFn(Protocol):
+    """Merge-patches an object's status, on ``resource_version`` when one is given.
+
+    Returns the object's new resourceVersion (None: not known). Raises
+    :class:`ApiConflict` when the object is no longer at ``resource_version``.
+    """
+
+    def __call__(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> str | None: ...
+
 
 RETRY_BASE_SECONDS = 0.5
 RETRY_MAX_SECONDS = 30.0
@@ -80,8 +109,14 @@ class StatusWriter:
         per_object_interval: float = 1.0,
         concurrency: int = 16,
         flush_concurrency: int = 64,
+        read: ReadFn | None = None,
     ) -> None:
         self._patch = patch
+        self._read = read
+        #: Set by whoever builds the patches; without it (or ``read``), a refused patch
+        #: is sent again on no version.
+        self.rebase: Rebase | None = None
+        self._versions: dict[Key, str] = {}
         self._spacing = 1.0 / patches_per_second
         self._per_object_interval = per_object_interval
         self._pending: dict[Key, dict[str, Any]] = {}
@@ -141,6 +176,14 @@ class StatusWriter:
         self._deferred[key] = build
         self._queue_for(key, urgent=False)
 
+    def note_version(self, namespace: str, name: str, resource_version: str) -> None:
+        """The object's version the patches build on, until the first patch says the next one.
+
+        Ignored once a version is known: the writer's own patches keep it current,
+        and an older one would only cost a refused patch.
+        """
+        self._versions.setdefault((namespace, name), resource_version)
+
     def _queue_for(self, key: Key, *, urgent: bool) -> None:
         if self._flush_queue is not None:
             if key not in self._sending:
@@ -162,6 +205,7 @@ class StatusWriter:
         self._deferred.pop(key, None)
         self._last_sent.pop(key, None)
         self._failures.pop(key, None)
+        self._versions.pop(key, None)
         self._urgent_after_send.discard(key)
 
     def _turn(self, key: Key) -> float:
@@ -327,24 +371,29 @@ class StatusWriter:
 
     async def _send(self, key: Key, status: dict[str, Any], *, slot: bool) -> None:
         retry_at = 0.0
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._patch, key[0], key[1], status
+            version = await loop.run_in_executor(
+                self._pool, self._patch, key[0], key[1], status, self._versions.get(key)
             )
         except ObjectGone:
             self.forget(*key)
+        except ApiConflict:
+            try:
+                await self._rebase(key, status)
+            except ObjectGone:
+                self.forget(*key)
+            except TransientApiError as error:
+                retry_at = self._failed(key, status, error)
         except TransientApiError as error:
-            failures = self._failures.get(key, 0) + 1
-            self._failures[key] = failures
-            delay = min(RETRY_BASE_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
-            log.warning("status patch of %s/%s failed (%s); retrying in %.1fs", *key, error, delay)
-            self._pending[key] = merge(status, self._pending.get(key, {}))
-            retry_at = time.monotonic() + delay
+            retry_at = self._failed(key, status, error)
         except Exception:
             log.exception("status patch of %s/%s was refused; dropping it", *key)
         else:
             self.patches_sent += 1
             self._failures.pop(key, None)
+            if version is not None:
+                self._versions[key] = version
         finally:
             # The interval counts from the end of a patch too: a worker thread that
             # starts late must not land two patches closer together than promised.
@@ -361,6 +410,30 @@ class StatusWriter:
                     self._make_urgent(key)
                 elif key not in self._queued:
                     self._enqueue(key, max(self._turn(key), retry_at, time.monotonic()))
+
+    def _failed(self, key: Key, status: dict[str, Any], error: Exception) -> float:
+        """Keep a patch that failed for another try; returns when that may be."""
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        delay: float = min(RETRY_BASE_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+        log.warning("status patch of %s/%s failed (%s); retrying in %.1fs", *key, error, delay)
+        self._pending[key] = merge(status, self._pending.get(key, {}))
+        return time.monotonic() + delay
+
+    async def _rebase(self, key: Key, status: dict[str, Any]) -> None:
+        """Someone wrote ``key`` since its version: send ``status`` again on what it holds now."""
+        rebase, read = self.rebase, self._read
+        if rebase is None or read is None:
+            self._versions.pop(key, None)
+            self._pending[key] = merge(status, self._pending.get(key, {}))
+            return
+        found, version = await asyncio.get_running_loop().run_in_executor(self._pool, read, *key)
+        if key not in self._versions:
+            return  # forgotten meanwhile: the object was deleted
+        self._versions[key] = version
+        again = rebase(key[0], key[1], status, found)
+        if again:
+            self._pending[key] = merge(again, self._pending.get(key, {}))
 
     def close(self) -> None:
         """Release the worker threads (after :meth:`flush`)."""
