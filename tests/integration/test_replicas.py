@@ -34,7 +34,9 @@ from .statuswatch import StatusWatch, went_back
 
 JOBS_PATH = ROOT / "tests" / "jobs"
 LEDGER_JOB = {"entryPoint": "podcron_chaosjobs.ledger:tick", "schedule": {"every": "1s"}}
-JOBS = 6
+#: Each job is owned by a replica its UID hashes to: with 24, the chance that one replica of
+#: two (or the third to join) gets none, which the tests wait for, is under one in 10,000.
+JOBS = 24
 #: R, Λ and L shorter than the defaults, so that a failover fits a test; L stays well above
 #: a renewal's round trip on a loaded machine, so that a replica is not fenced for being slow.
 HA = Settings(
