@@ -109,3 +109,17 @@ async def test_a_refused_patch_of_a_job_that_moved_is_dropped(engine: Engine) ->
     theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
     assert handlers.rebased("ns", theirs, {"runs": {"total": 3}}, {"runs": {"total": 9}}) is None
     assert theirs not in writer.builds
+
+
+async def test_a_released_replica_drops_a_refused_patch_once_another_owner_wrote(
+    engine: Engine,
+) -> None:
+    handlers, _, _, agent, assignment = await sharing(engine)
+    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    # SIGTERM: it owns nothing from now on and adopts no epoch, so none says who took over.
+    agent.begin_release()
+    drained = {"runs": {"total": 4}, "lastRunStatus": "failure"}
+    found_before = {"runs": {"total": 3}, "replica": agent.identity}
+    assert handlers.rebased("ns", ours, drained, found_before) is not None
+    found_after = {"runs": {"total": 5}, "replica": "b-00000000"}
+    assert handlers.rebased("ns", ours, drained, found_after) is None

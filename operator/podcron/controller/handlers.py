@@ -425,12 +425,23 @@ class Reconciler:
         backwards, and the run fields are built again from there.
         """
         jid = jobspecs.job_id(namespace, name)
-        if self._moved(jid):
+        if self._moved(jid) or self._taken_over(jid, found):
             return None  # its status is the new owner's now
         self._engine.continue_history(jid, runrecord.history_from_status(found))
         self._writer.update_when_sent(namespace, name, functools.partial(self._run_status, jid))
         # The counters it held may be lower than those found: the builder sends them anew.
         return {key: value for key, value in refused.items() if key != "runs"}
+
+    def _taken_over(self, job_id: str, found: Mapping[str, Any]) -> bool:
+        """Whether ``found`` names another replica as the owner of a job this one does not own.
+
+        A replica that released its jobs at SIGTERM adopts no epoch after, so
+        :meth:`_moved` cannot tell it that a job went on elsewhere; the status can.
+        """
+        ref, replicas = self._refs.get(job_id), self._replicas
+        if ref is None or replicas is None or replicas.owns(ref.uid):
+            return False
+        return found.get("replica") not in (None, replicas.identity)
 
     def _run_status(self, job_id: str) -> dict[str, Any]:
         """A job's run fields and conditions as they are now: built when its patch goes out."""
