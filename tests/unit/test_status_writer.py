@@ -449,3 +449,16 @@ async def test_the_writers_own_patches_keep_its_version_current(running: Any) ->
         # An older version, noted late (a watch lags behind), does not replace it.
         writer.note_version("ns", "a", version)
     assert len(api.patches) == 3
+
+
+async def test_a_refused_patch_goes_again_without_waiting_out_the_interval(running: Any) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {})
+    writer = running(StatusWriter(api.patch, per_object_interval=3600, read=api.read))
+    writer.rebase = lambda namespace, name, refused, found: refused
+    writer.note_version("ns", "a", version)
+    api.write("ns", "a", {"lastError": "theirs"})  # say, kopf's write right after
+    writer.update("ns", "a", {"conditions": ["Ready"]}, urgent=True)
+    # An hour between two patches of one object, but the refused one was due already.
+    await until(lambda: bool(api.patches))
+    assert api.statuses["ns/a"] == {"lastError": "theirs", "conditions": ["Ready"]}

@@ -434,6 +434,10 @@ class StatusWriter:
         again = rebase(key[0], key[1], status, found)
         if again:
             self._pending[key] = merge(again, self._pending.get(key, {}))
+        if key in self._pending:
+            # Not a new update but one that was due, often the urgent first one of a job
+            # (kopf's own write to its annotations moves the version right after it).
+            self._urgent_after_send.add(key)
 
     def close(self) -> None:
         """Release the worker threads (after :meth:`flush`)."""
