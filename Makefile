@@ -162,13 +162,14 @@ bench-vs-cronjob: $(BENCH_STAMP) binaries
 
 # Operators under injected faults (tests/chaos, docs/testing.md): every tick started at most once,
 # and exactly once outside what the operators counted. HA="ha_ring=chaos lease_stale_seconds=6"
-# passes HA settings to every operator; FAULTS=none or a comma-separated list of kinds.
+# passes HA settings to every operator (the ring is on by default: HA= runs replicas that do not
+# coordinate, the baseline); FAULTS=none or a comma-separated list of kinds.
 REPLICAS ?= 3
 JOBS ?= 2000
 MINUTES ?= 10
 SEED ?= 1
 FAULTS ?= all
-HA ?=
+HA ?= ha_ring=chaos
 chaos: venv binaries
 	PYTHONPATH=tools $(PY) -m tests.chaos.run --replicas $(REPLICAS) --jobs $(JOBS) \
 		--minutes $(MINUTES) --seed $(SEED) --faults $(FAULTS) $(foreach s,$(HA),--ha $(s))
