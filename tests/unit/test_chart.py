@@ -25,6 +25,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SCRIPT = "podcron"
 UID = 65532
 JOB_RULES = {("podcron.dev", "scheduledjobs", verb) for verb in ("list", "watch", "patch")} | {
+    ("podcron.dev", "scheduledjobs/status", "get"),
     ("podcron.dev", "scheduledjobs/status", "patch"),
     ("", "events", "create"),
     ("", "events", "patch"),

@@ -462,3 +462,30 @@ async def test_a_refused_patch_goes_again_without_waiting_out_the_interval(runni
     # An hour between two patches of one object, but the refused one was due already.
     await until(lambda: bool(api.patches))
     assert api.statuses["ns/a"] == {"lastError": "theirs", "conditions": ["Ready"]}
+
+
+async def test_a_refused_read_after_a_conflict_drops_the_patch_and_the_writer_goes_on(
+    running: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {})
+    refusals = [PermissionError("403 Forbidden")]
+
+    def read(namespace: str, name: str) -> tuple[Mapping[str, Any], str]:
+        if refusals:
+            raise refusals.pop()
+        return api.read(namespace, name)
+
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01, read=read))
+    writer.rebase = lambda namespace, name, refused, found: refused
+    writer.note_version("ns", "a", version)
+    api.write("ns", "a", {"lastError": "theirs"})
+    writer.update("ns", "a", {"running": True})
+    await until(lambda: "could not be read again" in caplog.text)
+    await until(lambda: writer.pending == 0)
+    assert api.patches == []
+    # The next update is sent on the version the read would have found: rebased again.
+    api.write("ns", "a", {"lastError": "again"})
+    writer.update("ns", "a", {"running": False})
+    await until(lambda: bool(api.patches))
+    assert api.statuses["ns/a"] == {"lastError": "again", "running": False}

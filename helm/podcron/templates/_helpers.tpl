@@ -76,10 +76,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [podcron.dev]
   resources: [scheduledjobs]
   verbs: [list, watch, patch]
-# The status writer.
+# The status writer patches on the version it last saw, and when another writer moved it
+# (409), reads the status again to merge its counters with what is there.
 - apiGroups: [podcron.dev]
   resources: [scheduledjobs/status]
-  verbs: [patch]
+  verbs: [get, patch]
 # Ready changes and failed runs are posted as core/v1 Events; a repeat patches the
 # earlier Event's count and time instead of creating another.
 - apiGroups: [""]

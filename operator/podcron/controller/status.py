@@ -379,12 +379,7 @@ class StatusWriter:
         except ObjectGone:
             self.forget(*key)
         except ApiConflict:
-            try:
-                await self._rebase(key, status)
-            except ObjectGone:
-                self.forget(*key)
-            except TransientApiError as error:
-                retry_at = self._failed(key, status, error)
+            retry_at = await self._after_conflict(key, status)
         except TransientApiError as error:
             retry_at = self._failed(key, status, error)
         except Exception:
@@ -419,6 +414,20 @@ class StatusWriter:
         log.warning("status patch of %s/%s failed (%s); retrying in %.1fs", *key, error, delay)
         self._pending[key] = merge(status, self._pending.get(key, {}))
         return time.monotonic() + delay
+
+    async def _after_conflict(self, key: Key, status: dict[str, Any]) -> float:
+        """Rebase a refused patch; returns when to retry (0: as usual)."""
+        try:
+            await self._rebase(key, status)
+        except ObjectGone:
+            self.forget(*key)
+        except TransientApiError as error:
+            return self._failed(key, status, error)
+        except Exception:
+            # Refused like a patch (say, RBAC without get on the status): the task
+            # must not end in an exception nobody retrieves, and the writer goes on.
+            log.exception("status of %s/%s could not be read again; dropping its patch", *key)
+        return 0.0
 
     async def _rebase(self, key: Key, status: dict[str, Any]) -> None:
         """Someone wrote ``key`` since its version: send ``status`` again on what it holds now."""
