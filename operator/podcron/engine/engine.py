@@ -37,7 +37,7 @@ from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
 from podcron.engine.gate import FiringGate, Gain, Verdict
 from podcron.engine.gating import HeldTicks, allowance, plan_catch_up, runs_side_by_side
-from podcron.engine.jobs import JobState, is_async
+from podcron.engine.jobs import JobState, is_async, past_run
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
@@ -285,7 +285,7 @@ class Engine:
         job = self._jobs.get(job_id)
         if job is None:
             raise JobNotFound(job_id)
-        return [] if job.past_runs is None else list(reversed(job.past_runs))
+        return [] if job.past_runs is None else [past_run(kept) for kept in reversed(job.past_runs)]
 
     def snapshots(self) -> list[JobSnapshot]:
         """Every registered job's state, ordered by job id."""
