@@ -26,6 +26,7 @@ from podcron.engine import (
 from podcron.engine import jobs as engine_jobs
 from podcron.engine.events import Listeners
 from podcron.engine.recording import Recorder as OutcomeRecorder
+from podcron.schedules import Every
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
 
@@ -95,3 +96,24 @@ def test_a_jobs_past_runs_are_untracked_by_the_garbage_collector() -> None:
         (Trigger.MANUAL, RunStatus.SKIPPED),
     ]
     assert all(type(run.trigger) is Trigger and type(run.status) is RunStatus for run in shown)
+
+
+@pytest.mark.looptime
+async def test_an_every_job_is_armed_in_seconds_without_a_datetime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # docs/performance.md: Every.next_timestamp_after, not next_after and its datetimes.
+    def refused(self: Every, now: datetime) -> datetime | None:
+        raise AssertionError("the engine armed a tick through next_after")
+
+    monkeypatch.setattr(Every, "next_after", refused)
+    subject = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(subject)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    subject.upsert(spec(job))
+    await recorder.until(lambda: len(recorder.finished()) == 3)
+    assert [event.status for event in recorder.finished()] == [RunStatus.SUCCESS] * 3
+    await subject.shutdown()
