@@ -21,11 +21,17 @@ default: this one) runs in child processes that import ``podcron`` and
 tree. Reading the thread's CPU clock costs a system call, a few microseconds a
 run on top of what bench-engine would see. Prints one table and a
 ``RESULT dispatch ...`` line per row.
+
+``--model MICROSECONDS ...`` measures nothing: it works through the same minute of
+ticks as one server that spends a fixed time on each run, in due order, and prints the
+lateness that alone would give, beside how the ticks bunch into bursts. It is what
+ties p99 to the cost of one run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import json
 import os
@@ -189,9 +195,42 @@ def _spawn(tree: Path, system: str, jobs: int) -> dict[str, Any]:
     return result
 
 
+def _model(costs_us: Sequence[float]) -> None:
+    """Lateness of a server spending each of ``costs_us`` per run on a minute of ticks."""
+    import bench_engine
+
+    start_ms = 1_800_000_000_000  # any minute: the intervals are whole milliseconds
+    for jobs in (10_000, 50_000):
+        due: collections.Counter[int] = collections.Counter()
+        for interval in bench_engine.draw_intervals(jobs):
+            due.update(range(-(-start_ms // interval) * interval, start_ms + 60_000, interval))
+        sizes = sorted(due.values())
+        ticks = sum(sizes)
+        in_bursts = sum(size for size in sizes if size >= 200) / ticks * 100
+        print(
+            f"{jobs} jobs: {ticks} ticks in a minute, on {len(sizes)} instants; the largest"
+            f" bursts {sizes[-3:]}; {in_bursts:.1f}% of the ticks in bursts of 200 or more"
+        )
+        for cost_us in costs_us:
+            lateness: list[float] = []
+            free_ms = 0.0
+            for instant in sorted(due):
+                for _ in range(due[instant]):
+                    begins_ms = max(float(instant), free_ms)
+                    lateness.append(begins_ms - instant)
+                    free_ms = begins_ms + cost_us / 1000
+            print(
+                f"  {cost_us:g} µs a run: p50 {percentile(lateness, 0.5):.2f}"
+                f" p99 {percentile(lateness, 0.99):.2f} max {max(lateness):.1f} ms"
+            )
+
+
 def main(argv: Sequence[str]) -> None:
     if argv[:1] == ["child"]:
         _child(Path(argv[1]).resolve(), argv[2], int(argv[3]))
+        return
+    if argv[:1] == ["--model"]:
+        _model([float(cost) for cost in argv[1:]])
         return
     trees = [Path(arg).resolve() for arg in argv] or [HERE]
     sizes = (10_000,) if quick() else (10_000, 50_000)
