@@ -5,9 +5,12 @@ earliest due time. Many keys share a due time: at 50,000 jobs with intervals
 in whole milliseconds, some instants are due for hundreds of them. So the
 heap holds each due time once, as a plain float (compared in C, with no
 tuple around it), and a dict maps it to the keys due then, in the order they
-were pushed: a key joining a time already queued costs a list append, and a
-burst of keys costs one heap operation, not one each. Nothing here refers to
-a job, so the garbage collector untracks what it holds.
+were pushed: a key joining a time already queued costs a dict insertion, and a
+burst of keys costs one heap operation, not one each. A bucket is a dict of
+keys to None, which the garbage collector does not track (a list would be: the
+buckets, alive for up to a job's interval, would reach its oldest generation
+and bring on a full collection every few seconds), and nothing here refers to
+a job.
 
 Replacing or discarding a key leaves its old place in a bucket behind: the
 key's live due time is in ``_armed``, and a place whose time is not it is
@@ -32,7 +35,7 @@ class DueQueue:
     def __init__(self) -> None:
         # Each due time that has a bucket, once.
         self._heap: list[float] = []
-        self._buckets: dict[float, list[str]] = {}
+        self._buckets: dict[float, dict[str, None]] = {}
         # The live due time of each key; a key's place in any other bucket is stale.
         self._armed: dict[str, float] = {}
         # The bucket being popped (taken off the heap when its time came), reversed so
@@ -67,11 +70,14 @@ class DueQueue:
         armed[key] = due
         bucket = self._buckets.get(due)
         if bucket is None:
-            self._buckets[due] = [key]
+            self._buckets[due] = {key: None}
             heapq.heappush(self._heap, due)
+            self._places += 1
+        elif key in bucket:
+            self._stale -= 1  # its stale place there is live again
         else:
-            bucket.append(key)
-        self._places += 1
+            bucket[key] = None
+            self._places += 1
         if replaced is not None:
             self._one_more_stale()
 
@@ -86,9 +92,9 @@ class DueQueue:
             armed = self._armed
             at = self._draining_at
             self._draining = [key for key in dict.fromkeys(self._draining) if armed.get(key) == at]
-            buckets: dict[float, list[str]] = {}
+            buckets: dict[float, dict[str, None]] = {}
             for due, bucket in self._buckets.items():
-                live = [key for key in dict.fromkeys(bucket) if armed.get(key) == due]
+                live = {key: None for key in bucket if armed.get(key) == due}
                 if live:
                     buckets[due] = live
             self._buckets = buckets
@@ -110,9 +116,8 @@ class DueQueue:
         while heap:
             due = heap[0]
             bucket = buckets[due]
-            if armed.get(bucket[0]) != due:
-                # A key discarded and pushed again at the same time is in it twice.
-                live = [key for key in dict.fromkeys(bucket) if armed.get(key) == due]
+            if armed.get(next(iter(bucket))) != due:
+                live = {key: None for key in bucket if armed.get(key) == due}
                 self._drop_stale(len(bucket) - len(live))
                 if not live:
                     heapq.heappop(heap)
@@ -143,8 +148,7 @@ class DueQueue:
                 if not heap or heap[0] > now:
                     break
                 at = self._draining_at = heapq.heappop(heap)
-                draining = self._draining = self._buckets.pop(at)
-                draining.reverse()
+                draining = self._draining = list(reversed(self._buckets.pop(at)))
             while draining and len(due) < limit:
                 key = draining.pop()
                 self._places -= 1
@@ -156,13 +160,17 @@ class DueQueue:
         return due
 
     def _put_back(self, draining: list[str], at: float) -> None:
-        draining.reverse()
+        back = dict.fromkeys(reversed(draining))
+        # A key in the draining list twice (discarded, then pushed again) is one place now.
+        self._drop_stale(len(draining) - len(back))
         bucket = self._buckets.get(at)
         if bucket is None:
-            self._buckets[at] = draining
+            self._buckets[at] = back
             heapq.heappush(self._heap, at)
         else:  # pushed at this time since it was taken: those keys come after
-            self._buckets[at] = draining + bucket
+            shared = sum(key in bucket for key in back)
+            self._drop_stale(shared)
+            self._buckets[at] = back | bucket
 
     def clear(self) -> None:
         """Forget every key."""
