@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -93,18 +91,3 @@ def test_keys_due_at_the_same_time_share_one_place_in_the_heap() -> None:
     assert queue.earliest() == 0.0, "its other 36 keys are still due first"
     assert len(queue.pop_due(0.0, limit=100)) == 36
     assert queue.earliest() == 1.0
-
-
-def test_the_buckets_are_nothing_the_garbage_collector_tracks() -> None:
-    # docs/performance.md: a bucket lives as long as a job's interval; tracked (a list), the
-    # buckets reached the collector's oldest generation and set off full collections.
-    keys = [f"ns/job-{index}" for index in range(1000)]
-    queue = DueQueue()
-    queue.push("first", 0.0)  # the queue's own dicts hold something already
-    gc.collect()
-    before = len(gc.get_objects())
-    for index, key in enumerate(keys):
-        queue.push(key, float(index % 100))
-    gc.collect()
-    assert queue.times == 100
-    assert len(gc.get_objects()) - before < 10

@@ -5,12 +5,9 @@ earliest due time. Many keys share a due time: at 50,000 jobs with intervals
 in whole milliseconds, some instants are due for hundreds of them. So the
 heap holds each due time once, as a plain float (compared in C, with no
 tuple around it), and a dict maps it to the keys due then, in the order they
-were pushed: a key joining a time already queued costs a dict insertion, and a
-burst of keys costs one heap operation, not one each. A bucket is a dict of
-keys to None, which the garbage collector does not track (a list would be: the
-buckets, alive for up to a job's interval, would reach its oldest generation
-and bring on a full collection every few seconds), and nothing here refers to
-a job.
+were pushed: a key joining a time already queued costs a list append, and a
+burst of keys costs one heap operation, not one each. Nothing here refers to
+a job, so the garbage collector untracks what it holds.
 
 Replacing or discarding a key leaves its old place in a bucket behind: the
 key's live due time is in ``_armed``, and a place whose time is not it is
@@ -35,7 +32,7 @@ class DueQueue:
     def __init__(self) -> None:
         # Each due time that has a bucket, once.
         self._heap: list[float] = []
-        self._buckets: dict[float, dict[str, None]] = {}
+        self._buckets: dict[float, list[str]] = {}
         # The live due time of each key; a key's place in any other bucket is stale.
         self._armed: dict[str, float] = {}
         # The bucket being popped (taken off the heap when its time came), reversed so
@@ -70,14 +67,11 @@ class DueQueue:
         armed[key] = due
         bucket = self._buckets.get(due)
         if bucket is None:
-            self._buckets[due] = {key: None}
+            self._buckets[due] = [key]
             heapq.heappush(self._heap, due)
-            self._places += 1
-        elif key in bucket:
-            self._stale -= 1  # its stale place there is live again
         else:
-            bucket[key] = None
-            self._places += 1
+            bucket.append(key)
+        self._places += 1
         if replaced is not None:
             self._one_more_stale()
 
@@ -92,9 +86,9 @@ class DueQueue:
             armed = self._armed
             at = self._draining_at
             self._draining = [key for key in dict.fromkeys(self._draining) if armed.get(key) == at]
-            buckets: dict[float, dict[str, None]] = {}
+            buckets: dict[float, list[str]] = {}
             for due, bucket in self._buckets.items():
-                live = {key: None for key in bucket if armed.get(key) == due}
+                live = [key for key in dict.fromkeys(bucket) if armed.get(key) == due]
                 if live:
                     buckets[due] = live
             self._buckets = buckets
@@ -116,8 +110,9 @@ class DueQueue:
         while heap:
             due = heap[0]
             bucket = buckets[due]
-            if armed.get(next(iter(bucket))) != due:
-                live = {key: None for key in bucket if armed.get(key) == due}
+            if armed.get(bucket[0]) != due:
+                # A key discarded and pushed again at the same time is in it twice.
+                live = [key for key in dict.fromkeys(bucket) if armed.get(key) == due]
                 self._drop_stale(len(bucket) - len(live))
                 if not live:
                     heapq.heappop(heap)
@@ -148,7 +143,8 @@ class DueQueue:
                 if not heap or heap[0] > now:
                     break
                 at = self._draining_at = heapq.heappop(heap)
-                draining = self._draining = list(reversed(self._buckets.pop(at)))
+                draining = self._draining = self._buckets.pop(at)
+                draining.reverse()
             while draining and len(due) < limit:
                 key = draining.pop()
                 self._places -= 1
@@ -160,17 +156,13 @@ class DueQueue:
         return due
 
     def _put_back(self, draining: list[str], at: float) -> None:
-        back = dict.fromkeys(reversed(draining))
-        # A key in the draining list twice (discarded, then pushed again) is one place now.
-        self._drop_stale(len(draining) - len(back))
+        draining.reverse()
         bucket = self._buckets.get(at)
         if bucket is None:
-            self._buckets[at] = back
+            self._buckets[at] = draining
             heapq.heappush(self._heap, at)
         else:  # pushed at this time since it was taken: those keys come after
-            shared = sum(key in bucket for key in back)
-            self._drop_stale(shared)
-            self._buckets[at] = back | bucket
+            self._buckets[at] = draining + bucket
 
     def clear(self) -> None:
         """Forget every key."""
