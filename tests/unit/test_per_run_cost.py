@@ -117,3 +117,21 @@ async def test_an_every_job_is_armed_in_seconds_without_a_datetime(
     await recorder.until(lambda: len(recorder.finished()) == 3)
     assert [event.status for event in recorder.finished()] == [RunStatus.SUCCESS] * 3
     await subject.shutdown()
+
+
+@pytest.mark.looptime
+async def test_runs_due_at_the_same_instant_share_one_scheduled_time() -> None:
+    # docs/performance.md: one datetime per instant of a burst, not one per run.
+    subject = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    seen: list[datetime] = []
+
+    async def job(ctx: JobContext) -> None:
+        seen.append(ctx.scheduled_time)
+
+    recorder = Recorder(subject)
+    for name in ("a", "b", "c"):
+        subject.upsert(spec(job, name))
+    await recorder.until(lambda: len(recorder.finished()) == 3)
+    await subject.shutdown()
+    assert seen[0] == seen[1] == seen[2]
+    assert seen[0] is seen[1] is seen[2]
