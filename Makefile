@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob bench-scale
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-dispatch bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob bench-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -132,6 +132,11 @@ bench-shutdown: venv binaries
 # Dispatch lateness at 10,000 and 50,000 jobs against APScheduler and a bare loop; QUICK=1 for <1 min.
 bench-engine: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_engine.py
+
+# bench-engine's lateness on a clock only the loop's own work moves (the load does not); TREES=
+# other checkouts side by side; QUICK=1 for 10,000 jobs only.
+bench-dispatch: venv
+	$(PY) benchmarks/bench_dispatch.py $(TREES)
 
 # A warm shared connection (a resource) against one opened per run, over loopback TCP; QUICK=1.
 bench-resources: venv

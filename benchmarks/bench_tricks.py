@@ -15,7 +15,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from opentelemetry.sdk.trace import SpanProcessor
 
@@ -129,6 +129,25 @@ def _metrics(variant: str) -> Callable[[], None]:
     return loop
 
 
+def _next_tick(variant: str) -> Callable[[], None]:
+    from podcron.schedules import Every
+
+    every = Every(interval=timedelta(milliseconds=7_333))
+    now = SCHEDULED.timestamp() + 0.123
+
+    def loop() -> None:
+        # What the engine does to arm an every job's next tick, as a due time in seconds.
+        for _ in range(OPS):
+            if variant == "trick":
+                every.next_timestamp_after(now)
+            elif variant == "plain":
+                following = every.next_after(datetime.fromtimestamp(now, UTC))
+                if following is not None:
+                    following.timestamp()
+
+    return loop
+
+
 RUN_EVENTS_PER_PATCH = 10  # 1,000 one-second jobs: 2,000 run events/s, 100 patches/s at most
 
 
@@ -169,6 +188,7 @@ OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
     "timeout guard of a run without timeout": _timeout_guard,
     "metric updates of one run": _metrics,
     "status of one run event (a patch per 10)": _status_fields,
+    "next tick of an every job, in seconds": _next_tick,
 }
 
 

@@ -77,3 +77,17 @@ def test_an_empty_queue_has_nothing_due() -> None:
     queue.clear()
     assert queue.earliest() is None
     assert "a" not in queue
+
+
+def test_keys_due_at_the_same_time_share_one_place_in_the_heap() -> None:
+    # docs/performance.md: at 50,000 jobs some instants are due for hundreds of keys.
+    queue = DueQueue()
+    for index in range(1000):
+        queue.push(f"ns/job-{index}", float(index % 10))
+    assert queue.times == 10
+    first = queue.pop_due(0.0, limit=64)
+    assert [key for key, _ in first] == [f"ns/job-{index}" for index in range(0, 640, 10)]
+    assert queue.times == 9, "the bucket being popped is off the heap"
+    assert queue.earliest() == 0.0, "its other 36 keys are still due first"
+    assert len(queue.pop_due(0.0, limit=100)) == 36
+    assert queue.earliest() == 1.0

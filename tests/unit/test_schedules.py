@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import functools
+import math
 import os
 import subprocess
 import sys
@@ -659,6 +660,43 @@ def test_every_with_sub_second_ticks(now: str, last: str, following: str) -> Non
     schedule = parse_schedule({"every": "1500ms"})
     assert schedule.last_at_or_before(utc(now)) == utc(last)
     assert schedule.next_after(utc(now)) == utc(following)
+
+
+@settings(max_examples=2000)
+@given(
+    interval_ms=st.integers(min_value=1_000, max_value=10 * 86_400_000),
+    seconds=st.one_of(
+        st.floats(min_value=-1e10, max_value=2.5e11, allow_nan=False),
+        # On a tick, and a microsecond or a float step either side of one.
+        st.tuples(st.integers(min_value=-(10**7), max_value=10**8), st.integers(-1, 1)).map(
+            lambda tick: tick[0] / 1000 + tick[1] * 1e-6
+        ),
+    ),
+    nudge=st.sampled_from([-1, 0, 1]),
+)
+def test_every_next_timestamp_after_is_next_after_in_seconds(
+    interval_ms: int, seconds: float, nudge: int
+) -> None:
+    # The engine arms Every's ticks with it: it must never differ from next_after, by a
+    # microsecond either way (a tick fired twice, or skipped).
+    now = math.nextafter(seconds, math.copysign(math.inf, nudge)) if nudge else seconds
+    schedule = Every(interval=timedelta(milliseconds=interval_ms))
+    following = schedule.next_after(datetime.fromtimestamp(now, UTC))
+    assert schedule.next_timestamp_after(now) == (
+        None if following is None else following.timestamp()
+    )
+
+
+def test_every_next_timestamp_after_says_no_run_after_9999() -> None:
+    schedule = parse_schedule({"every": "30s"})
+    last = utc("9999-12-31T23:59:30").timestamp()
+    assert schedule.next_timestamp_after(last - 1) == last
+    assert schedule.next_timestamp_after(last) is None
+    # The other kinds answer through next_after.
+    daily = parse_schedule({"daily": {"at": "12:00"}})
+    assert daily.next_timestamp_after(utc("2024-01-01T13:00").timestamp()) == (
+        utc("2024-01-02T12:00").timestamp()
+    )
 
 
 def test_every_ignores_the_zone_of_now_and_of_the_schedule() -> None:

@@ -1,35 +1,45 @@
-"""Which keys fall due when: a heap of due times with lazy deletion. Pure: no clock, no loop.
+"""Which keys fall due when: a heap of due times, one bucket of keys each. Pure: no clock, no loop.
 
 The engine keeps one timer for every job by asking this queue for its
-earliest due time. Entries are plain ``(due, generation, key)`` tuples that
-hold no reference to a job, so the garbage collector untracks them rather
-than keep one more long-lived object per run (which would make its full
-passes frequent at tens of thousands of jobs). Replacing or discarding a key
-leaves its old entry behind, marked stale by the generation, so both are
-O(1) apart from the push; stale entries are dropped as they surface, and the
-heap is rebuilt once they dominate, so a churn of updates cannot grow it
-without bound.
+earliest due time. Many keys share a due time: at 50,000 jobs with intervals
+in whole milliseconds, some instants are due for hundreds of them. So the
+heap holds each due time once, as a plain float (compared in C, with no
+tuple around it), and a dict maps it to the keys due then, in the order they
+were pushed: a key joining a time already queued costs a list append, and a
+burst of keys costs one heap operation, not one each. Nothing here refers to
+a job, so the garbage collector untracks what it holds.
+
+Replacing or discarding a key leaves its old place in a bucket behind: the
+key's live due time is in ``_armed``, and a place whose time is not it is
+stale. Stale places are dropped as they surface, and every bucket is rebuilt
+once they dominate, so a churn of updates cannot grow the queue without
+bound.
 """
 
 from __future__ import annotations
 
 import heapq
-import itertools
 
-# Rebuild the heap once this many entries are stale and they are most of it.
+# Rebuild the buckets once this many places are stale and they are most of them.
 COMPACT_AFTER_STALE = 1024
 
 
 class DueQueue:
     """Keys with one due time each (seconds, any monotone scale); the earliest first."""
 
-    __slots__ = ("_armed", "_generations", "_heap", "_stale")
+    __slots__ = ("_armed", "_buckets", "_draining", "_draining_at", "_heap", "_places", "_stale")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        # The generation of each key's live entry; any other entry of the key is stale.
-        self._armed: dict[str, int] = {}
-        self._generations = itertools.count()
+        # Each due time that has a bucket, once.
+        self._heap: list[float] = []
+        self._buckets: dict[float, list[str]] = {}
+        # The live due time of each key; a key's place in any other bucket is stale.
+        self._armed: dict[str, float] = {}
+        # The bucket being popped (taken off the heap when its time came), reversed so
+        # that its next key is its last item: pop_due returns at most `limit` keys.
+        self._draining: list[str] = []
+        self._draining_at = 0.0
+        self._places = 0
         self._stale = 0
 
     def __len__(self) -> int:
@@ -40,16 +50,29 @@ class DueQueue:
 
     @property
     def entries(self) -> int:
-        """How many entries the heap holds, stale ones included: what the queue costs."""
+        """How many places the buckets hold, stale ones included: what the queue costs."""
+        return self._places
+
+    @property
+    def times(self) -> int:
+        """How many distinct due times are queued: what each heap operation costs with."""
         return len(self._heap)
 
     def push(self, key: str, due: float) -> None:
         """Make ``key`` due at ``due``, replacing any due time it had."""
-        generation = next(self._generations)
-        replaced = self._armed.get(key) is not None
-        self._armed[key] = generation
-        heapq.heappush(self._heap, (due, generation, key))
-        if replaced:
+        armed = self._armed
+        replaced = armed.get(key)
+        if replaced == due:
+            return
+        armed[key] = due
+        bucket = self._buckets.get(due)
+        if bucket is None:
+            self._buckets[due] = [key]
+            heapq.heappush(self._heap, due)
+        else:
+            bucket.append(key)
+        self._places += 1
+        if replaced is not None:
             self._one_more_stale()
 
     def discard(self, key: str) -> None:
@@ -59,37 +82,93 @@ class DueQueue:
 
     def _one_more_stale(self) -> None:
         self._stale += 1
-        if self._stale > COMPACT_AFTER_STALE and self._stale > len(self._heap) // 2:
+        if self._stale > COMPACT_AFTER_STALE and self._stale > self._places // 2:
             armed = self._armed
-            self._heap = [entry for entry in self._heap if armed.get(entry[2]) == entry[1]]
+            at = self._draining_at
+            self._draining = [key for key in dict.fromkeys(self._draining) if armed.get(key) == at]
+            buckets: dict[float, list[str]] = {}
+            for due, bucket in self._buckets.items():
+                live = [key for key in dict.fromkeys(bucket) if armed.get(key) == due]
+                if live:
+                    buckets[due] = live
+            self._buckets = buckets
+            self._heap = list(buckets)
             heapq.heapify(self._heap)
+            self._places = len(self._draining) + sum(map(len, buckets.values()))
             self._stale = 0
 
     def earliest(self) -> float | None:
         """The earliest due time of any key, or None when no key is due ever."""
-        heap = self._heap
         armed = self._armed
-        while heap and armed.get(heap[0][2]) != heap[0][1]:
-            heapq.heappop(heap)
-            self._stale -= 1
-        return heap[0][0] if heap else None
+        draining = self._draining
+        at = self._draining_at
+        while draining and armed.get(draining[-1]) != at:
+            draining.pop()
+            self._drop_stale(1)
+        heap = self._heap
+        buckets = self._buckets
+        while heap:
+            due = heap[0]
+            bucket = buckets[due]
+            if armed.get(bucket[0]) != due:
+                # A key discarded and pushed again at the same time is in it twice.
+                live = [key for key in dict.fromkeys(bucket) if armed.get(key) == due]
+                self._drop_stale(len(bucket) - len(live))
+                if not live:
+                    heapq.heappop(heap)
+                    del buckets[due]
+                    continue
+                buckets[due] = live
+            # The bucket being drained was due first, unless the clock went back since.
+            return min(at, due) if draining else due
+        return at if draining else None
+
+    def _drop_stale(self, count: int) -> None:
+        self._stale -= count
+        self._places -= count
 
     def pop_due(self, now: float, limit: int) -> list[tuple[str, float]]:
         """Remove and return up to ``limit`` keys due at or before ``now``, earliest first."""
-        heap = self._heap
         armed = self._armed
+        heap = self._heap
         due: list[tuple[str, float]] = []
-        while len(due) < limit and heap and heap[0][0] <= now:
-            at, generation, key = heapq.heappop(heap)
-            if armed.get(key) != generation:
-                self._stale -= 1
-                continue
-            del armed[key]
-            due.append((key, at))
+        while len(due) < limit:
+            draining = self._draining
+            at = self._draining_at
+            if draining and (at > now or (heap and heap[0] < at)):
+                # The clock went back, or an earlier time was pushed: back in the heap.
+                self._put_back(draining, at)
+                draining = self._draining = []
+            if not draining:
+                if not heap or heap[0] > now:
+                    break
+                at = self._draining_at = heapq.heappop(heap)
+                draining = self._draining = self._buckets.pop(at)
+                draining.reverse()
+            while draining and len(due) < limit:
+                key = draining.pop()
+                self._places -= 1
+                if armed.get(key) != at:
+                    self._stale -= 1
+                    continue
+                del armed[key]
+                due.append((key, at))
         return due
+
+    def _put_back(self, draining: list[str], at: float) -> None:
+        draining.reverse()
+        bucket = self._buckets.get(at)
+        if bucket is None:
+            self._buckets[at] = draining
+            heapq.heappush(self._heap, at)
+        else:  # pushed at this time since it was taken: those keys come after
+            self._buckets[at] = draining + bucket
 
     def clear(self) -> None:
         """Forget every key."""
         self._heap.clear()
+        self._buckets.clear()
         self._armed.clear()
+        self._draining = []
+        self._places = 0
         self._stale = 0

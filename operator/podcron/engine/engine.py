@@ -37,7 +37,7 @@ from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
 from podcron.engine.gate import FiringGate, Gain, Verdict
 from podcron.engine.gating import HeldTicks, allowance, plan_catch_up, runs_side_by_side
-from podcron.engine.jobs import JobState, is_async
+from podcron.engine.jobs import JobState, is_async, past_run
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
@@ -61,6 +61,9 @@ MAX_SLEEP_SECONDS = 60.0
 # generation and bring on full collections (over 100 ms each) every few
 # seconds. Slices also let the loop's other callbacks in between.
 DISPATCH_BATCH = 32
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _utc(timestamp: float) -> datetime:
@@ -285,7 +288,7 @@ class Engine:
         job = self._jobs.get(job_id)
         if job is None:
             raise JobNotFound(job_id)
-        return [] if job.past_runs is None else list(reversed(job.past_runs))
+        return [] if job.past_runs is None else [past_run(kept) for kept in reversed(job.past_runs)]
 
     def snapshots(self) -> list[JobSnapshot]:
         """Every registered job's state, ordered by job id."""
@@ -335,10 +338,10 @@ class Engine:
         self._disarm(job)
         if job.spec.suspended or self._closing:
             return
-        following = job.spec.schedule.next_after(_utc(after))
-        if following is None:  # no further run (a date that never comes, or past 9999)
+        due = job.spec.schedule.next_timestamp_after(after)
+        if due is None:  # no further run (a date that never comes, or past 9999)
             return
-        due = job.next_due = following.timestamp()
+        job.next_due = due
         self._due.push(job.spec.job_id, due)
         if self._timer_due is not None and due < self._timer_due:
             self._cancel_timer()
@@ -384,6 +387,9 @@ class Engine:
         self._timer_due = None
         now = self._clock.wall()
         gate = self._gate
+        # Keys due at the same instant come together: they share one scheduled time. (NaN
+        # equals no due time, so the placeholder is replaced before its first use.)
+        scheduled_at, scheduled = math.nan, _EPOCH
         for job_id, due in self._due.pop_due(now, DISPATCH_BATCH):
             job = self._jobs.get(job_id)
             if job is None:  # removed by a listener of a run dispatched just before
@@ -399,7 +405,9 @@ class Engine:
                 self._metrics.job_interval(job.spec.namespace, job.spec.name, interval)
             if gate is not None and not self._gate_allows(gate, job, due, Trigger.SCHEDULED):
                 continue
-            self._start(job, Trigger.SCHEDULED, due)
+            if due != scheduled_at:
+                scheduled_at, scheduled = due, _utc(due)
+            self._start(job, Trigger.SCHEDULED, scheduled)
         self._set_timer()
 
     # -- dispatch ---------------------------------------------------------
@@ -438,9 +446,9 @@ class Engine:
         if count and self._metrics is not None:
             self._metrics.ticks_missed(count)
 
-    def _start(self, job: JobState, trigger: Trigger, tick: float) -> None:
+    def _start(self, job: JobState, trigger: Trigger, scheduled: datetime) -> None:
         try:
-            self._runner.dispatch(job, trigger, _utc(tick), parent=None, manual=False)
+            self._runner.dispatch(job, trigger, scheduled, parent=None, manual=False)
         except Exception:  # a listener or a schedule bug must not stop the other jobs
             log.exception("dispatching job %s failed", job.spec.job_id)
 
@@ -468,7 +476,7 @@ class Engine:
             for index, (tick, trigger) in enumerate(due):
                 verdict = gate.verdict(job.spec.uid, tick)
                 if verdict is Verdict.START:
-                    self._start(job, trigger, tick)
+                    self._start(job, trigger, _utc(tick))
                 elif verdict is Verdict.HOLD:
                     for still_held, held_trigger in due[index:]:
                         self._held.hold(job_id, still_held, held_trigger)
@@ -489,7 +497,7 @@ class Engine:
             tick, trigger = due[index]
             verdict = gate.verdict(job.spec.uid, tick)
             if verdict is Verdict.START:
-                self._start(job, trigger, tick)
+                self._start(job, trigger, _utc(tick))
                 missed = index
                 break
             if verdict is Verdict.HOLD:
@@ -555,7 +563,7 @@ class Engine:
         gate = self._gate
         for tick in ticks:
             if gate is not None and self._gate_allows(gate, job, tick, Trigger.CATCH_UP):
-                self._start(job, Trigger.CATCH_UP, tick)
+                self._start(job, Trigger.CATCH_UP, _utc(tick))
 
     # -- shutdown ---------------------------------------------------------
 

@@ -19,7 +19,6 @@ from podcron.jobconfig import ConfigSource
 from podcron.runrecord import (
     RECENT_FAILURES,
     FailedRun,
-    PastRun,
     RunStatus,
     error_summary,
 )
@@ -95,8 +94,9 @@ class Recorder:
                 )
                 job.recent_failures = (failure, *job.recent_failures[: RECENT_FAILURES - 1])
         if job.past_runs is not None:
+            # Plain values, not the enum members: see KeptRun.
             job.past_runs.append(
-                PastRun(trigger, scheduled_time, started, now, status, summary, trace_id)
+                (trigger._value_, scheduled_time, started, now, status._value_, summary, trace_id)
             )
         spec = job.spec
         if self._metrics is not None:
