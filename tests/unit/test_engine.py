@@ -19,6 +19,7 @@ from podcron.engine import (
     Engine,
     History,
     RunCounts,
+    RunFinished,
     RunStatus,
 )
 from podcron.errors import JobAlreadyRunning, JobNotFound
@@ -165,12 +166,18 @@ async def test_forbid_skips_ticks_while_running_and_refuses_manual_runs(
         await recorder.until(
             lambda: any(e.status is RunStatus.SKIPPED for e in recorder.finished())
         )
-    with pytest.raises(JobAlreadyRunning):
+    with pytest.raises(JobAlreadyRunning, match=r"^job 'ns/job' is already running \(") as refused:
         engine.trigger("ns/job")
+    assert refused.value.job_id == "ns/job"
     assert len(recorder.started()) == 1
+    tick = next(e for e in recorder.finished() if e.status is RunStatus.SKIPPED).scheduled_time
     skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert skipped
-    assert "ns/job" in skipped[0].getMessage()
+    assert skipped[0].getMessage() == (
+        f"job ns/job skipped its {tick.isoformat()} tick: a run is active"
+        " (concurrencyPolicy Forbid)"
+    )
+    assert getattr(skipped[0], "job_id", None) == "ns/job", "the line names its job"
     assert skipped[0].levelno == logging.INFO
     assert engine.snapshot("ns/job").history.counts.skipped >= 1
     release.set()
@@ -449,3 +456,60 @@ async def test_a_jobs_own_timeout_error_is_a_plain_failure(engine: Engine) -> No
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 1)
     assert recorder.finished()[0].error == "TimeoutError: upstream took too long"
+
+
+async def test_the_version_moves_with_every_start_end_and_skipped_tick_and_never_back(
+    engine: Engine,
+) -> None:
+    """Readers rebuild what they derive from the snapshots only when the version moved."""
+    versions: list[int] = []
+    engine.add_listener(lambda event: versions.append(engine.version))
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(job, every="1h"))  # Forbid
+    engine.trigger("ns/job")
+    # Two ticks skipped in a row: nothing but the outcome recorded moves the version.
+    await recorder.until(lambda: recorder.count("job", RunStatus.SKIPPED) == 2, within=7200 + 5)
+    release.set()
+    await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 2)
+    assert len(versions) == len(recorder.events) == 6
+    assert versions == sorted(set(versions)), "each event saw a version no earlier one had"
+    first, second = [e.scheduled_time for e in recorder.finished() if e.status is RunStatus.SKIPPED]
+    assert second - first == timedelta(hours=1), "each skipped tick keeps its own time"
+
+
+async def test_each_outcome_recorded_at_shutdown_moves_the_version() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    versions: list[int] = []
+    engine.add_listener(
+        lambda event: versions.append(engine.version) if isinstance(event, RunFinished) else None
+    )
+    release = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> None:
+        # Ignores cancellation: shutdown records it as interrupted while it runs on.
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    for name in ("a", "b"):
+        engine.upsert(spec(stubborn, name=name, every="1h"))
+        engine.trigger(f"ns/{name}")
+    try:
+        await recorder.until(lambda: len(recorder.started()) == 2)
+        await engine.shutdown()
+    finally:
+        release.set()  # else the runs would outlive the test's loop
+    assert [(e.name, e.status) for e in recorder.finished()] == [
+        ("a", RunStatus.FAILURE),
+        ("b", RunStatus.FAILURE),
+    ]
+    first, second = versions
+    assert second > first, "the second outcome moved it too"

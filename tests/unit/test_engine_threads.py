@@ -192,3 +192,18 @@ def _active(engine: Engine) -> bool:
 async def _until_one(recorder: Recorder, kind: type[E]) -> list[E]:
     await recorder.until(lambda: len(recorder.of(kind)) >= 1)
     return recorder.of(kind)
+
+
+async def test_one_thread_per_job_is_the_least_an_engine_takes() -> None:
+    with pytest.raises(ValueError, match=r"^threads_per_job must be at least 1, got 0$"):
+        Engine(threads_per_job=0)
+    engine = Engine(threads_per_job=1, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+
+    def quick(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(quick, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 1)
+    await engine.shutdown()
