@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext
 from podcron.engine import (
+    ABANDON_AFTER_SECONDS,
     ConcurrencyPolicy,
     Engine,
     RunStatus,
@@ -26,7 +27,7 @@ from podcron.errors import JobAlreadyRunning
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import DEADLINE, E, Recorder, spec
+from .engine_support import DEADLINE, E, Recorder, engine_on_loop_clock, spec
 
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
 pytestmark = pytest.mark.asyncio_debug
@@ -207,3 +208,22 @@ async def test_one_thread_per_job_is_the_least_an_engine_takes() -> None:
     engine.trigger("ns/job")
     await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 1)
     await engine.shutdown()
+
+
+@pytest.mark.looptime
+async def test_a_thread_that_outlives_shutdown_is_not_abandoned(release: threading.Event) -> None:
+    """Shutdown leaves its threads to whoever owns the process: none counts as abandoned."""
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    engine.upsert(spec(hung_job(release), every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    await engine.shutdown()
+    assert [e.status for e in recorder.finished()] == [RunStatus.FAILURE]
+    # On the fake loop clock (no real time passes), well past the time after which a
+    # thread that outlives its run's outcome counts as abandoned.
+    with pytest.raises(TimeoutError):
+        await recorder.until(
+            lambda: bool(recorder.of(ThreadAbandoned)), within=10 * ABANDON_AFTER_SECONDS
+        )
+    assert engine.abandoned_threads == 0
