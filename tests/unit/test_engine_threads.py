@@ -44,11 +44,17 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def hung_job(release: threading.Event, calls: list[str] | None = None) -> JobTarget:
+def hung_job(
+    release: threading.Event,
+    calls: list[str] | None = None,
+    returned: list[str] | None = None,
+) -> JobTarget:
     def hung(ctx: JobContext) -> None:
         if calls is not None:
             calls.append(ctx.job_id)
         release.wait(HUNG_FOR)  # ignores ctx.cancelled, as a stuck call would
+        if returned is not None:
+            returned.append(ctx.job_id)
 
     return hung
 
@@ -103,11 +109,14 @@ async def test_hung_def_jobs_do_not_starve_other_def_jobs_nor_hold_up_shutdown(
     # One worker thread: without replacements, the first hung job would hold it for good.
     engine = Engine(worker_threads=1, shutdown_timeout_seconds=3600)
     recorder = Recorder(engine)
+    returned: list[str] = []
 
     def quick(ctx: JobContext) -> None:
         pass
 
-    engine.upsert(spec(hung_job(release), name="hung", every="1s", timeout_seconds=0.2))
+    engine.upsert(
+        spec(hung_job(release, returned=returned), name="hung", every="1s", timeout_seconds=0.2)
+    )
     await recorder.until(lambda: recorder.count("hung", RunStatus.FAILURE) >= 1)
     engine.upsert(spec(quick, name="quick", every="1s"))  # no timeout: it must run, not hang
     await recorder.until(lambda: recorder.count("quick", RunStatus.SUCCESS) >= 2)
@@ -117,6 +126,9 @@ async def test_hung_def_jobs_do_not_starve_other_def_jobs_nor_hold_up_shutdown(
     # for it (with a 3600 s shutdown timeout, waiting would outlast this deadline).
     async with asyncio.timeout(DEADLINE):
         await engine.shutdown()
+    # A shutdown that waited in a blocking call would outlast the deadline unseen (the loop
+    # cannot time out while blocked): what tells is that the hung body has not returned.
+    assert returned == [], "shutdown returned while the hung thread still ran"
 
 
 async def test_allow_caps_the_threads_of_one_def_job(release: threading.Event) -> None:
