@@ -77,3 +77,18 @@ def test_an_empty_queue_has_nothing_due() -> None:
     queue.clear()
     assert queue.earliest() is None
     assert "a" not in queue
+
+
+def test_rebuilding_the_heap_keeps_every_key_still_due() -> None:
+    queue = DueQueue()
+    for index in range(10):
+        queue.push(f"stays-{index}", float(index))
+    # Enough stale entries that the heap is rebuilt, while the keys above stay armed.
+    for index in range(4 * duequeue.COMPACT_AFTER_STALE):
+        queue.push(f"gone-{index}", 100.0)
+        queue.discard(f"gone-{index}")
+    assert queue.entries < 2 * duequeue.COMPACT_AFTER_STALE, "the heap was rebuilt"
+    assert queue.earliest() == 0.0
+    assert queue.pop_due(50.0, limit=100) == [
+        (f"stays-{index}", float(index)) for index in range(10)
+    ]

@@ -265,11 +265,13 @@ async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> 
     async def long(ctx: JobContext) -> None:
         await asyncio.sleep(30)
 
+    engine.upsert(spec(long, name="other", every="1h"))
     engine.upsert(spec(long, every="1h"))
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.started()) == 1)
+    assert [s.spec.job_id for s in engine.snapshots()] == ["ns/job", "ns/other"], "by job id"
     engine.remove("ns/job")
-    assert engine.snapshots() == []
+    assert [s.spec.job_id for s in engine.snapshots()] == ["ns/other"]
     assert engine.running_count == 0
     with pytest.raises(JobNotFound):
         engine.snapshot("ns/job")
