@@ -373,15 +373,18 @@ def _hour_ago_history() -> History:
     )
 
 
-async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(engine: Engine) -> None:
+async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     recorder = Recorder(engine)
 
     async def job(ctx: JobContext) -> None:
         pass
 
-    snapshot = engine.upsert(
-        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
-    )
+    with caplog.at_level(logging.INFO, logger="podcron.engine"):
+        snapshot = engine.upsert(
+            spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+        )
     assert snapshot.running, "the catch-up run starts at registration"
     await recorder.until(lambda: len(recorder.finished()) == 1)
     finished = recorder.finished()[0]
@@ -389,6 +392,49 @@ async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(engine: En
     assert finished.scheduled_time.minute == 0
     assert finished.scheduled_time.second == 0
     assert engine.snapshot("ns/job").history.counts.total == 6, "counters continue"
+    assert [r.getMessage() for r in caplog.records if "catches up" in r.getMessage()] == [
+        f"job ns/job catches up on its tick of {finished.scheduled_time.isoformat()}"
+    ]
+
+
+async def test_a_catch_up_run_is_no_manual_run() -> None:
+    """It needs no room in the manual runs' budget, which a manual run here uses up."""
+    engine = engine_on_loop_clock(max_manual_runs=1, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(job, name="manual", every="1h"))
+    engine.trigger("ns/manual")
+    engine.upsert(
+        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+    )
+    await recorder.until(lambda: len(recorder.started()) == 2)
+    assert recorder.started("ns/job")[0].trigger is Trigger.CATCH_UP
+    release.set()
+    await engine.shutdown()
+
+
+@pytest.mark.parametrize("ran", ["never", "its-last-tick"])
+async def test_no_catch_up_for_a_job_that_never_ran_or_ran_its_last_tick(
+    engine: Engine, ran: str
+) -> None:
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    job_spec = spec(job, every="1h", starting_deadline_seconds=3600)
+    if ran == "never":
+        history = History(counts=RunCounts(skipped=3))
+    else:
+        # Started right on its last tick: that tick is not missed.
+        history = History(
+            last_run_time=job_spec.schedule.last_at_or_before(datetime.now(UTC)),
+            last_status=RunStatus.SUCCESS,
+            counts=RunCounts(total=1, succeeded=1),
+        )
+    assert not engine.upsert(job_spec, history=history).running
 
 
 async def test_no_catch_up_without_deadline_or_when_too_old(engine: Engine) -> None:
