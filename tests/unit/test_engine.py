@@ -255,8 +255,9 @@ async def test_manual_trigger_parent_trace_reaches_the_job(engine: Engine) -> No
 
 
 async def test_trigger_unknown_job_raises(engine: Engine) -> None:
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="'ns/none'"):
         engine.trigger("ns/none")
+    engine.remove("ns/none")  # nothing to forget: no error either
 
 
 async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> None:
@@ -273,7 +274,7 @@ async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> 
     engine.remove("ns/job")
     assert [s.spec.job_id for s in engine.snapshots()] == ["ns/other"]
     assert engine.running_count == 0
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="'ns/job'"):
         engine.snapshot("ns/job")
 
 
@@ -561,3 +562,10 @@ async def test_each_outcome_recorded_at_shutdown_moves_the_version() -> None:
     ]
     first, second = versions
     assert second > first, "the second outcome moved it too"
+
+
+async def test_no_job_is_registered_once_shutdown_began() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    await engine.shutdown()
+    with pytest.raises(RuntimeError, match=r"^the engine is shutting down$"):
+        engine.upsert(spec(lambda ctx: None, every="1h"))

@@ -241,6 +241,8 @@ async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothi
     assert (replaced.error or "").startswith("Replaced")
     assert engine.running_count == 0
     assert len(recorder.started()) == 1
+    (gone,) = [r for r in caplog.records if "ns/gone: the run due" in r.getMessage()]
+    assert gone.getMessage().endswith(" did not start: Deleted: the ScheduledJob was deleted")
     (line,) = [r for r in caplog.records if "ns/job: the run due" in r.getMessage()]
     assert line.getMessage() == (
         f"job ns/job: the run due {replaced.scheduled_time.isoformat()} did not start:"
