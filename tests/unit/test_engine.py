@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext, Trigger
 from podcron.engine import (
@@ -23,6 +24,8 @@ from podcron.engine import (
     RunStatus,
 )
 from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, Recorder, engine_on_loop_clock, spec
 
@@ -569,3 +572,25 @@ async def test_no_job_is_registered_once_shutdown_began() -> None:
     await engine.shutdown()
     with pytest.raises(RuntimeError, match=r"^the engine is shutting down$"):
         engine.upsert(spec(lambda ctx: None, every="1h"))
+
+
+async def test_each_tick_sets_the_jobs_interval_gauge_to_the_gap_to_its_next() -> None:
+    registry = CollectorRegistry()
+    engine = engine_on_loop_clock(
+        shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(metrics=JobMetrics(registry))
+    )
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"))
+    await recorder.until(lambda: len(recorder.finished()) == 1, within=3600 + 5)
+    intervals = [
+        (sample.labels, sample.value)
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "podcron_job_interval_seconds"
+    ]
+    assert intervals == [({"namespace": "ns", "name": "job"}, 3600.0)], "one series: the job's"
+    await engine.shutdown()
