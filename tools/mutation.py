@@ -67,9 +67,18 @@ GROUPS = {
         ),
         _ENGINE_TESTS,
     ),
+    # The tests of the engine under HA (its gate, the API server's clock, catch-up of ticks
+    # gained in a handover) and of the watchdog are the only ones that reach those functions.
     "engine-ticks": Group(
         ("podcron/engine/engine.py", "podcron/engine/duequeue.py"),
-        (*_ENGINE_TESTS, "test_duequeue.py"),
+        (
+            *_ENGINE_TESTS,
+            "test_duequeue.py",
+            "test_engine_gate.py",
+            "test_engine_ha.py",
+            "test_engine_clock.py",
+            "test_watchdog.py",
+        ),
     ),
 }
 

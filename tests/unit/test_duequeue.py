@@ -91,3 +91,18 @@ def test_keys_due_at_the_same_time_share_one_place_in_the_heap() -> None:
     assert queue.earliest() == 0.0, "its other 36 keys are still due first"
     assert len(queue.pop_due(0.0, limit=100)) == 36
     assert queue.earliest() == 1.0
+
+
+def test_rebuilding_the_buckets_keeps_every_key_still_due() -> None:
+    queue = DueQueue()
+    for index in range(10):
+        queue.push(f"stays-{index}", float(index))
+    # Enough stale entries that the heap is rebuilt, while the keys above stay armed.
+    for index in range(4 * duequeue.COMPACT_AFTER_STALE):
+        queue.push(f"gone-{index}", 100.0)
+        queue.discard(f"gone-{index}")
+    assert queue.entries < 2 * duequeue.COMPACT_AFTER_STALE, "the buckets were rebuilt"
+    assert queue.earliest() == 0.0
+    assert queue.pop_due(50.0, limit=100) == [
+        (f"stays-{index}", float(index)) for index in range(10)
+    ]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext, Trigger
 from podcron.engine import (
@@ -19,9 +20,12 @@ from podcron.engine import (
     Engine,
     History,
     RunCounts,
+    RunFinished,
     RunStatus,
 )
 from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import DEADLINE, Recorder, engine_on_loop_clock, spec
 
@@ -165,12 +169,18 @@ async def test_forbid_skips_ticks_while_running_and_refuses_manual_runs(
         await recorder.until(
             lambda: any(e.status is RunStatus.SKIPPED for e in recorder.finished())
         )
-    with pytest.raises(JobAlreadyRunning):
+    with pytest.raises(JobAlreadyRunning, match=r"^job 'ns/job' is already running \(") as refused:
         engine.trigger("ns/job")
+    assert refused.value.job_id == "ns/job"
     assert len(recorder.started()) == 1
+    tick = next(e for e in recorder.finished() if e.status is RunStatus.SKIPPED).scheduled_time
     skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert skipped
-    assert "ns/job" in skipped[0].getMessage()
+    assert skipped[0].getMessage() == (
+        f"job ns/job skipped its {tick.isoformat()} tick: a run is active"
+        " (concurrencyPolicy Forbid)"
+    )
+    assert getattr(skipped[0], "job_id", None) == "ns/job", "the line names its job"
     assert skipped[0].levelno == logging.INFO
     assert engine.snapshot("ns/job").history.counts.skipped >= 1
     release.set()
@@ -248,8 +258,9 @@ async def test_manual_trigger_parent_trace_reaches_the_job(engine: Engine) -> No
 
 
 async def test_trigger_unknown_job_raises(engine: Engine) -> None:
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="'ns/none'"):
         engine.trigger("ns/none")
+    engine.remove("ns/none")  # nothing to forget: no error either
 
 
 async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> None:
@@ -258,13 +269,15 @@ async def test_remove_stops_ticks_and_cancels_the_active_run(engine: Engine) -> 
     async def long(ctx: JobContext) -> None:
         await asyncio.sleep(30)
 
+    engine.upsert(spec(long, name="other", every="1h"))
     engine.upsert(spec(long, every="1h"))
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.started()) == 1)
+    assert [s.spec.job_id for s in engine.snapshots()] == ["ns/job", "ns/other"], "by job id"
     engine.remove("ns/job")
-    assert engine.snapshots() == []
+    assert [s.spec.job_id for s in engine.snapshots()] == ["ns/other"]
     assert engine.running_count == 0
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="'ns/job'"):
         engine.snapshot("ns/job")
 
 
@@ -364,15 +377,18 @@ def _hour_ago_history() -> History:
     )
 
 
-async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(engine: Engine) -> None:
+async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
     recorder = Recorder(engine)
 
     async def job(ctx: JobContext) -> None:
         pass
 
-    snapshot = engine.upsert(
-        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
-    )
+    with caplog.at_level(logging.INFO, logger="podcron.engine"):
+        snapshot = engine.upsert(
+            spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+        )
     assert snapshot.running, "the catch-up run starts at registration"
     await recorder.until(lambda: len(recorder.finished()) == 1)
     finished = recorder.finished()[0]
@@ -380,6 +396,49 @@ async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(engine: En
     assert finished.scheduled_time.minute == 0
     assert finished.scheduled_time.second == 0
     assert engine.snapshot("ns/job").history.counts.total == 6, "counters continue"
+    assert [r.getMessage() for r in caplog.records if "catches up" in r.getMessage()] == [
+        f"job ns/job catches up on its tick of {finished.scheduled_time.isoformat()}"
+    ]
+
+
+async def test_a_catch_up_run_is_no_manual_run() -> None:
+    """It needs no room in the manual runs' budget, which a manual run here uses up."""
+    engine = engine_on_loop_clock(max_manual_runs=1, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(job, name="manual", every="1h"))
+    engine.trigger("ns/manual")
+    engine.upsert(
+        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+    )
+    await recorder.until(lambda: len(recorder.started()) == 2)
+    assert recorder.started("ns/job")[0].trigger is Trigger.CATCH_UP
+    release.set()
+    await engine.shutdown()
+
+
+@pytest.mark.parametrize("ran", ["never", "its-last-tick"])
+async def test_no_catch_up_for_a_job_that_never_ran_or_ran_its_last_tick(
+    engine: Engine, ran: str
+) -> None:
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    job_spec = spec(job, every="1h", starting_deadline_seconds=3600)
+    if ran == "never":
+        history = History(counts=RunCounts(skipped=3))
+    else:
+        # Started right on its last tick: that tick is not missed.
+        history = History(
+            last_run_time=job_spec.schedule.last_at_or_before(datetime.now(UTC)),
+            last_status=RunStatus.SUCCESS,
+            counts=RunCounts(total=1, succeeded=1),
+        )
+    assert not engine.upsert(job_spec, history=history).running
 
 
 async def test_no_catch_up_without_deadline_or_when_too_old(engine: Engine) -> None:
@@ -449,3 +508,89 @@ async def test_a_jobs_own_timeout_error_is_a_plain_failure(engine: Engine) -> No
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 1)
     assert recorder.finished()[0].error == "TimeoutError: upstream took too long"
+
+
+async def test_the_version_moves_with_every_start_end_and_skipped_tick_and_never_back(
+    engine: Engine,
+) -> None:
+    """Readers rebuild what they derive from the snapshots only when the version moved."""
+    versions: list[int] = []
+    engine.add_listener(lambda event: versions.append(engine.version))
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(job, every="1h"))  # Forbid
+    engine.trigger("ns/job")
+    # Two ticks skipped in a row: nothing but the outcome recorded moves the version.
+    await recorder.until(lambda: recorder.count("job", RunStatus.SKIPPED) == 2, within=7200 + 5)
+    release.set()
+    await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 2)
+    assert len(versions) == len(recorder.events) == 6
+    assert versions == sorted(set(versions)), "each event saw a version no earlier one had"
+    first, second = [e.scheduled_time for e in recorder.finished() if e.status is RunStatus.SKIPPED]
+    assert second - first == timedelta(hours=1), "each skipped tick keeps its own time"
+
+
+async def test_each_outcome_recorded_at_shutdown_moves_the_version() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    versions: list[int] = []
+    engine.add_listener(
+        lambda event: versions.append(engine.version) if isinstance(event, RunFinished) else None
+    )
+    release = asyncio.Event()
+
+    async def stubborn(ctx: JobContext) -> None:
+        # Ignores cancellation: shutdown records it as interrupted while it runs on.
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    for name in ("a", "b"):
+        engine.upsert(spec(stubborn, name=name, every="1h"))
+        engine.trigger(f"ns/{name}")
+    try:
+        await recorder.until(lambda: len(recorder.started()) == 2)
+        await engine.shutdown()
+    finally:
+        release.set()  # else the runs would outlive the test's loop
+    assert [(e.name, e.status) for e in recorder.finished()] == [
+        ("a", RunStatus.FAILURE),
+        ("b", RunStatus.FAILURE),
+    ]
+    first, second = versions
+    assert second > first, "the second outcome moved it too"
+
+
+async def test_no_job_is_registered_once_shutdown_began() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    await engine.shutdown()
+    with pytest.raises(RuntimeError, match=r"^the engine is shutting down$"):
+        engine.upsert(spec(lambda ctx: None, every="1h"))
+
+
+async def test_each_tick_sets_the_jobs_interval_gauge_to_the_gap_to_its_next() -> None:
+    registry = CollectorRegistry()
+    engine = engine_on_loop_clock(
+        shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(metrics=JobMetrics(registry))
+    )
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"))
+    await recorder.until(lambda: len(recorder.finished()) == 1, within=3600 + 5)
+    intervals = [
+        (sample.labels, sample.value)
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "podcron_job_interval_seconds"
+    ]
+    assert intervals == [({"namespace": "ns", "name": "job"}, 3600.0)], "one series: the job's"
+    await engine.shutdown()

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext
 from podcron.engine import (
+    ABANDON_AFTER_SECONDS,
     ConcurrencyPolicy,
     Engine,
     RunStatus,
@@ -26,7 +27,7 @@ from podcron.errors import JobAlreadyRunning
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import DEADLINE, E, Recorder, spec
+from .engine_support import DEADLINE, E, Recorder, engine_on_loop_clock, spec
 
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
 pytestmark = pytest.mark.asyncio_debug
@@ -43,11 +44,17 @@ def release() -> Iterator[threading.Event]:
     event.set()
 
 
-def hung_job(release: threading.Event, calls: list[str] | None = None) -> JobTarget:
+def hung_job(
+    release: threading.Event,
+    calls: list[str] | None = None,
+    returned: list[str] | None = None,
+) -> JobTarget:
     def hung(ctx: JobContext) -> None:
         if calls is not None:
             calls.append(ctx.job_id)
         release.wait(HUNG_FOR)  # ignores ctx.cancelled, as a stuck call would
+        if returned is not None:
+            returned.append(ctx.job_id)
 
     return hung
 
@@ -102,11 +109,14 @@ async def test_hung_def_jobs_do_not_starve_other_def_jobs_nor_hold_up_shutdown(
     # One worker thread: without replacements, the first hung job would hold it for good.
     engine = Engine(worker_threads=1, shutdown_timeout_seconds=3600)
     recorder = Recorder(engine)
+    returned: list[str] = []
 
     def quick(ctx: JobContext) -> None:
         pass
 
-    engine.upsert(spec(hung_job(release), name="hung", every="1s", timeout_seconds=0.2))
+    engine.upsert(
+        spec(hung_job(release, returned=returned), name="hung", every="1s", timeout_seconds=0.2)
+    )
     await recorder.until(lambda: recorder.count("hung", RunStatus.FAILURE) >= 1)
     engine.upsert(spec(quick, name="quick", every="1s"))  # no timeout: it must run, not hang
     await recorder.until(lambda: recorder.count("quick", RunStatus.SUCCESS) >= 2)
@@ -116,6 +126,9 @@ async def test_hung_def_jobs_do_not_starve_other_def_jobs_nor_hold_up_shutdown(
     # for it (with a 3600 s shutdown timeout, waiting would outlast this deadline).
     async with asyncio.timeout(DEADLINE):
         await engine.shutdown()
+    # A shutdown that waited in a blocking call would outlast the deadline unseen (the loop
+    # cannot time out while blocked): what tells is that the hung body has not returned.
+    assert returned == [], "shutdown returned while the hung thread still ran"
 
 
 async def test_allow_caps_the_threads_of_one_def_job(release: threading.Event) -> None:
@@ -192,3 +205,37 @@ def _active(engine: Engine) -> bool:
 async def _until_one(recorder: Recorder, kind: type[E]) -> list[E]:
     await recorder.until(lambda: len(recorder.of(kind)) >= 1)
     return recorder.of(kind)
+
+
+async def test_one_thread_per_job_is_the_least_an_engine_takes() -> None:
+    with pytest.raises(ValueError, match=r"^threads_per_job must be at least 1, got 0$"):
+        Engine(threads_per_job=0)
+    engine = Engine(threads_per_job=1, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+
+    def quick(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(quick, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 1)
+    await engine.shutdown()
+
+
+@pytest.mark.looptime
+async def test_a_thread_that_outlives_shutdown_is_not_abandoned(release: threading.Event) -> None:
+    """Shutdown leaves its threads to whoever owns the process: none counts as abandoned."""
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    engine.upsert(spec(hung_job(release), every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    await engine.shutdown()
+    assert [e.status for e in recorder.finished()] == [RunStatus.FAILURE]
+    # On the fake loop clock (no real time passes), well past the time after which a
+    # thread that outlives its run's outcome counts as abandoned.
+    with pytest.raises(TimeoutError):
+        await recorder.until(
+            lambda: bool(recorder.of(ThreadAbandoned)), within=10 * ABANDON_AFTER_SECONDS
+        )
+    assert engine.abandoned_threads == 0

@@ -116,7 +116,7 @@ async def test_a_limit_of_zero_keeps_no_runs(clock: LoopClock) -> None:
 
 async def test_an_unknown_job_has_no_runs(clock: LoopClock) -> None:
     engine = await _engine(clock)
-    with pytest.raises(JobNotFound):
+    with pytest.raises(JobNotFound, match="'ns/nothing'"):
         engine.runs("ns/nothing")
     with pytest.raises(ValueError, match="run_history_limit"):
         Engine(run_history_limit=-1)

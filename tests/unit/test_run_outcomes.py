@@ -8,6 +8,7 @@ plain failure; only the engine's own cancellations end a run otherwise.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -19,11 +20,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
+from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext
 from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
 from podcron.engine.runs import TRUNCATED, error_text
 from podcron.telemetry import span_export
+from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
@@ -104,7 +107,13 @@ async def test_an_error_around_the_call_is_a_failure_with_its_message(
     finished = recorder.finished()[0]
     assert finished.status is RunStatus.FAILURE
     assert finished.error == "RuntimeError: the span could not open"
-    assert "run of job ns/job failed around its call" in caplog.text
+    (line,) = [r for r in caplog.records if "around its call" in r.getMessage()]
+    assert line.getMessage() == (
+        "run of job ns/job failed around its call: RuntimeError: the span could not open"
+    )
+    assert line.exc_info is not None, "with its traceback"
+    assert str(line.exc_info[1]) == "the span could not open"
+    assert getattr(line, "job_id", None) == "ns/job"
     assert not engine.snapshot("ns/job").running
     await engine.shutdown()
 
@@ -209,7 +218,10 @@ async def test_a_job_that_swallows_its_timeout_is_still_timed_out(engine: Engine
     assert finished.error == "TimeoutError: run exceeded 0.2s"
 
 
-async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothing() -> None:
+async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="podcron.engine")
     engine = engine_on_loop_clock(max_manual_runs=3, shutdown_timeout_seconds=1.0)
     recorder = Recorder(engine)
 
@@ -229,6 +241,14 @@ async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothi
     assert (replaced.error or "").startswith("Replaced")
     assert engine.running_count == 0
     assert len(recorder.started()) == 1
+    (gone,) = [r for r in caplog.records if "ns/gone: the run due" in r.getMessage()]
+    assert gone.getMessage().endswith(" did not start: Deleted: the ScheduledJob was deleted")
+    (line,) = [r for r in caplog.records if "ns/job: the run due" in r.getMessage()]
+    assert line.getMessage() == (
+        f"job ns/job: the run due {replaced.scheduled_time.isoformat()} did not start:"
+        f" {replaced.error}"
+    )
+    assert getattr(line, "job_id", None) == "ns/job"
     # Nothing leaked from the manual budget: three more runs are accepted at once.
     engine.upsert(spec(job, name="allow", every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
     for _ in range(3):
@@ -360,3 +380,68 @@ async def test_a_def_body_runs_in_its_runs_trace_and_leaves_its_thread_without_i
     await engine.shutdown()
     assert seen == [TRACE_ID, 0], "the caller's trace, then none"
     assert [r.message for r in caplog.records if r.name.startswith("opentelemetry")] == []
+
+
+def _duration_exemplars(registry: CollectorRegistry, name: str) -> list[str]:
+    """The trace ids on ``name``'s duration buckets, as the OpenMetrics exposition shows them."""
+    return [
+        sample.exemplar.labels["trace_id"]
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "podcron_job_duration_seconds_bucket"
+        and sample.labels["name"] == name
+        and sample.exemplar is not None
+    ]
+
+
+async def test_a_traced_failure_and_a_skipped_tick_are_recorded_as_what_they_are() -> None:
+    """Status, the run history, the events and the metrics: a run and a tick that did not run."""
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    registry = CollectorRegistry()
+    telemetry = RunTelemetry(
+        spans=span_export.Pipeline.of(provider, processor), metrics=JobMetrics(registry)
+    )
+    engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        await release.wait()
+        raise ValueError("boom")
+
+    # Forbid, due every hour: the manual run is still on when the first tick comes.
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: recorder.count("job", RunStatus.SKIPPED) == 1, within=3600 + 5)
+    release.set()
+    await recorder.until(lambda: recorder.count("job", RunStatus.FAILURE) == 1)
+    await engine.shutdown()
+    provider.shutdown()
+    (span,) = exported.get_finished_spans()
+    assert span.context is not None
+    trace_id = span.context.trace_id
+    skipped, failed = recorder.finished()
+    assert all((e.namespace, e.name) == ("ns", "job") for e in recorder.events)
+    assert skipped.duration_seconds == 0.0, "a tick that did not run took no time"
+    failed_run, skipped_run = engine.runs("ns/job")
+    assert (failed_run.trace_id, skipped_run.trace_id) == (trace_id, 0)
+    assert skipped_run.scheduled_time == skipped.scheduled_time
+    history = engine.snapshot("ns/job").history
+    assert history.last_duration_seconds == pytest.approx(failed.duration_seconds)
+    (failure,) = history.recent_failures
+    assert failure.trace_id == trace_id
+    assert failure.time.tzinfo is UTC
+    assert failure.time.timestamp() == pytest.approx(failed_run.started, abs=1e-6)
+    # The job's own series: both outcomes counted, only the run's duration, and its trace.
+    labels = {"namespace": "ns", "name": "job"}
+    for trigger, status in (("manual", "failure"), ("scheduled", "skipped")):
+        outcome = labels | {"trigger": trigger, "status": status}
+        assert registry.get_sample_value("podcron_job_runs_total", outcome) == 1
+    assert registry.get_sample_value("podcron_job_duration_seconds_count", labels) == 1
+    assert registry.get_sample_value("podcron_job_duration_seconds_sum", labels) == pytest.approx(
+        failed.duration_seconds
+    )
+    assert _duration_exemplars(registry, "job") == [f"{trace_id:032x}"]

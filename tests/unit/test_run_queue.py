@@ -97,3 +97,30 @@ async def test_allow_queues_at_most_one_tick_per_job() -> None:
     assert recorder.started("ns/busy")[0].trigger is Trigger.MANUAL
     release.set()
     await engine.shutdown()
+
+
+async def test_a_queued_run_cancelled_from_outside_is_a_tick_that_did_not_start() -> None:
+    engine = engine_on_loop_clock(max_concurrent_runs=1, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def hog(ctx: JobContext) -> None:
+        await release.wait()
+
+    engine.upsert(spec(hog, name="hog", every="1s"))
+    await recorder.until(lambda: len(recorder.started("ns/hog")) == 1)
+    engine.upsert(spec(hog, name="late", every="1h"))
+    # Queued behind the hog's slot: its task is waiting, its body has not started. (The
+    # hog's ticks, skipped every second, are the events that recheck this.)
+    await recorder.until(lambda: engine.snapshot("ns/late").running, within=3600 + 5)
+    (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "podcron-run ns/late"]
+    task.cancel()
+    await recorder.until(lambda: len(recorder.finished("ns/late")) == 1)
+    (finished,) = recorder.finished("ns/late")
+    assert (finished.status, finished.error) == (RunStatus.SKIPPED, "cancelled before it started")
+    assert recorder.started("ns/late") == []
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not engine.snapshot("ns/late").running
+    release.set()
+    await engine.shutdown()
