@@ -42,6 +42,41 @@ class RunCounts:
     failed: int = 0
     skipped: int = 0
 
+    def __add__(self, other: RunCounts) -> RunCounts:
+        return RunCounts(
+            total=self.total + other.total,
+            succeeded=self.succeeded + other.succeeded,
+            failed=self.failed + other.failed,
+            skipped=self.skipped + other.skipped,
+        )
+
+    def since(self, base: RunCounts) -> RunCounts:
+        """What was counted after ``base``; nothing of a counter someone lowered since."""
+        return RunCounts(
+            total=max(0, self.total - base.total),
+            succeeded=max(0, self.succeeded - base.succeeded),
+            failed=max(0, self.failed - base.failed),
+            skipped=max(0, self.skipped - base.skipped),
+        )
+
+    def covers(self, other: RunCounts) -> bool:
+        """Whether every counter is at least ``other``'s."""
+        return (
+            self.total >= other.total
+            and self.succeeded >= other.succeeded
+            and self.failed >= other.failed
+            and self.skipped >= other.skipped
+        )
+
+    def as_status(self) -> dict[str, int]:
+        """The counters as ``status.runs`` holds them."""
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped": self.skipped,
+        }
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FailedRun:
@@ -208,6 +243,14 @@ RUN_FIELDS = (
 )
 
 
+#: The status fields of a job's last run (its counters apart).
+LAST_RUN_KEYS = frozenset(
+    field.status_key
+    for field in RUN_FIELDS
+    if "." not in field.status_key and field.status_key != "nextRunTime"
+)
+
+
 def run_status(record: RunRecord) -> dict[str, Any]:
     """The ScheduledJob status fields that move as the job runs."""
     status: dict[str, Any] = {}
@@ -285,14 +328,26 @@ def _failures_from_status(items: object) -> tuple[FailedRun, ...]:
     return tuple(failures)
 
 
-def history_from_status(status: Mapping[str, Any]) -> History:
-    """What :func:`run_status` wrote (by an earlier operator), so counters survive restarts."""
-    runs = status.get("runs") or {}
+def counts_from_status(status: Mapping[str, Any]) -> RunCounts:
+    """The run counters in ``status`` (0 for one missing or edited into a non-number)."""
+    runs = status.get("runs")
+    if not isinstance(runs, Mapping):
+        return RunCounts()
 
     def count(key: str) -> int:
         value = runs.get(key, 0)
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
+    return RunCounts(
+        total=count("total"),
+        succeeded=count("succeeded"),
+        failed=count("failed"),
+        skipped=count("skipped"),
+    )
+
+
+def history_from_status(status: Mapping[str, Any]) -> History:
+    """What :func:`run_status` wrote (by an earlier operator), so counters survive restarts."""
     last_status = status.get("lastRunStatus")
     duration = status.get("lastRunDurationSeconds")
     return History(
@@ -300,11 +355,6 @@ def history_from_status(status: Mapping[str, Any]) -> History:
         last_status=RunStatus(last_status) if last_status in set(RunStatus) else None,
         last_duration_seconds=float(duration) if isinstance(duration, int | float) else None,
         last_error=status.get("lastError"),
-        counts=RunCounts(
-            total=count("total"),
-            succeeded=count("succeeded"),
-            failed=count("failed"),
-            skipped=count("skipped"),
-        ),
+        counts=counts_from_status(status),
         recent_failures=_failures_from_status(status.get("recentFailures")),
     )

@@ -369,6 +369,41 @@ async def test_history_is_restored_and_kept_as_one_object_until_a_run(engine: En
     assert after.last_run_time > restored.last_run_time
 
 
+async def test_runs_another_writer_counted_since_a_base_are_added_to_the_jobs_own(
+    engine: Engine,
+) -> None:
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    started = datetime.now(UTC) - timedelta(minutes=5)
+    own = History(last_run_time=started, last_status=RunStatus.SUCCESS, counts=RunCounts(total=5))
+    engine.upsert(spec(job, every="1h"), history=own)
+    # Status held 3 when this replica last wrote; 2 of its own runs are not written yet,
+    # and the other writer counted 4 since: all 9 are kept, none twice.
+    found = History(
+        last_run_time=started,
+        last_status=RunStatus.FAILURE,
+        counts=RunCounts(total=7, failed=4),
+    )
+    engine.continue_history("ns/job", found, base=RunCounts(total=3))
+    history = engine.snapshot("ns/job").history
+    assert history.counts == RunCounts(total=9, failed=4)
+    assert history.last_status is RunStatus.SUCCESS, "its own run of that time is not written"
+    # Once its own runs are written, the same start found says more than its own copy.
+    engine.continue_history("ns/job", found, base=RunCounts(total=9, failed=4))
+    assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
+    # A later run found is taken; counters someone lowered take nothing away.
+    later = History(
+        last_run_time=started + timedelta(minutes=1),
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=1),
+    )
+    engine.continue_history("ns/job", later, base=RunCounts(total=9, failed=4))
+    history = engine.snapshot("ns/job").history
+    assert history.counts == RunCounts(total=9, failed=4)
+    assert (history.last_run_time, history.last_status) == (later.last_run_time, RunStatus.SUCCESS)
+
+
 def _hour_ago_history() -> History:
     return History(
         last_run_time=datetime.now(UTC) - timedelta(hours=3),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -16,6 +16,7 @@ from podcron.engine import Engine
 from podcron.ha.agent import Agent
 from podcron.ha.ring import Assignment
 from podcron.ha.store import MemoryStore
+from podcron.runrecord import History, RunCounts
 
 from .test_resource_conditions import Events, Writer, body, ready
 
@@ -104,22 +105,77 @@ async def test_a_refused_patch_continues_the_counters_found_and_builds_them_anew
     assert writer.builds[ours]()["runs"] == {"total": 9, "succeeded": 9, "failed": 0, "skipped": 0}
 
 
-async def test_a_refused_patch_of_a_job_that_moved_is_dropped(engine: Engine) -> None:
+async def test_a_refused_patch_of_a_job_that_moved_sends_only_what_was_never_written(
+    engine: Engine,
+) -> None:
     handlers, writer, _, agent, assignment = await sharing(engine)
     theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
-    assert handlers.rebased("ns", theirs, {"runs": {"total": 3}}, {"runs": {"total": 9}}) is None
+    # Nothing counted here since it was created: the status is the new owner's.
+    assert handlers.rebased("ns", theirs, {"runs": {"total": 0}}, {"runs": {"total": 9}}) is None
     assert theirs not in writer.builds
+    assert engine.snapshot(f"ns/{theirs}").history.counts.total == 9, "its copy goes on"
+    # One run ended here after the job moved: it is counted on top of the new owner's.
+    again = handlers.rebased("ns", theirs, {"runs": {"total": 10}}, {"runs": {"total": 12}})
+    assert again == {"runs": {"total": 13, "succeeded": 0, "failed": 0, "skipped": 0}}
 
 
-async def test_a_released_replica_drops_a_refused_patch_once_another_owner_wrote(
+async def test_the_run_sigterm_interrupted_is_recorded_after_the_new_owner_wrote(
     engine: Engine,
 ) -> None:
     handlers, _, _, agent, assignment = await sharing(engine)
     ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    start = "2026-12-03T06:00:00Z"
+    handlers.landed("ns", ours, {"runs": {"total": 3, "succeeded": 3}, "running": True}, True)
     # SIGTERM: it owns nothing from now on and adopts no epoch, so none says who took over.
     agent.begin_release()
-    drained = {"runs": {"total": 4}, "lastRunStatus": "failure"}
-    found_before = {"runs": {"total": 3}, "replica": agent.identity}
-    assert handlers.rebased("ns", ours, drained, found_before) is not None
-    found_after = {"runs": {"total": 5}, "replica": "b-00000000"}
-    assert handlers.rebased("ns", ours, drained, found_after) is None
+    drained = {
+        "runs": {"total": 4, "succeeded": 3, "failed": 1},
+        "running": False,
+        "lastRunTime": start,
+        "lastRunStatus": "failure",
+        "lastError": "Interrupted: the operator shut down",
+        "nextRunTime": "2026-12-03T07:00:00Z",
+    }
+    # The new owner wrote first, from the status as the run started.
+    found = {
+        "runs": {"total": 3, "succeeded": 3},
+        "running": False,
+        "lastRunTime": start,
+        "replica": "b-00000000",
+    }
+    again = handlers.rebased("ns", ours, drained, found)
+    assert again == {
+        "runs": {"total": 4, "succeeded": 3, "failed": 1, "skipped": 0},
+        "running": False,
+        "lastRunTime": start,
+        "lastRunStatus": "failure",
+        "lastError": "Interrupted: the operator shut down",
+    }
+    # Refused again, the new owner having run the job since: the counters, not the fields.
+    later = {
+        "runs": {"total": 5, "succeeded": 5},
+        "lastRunTime": "2026-12-03T06:01:00Z",
+        "replica": "b-00000000",
+    }
+    again = handlers.rebased("ns", ours, drained, later)
+    assert again == {"runs": {"total": 6, "succeeded": 5, "failed": 1, "skipped": 0}}
+
+
+@pytest.mark.parametrize(
+    ("found", "total"),
+    [
+        ({"runs": {"total": 2}}, 2),  # applied, its answer lost: not counted twice
+        ({"runs": {"total": 0}, "lastError": "theirs"}, 2),  # not applied: still counted
+        ({"runs": {"total": 1}}, 3),  # not applied, another writer counted one meanwhile
+    ],
+)
+async def test_a_patch_whose_answer_was_lost_counts_its_runs_once(
+    engine: Engine, found: dict[str, Any], total: int
+) -> None:
+    handlers, writer, _, agent, assignment = await sharing(engine)
+    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    # Two runs here since status said 0; the patch with them failed on the way back.
+    engine.continue_history(f"ns/{ours}", History(counts=RunCounts(total=2)))
+    handlers.landed("ns", ours, {"runs": {"total": 2}}, False)
+    handlers.rebased("ns", ours, {"runs": {"total": 2}}, found)
+    assert writer.builds[ours]()["runs"]["total"] == total

@@ -489,3 +489,18 @@ async def test_a_refused_read_after_a_conflict_drops_the_patch_and_the_writer_go
     writer.update("ns", "a", {"running": False})
     await until(lambda: bool(api.patches))
     assert api.statuses["ns/a"] == {"lastError": "again", "running": False}
+
+
+async def test_the_writer_says_which_patches_landed_and_which_perhaps_did(running: Any) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01))
+    heard: list[tuple[str, dict[str, Any], bool]] = []
+    writer.landed = lambda namespace, name, patch, sure: heard.append((name, dict(patch), sure))
+    api.fail_next = [TransientApiError("504 Gateway Timeout")]
+    writer.update("ns", "a", {"runs": {"total": 1}})
+    await until(lambda: len(heard) == 2)
+    assert heard == [("a", {"runs": {"total": 1}}, False), ("a", {"runs": {"total": 1}}, True)]
+    api.fail_next = [ObjectGone("Not Found")]  # refused for good: nothing landed
+    writer.update("ns", "b", {"runs": {"total": 2}})
+    await until(lambda: not api.fail_next and writer.pending == 0)
+    assert len(heard) == 2

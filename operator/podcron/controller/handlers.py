@@ -57,6 +57,26 @@ from podcron.resources import ResourceManager, ResourceState
 log = logging.getLogger("podcron.controller")
 
 
+def _left_unwritten(
+    refused: Mapping[str, Any], found: runrecord.History, base: runrecord.RunCounts | None
+) -> Mapping[str, Any] | None:
+    """The runs a job's former owner counted but never wrote, on top of the status found.
+
+    Its last run's fields too, unless the status found tells of a later one (the
+    new owner ran the job since). None when there is nothing to add.
+    """
+    if base is None or "runs" not in refused:
+        return None
+    more = runrecord.counts_from_status(refused).since(base)
+    if more == runrecord.RunCounts():
+        return None
+    patch: dict[str, Any] = {"runs": (found.counts + more).as_status()}
+    started = runrecord.parse_time(refused.get("lastRunTime"))
+    if started is not None and (found.last_run_time is None or started >= found.last_run_time):
+        patch |= {key: refused[key] for key in runrecord.LAST_RUN_KEYS if key in refused}
+    return patch
+
+
 def _is_deletion(type: str, body: kopf.Body, **_: Any) -> bool:
     """Whether a watch event says the object is gone or going (not, say, a status patch)."""
     return type == "DELETED" or bool(body.meta.get("deletionTimestamp"))
@@ -101,8 +121,14 @@ class Reconciler:
         self._replicas = replicas
         self._job_of_uid: dict[str, str] = {}
         self._latest_status: dict[str, tuple[Mapping[str, Any], str]] = {}
+        # Per job, the run counters status held when this replica last wrote or read
+        # them: what somebody else counted since is the difference (rebased).
+        self._written: dict[str, runrecord.RunCounts] = {}
+        # The counters of a patch whose answer was lost: status may hold them.
+        self._perhaps_written: dict[str, runrecord.RunCounts] = {}
         engine.add_listener(self._on_job_event)
         writer.rebase = self.rebased
+        writer.landed = self.landed
         if resources is not None:
             resources.add_listener(self._on_resource)
 
@@ -157,6 +183,8 @@ class Reconciler:
             self._replicas.agent.remove_job(uid)
             self._job_of_uid.pop(uid, None)
             self._latest_status.pop(uid, None)
+        self._written.pop(jid, None)
+        self._perhaps_written.pop(jid, None)
         self._writer.forget(namespace, name)
         self._conditions.forget(jid)
         self._untrack(jid)
@@ -251,6 +279,8 @@ class Reconciler:
             history = runrecord.history_from_status(status)
             self._engine.upsert(job_spec, history=history)
             self._engine.continue_history(jid, history)
+            # Kept if known: the body may be older than this replica's last patch.
+            self._written.setdefault(jid, history.counts)
             self._writer.note_version(namespace, name, str(meta["resourceVersion"]))
             if job_spec.suspended:
                 scheduled = ("Suspended", "suspended: no runs are scheduled")
@@ -365,7 +395,9 @@ class Reconciler:
             ref = None if jid is None else self._refs.get(jid)
             if jid is not None and ref is not None and seen is not None:
                 status, version = seen
-                self._engine.continue_history(jid, runrecord.history_from_status(status))
+                history = runrecord.history_from_status(status)
+                self._engine.continue_history(jid, history)
+                self._written[jid] = history.counts
                 self._writer.note_version(ref.namespace, ref.name, version)
 
     def after_gain(self, uids: Sequence[str]) -> None:
@@ -420,17 +452,41 @@ class Reconciler:
         """What to patch instead of ``refused``, now that the job's status is ``found``.
 
         Somebody wrote the status since this replica last did (with several
-        replicas, a job's previous owner as it drains; or a user): counters
-        continue from ``found`` when it counts more runs, so that they never go
-        backwards, and the run fields are built again from there.
+        replicas, a job's previous owner as it drains, or the new owner while
+        this one drains; or a user). The runs counted there since are added to
+        this replica's, and the run fields are built again from there. A job
+        that went on elsewhere gets only what this replica counted and never
+        wrote (say, the run SIGTERM interrupted), on top of the counters found.
         """
         jid = jobspecs.job_id(namespace, name)
-        if self._moved(jid) or self._taken_over(jid, found):
-            return None  # its status is the new owner's now
-        self._engine.continue_history(jid, runrecord.history_from_status(found))
+        history = runrecord.history_from_status(found)
+        base, self._written[jid] = self._written.get(jid), history.counts
+        perhaps = self._perhaps_written.pop(jid, None)
+        if perhaps is not None and history.counts.covers(perhaps):
+            # Everything that patch counted is there: it was applied, its answer lost
+            # (counted twice otherwise). Wrong only if it was not, and other writers
+            # counted at least as much meanwhile: then this replica's runs are lost.
+            base = perhaps
+        moved = self._moved(jid) or self._taken_over(jid, found)
+        left = _left_unwritten(refused, history, base) if moved else None
+        # Moved or not, its copy goes on from what was found, as the base does.
+        self._engine.continue_history(jid, history, base)
+        if moved:
+            return left
         self._writer.update_when_sent(namespace, name, functools.partial(self._run_status, jid))
         # The counters it held may be lower than those found: the builder sends them anew.
         return {key: value for key, value in refused.items() if key != "runs"}
+
+    def landed(self, namespace: str, name: str, patch: Mapping[str, Any], sure: bool) -> None:
+        """A status patch was taken (or, not ``sure``, perhaps): its counters are status's."""
+        if "runs" not in patch:
+            return
+        jid, counts = jobspecs.job_id(namespace, name), runrecord.counts_from_status(patch)
+        if sure:
+            self._written[jid] = counts
+            self._perhaps_written.pop(jid, None)
+        else:
+            self._perhaps_written[jid] = counts
 
     def _taken_over(self, job_id: str, found: Mapping[str, Any]) -> bool:
         """Whether ``found`` names another replica as the owner of a job this one does not own.

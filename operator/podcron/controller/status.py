@@ -39,6 +39,9 @@ reads the object again and hands the refused patch and the status it found to
 version. With several replicas, a job's previous owner may still be writing
 (the last outcomes of its runs as it drains) when the new owner writes; both
 send whole counters, and without this the later write would win, lower or not.
+:attr:`StatusWriter.landed` hears of each patch the API server took, and of
+each that failed in a way that may have been applied (its answer lost), so
+that whoever rebases knows what status held before somebody else wrote.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ Build = Callable[[], Mapping[str, Any]]
 ReadFn = Callable[[str, str], tuple[Mapping[str, Any], str]]
 #: (namespace, name, refused patch, status found): what to send instead, None for nothing.
 Rebase = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any] | None]
+#: (namespace, name, patch, sure): the API server took the patch; not sure: it may
+#: have (the request failed on the way back, or timed out).
+Landed = Callable[[str, str, Mapping[str, Any], bool], None]
 
 
 class PatchFn(Protocol):
@@ -116,6 +122,7 @@ class StatusWriter:
         #: Set by whoever builds the patches; without it (or ``read``), a refused patch
         #: is sent again on no version.
         self.rebase: Rebase | None = None
+        self.landed: Landed | None = None
         self._versions: dict[Key, str] = {}
         self._spacing = 1.0 / patches_per_second
         self._per_object_interval = per_object_interval
@@ -381,6 +388,8 @@ class StatusWriter:
         except ApiConflict:
             retry_at = await self._after_conflict(key, status)
         except TransientApiError as error:
+            if self.landed is not None:
+                self.landed(key[0], key[1], status, False)
             retry_at = self._failed(key, status, error)
         except Exception:
             log.exception("status patch of %s/%s was refused; dropping it", *key)
@@ -389,6 +398,8 @@ class StatusWriter:
             self._failures.pop(key, None)
             if version is not None:
                 self._versions[key] = version
+            if self.landed is not None:
+                self.landed(key[0], key[1], status, True)
         finally:
             # The interval counts from the end of a patch too: a worker thread that
             # starts late must not land two patches closer together than promised.

@@ -43,7 +43,7 @@ from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
 from podcron.jobconfig import ConfigSource
 from podcron.resources import ResourceManager
-from podcron.runrecord import History, PastRun, RunStatus
+from podcron.runrecord import History, PastRun, RunCounts, RunStatus
 from podcron.telemetry.run_span import parent_from_headers
 from podcron.telemetry.run_telemetry import RunTelemetry
 from podcron.watchdog import LoopWatchdog
@@ -88,7 +88,11 @@ def _last_success(history: History | None) -> float | None:
 
 
 def _ticks_counted(history: History) -> int:
-    return history.counts.total + history.counts.skipped
+    return _ticks_counted_in(history.counts)
+
+
+def _ticks_counted_in(counts: RunCounts) -> int:
+    return counts.total + counts.skipped
 
 
 def _job_of_task(task: asyncio.Task[Any]) -> str | None:
@@ -259,17 +263,34 @@ class Engine:
         self._runner.dispatch(job, Trigger.MANUAL, now, parent=parent, manual=True)
         return self._snapshot(job)
 
-    def continue_history(self, job_id: str, history: History) -> None:
-        """Take ``history`` (what status holds) when it counts more runs than the job's own.
+    def continue_history(
+        self, job_id: str, history: History, base: RunCounts | None = None
+    ) -> None:
+        """Continue the job's counters and last run from ``history``, what status holds now.
 
-        A job another replica ran until now: its counters went on there, and
-        this replica's copy (taken from status when it registered the job)
-        is behind. Counters must never go backwards.
+        Without ``base`` (a job registered or gained here), take ``history`` when
+        it counts more ticks: another replica ran the job until now, and this
+        replica's copy is behind. With ``base``, the counters this replica last
+        knew status to hold: what others counted since is added to the job's own,
+        which may count runs not written yet, so that no run is counted twice or
+        lost and counters never go backwards. The last run is taken when it
+        started later, or at the same time while every run here is written.
         """
         job = self._jobs.get(job_id)
-        if job is None or _ticks_counted(history) <= job.total + job.skipped:
+        if job is None:
             return
-        job.continue_from(history)
+        if base is None:
+            if _ticks_counted(history) > job.total + job.skipped:
+                job.continue_from(history)
+                self._version += 1
+            return
+        written = _ticks_counted_in(job.counts()) <= _ticks_counted_in(base)
+        job.add_counts(history.counts.since(base))
+        found = history.last_run_time
+        if found is not None:
+            started, own = found.timestamp(), job.last_started
+            if own is None or started > own or (started == own and written):
+                job.take_last_run(history)
         self._version += 1
 
     def snapshot(self, job_id: str) -> JobSnapshot:

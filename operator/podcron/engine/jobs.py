@@ -86,13 +86,32 @@ class JobState:
         counts = history.counts
         self.total, self.succeeded = counts.total, counts.succeeded
         self.failed, self.skipped = counts.failed, counts.skipped
+        self.take_last_run(history)
+        self.built_history = history
+
+    def add_counts(self, more: RunCounts) -> None:
+        """Count runs somebody else counted (another replica, as the job moved)."""
+        self.total += more.total
+        self.succeeded += more.succeeded
+        self.failed += more.failed
+        self.skipped += more.skipped
+        self.built_history = None
+
+    def counts(self) -> RunCounts:
+        """The counters as they are now."""
+        return RunCounts(
+            total=self.total, succeeded=self.succeeded, failed=self.failed, skipped=self.skipped
+        )
+
+    def take_last_run(self, history: History) -> None:
+        """Take the last run (and the recent failures) from ``history``."""
         started = history.last_run_time
         self.last_started = None if started is None else started.timestamp()
         self.last_status = history.last_status
         self.last_duration_seconds = history.last_duration_seconds
         self.last_error = history.last_error
         self.recent_failures = history.recent_failures
-        self.built_history = history
+        self.built_history = None
 
     def history(self) -> History:
         """The job's history now; the same object until the next run changes it."""
@@ -104,12 +123,7 @@ class JobState:
                 last_status=self.last_status,
                 last_duration_seconds=self.last_duration_seconds,
                 last_error=self.last_error,
-                counts=RunCounts(
-                    total=self.total,
-                    succeeded=self.succeeded,
-                    failed=self.failed,
-                    skipped=self.skipped,
-                ),
+                counts=self.counts(),
                 recent_failures=self.recent_failures,
             )
         return history
