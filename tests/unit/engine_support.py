@@ -39,6 +39,12 @@ class LoopClock:
             self._offset = time.time() - now
         return now + self._offset
 
+    def step(self, seconds: float) -> None:
+        """Move the wall clock on by ``seconds``: to a timer, as if the loop had stood still."""
+        self.wall()
+        assert self._offset is not None
+        self._offset += seconds
+
 
 def engine_on_loop_clock(clock: LoopClock | None = None, **options: Any) -> Engine:
     """An engine whose wall clock is the loop's (see :class:`LoopClock`), without the watchdog.

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext
 from podcron.engine import Engine
+from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, spec
 
@@ -70,5 +73,32 @@ async def test_without_the_call_the_timer_keeps_its_old_deadline() -> None:
         clock.offset += 20
         await recorder.until(lambda: bool(recorder.started()), within=120)
         assert loop.time() - start == pytest.approx(60, abs=0.01)
+    finally:
+        await engine.shutdown()
+
+
+async def test_ticks_a_late_timer_passes_over_start_once_and_are_counted_missed() -> None:
+    registry = CollectorRegistry()
+    clock = MovableClock()
+    engine = Engine(
+        clock=clock,
+        loop_watchdog=False,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
+    )
+    recorder = Recorder(engine)
+    clock.offset = ORIGIN - asyncio.get_running_loop().time()
+    try:
+        engine.upsert(spec(_job, every="10s"))
+        await recorder.until(lambda: len(recorder.started()) == 1, within=30)
+        # The timer, set for the next tick, fires 35 s late as the wall clock reads it (a
+        # stalled loop): the tick it was set for starts, the three after it do not.
+        clock.offset += 35
+        await recorder.until(lambda: len(recorder.started()) == 2, within=30)
+        first, late = (run.scheduled_time.timestamp() for run in recorder.started())
+        assert late - first == 10
+        assert registry.get_sample_value("podcron_ticks_missed_total") == 3
+        following = engine.snapshot("ns/job").next_run_time
+        assert following is not None
+        assert following.timestamp() == late + 40
     finally:
         await engine.shutdown()

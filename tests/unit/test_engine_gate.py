@@ -429,3 +429,24 @@ async def test_a_suspended_job_gained_catches_nothing_up(setup: Setup) -> None:
     setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [])
     assert setup.recorder.events == []
     assert setup.counter("podcron_ticks_missed_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("verdict", "missed"), [(Verdict.START, 3), (Verdict.HOLD, 3), (Verdict.NOT_OWNER, 0)]
+)
+async def test_ticks_a_late_timer_passes_over_are_missed_only_on_the_jobs_owner(
+    setup: Setup, verdict: Verdict, missed: int
+) -> None:
+    await setup.align()
+    setup.gate.owned.add(UID)
+    setup.engine.upsert(_the_job(every="10s"))
+    await setup.recorder.until(lambda: len(setup.recorder.started()) == 1, within=30)
+    if verdict is Verdict.HOLD:
+        setup.gate.fire_bound = setup.clock.wall()
+    elif verdict is Verdict.NOT_OWNER:
+        setup.gate.owned.discard(UID)
+    # The timer set for the next tick fires 35 s late by the wall clock: three more passed.
+    setup.clock.step(35)
+    await asyncio.sleep(15)
+    assert [tick for key, tick in setup.gate.asked if key == UID][1:2], "the late tick was asked"
+    assert (setup.counter("podcron_ticks_missed_total") or 0) == missed

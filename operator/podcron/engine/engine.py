@@ -36,7 +36,13 @@ from podcron.engine.clock import SYSTEM_CLOCK, Clock
 from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
 from podcron.engine.gate import FiringGate, Gain, Verdict
-from podcron.engine.gating import HeldTicks, allowance, plan_catch_up, runs_side_by_side
+from podcron.engine.gating import (
+    HeldTicks,
+    allowance,
+    count_ticks,
+    plan_catch_up,
+    runs_side_by_side,
+)
 from podcron.engine.jobs import JobState, is_async, past_run
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
 from podcron.engine.spec import JobSnapshot, JobSpec
@@ -356,10 +362,12 @@ class Engine:
     # -- timers -----------------------------------------------------------
 
     def _arm(self, job: JobState, *, after: float) -> None:
+        self._arm_at(job, job.spec.schedule.next_timestamp_after(after))
+
+    def _arm_at(self, job: JobState, due: float | None) -> None:
         self._disarm(job)
         if job.spec.suspended or self._closing:
             return
-        due = job.spec.schedule.next_timestamp_after(after)
         if due is None:  # no further run (a date that never comes, or past 9999)
             return
         job.next_due = due
@@ -418,14 +426,24 @@ class Engine:
             job.next_due = None
             # Armed before dispatching so that listeners already see the next
             # run time. Ticks missed while the loop was blocked (or the clock
-            # jumped) are coalesced into this one, not fired as a burst.
-            self._arm(job, after=max(due, now))
+            # jumped) are coalesced into this one, not fired as a burst, and
+            # counted as missed. Their count is only looked for when the next
+            # tick is past already: the usual tick costs one next-tick sum.
+            schedule, coalesced = job.spec.schedule, 0
+            following = schedule.next_timestamp_after(due)
+            if following is not None and following <= now:
+                coalesced = count_ticks(schedule, due, now)
+                following = schedule.next_timestamp_after(now)
+            self._arm_at(job, following)
             if self._metrics is not None:
                 following = job.next_due
                 interval = None if following is None else following - due
                 self._metrics.job_interval(job.spec.namespace, job.spec.name, interval)
-            if gate is not None and not self._gate_allows(gate, job, due, Trigger.SCHEDULED):
+            if gate is not None and not self._gate_allows(
+                gate, job, due, Trigger.SCHEDULED, coalesced
+            ):
                 continue
+            self._count_missed(coalesced)
             if due != scheduled_at:
                 scheduled_at, scheduled = due, _utc(due)
             self._start(job, Trigger.SCHEDULED, scheduled)
@@ -454,13 +472,19 @@ class Engine:
 
     # -- the firing gate (several replicas) ---------------------------------
 
-    def _gate_allows(self, gate: FiringGate, job: JobState, tick: float, trigger: Trigger) -> bool:
-        """Whether ``tick`` may start now; a tick the gate holds is kept to be asked again."""
+    def _gate_allows(
+        self, gate: FiringGate, job: JobState, tick: float, trigger: Trigger, coalesced: int = 0
+    ) -> bool:
+        """Whether ``tick`` may start now; a tick the gate holds is kept to be asked again.
+
+        ``coalesced``: the ticks before it that the loop was too late for, missed here
+        when the job is this replica's (counted by the caller when it starts).
+        """
         verdict = gate.verdict(job.spec.uid, tick)
         if verdict is Verdict.START:
             return True
         if verdict is Verdict.HOLD:
-            self._count_missed(self._held.hold(job.spec.job_id, tick, trigger))
+            self._count_missed(self._held.hold(job.spec.job_id, tick, trigger) + coalesced)
         return False
 
     def _count_missed(self, count: int) -> None:
