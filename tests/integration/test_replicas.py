@@ -240,16 +240,29 @@ def test_either_replicas_system_api_lists_every_job_and_sends_a_manual_run_to_it
         listed = session.get(f"{replica.sidecar.url}/_sys/job", timeout=10).json()["data"]
         assert sorted(job["jobId"] for job in listed) == every_job, replica.name
 
-    owner_identity = wait_for(
-        lambda: status(ring.plane, ring.namespace, "manual").get("replica"),
-        timeout=JOIN_DEADLINE,
-        what="the manual job's owner in its status",
-    )
-    owner = next(r for r in replicas if r.is_identity(owner_identity))
+    path = f"/_sys/job/{ring.namespace}/manual"
+
+    def settled_owner() -> Replica | None:
+        # The status may still name the replica that owned the job before the other joined:
+        # the owner is the one whose sidecar answers a (harmless) read of its runs itself,
+        # while the other redirects there, and the status names it.
+        answers = [
+            session.get(f"{r.sidecar.url}{path}/runs", allow_redirects=False, timeout=10)
+            for r in replicas
+            if r.sidecar is not None
+        ]
+        codes = sorted(a.status_code for a in answers)
+        named = status(ring.plane, ring.namespace, "manual").get("replica")
+        if codes != [200, 307] or named is None:
+            return None
+        owner = replicas[[a.status_code for a in answers].index(200)]
+        return owner if owner.is_identity(named) else None
+
+    owner = wait_for(settled_owner, timeout=JOIN_DEADLINE, what="the manual job's settled owner")
+    owner_identity = status(ring.plane, ring.namespace, "manual")["replica"]
     other = next(r for r in replicas if r is not owner)
     assert owner.sidecar is not None
     assert other.sidecar is not None
-    path = f"/_sys/job/{ring.namespace}/manual"
     answer = session.post(f"{other.sidecar.url}{path}", allow_redirects=False, timeout=10)
     assert answer.status_code == 307, answer.text
     assert answer.headers["Location"] == f"{owner.sidecar.url}{path}"
