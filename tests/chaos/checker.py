@@ -35,12 +35,31 @@ def expected_ticks(schedule: Schedule, start: float, end: float) -> set[int]:
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """An injected fault, as the checker needs it: what, on whom (a replica and its pid), when."""
+    """An injected fault, as the checker needs it: what, on whom (a replica and its pid), when.
+
+    When on two clocks: the harness's monotonic one (the ledger's) and its wall clock (the one
+    the jobs' ticks are on: the API server's, on this machine).
+    """
 
     kind: str
     target: str
     pid: int
     monotonic: float
+    wall: float
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """A job the faulted process was starting ticks of, and when another process started it.
+
+    ``next_start``: seconds from the fault to that start; it includes the wait for the job's
+    next tick, up to its interval. ``outage``: the same less that wait, counted from the job's
+    first tick due after the fault (from the fault itself when it was due before): how long the
+    job went without a replica to start it. Both NaN when no other process started it.
+    """
+
+    next_start: float
+    outage: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +77,14 @@ class Verdict:
     #: The operators' counts; None where they do not export them (every missing tick is missed).
     uncertain: int | None
     counted_missed: int | None
+    #: Over the jobs of every SIGKILLed process: their outages' p99 (see Takeover), and the
+    #: p99 of the seconds to their next start, the wait for their next tick included.
     failover_p99_s: float
+    failover_next_start_p99_s: float
     failovers_unrecovered: int
+    #: The same over SIGTERMed processes, the maximum.
     sigterm_handover_max_s: float
+    sigterm_next_start_max_s: float
     writes_per_s: float
     lease_writes_per_s: float
 
@@ -79,6 +103,8 @@ class Verdict:
             "duplicates_all": self.duplicates_all,
             "missed": self.missed,
             "counted_missed": _count(self.counted_missed),
+            "failover_next_start_p99_s": _seconds(self.failover_next_start_p99_s),
+            "sigterm_next_start_max_s": _seconds(self.sigterm_next_start_max_s),
             "failovers_unrecovered": self.failovers_unrecovered,
             **(extra or {}),
         }
@@ -116,11 +142,12 @@ def missing(
     return expected, missed
 
 
-def takeover_seconds(entries: Sequence[Entry], fault: Fault) -> list[float]:
-    """For each job the faulted process was starting ticks of: seconds until another started one.
+def takeovers(
+    entries: Sequence[Entry], fault: Fault, schedules: Mapping[str, Schedule]
+) -> list[Takeover]:
+    """For each job the faulted process was starting ticks of: when another process started it.
 
-    A job is the process's when its last start before the fault was there. NaN for a job no
-    other process started a tick of before the ledger ends.
+    A job is the process's when its last start before the fault was there.
     """
     last_before: dict[str, Entry] = {}
     for entry in entries:
@@ -136,7 +163,13 @@ def takeover_seconds(entries: Sequence[Entry], fault: Fault) -> list[float]:
             and entry.pid != fault.pid
         ):
             first_after[entry.job] = entry.monotonic - fault.monotonic
-    return [first_after.get(job, math.nan) for job in sorted(affected)]
+    found = []
+    for job in sorted(affected):
+        next_start = first_after.get(job, math.nan)
+        due = schedules[job].next_after(datetime.fromtimestamp(fault.wall, UTC))
+        wait = 0.0 if due is None else max(0.0, due.timestamp() - fault.wall)
+        found.append(Takeover(next_start, next_start - wait))
+    return found
 
 
 def p99(values: Sequence[float]) -> float:
@@ -170,10 +203,10 @@ def judge(
     """
     ticks, missed = missing(entries, schedules, *window)
     excused = (uncertain or 0) + (counted_missed or 0)
-    failovers = [t for f in faults if f.kind == "kill" for t in takeover_seconds(entries, f)]
-    handovers = [t for f in faults if f.kind == "term" for t in takeover_seconds(entries, f)]
-    recovered = [t for t in failovers if not math.isnan(t)]
-    handed = [t for t in handovers if not math.isnan(t)]
+    failovers = [t for f in faults if f.kind == "kill" for t in takeovers(entries, f, schedules)]
+    handovers = [t for f in faults if f.kind == "term" for t in takeovers(entries, f, schedules)]
+    recovered = [t for t in failovers if not math.isnan(t.next_start)]
+    handed = [t for t in handovers if not math.isnan(t.next_start)]
     return Verdict(
         replicas=replicas,
         jobs=len(schedules),
@@ -184,9 +217,11 @@ def judge(
         missed_outside_window=max(0, missed - excused),
         uncertain=uncertain,
         counted_missed=counted_missed,
-        failover_p99_s=p99(recovered),
+        failover_p99_s=p99([t.outage for t in recovered]),
+        failover_next_start_p99_s=p99([t.next_start for t in recovered]),
         failovers_unrecovered=len(failovers) - len(recovered) + len(handovers) - len(handed),
-        sigterm_handover_max_s=max(handed) if handed else math.nan,
+        sigterm_handover_max_s=max((t.outage for t in handed), default=math.nan),
+        sigterm_next_start_max_s=max((t.next_start for t in handed), default=math.nan),
         writes_per_s=writes / seconds if seconds > 0 else 0.0,
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
     )

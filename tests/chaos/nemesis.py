@@ -180,7 +180,7 @@ class Nemesis:
 
     def _record(self, step: Step) -> None:
         pid = self._targets.pid(step.target) if step.kind in OPERATOR_KINDS else 0
-        self.faults.append(Fault(step.kind, step.target, pid, time.monotonic()))
+        self.faults.append(Fault(step.kind, step.target, pid, time.monotonic(), time.time()))
 
     def _apply(self, step: Step) -> None:
         t, target = self._targets, step.target

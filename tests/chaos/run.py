@@ -64,7 +64,7 @@ class Settings:
     seconds: float = 60.0
     seed: int = 1
     kinds: tuple[str, ...] = tuple(nemesis.KINDS)
-    intervals: tuple[int, ...] = (2, 5, 10, 20)
+    intervals: tuple[int, ...] = (1, 2, 3, 4, 5)
     ha: Mapping[str, str] = field(default_factory=dict)
     workdir: Path = Path("build/chaos")
     warmup_timeout: float = 300.0
@@ -492,7 +492,7 @@ def _settings(argv: Sequence[str] | None) -> Settings:
         default="all",
         help=f"'all', 'none', or kinds separated by commas: {', '.join(nemesis.KINDS)}",
     )
-    parser.add_argument("--intervals", default="2,5,10,20", help="job intervals in seconds, cycled")
+    parser.add_argument("--intervals", default="1,2,3,4,5", help="job intervals in seconds, cycled")
     parser.add_argument(
         "--ha",
         action="append",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from podcron.schedules import parse_schedule
-from tests.chaos.checker import Fault, expected_ticks, judge, takeover_seconds
+from tests.chaos.checker import Fault, Takeover, expected_ticks, judge, takeovers
 from tests.jobs.podcron_chaosjobs.ledger import Entry
 
 EVERY_2S = parse_schedule({"every": "2s"})
+EVERY_20S = parse_schedule({"every": "20s"})
 SCHEDULES = {"ns/a": EVERY_2S, "ns/b": EVERY_2S}
 
 
@@ -123,21 +125,27 @@ def test_missing_ticks_are_missed_outside_a_window_unless_the_operators_counted_
     assert (counted.missed, counted.missed_outside_window) == (2, 0)
 
 
-def test_a_take_over_is_timed_from_the_fault_to_another_process_starting_the_job() -> None:
+def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_after_it() -> None:
     entries = [
         entry("ns/a", 1000.0, pid=1, at=1000.0),
         entry("ns/b", 1000.0, pid=2, at=1000.0),  # not the killed process's job
+        entry("ns/slow", 1000.0, pid=1, at=1000.0),
         entry("ns/a", 1006.0, pid=3, at=1006.5),
+        entry("ns/slow", 1020.0, pid=3, at=1020.25),
     ]
-    kill = Fault("kill", "r1", 1, 1001.0)
-    assert takeover_seconds(entries, kill) == [5.5]
-    never = Fault("kill", "r2", 2, 1001.0)
-    assert all(math.isnan(t) for t in takeover_seconds(entries, never))
+    schedules = SCHEDULES | {"ns/slow": EVERY_20S}
+    # The harness's monotonic clock is 100 s behind its wall clock (the ticks' clock) here.
+    entries = [dataclasses.replace(e, monotonic=e.monotonic - 100) for e in entries]
+    kill = Fault("kill", "r1", 1, 901.0, 1001.0)
+    # ns/a was due at 1002, 4.5 s before it started; ns/slow at 1020, started on time.
+    assert takeovers(entries, kill, schedules) == [Takeover(5.5, 4.5), Takeover(19.25, 0.25)]
+    never = Fault("kill", "r2", 2, 901.0, 1001.0)
+    assert all(math.isnan(t.next_start) for t in takeovers(entries, never, schedules))
     result = judge(
         entries=entries,
-        schedules={"ns/a": EVERY_2S},
+        schedules=schedules,
         window=(1000.0, 1002.0),
-        faults=[kill, never, Fault("term", "r1", 1, 1001.0)],
+        faults=[kill, never, Fault("term", "r1", 1, 901.0, 1001.0)],
         replicas=2,
         uncertain=None,
         counted_missed=None,
@@ -145,9 +153,12 @@ def test_a_take_over_is_timed_from_the_fault_to_another_process_starting_the_job
         lease_writes=0.0,
         seconds=2.0,
     )
-    assert result.failover_p99_s == 5.5
-    assert result.sigterm_handover_max_s == 5.5
+    assert (result.failover_p99_s, result.failover_next_start_p99_s) == (4.5, 19.25)
+    assert (result.sigterm_handover_max_s, result.sigterm_next_start_max_s) == (4.5, 19.25)
     assert result.failovers_unrecovered == 1
+    line = result.result_line()
+    assert "failover_p99_s=4.50 " in line
+    assert "failover_next_start_p99_s=19.25 " in line
 
 
 def test_a_ledger_line_reads_back_as_written() -> None:
