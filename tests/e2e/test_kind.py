@@ -446,11 +446,16 @@ def test_the_replicas_share_the_jobs(installed: Cluster) -> None:
     )
     assert set(owners) >= {*EXAMPLES, "on-demand", *SPREAD}
     assert set(owners.values()) == installed.pod_names()
-    # What `kubectl get sj -o wide` shows in its REPLICA column.
-    wide = installed.kubectl("get", "scheduledjob", "hello", "-n", JOBS, "-o", "wide")
-    header, row = wide.splitlines()
-    column = header.index("REPLICA")
-    assert _pod_of({"replica": row[column:].split()[0]}) == owners["hello"]
+
+    # What `kubectl get sj -o wide` shows in its REPLICA column: the owner in status, read
+    # again beside it (a job may still move while the replicas settle).
+    def replica_column_is_the_owner() -> bool:
+        wide = installed.kubectl("get", "scheduledjob", "hello", "-n", JOBS, "-o", "wide")
+        header, row = wide.splitlines()
+        shown = _pod_of({"replica": row[header.index("REPLICA") :].split()[0]})
+        return shown is not None and shown == _pod_of(installed.statuses()["hello"])
+
+    wait_for(replica_column_is_the_owner, timeout=60, interval=1, what="REPLICA = the owner")
 
 
 def test_examples_run_and_report_in_status(installed: Cluster) -> None:
