@@ -69,6 +69,31 @@ def test_a_churn_of_updates_does_not_grow_the_heap_without_bound() -> None:
     ]
 
 
+def test_a_churn_the_timer_looks_at_in_between_does_not_grow_the_heap_without_bound() -> None:
+    # The engine asks for the earliest due time after every change: the stale places that
+    # surface there are dropped, and the ones that never surface still bring a rebuild.
+    queue = DueQueue()
+    for index in range(10 * duequeue.COMPACT_AFTER_STALE):
+        queue.push("kept", float(index))  # its last place is stale, and comes up first
+        queue.push(f"gone-{index}", 1e9 + index)  # stale once discarded, never first
+        queue.discard(f"gone-{index}")
+        assert queue.earliest() == float(index)
+    assert queue.entries < 4 * duequeue.COMPACT_AFTER_STALE
+
+
+def test_entries_count_the_places_held_until_stale_ones_are_dropped() -> None:
+    queue = DueQueue()
+    queue.push("a", 1.0)
+    queue.push("b", 2.0)
+    queue.push("c", 3.0)
+    queue.discard("a")
+    assert queue.entries == 3, "a's place is stale, and still held"
+    assert queue.earliest() == 2.0
+    assert queue.entries == 2, "dropped as it came up"
+    assert queue.pop_due(3.0, limit=10) == [("b", 2.0), ("c", 3.0)]
+    assert queue.entries == 0
+
+
 def test_an_empty_queue_has_nothing_due() -> None:
     queue = DueQueue()
     assert queue.earliest() is None
@@ -105,4 +130,27 @@ def test_rebuilding_the_buckets_keeps_every_key_still_due() -> None:
     assert queue.earliest() == 0.0
     assert queue.pop_due(50.0, limit=100) == [
         (f"stays-{index}", float(index)) for index in range(10)
+    ]
+
+
+def test_rebuilding_the_buckets_keeps_the_rest_of_a_bucket_being_popped() -> None:
+    # More keys fell due together than one timer callback starts: the rest wait in the bucket
+    # taken off the heap, and a rebuild in between must keep them.
+    queue = DueQueue()
+    for index in range(10):
+        queue.push(f"due-{index}", 0.0)
+    queue.push("later", 1.0)
+    assert queue.pop_due(0.0, limit=4) == [(f"due-{index}", 0.0) for index in range(4)]
+    queue.discard("due-9")
+    for index in range(4 * duequeue.COMPACT_AFTER_STALE):
+        held = queue.entries
+        queue.push(f"gone-{index}", 100.0)
+        queue.discard(f"gone-{index}")
+        if queue.entries < held:
+            break
+    assert queue.entries == len(queue) == 6, "rebuilt of live places only"
+    assert queue.earliest() == 0.0
+    assert queue.pop_due(50.0, limit=100) == [
+        *((f"due-{index}", 0.0) for index in range(4, 9)),
+        ("later", 1.0),
     ]
