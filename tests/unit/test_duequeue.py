@@ -154,3 +154,29 @@ def test_rebuilding_the_buckets_keeps_the_rest_of_a_bucket_being_popped() -> Non
         *((f"due-{index}", 0.0) for index in range(4, 9)),
         ("later", 1.0),
     ]
+
+
+def test_keys_left_in_a_bucket_being_popped_wait_for_their_time_when_the_clock_goes_back() -> None:
+    queue = DueQueue()
+    for key in "abcd":
+        queue.push(key, 5.0)
+    assert queue.pop_due(5.0, limit=1) == [("a", 5.0)]
+    assert queue.pop_due(5.0, limit=1) == [("b", 5.0)]
+    assert queue.pop_due(4.0, limit=10) == [], "the clock went back: not due yet"
+    assert queue.earliest() == 5.0
+    queue.push("e", 5.0)  # after the ones taken off the heap with it
+    # A rebuild of the buckets meanwhile keeps them.
+    for index in range(4 * duequeue.COMPACT_AFTER_STALE):
+        queue.push(f"gone-{index}", 100.0)
+        queue.discard(f"gone-{index}")
+    assert queue.pop_due(5.0, limit=10) == [("c", 5.0), ("d", 5.0), ("e", 5.0)]
+
+
+def test_a_key_pushed_earlier_than_a_bucket_being_popped_comes_first() -> None:
+    queue = DueQueue()
+    for key in "abc":
+        queue.push(key, 5.0)
+    assert queue.pop_due(5.0, limit=1) == [("a", 5.0)]
+    queue.push("early", 3.0)
+    assert queue.earliest() == 3.0
+    assert queue.pop_due(5.0, limit=10) == [("early", 3.0), ("b", 5.0), ("c", 5.0)]
