@@ -8,6 +8,7 @@ and then tells the engine about, as the replica agent does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -574,3 +575,55 @@ async def test_a_gain_leaves_a_tick_due_but_not_yet_fired_to_the_timer(
     await setup.recorder.until(lambda: bool(setup.recorder.finished()))
     assert await setup.dispatched() == [tick], "started once, by the timer"
     assert [e.trigger for e in setup.recorder.finished()] == [Trigger.SCHEDULED]
+
+
+async def test_a_gain_under_forbid_counts_the_late_ticks_and_the_older_due_ones_and_says_so(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.upsert(
+        _the_job(concurrency_policy=ConcurrencyPolicy.FORBID, starting_deadline_seconds=2.5)
+    )
+    await asyncio.sleep(5)
+    ticks = [tick for _, tick in gate.asked]  # all owned elsewhere so far
+    gate.owned.add(UID)
+    with caplog.at_level(logging.WARNING, logger="podcron.engine"):
+        setup.engine.owners_changed([Gain(UID, start_bound=ticks[0] - 0.5)], [])
+        # 0.25 s after the fifth tick: the first two are too late, the third and fourth are
+        # passed over for the newest (Forbid would skip them beside it).
+        assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
+        assert setup.counter("podcron_ticks_missed_total") == 4
+        (warning,) = caplog.records
+        assert warning.getMessage() == (
+            "job ns/job gained: 4 ticks missed, 0 ticks uncertain (maybe started by a fenced "
+            "replica, not run again)"
+        )
+        assert warning.job_id == "ns/job"  # type: ignore[attr-defined]
+        caplog.clear()
+        # Gained again at once: nothing above the new start bound, nothing missed or said.
+        setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall())], [])
+        assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
+        assert setup.counter("podcron_ticks_missed_total") == 4
+        assert caplog.records == []
+
+
+async def test_a_gain_with_missed_and_uncertain_ticks_catches_up_without_metrics() -> None:
+    gate = ScriptedGate()
+    clock = LoopClock()
+    engine = engine_on_loop_clock(clock, gate=gate)  # no metrics to count them in
+    recorder = Recorder(engine)
+    try:
+        await Setup(engine, gate, clock, recorder, CollectorRegistry()).align()
+        engine.upsert(_the_job(starting_deadline_seconds=2.5))
+        await asyncio.sleep(5.5)
+        ticks = [tick for _, tick in gate.asked]
+        bound = ticks[1]
+        gate.owned.add(UID)
+        engine.owners_changed([Gain(UID, start_bound=bound, uncertain_from=bound - 2)], [])
+        # Two uncertain ticks below the bound, one above it too late, the last two started.
+        await recorder.until(lambda: len(recorder.finished()) == 2)
+        assert sorted(e.scheduled_time.timestamp() for e in recorder.finished()) == ticks[3:]
+        assert [e.trigger for e in recorder.finished()] == [Trigger.CATCH_UP] * 2
+    finally:
+        await engine.shutdown()
