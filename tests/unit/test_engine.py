@@ -634,3 +634,64 @@ async def test_each_tick_sets_the_jobs_interval_gauge_to_the_gap_to_its_next() -
     ]
     assert intervals == [({"namespace": "ns", "name": "job"}, 3600.0)], "one series: the job's"
     await engine.shutdown()
+
+
+async def test_a_jobs_series_are_set_from_restored_status_and_dropped_with_the_job() -> None:
+    registry = CollectorRegistry()
+    engine = engine_on_loop_clock(
+        shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(metrics=JobMetrics(registry))
+    )
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    def value(metric: str, name: str) -> float | None:
+        return registry.get_sample_value(metric, {"namespace": "ns", "name": name})
+
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    last_runs = {
+        "ok": History(
+            last_run_time=ended, last_status=RunStatus.SUCCESS, last_duration_seconds=2.5
+        ),
+        "untimed": History(last_run_time=ended, last_status=RunStatus.SUCCESS),
+        "failed": History(last_run_time=ended, last_status=RunStatus.FAILURE),
+    }
+    for name, history in last_runs.items():
+        engine.upsert(spec(job, name, every="1h"), history=history)
+    last_success = "podcron_job_last_success_timestamp_seconds"
+    # When the last run ended: it started at last_run_time, and ran for its duration.
+    assert value(last_success, "ok") == ended.timestamp() + 2.5
+    assert value(last_success, "untimed") == ended.timestamp()
+    assert value(last_success, "failed") is None, "no success known"
+    assert value("podcron_job_interval_seconds", "ok") == 3600, "known before its first tick"
+    engine.remove("ns/ok")
+    assert value("podcron_job_interval_seconds", "ok") is None
+    assert value(last_success, "ok") is None
+    assert registry.get_sample_value("podcron_jobs_registered") == 2
+    await engine.shutdown()
+
+
+async def test_history_found_in_status_is_taken_when_it_counts_more_ticks(engine: Engine) -> None:
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"), history=History(counts=RunCounts(total=5, succeeded=5)))
+    version = engine.version
+    # Another replica ran the job meanwhile: its runs and skipped ticks count 7 to our 5.
+    found = History(
+        last_run_time=datetime.now(UTC) - timedelta(minutes=1),
+        last_status=RunStatus.FAILURE,
+        counts=RunCounts(total=4, succeeded=3, failed=1, skipped=3),
+    )
+    engine.continue_history("ns/job", found)
+    assert engine.snapshot("ns/job").history.counts == found.counts
+    assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
+    assert engine.version > version, "readers of the job list see the change"
+    # Status counting as many ticks, or fewer, is behind this replica's copy.
+    for behind in (RunCounts(total=7, succeeded=7), RunCounts(total=6, succeeded=6)):
+        engine.continue_history("ns/job", History(last_status=RunStatus.SUCCESS, counts=behind))
+        assert engine.snapshot("ns/job").history.counts == found.counts
+        assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
+    version = engine.version
+    engine.continue_history("ns/job", found, base=found.counts)
+    assert engine.version > version
