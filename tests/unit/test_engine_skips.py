@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from podcron.context import JobContext, Trigger
-from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
+from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, RunFinished, RunStatus
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
 
@@ -80,3 +80,34 @@ async def test_a_skipped_tick_says_why(engine: Engine, policy: ConcurrencyPolicy
         assert skipped.error == why
     finally:
         release.set()  # else the run that ignores cancellation would hold up shutdown
+
+
+async def test_a_job_removed_by_a_listener_in_mid_tick_leaves_the_jobs_due_after_it_running() -> (
+    None
+):
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def busy(ctx: JobContext) -> None:
+        await release.wait()
+
+    async def quick(ctx: JobContext) -> None:
+        pass
+
+    def remove_on_skip(event: JobEvent) -> None:
+        # Told synchronously of the busy job's skipped tick, while the same tick's batch
+        # still holds the jobs due after it.
+        if isinstance(event, RunFinished) and event.status is RunStatus.SKIPPED:
+            engine.remove("ns/removed")
+
+    engine.add_listener(remove_on_skip)
+    try:
+        engine.upsert(spec(busy, "busy"))  # Forbid: its second tick is skipped
+        engine.upsert(spec(quick, "removed"))
+        engine.upsert(spec(quick, "kept"))
+        await recorder.until(lambda: len(recorder.finished("ns/kept")) >= 3)
+        assert len(recorder.finished("ns/removed")) == 1
+    finally:
+        release.set()
+        await engine.shutdown()
