@@ -627,3 +627,37 @@ async def test_a_gain_with_missed_and_uncertain_ticks_catches_up_without_metrics
         assert [e.trigger for e in recorder.finished()] == [Trigger.CATCH_UP] * 2
     finally:
         await engine.shutdown()
+
+
+class ExactClock:
+    """A wall clock at a whole second when the test begins, moving with the loop's clock.
+
+    The fake loop clock starts at 0 and moves by the sleeps' exact amounts, so sums with
+    this clock's time are exact: a tick can be exactly as late as its starting deadline.
+    """
+
+    def __init__(self) -> None:
+        self._offset = 1_800_000_000.0 - asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return asyncio.get_running_loop().time() + self._offset
+
+
+async def test_a_held_tick_exactly_as_late_as_its_starting_deadline_still_starts() -> None:
+    gate = ScriptedGate()
+    clock = ExactClock()
+    engine = Engine(clock=clock, gate=gate, loop_watchdog=False)
+    recorder = Recorder(engine)
+    try:
+        gate.owned.add(UID)
+        gate.fire_bound = clock.wall()
+        engine.upsert(_the_job(starting_deadline_seconds=2.5))
+        await asyncio.sleep(3.5)
+        held = [tick for _, tick in gate.asked]
+        assert clock.wall() - held[0] == 2.5
+        gate.fire_bound = float("inf")
+        engine.bound_moved()
+        await recorder.until(lambda: len(recorder.finished()) == 3)
+        assert sorted(e.scheduled_time.timestamp() for e in recorder.finished()) == held
+    finally:
+        await engine.shutdown()
