@@ -81,6 +81,18 @@ def test_a_churn_the_timer_looks_at_in_between_does_not_grow_the_heap_without_bo
     assert queue.entries < 4 * duequeue.COMPACT_AFTER_STALE
 
 
+def test_a_churn_the_timer_pops_in_between_does_not_grow_the_heap_without_bound() -> None:
+    # As above, with the stale places that come up dropped as the timer pops what is due.
+    queue = DueQueue()
+    for index in range(10 * duequeue.COMPACT_AFTER_STALE):
+        queue.push("kept", float(index))
+        queue.push("kept", index + 0.5)  # its place at index is stale, and popped first
+        queue.push(f"gone-{index}", 1e9 + index)
+        queue.discard(f"gone-{index}")
+        assert queue.pop_due(index + 0.75, limit=10) == [("kept", index + 0.5)]
+    assert queue.entries < 4 * duequeue.COMPACT_AFTER_STALE
+
+
 def test_entries_count_the_places_held_until_stale_ones_are_dropped() -> None:
     queue = DueQueue()
     queue.push("a", 1.0)
