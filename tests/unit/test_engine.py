@@ -695,3 +695,25 @@ async def test_history_found_in_status_is_taken_when_it_counts_more_ticks(engine
     version = engine.version
     engine.continue_history("ns/job", found, base=found.counts)
     assert engine.version > version
+
+
+async def test_a_job_suspended_after_registration_stops_ticking_until_resumed(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job))
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    version = engine.version
+    suspended = engine.upsert(spec(job, suspended=True))
+    assert suspended.next_run_time is None
+    assert engine.version > version, "readers of the job list see it suspended"
+    assert engine.next_wakeup is None, "its armed tick is gone with it"
+    await asyncio.sleep(5)
+    assert len(recorder.finished()) == 1
+    resumed = engine.upsert(spec(job))
+    assert resumed.next_run_time is not None
+    await recorder.until(lambda: len(recorder.finished()) == 2)
