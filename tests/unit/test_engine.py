@@ -717,3 +717,12 @@ async def test_a_job_suspended_after_registration_stops_ticking_until_resumed(
     resumed = engine.upsert(spec(job))
     assert resumed.next_run_time is not None
     await recorder.until(lambda: len(recorder.finished()) == 2)
+
+
+async def test_a_job_rescheduled_to_later_moves_the_timer_with_it(engine: Engine) -> None:
+    first = engine.upsert(spec(lambda ctx: None, every="1s"))
+    assert first.next_run_time is not None
+    assert engine.next_wakeup == first.next_run_time.timestamp()
+    later = engine.upsert(spec(lambda ctx: None, every="1h"))
+    assert later.next_run_time is not None
+    assert engine.next_wakeup == later.next_run_time.timestamp(), "not the old, sooner time"
