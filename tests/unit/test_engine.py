@@ -726,3 +726,32 @@ async def test_a_job_rescheduled_to_later_moves_the_timer_with_it(engine: Engine
     later = engine.upsert(spec(lambda ctx: None, every="1h"))
     assert later.next_run_time is not None
     assert engine.next_wakeup == later.next_run_time.timestamp(), "not the old, sooner time"
+
+
+async def test_an_update_to_another_body_runs_the_new_one_on_the_loop(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    ran: list[str] = []
+
+    async def old(ctx: JobContext) -> None:
+        ran.append("old")
+
+    async def new(ctx: JobContext) -> None:
+        ran.append("new")
+
+    engine.upsert(spec(old, every="1h"))
+    engine.upsert(spec(new, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert ran == ["new"]
+
+
+async def test_a_job_registered_again_under_a_new_uid_runs_on(engine: Engine) -> None:
+    # Deleted and created again under the same name while the operator was not watching.
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, uid="first"))
+    engine.upsert(spec(job, uid="second"))
+    await recorder.until(lambda: len(recorder.finished()) == 1)

@@ -661,3 +661,17 @@ async def test_a_held_tick_exactly_as_late_as_its_starting_deadline_still_starts
         assert sorted(e.scheduled_time.timestamp() for e in recorder.finished()) == held
     finally:
         await engine.shutdown()
+
+
+async def test_a_job_registered_again_under_a_new_uid_gets_no_gain_of_its_old_one(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned |= {UID, "uid-of-the-new-one"}
+    setup.engine.upsert(_the_job())
+    # Deleted and created again under the same name while the operator was not watching.
+    setup.engine.upsert(_the_job(uid="uid-of-the-new-one"))
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [])
+    assert await setup.dispatched() == []
+    assert [key for key, _ in gate.asked] == []
