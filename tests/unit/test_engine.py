@@ -439,6 +439,11 @@ async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(
     assert [r.getMessage() for r in caplog.records if "catches up" in r.getMessage()] == [
         f"job ns/job catches up on its tick of {finished.scheduled_time.isoformat()}"
     ]
+    # Updated with the status it was registered with (not written yet): no second catch-up.
+    engine.upsert(
+        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+    )
+    assert not engine.snapshot("ns/job").running
 
 
 async def test_a_catch_up_run_is_no_manual_run() -> None:
