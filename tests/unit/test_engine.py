@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from podcron.config import Settings
 from podcron.context import JobContext, Trigger
 from podcron.engine import (
     DISPATCH_BATCH,
@@ -23,7 +24,7 @@ from podcron.engine import (
     RunFinished,
     RunStatus,
 )
-from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -760,3 +761,63 @@ async def test_a_job_registered_again_under_a_new_uid_runs_on(engine: Engine) ->
     engine.upsert(spec(job, uid="first"))
     engine.upsert(spec(job, uid="second"))
     await recorder.until(lambda: len(recorder.finished()) == 1)
+
+
+async def test_an_engine_built_without_budgets_has_the_operators_defaults() -> None:
+    settings = Settings()
+    engine = engine_on_loop_clock()
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def hold(ctx: JobContext) -> None:
+        entered.append(ctx.name)
+        await release.wait()
+
+    try:
+        # Manual runs: the budget's worth start, one more is refused.
+        for index in range(settings.max_manual_runs):
+            engine.upsert(spec(hold, f"manual-{index}", every="1h"))
+            engine.trigger(f"ns/manual-{index}")
+        engine.upsert(spec(hold, "one-more", every="1h"))
+        with pytest.raises(TooManyManualRuns):
+            engine.trigger("ns/one-more")
+        # Scheduled runs: as many run at once as the budget allows, one more waits.
+        for index in range(settings.max_concurrent_runs + 1):
+            engine.upsert(spec(hold, f"scheduled-{index}", every="1s"))
+
+        def scheduled() -> int:
+            return sum(1 for name in entered if name.startswith("scheduled-"))
+
+        await recorder.until(lambda: scheduled() == settings.max_concurrent_runs)
+        await asyncio.sleep(0.5)
+        assert scheduled() == settings.max_concurrent_runs, "the one more waits"
+        release.set()
+        # Each job keeps its last run_history_limit outcomes.
+        engine.upsert(spec(lambda ctx: None, "kept", every="1s"))
+        await recorder.until(
+            lambda: len(recorder.finished("ns/kept")) > settings.run_history_limit, within=60
+        )
+        assert len(engine.runs("ns/kept")) == settings.run_history_limit
+    finally:
+        release.set()
+        await engine.shutdown()
+
+
+@pytest.mark.looptime(False)
+async def test_an_engine_built_without_budgets_runs_the_operators_threads_per_job() -> None:
+    engine = Engine(loop_watchdog=False)
+    release = threading.Event()
+
+    def hold(ctx: JobContext) -> None:
+        release.wait(DEADLINE)
+
+    try:
+        engine.upsert(spec(hold, every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
+        for _ in range(Settings().threads_per_job):
+            engine.trigger("ns/job")
+        with pytest.raises(JobAlreadyRunning, match="threadsPerJob"):
+            engine.trigger("ns/job")
+    finally:
+        release.set()
+        await engine.shutdown()
