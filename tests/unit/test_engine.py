@@ -821,3 +821,22 @@ async def test_an_engine_built_without_budgets_runs_the_operators_threads_per_jo
     finally:
         release.set()
         await engine.shutdown()
+
+
+async def test_an_engine_built_without_budgets_waits_the_operators_shutdown_timeout() -> None:
+    engine = engine_on_loop_clock()
+    recorder = Recorder(engine)
+    never = asyncio.Event()
+
+    async def deaf(ctx: JobContext) -> None:
+        await never.wait()  # does not look at ctx.cancelled
+
+    engine.upsert(spec(deaf, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: bool(recorder.started()))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await engine.shutdown()
+    # On the fake loop clock: how long shutdown waited before it cancelled the run.
+    assert loop.time() - began == pytest.approx(Settings().shutdown_timeout_seconds, abs=0.1)
+    assert recorder.finished()[0].status is RunStatus.FAILURE
