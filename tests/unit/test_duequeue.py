@@ -195,3 +195,17 @@ def test_a_key_pushed_earlier_than_a_bucket_being_popped_comes_first() -> None:
     queue.push("early", 3.0)
     assert queue.earliest() == 3.0
     assert queue.pop_due(5.0, limit=10) == [("early", 3.0), ("b", 5.0), ("c", 5.0)]
+
+
+def test_a_cleared_queue_is_as_good_as_new() -> None:
+    queue = DueQueue()
+    for key in "abc":
+        queue.push(key, 1.0)
+    assert queue.pop_due(1.0, limit=1) == [("a", 1.0)]  # b and c wait in the popped bucket
+    queue.clear()
+    assert (len(queue), queue.entries, queue.earliest()) == (0, 0, None)
+    queue.push("d", 2.0)
+    for index in range(4 * duequeue.COMPACT_AFTER_STALE):  # rebuilt on the way
+        queue.push(f"gone-{index}", 100.0)
+        queue.discard(f"gone-{index}")
+    assert queue.pop_due(100.0, limit=10) == [("d", 2.0)]
