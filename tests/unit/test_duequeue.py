@@ -209,3 +209,30 @@ def test_a_cleared_queue_is_as_good_as_new() -> None:
         queue.push(f"gone-{index}", 100.0)
         queue.discard(f"gone-{index}")
     assert queue.pop_due(100.0, limit=10) == [("d", 2.0)]
+
+
+def test_the_rest_of_a_bucket_being_popped_is_still_due_first() -> None:
+    queue = DueQueue()
+    for key in "abcd":
+        queue.push(key, 1.0)
+    assert queue.pop_due(1.0, limit=1) == [("a", 1.0)]
+    queue.discard("b")  # its place, next in the bucket being popped, is stale
+    assert queue.entries == 3
+    assert queue.earliest() == 1.0, "c and d are due, though no time is left in the heap"
+    assert queue.entries == 2
+
+
+def test_a_stale_place_at_the_head_of_a_bucket_is_dropped_when_it_comes_up() -> None:
+    queue = DueQueue()
+    queue.push("a", 1.0)
+    queue.push("b", 1.0)
+    queue.discard("a")
+    assert queue.earliest() == 1.0
+    assert queue.entries == 1
+
+
+def test_a_churn_of_replaced_due_times_alone_does_not_grow_the_heap_without_bound() -> None:
+    queue = DueQueue()
+    for index in range(10 * duequeue.COMPACT_AFTER_STALE):
+        queue.push("kept", float(-index))  # each earlier: the stale places never come up
+    assert queue.entries < 4 * duequeue.COMPACT_AFTER_STALE
