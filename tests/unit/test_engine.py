@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from podcron.config import Settings
 from podcron.context import JobContext, Trigger
 from podcron.engine import (
     DISPATCH_BATCH,
@@ -23,7 +24,7 @@ from podcron.engine import (
     RunFinished,
     RunStatus,
 )
-from podcron.errors import JobAlreadyRunning, JobNotFound
+from podcron.errors import JobAlreadyRunning, JobNotFound, TooManyManualRuns
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -439,6 +440,11 @@ async def test_catch_up_runs_the_missed_tick_once_within_the_deadline(
     assert [r.getMessage() for r in caplog.records if "catches up" in r.getMessage()] == [
         f"job ns/job catches up on its tick of {finished.scheduled_time.isoformat()}"
     ]
+    # Updated with the status it was registered with (not written yet): no second catch-up.
+    engine.upsert(
+        spec(job, every="1h", starting_deadline_seconds=3600), history=_hour_ago_history()
+    )
+    assert not engine.snapshot("ns/job").running
 
 
 async def test_a_catch_up_run_is_no_manual_run() -> None:
@@ -634,3 +640,203 @@ async def test_each_tick_sets_the_jobs_interval_gauge_to_the_gap_to_its_next() -
     ]
     assert intervals == [({"namespace": "ns", "name": "job"}, 3600.0)], "one series: the job's"
     await engine.shutdown()
+
+
+async def test_a_jobs_series_are_set_from_restored_status_and_dropped_with_the_job() -> None:
+    registry = CollectorRegistry()
+    engine = engine_on_loop_clock(
+        shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(metrics=JobMetrics(registry))
+    )
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    def value(metric: str, name: str) -> float | None:
+        return registry.get_sample_value(metric, {"namespace": "ns", "name": name})
+
+    ended = datetime(2026, 1, 1, tzinfo=UTC)
+    last_runs = {
+        "ok": History(
+            last_run_time=ended, last_status=RunStatus.SUCCESS, last_duration_seconds=2.5
+        ),
+        "untimed": History(last_run_time=ended, last_status=RunStatus.SUCCESS),
+        "failed": History(last_run_time=ended, last_status=RunStatus.FAILURE),
+    }
+    for name, history in last_runs.items():
+        engine.upsert(spec(job, name, every="1h"), history=history)
+    last_success = "podcron_job_last_success_timestamp_seconds"
+    # When the last run ended: it started at last_run_time, and ran for its duration.
+    assert value(last_success, "ok") == ended.timestamp() + 2.5
+    assert value(last_success, "untimed") == ended.timestamp()
+    assert value(last_success, "failed") is None, "no success known"
+    assert value("podcron_job_interval_seconds", "ok") == 3600, "known before its first tick"
+    engine.remove("ns/ok")
+    assert value("podcron_job_interval_seconds", "ok") is None
+    assert value(last_success, "ok") is None
+    assert registry.get_sample_value("podcron_jobs_registered") == 2
+    await engine.shutdown()
+
+
+async def test_history_found_in_status_is_taken_when_it_counts_more_ticks(engine: Engine) -> None:
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"), history=History(counts=RunCounts(total=5, succeeded=5)))
+    version = engine.version
+    # Another replica ran the job meanwhile: its runs and skipped ticks count 7 to our 5.
+    found = History(
+        last_run_time=datetime.now(UTC) - timedelta(minutes=1),
+        last_status=RunStatus.FAILURE,
+        counts=RunCounts(total=4, succeeded=3, failed=1, skipped=3),
+    )
+    engine.continue_history("ns/job", found)
+    assert engine.snapshot("ns/job").history.counts == found.counts
+    assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
+    assert engine.version > version, "readers of the job list see the change"
+    # Status counting as many ticks, or fewer, is behind this replica's copy.
+    for behind in (RunCounts(total=7, succeeded=7), RunCounts(total=6, succeeded=6)):
+        engine.continue_history("ns/job", History(last_status=RunStatus.SUCCESS, counts=behind))
+        assert engine.snapshot("ns/job").history.counts == found.counts
+        assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
+    version = engine.version
+    engine.continue_history("ns/job", found, base=found.counts)
+    assert engine.version > version
+
+
+async def test_a_job_suspended_after_registration_stops_ticking_until_resumed(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job))
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    version = engine.version
+    suspended = engine.upsert(spec(job, suspended=True))
+    assert suspended.next_run_time is None
+    assert engine.version > version, "readers of the job list see it suspended"
+    assert engine.next_wakeup is None, "its armed tick is gone with it"
+    await asyncio.sleep(5)
+    assert len(recorder.finished()) == 1
+    resumed = engine.upsert(spec(job))
+    assert resumed.next_run_time is not None
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+
+
+async def test_a_job_rescheduled_to_later_moves_the_timer_with_it(engine: Engine) -> None:
+    first = engine.upsert(spec(lambda ctx: None, every="1s"))
+    assert first.next_run_time is not None
+    assert engine.next_wakeup == first.next_run_time.timestamp()
+    later = engine.upsert(spec(lambda ctx: None, every="1h"))
+    assert later.next_run_time is not None
+    assert engine.next_wakeup == later.next_run_time.timestamp(), "not the old, sooner time"
+
+
+async def test_an_update_to_another_body_runs_the_new_one_on_the_loop(engine: Engine) -> None:
+    recorder = Recorder(engine)
+    ran: list[str] = []
+
+    async def old(ctx: JobContext) -> None:
+        ran.append("old")
+
+    async def new(ctx: JobContext) -> None:
+        ran.append("new")
+
+    engine.upsert(spec(old, every="1h"))
+    engine.upsert(spec(new, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert ran == ["new"]
+
+
+async def test_a_job_registered_again_under_a_new_uid_runs_on(engine: Engine) -> None:
+    # Deleted and created again under the same name while the operator was not watching.
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, uid="first"))
+    engine.upsert(spec(job, uid="second"))
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+
+
+async def test_an_engine_built_without_budgets_has_the_operators_defaults() -> None:
+    settings = Settings()
+    engine = engine_on_loop_clock()
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def hold(ctx: JobContext) -> None:
+        entered.append(ctx.name)
+        await release.wait()
+
+    try:
+        # Manual runs: the budget's worth start, one more is refused.
+        for index in range(settings.max_manual_runs):
+            engine.upsert(spec(hold, f"manual-{index}", every="1h"))
+            engine.trigger(f"ns/manual-{index}")
+        engine.upsert(spec(hold, "one-more", every="1h"))
+        with pytest.raises(TooManyManualRuns):
+            engine.trigger("ns/one-more")
+        # Scheduled runs: as many run at once as the budget allows, one more waits.
+        for index in range(settings.max_concurrent_runs + 1):
+            engine.upsert(spec(hold, f"scheduled-{index}", every="1s"))
+
+        def scheduled() -> int:
+            return sum(1 for name in entered if name.startswith("scheduled-"))
+
+        await recorder.until(lambda: scheduled() == settings.max_concurrent_runs)
+        await asyncio.sleep(0.5)
+        assert scheduled() == settings.max_concurrent_runs, "the one more waits"
+        release.set()
+        # Each job keeps its last run_history_limit outcomes.
+        engine.upsert(spec(lambda ctx: None, "kept", every="1s"))
+        await recorder.until(
+            lambda: len(recorder.finished("ns/kept")) > settings.run_history_limit, within=60
+        )
+        assert len(engine.runs("ns/kept")) == settings.run_history_limit
+    finally:
+        release.set()
+        await engine.shutdown()
+
+
+@pytest.mark.looptime(False)
+async def test_an_engine_built_without_budgets_runs_the_operators_threads_per_job() -> None:
+    engine = Engine(loop_watchdog=False)
+    release = threading.Event()
+
+    def hold(ctx: JobContext) -> None:
+        release.wait(DEADLINE)
+
+    try:
+        engine.upsert(spec(hold, every="1h", concurrency_policy=ConcurrencyPolicy.ALLOW))
+        for _ in range(Settings().threads_per_job):
+            engine.trigger("ns/job")
+        with pytest.raises(JobAlreadyRunning, match="threadsPerJob"):
+            engine.trigger("ns/job")
+    finally:
+        release.set()
+        await engine.shutdown()
+
+
+async def test_an_engine_built_without_budgets_waits_the_operators_shutdown_timeout() -> None:
+    engine = engine_on_loop_clock()
+    recorder = Recorder(engine)
+    never = asyncio.Event()
+
+    async def deaf(ctx: JobContext) -> None:
+        await never.wait()  # does not look at ctx.cancelled
+
+    engine.upsert(spec(deaf, every="1h"))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: bool(recorder.started()))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await engine.shutdown()
+    # On the fake loop clock: how long shutdown waited before it cancelled the run.
+    assert loop.time() - began == pytest.approx(Settings().shutdown_timeout_seconds, abs=0.1)
+    assert recorder.finished()[0].status is RunStatus.FAILURE

@@ -8,12 +8,13 @@ test moves, as :class:`~podcron.ha.servertime.ServerTime` moves an
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from podcron.context import JobContext
-from podcron.engine import Engine
+from podcron.context import JobContext, Trigger
+from podcron.engine import Engine, History, RunStatus
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -100,5 +101,50 @@ async def test_ticks_a_late_timer_passes_over_start_once_and_are_counted_missed(
         following = engine.snapshot("ns/job").next_run_time
         assert following is not None
         assert following.timestamp() == late + 40
+    finally:
+        await engine.shutdown()
+
+
+async def test_a_tick_due_just_as_the_late_timer_fires_is_passed_over_too() -> None:
+    registry = CollectorRegistry()
+    clock = MovableClock()
+    engine = Engine(
+        clock=clock,
+        loop_watchdog=False,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
+    )
+    recorder = Recorder(engine)
+    clock.offset = ORIGIN - asyncio.get_running_loop().time()
+    try:
+        engine.upsert(spec(_job, every="10s"))
+        await recorder.until(lambda: len(recorder.started()) == 1, within=30)
+        # The timer set for ORIGIN + 20 fires when the wall clock reads ORIGIN + 30: that
+        # tick is as late as the ones a longer stall passes over (at or before now).
+        clock.offset += 10
+        await recorder.until(lambda: len(recorder.started()) == 2, within=30)
+        started = [run.scheduled_time.timestamp() for run in recorder.started()]
+        assert started == [ORIGIN + 10, ORIGIN + 20]
+        assert registry.get_sample_value("podcron_ticks_missed_total") == 1
+        following = engine.snapshot("ns/job").next_run_time
+        assert following is not None
+        assert following.timestamp() == ORIGIN + 40
+    finally:
+        await engine.shutdown()
+
+
+async def test_a_missed_tick_exactly_as_late_as_its_starting_deadline_is_caught_up() -> None:
+    clock = MovableClock()
+    engine = Engine(clock=clock, loop_watchdog=False)
+    recorder = Recorder(engine)
+    # Registered 30 s after the tick of ORIGIN, with a 30 s starting deadline.
+    clock.offset = ORIGIN + 30 - asyncio.get_running_loop().time()
+    history = History(
+        last_run_time=datetime.fromtimestamp(ORIGIN - 60, UTC), last_status=RunStatus.SUCCESS
+    )
+    try:
+        engine.upsert(spec(_job, every="60s", starting_deadline_seconds=30), history=history)
+        await recorder.until(lambda: len(recorder.started()) == 1, within=5)
+        (run,) = recorder.started()
+        assert (run.trigger, run.scheduled_time.timestamp()) == (Trigger.CATCH_UP, ORIGIN)
     finally:
         await engine.shutdown()

@@ -8,6 +8,7 @@ and then tells the engine about, as the replica agent does.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -118,7 +119,8 @@ def _the_job(**fields: Any) -> JobSpec:
     # Allow, so that several late ticks all start: what the gate lets through is what starts.
     # Under Forbid and Replace only the newest does (the test after the catch-up tests).
     fields.setdefault("concurrency_policy", ConcurrencyPolicy.ALLOW)
-    return spec(_job, uid=UID, **fields)
+    fields.setdefault("uid", UID)
+    return spec(_job, **fields)
 
 
 async def test_the_engine_listens_to_its_gate_and_asks_by_uid_at_the_tick(setup: Setup) -> None:
@@ -459,3 +461,217 @@ async def test_ticks_a_late_timer_passes_over_are_missed_only_on_the_jobs_owner(
     # Until the late tick was asked about: whatever it missed is counted in that same step.
     await setup.gate.asked_about(UID, 2, within=30)
     assert (setup.counter("podcron_ticks_missed_total") or 0) == missed
+
+
+async def test_a_bound_moving_over_several_jobs_starts_and_counts_each_ones_held_ticks(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned |= {"paused", "forbid", "allow"}
+    gate.fire_bound = setup.clock.wall()
+    # Held in this order: one job's held ticks must not decide what becomes of the next one's.
+    setup.engine.upsert(spec(_job, name="paused", uid="paused"))
+    for name, policy in (("forbid", ConcurrencyPolicy.FORBID), ("allow", ConcurrencyPolicy.ALLOW)):
+        setup.engine.upsert(
+            spec(
+                _job, name=name, uid=name, concurrency_policy=policy, starting_deadline_seconds=2.5
+            )
+        )
+    await asyncio.sleep(5)
+    _t1, _t2, t3, t4, t5 = (tick for key, tick in gate.asked if key == "allow")
+    setup.engine.upsert(spec(_job, name="paused", uid="paused", suspended=True))
+
+    async def dispatched() -> dict[str, list[float]]:
+        await setup.dispatched()
+        return {
+            job: sorted(e.scheduled_time.timestamp() for e in setup.recorder.finished(f"ns/{job}"))
+            for job in ("paused", "forbid", "allow")
+        }
+
+    # 0.25 s after t5, t1 and t2 are older than the 2.5 s allowed; t5 is still held.
+    gate.fire_bound = t4
+    setup.engine.bound_moved()
+    assert await dispatched() == {"paused": [], "forbid": [t4], "allow": [t3, t4]}
+    # Forbid: t1 and t2 too late, t3 passed over for the newer t4; Allow: t1 and t2.
+    assert setup.counter("podcron_ticks_missed_total") == 5
+    setup.engine.bound_moved()
+    assert await dispatched() == {"paused": [], "forbid": [t4], "allow": [t3, t4]}
+    assert setup.counter("podcron_ticks_missed_total") == 5, "held, not missed"
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await dispatched() == {"paused": [], "forbid": [t4, t5], "allow": [t3, t4, t5]}
+    assert setup.counter("podcron_ticks_missed_total") == 5
+
+
+async def test_a_job_deleted_and_created_again_gets_nothing_of_its_predecessor(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned |= {UID, "uid-of-the-new-one"}
+    gate.fire_bound = setup.clock.wall()
+    setup.engine.upsert(_the_job())
+    await asyncio.sleep(2.5)
+    assert len(gate.asked) == 2
+    setup.engine.remove("ns/job")
+    setup.engine.upsert(_the_job(uid="uid-of-the-new-one"))  # the same name, a new object
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [])
+    assert await setup.dispatched() == [], "neither its held ticks nor its gain"
+
+
+async def test_a_gain_lost_before_the_job_is_registered_is_not_applied(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 30)], [])
+    setup.engine.owners_changed([], [UID])
+    setup.engine.upsert(_the_job())
+    assert await setup.dispatched() == []
+    assert setup.counter("podcron_ticks_missed_total") == 0, "not this replica's to miss"
+    assert gate.asked == []
+
+
+async def test_the_rings_first_gain_holds_a_catch_up_above_the_fire_bound(setup: Setup) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    history = History(
+        last_run_time=datetime.fromtimestamp(setup.clock.wall() - 3600, UTC),
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=5),
+    )
+    setup.engine.upsert(_the_job(every="1h", starting_deadline_seconds=3600), history=history)
+    tick = math.floor(setup.clock.wall() / 3600) * 3600
+    gate.fire_bound = tick - 1
+    setup.engine.owners_changed([Gain(UID, start_bound=-math.inf)], [])
+    assert gate.asked == [(UID, tick)]
+    assert await setup.dispatched() == [], "held"
+    assert setup.counter("podcron_ticks_missed_total") == 0
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched(Trigger.CATCH_UP) == [tick]
+
+
+@pytest.mark.parametrize("start_bound", [-math.inf, 0.5], ids=["rings-first", "handed-over"])
+async def test_a_gain_leaves_a_tick_due_but_not_yet_fired_to_the_timer(
+    setup: Setup, start_bound: float
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    wall = setup.clock.wall()
+    history = History(
+        last_run_time=datetime.fromtimestamp(wall - 3600, UTC),
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=5),
+    )
+    setup.engine.upsert(_the_job(starting_deadline_seconds=60), history=history)
+    tick = math.ceil(wall)
+    # The wall clock passes the next tick before the loop's timer for it fires.
+    setup.clock.step(1)
+    setup.engine.owners_changed([Gain(UID, start_bound=start_bound + math.floor(wall))], [])
+    await setup.recorder.until(lambda: bool(setup.recorder.finished()))
+    assert await setup.dispatched() == [tick], "started once, by the timer"
+    assert [e.trigger for e in setup.recorder.finished()] == [Trigger.SCHEDULED]
+
+
+async def test_a_gain_under_forbid_counts_the_late_ticks_and_the_older_due_ones_and_says_so(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    setup.engine.upsert(
+        _the_job(concurrency_policy=ConcurrencyPolicy.FORBID, starting_deadline_seconds=2.5)
+    )
+    await asyncio.sleep(5)
+    ticks = [tick for _, tick in gate.asked]  # all owned elsewhere so far
+    gate.owned.add(UID)
+    with caplog.at_level(logging.WARNING, logger="podcron.engine"):
+        setup.engine.owners_changed([Gain(UID, start_bound=ticks[0] - 0.5)], [])
+        # 0.25 s after the fifth tick: the first two are too late, the third and fourth are
+        # passed over for the newest (Forbid would skip them beside it).
+        assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
+        assert setup.counter("podcron_ticks_missed_total") == 4
+        (warning,) = caplog.records
+        assert warning.getMessage() == (
+            "job ns/job gained: 4 ticks missed, 0 ticks uncertain (maybe started by a fenced "
+            "replica, not run again)"
+        )
+        assert warning.job_id == "ns/job"  # type: ignore[attr-defined]
+        caplog.clear()
+        # Gained again at once: nothing above the new start bound, nothing missed or said.
+        setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall())], [])
+        assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
+        assert setup.counter("podcron_ticks_missed_total") == 4
+        assert caplog.records == []
+
+
+async def test_a_gain_with_missed_and_uncertain_ticks_catches_up_without_metrics() -> None:
+    gate = ScriptedGate()
+    clock = LoopClock()
+    engine = engine_on_loop_clock(clock, gate=gate)  # no metrics to count them in
+    recorder = Recorder(engine)
+    try:
+        await Setup(engine, gate, clock, recorder, CollectorRegistry()).align()
+        engine.upsert(_the_job(starting_deadline_seconds=2.5))
+        await asyncio.sleep(5.5)
+        ticks = [tick for _, tick in gate.asked]
+        bound = ticks[1]
+        gate.owned.add(UID)
+        engine.owners_changed([Gain(UID, start_bound=bound, uncertain_from=bound - 2)], [])
+        # Two uncertain ticks below the bound, one above it too late, the last two started.
+        await recorder.until(lambda: len(recorder.finished()) == 2)
+        assert sorted(e.scheduled_time.timestamp() for e in recorder.finished()) == ticks[3:]
+        assert [e.trigger for e in recorder.finished()] == [Trigger.CATCH_UP] * 2
+    finally:
+        await engine.shutdown()
+
+
+class ExactClock:
+    """A wall clock at a whole second when the test begins, moving with the loop's clock.
+
+    The fake loop clock starts at 0 and moves by the sleeps' exact amounts, so sums with
+    this clock's time are exact: a tick can be exactly as late as its starting deadline.
+    """
+
+    def __init__(self) -> None:
+        self._offset = 1_800_000_000.0 - asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return asyncio.get_running_loop().time() + self._offset
+
+
+async def test_a_held_tick_exactly_as_late_as_its_starting_deadline_still_starts() -> None:
+    gate = ScriptedGate()
+    clock = ExactClock()
+    engine = Engine(clock=clock, gate=gate, loop_watchdog=False)
+    recorder = Recorder(engine)
+    try:
+        gate.owned.add(UID)
+        gate.fire_bound = clock.wall()
+        engine.upsert(_the_job(starting_deadline_seconds=2.5))
+        await asyncio.sleep(3.5)
+        held = [tick for _, tick in gate.asked]
+        assert clock.wall() - held[0] == 2.5
+        gate.fire_bound = float("inf")
+        engine.bound_moved()
+        await recorder.until(lambda: len(recorder.finished()) == 3)
+        assert sorted(e.scheduled_time.timestamp() for e in recorder.finished()) == held
+    finally:
+        await engine.shutdown()
+
+
+async def test_a_job_registered_again_under_a_new_uid_gets_no_gain_of_its_old_one(
+    setup: Setup,
+) -> None:
+    await setup.align()
+    gate = setup.gate
+    gate.owned |= {UID, "uid-of-the-new-one"}
+    setup.engine.upsert(_the_job())
+    # Deleted and created again under the same name while the operator was not watching.
+    setup.engine.upsert(_the_job(uid="uid-of-the-new-one"))
+    setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [])
+    assert await setup.dispatched() == []
+    assert [key for key, _ in gate.asked] == []

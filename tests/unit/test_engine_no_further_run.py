@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext, Trigger
 from podcron.engine import Engine, History, RunStatus
+from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
 
@@ -18,6 +22,16 @@ pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
 # 30 February: valid, as in Kubernetes CronJob, and never comes.
 NO_SUCH_DATE = {"cron": "0 0 30 2 *"}
+
+
+class EndOfTime:
+    """A wall clock that reads ``start`` when the test begins and moves with the loop's."""
+
+    def __init__(self, start: float) -> None:
+        self._offset = start - asyncio.get_running_loop().time()
+
+    def wall(self) -> float:
+        return asyncio.get_running_loop().time() + self._offset
 
 
 @pytest.fixture
@@ -60,3 +74,29 @@ async def test_a_new_schedule_arms_a_job_that_had_no_further_run(engine: Engine)
     snapshot = engine.upsert(spec(job, "later", schedule={"cron": "@hourly"}))
     assert snapshot.next_run_time is not None
     assert snapshot.next_run_time.minute == 0
+
+
+async def test_the_last_tick_before_year_10000_runs_and_leaves_no_next_one() -> None:
+    last_tick = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    registry = CollectorRegistry()
+    engine = Engine(
+        clock=EndOfTime(last_tick - 1.5),
+        loop_watchdog=False,
+        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
+    )
+    recorder = Recorder(engine)
+    try:
+        engine.upsert(spec(job, "last"))
+        await recorder.until(lambda: len(recorder.finished()) == 2)
+        assert [e.scheduled_time.timestamp() for e in recorder.started()] == [
+            last_tick - 1,
+            last_tick,
+        ]
+        assert engine.snapshot("ns/last").next_run_time is None
+        assert engine.next_wakeup is None
+        interval = registry.get_sample_value(
+            "podcron_job_interval_seconds", {"namespace": "ns", "name": "last"}
+        )
+        assert interval is None, "no next tick: no interval"
+    finally:
+        await engine.shutdown()

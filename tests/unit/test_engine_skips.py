@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext, Trigger
-from podcron.engine import ConcurrencyPolicy, Engine, RunStatus
+from podcron.engine import ConcurrencyPolicy, Engine, JobEvent, RunFinished, RunStatus
+from podcron.telemetry.metrics import JobMetrics
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, engine_on_loop_clock, spec
 
@@ -80,3 +84,77 @@ async def test_a_skipped_tick_says_why(engine: Engine, policy: ConcurrencyPolicy
         assert skipped.error == why
     finally:
         release.set()  # else the run that ignores cancellation would hold up shutdown
+
+
+async def test_a_job_removed_by_a_listener_in_mid_tick_leaves_the_jobs_due_after_it_running() -> (
+    None
+):
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def busy(ctx: JobContext) -> None:
+        await release.wait()
+
+    async def quick(ctx: JobContext) -> None:
+        pass
+
+    def remove_on_skip(event: JobEvent) -> None:
+        # Told synchronously of the busy job's skipped tick, while the same tick's batch
+        # still holds the jobs due after it.
+        if isinstance(event, RunFinished) and event.status is RunStatus.SKIPPED:
+            engine.remove("ns/removed")
+
+    engine.add_listener(remove_on_skip)
+    try:
+        engine.upsert(spec(busy, "busy"))  # Forbid: its second tick is skipped
+        engine.upsert(spec(quick, "removed"))
+        engine.upsert(spec(quick, "kept"))
+        await recorder.until(lambda: len(recorder.finished("ns/kept")) >= 3)
+        assert len(recorder.finished("ns/removed")) == 1
+    finally:
+        release.set()
+        await engine.shutdown()
+
+
+class MetricsFailingFor(JobMetrics):
+    """Metrics with a bug that shows for one job: recording its skipped ticks raises."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(CollectorRegistry())
+        self._failing = name
+
+    def run_recorded(self, namespace: str, name: str, **outcome: Any) -> None:
+        if name == self._failing and outcome["status"] is RunStatus.SKIPPED:
+            raise RuntimeError(f"a bug in the metrics of {name}")
+        super().run_recorded(namespace, name, **outcome)
+
+
+async def test_a_tick_whose_dispatch_fails_is_logged_and_the_other_jobs_keep_running(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = engine_on_loop_clock(
+        shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(metrics=MetricsFailingFor("broken"))
+    )
+    recorder = Recorder(engine)
+    release = asyncio.Event()
+
+    async def busy(ctx: JobContext) -> None:
+        await release.wait()
+
+    async def quick(ctx: JobContext) -> None:
+        pass
+
+    try:
+        # Its second tick is skipped (Forbid), and recording the skip raises in dispatch.
+        engine.upsert(spec(busy, "broken"))
+        engine.upsert(spec(quick, "healthy"))
+        with caplog.at_level(logging.ERROR, logger="podcron.engine"):
+            await recorder.until(lambda: len(recorder.finished("ns/healthy")) >= 3)
+        failures = [r for r in caplog.records if r.name == "podcron.engine"]
+        assert failures
+        assert {r.getMessage() for r in failures} == {"dispatching job ns/broken failed"}
+        assert all(r.exc_info is not None and r.exc_info[0] is RuntimeError for r in failures)
+    finally:
+        release.set()
+        await engine.shutdown()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -86,3 +87,21 @@ async def test_without_jobs_there_is_no_watchdog() -> None:
     await asyncio.sleep(0)
     assert engine._watchdog is None
     await engine.shutdown()
+
+
+def _watchdog_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "podcron-watchdog" and t.is_alive()}
+
+
+@pytest.mark.parametrize("watchdog", [True, False])
+async def test_an_engine_starts_one_watchdog_however_many_jobs_and_none_when_told(
+    watchdog: bool,
+) -> None:
+    before = _watchdog_threads()
+    engine = Engine(shutdown_timeout_seconds=1.0, loop_watchdog=watchdog)
+    try:
+        for name in ("a", "b", "c"):
+            engine.upsert(spec(lambda ctx: None, name=name, every="1h"))
+        assert len(_watchdog_threads() - before) == (1 if watchdog else 0)
+    finally:
+        await engine.shutdown()

@@ -423,12 +423,12 @@ class Engine:
             job = self._jobs.get(job_id)
             if job is None:  # removed by a listener of a run dispatched just before
                 continue
-            job.next_due = None
             # Armed before dispatching so that listeners already see the next
-            # run time. Ticks missed while the loop was blocked (or the clock
-            # jumped) are coalesced into this one, not fired as a burst, and
-            # counted as missed. Their count is only looked for when the next
-            # tick is past already: the usual tick costs one next-tick sum.
+            # run time (_arm_at clears the due time just popped first). Ticks
+            # missed while the loop was blocked (or the clock jumped) are
+            # coalesced into this one, not fired as a burst, and counted as
+            # missed. Their count is only looked for when the next tick is past
+            # already: the usual tick costs one next-tick sum.
             schedule, coalesced = job.spec.schedule, 0
             following = schedule.next_timestamp_after(due)
             if following is not None and following <= now:
