@@ -381,21 +381,28 @@ async def test_runs_another_writer_counted_since_a_base_are_added_to_the_jobs_ow
         pass
 
     started = datetime.now(UTC) - timedelta(minutes=5)
-    own = History(last_run_time=started, last_status=RunStatus.SUCCESS, counts=RunCounts(total=5))
+    own = History(
+        last_run_time=started,
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=4, failed=1, skipped=2),
+    )
     engine.upsert(spec(job, every="1h"), history=own)
-    # Status held 3 when this replica last wrote; 2 of its own runs are not written yet,
-    # and the other writer counted 4 since: all 9 are kept, none twice.
+    # Status held 3 runs and 1 skipped tick when this replica last wrote; 2 of its own runs
+    # and 1 skipped tick are not written yet, and the other writer counted 4 runs (2 of them
+    # failures) and 2 skipped ticks since: each counter keeps all of them, none twice.
+    base = RunCounts(total=3, succeeded=2, failed=1, skipped=1)
     found = History(
         last_run_time=started,
         last_status=RunStatus.FAILURE,
-        counts=RunCounts(total=7, failed=4),
+        counts=RunCounts(total=7, succeeded=4, failed=3, skipped=3),
     )
-    engine.continue_history("ns/job", found, base=RunCounts(total=3))
+    engine.continue_history("ns/job", found, base=base)
     history = engine.snapshot("ns/job").history
-    assert history.counts == RunCounts(total=9, failed=4)
+    kept = RunCounts(total=9, succeeded=6, failed=3, skipped=4)
+    assert history.counts == kept
     assert history.last_status is RunStatus.SUCCESS, "its own run of that time is not written"
     # Once its own runs are written, the same start found says more than its own copy.
-    engine.continue_history("ns/job", found, base=RunCounts(total=9, failed=4))
+    engine.continue_history("ns/job", found, base=kept)
     assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
     # A later run found is taken; counters someone lowered take nothing away.
     later = History(
@@ -403,9 +410,9 @@ async def test_runs_another_writer_counted_since_a_base_are_added_to_the_jobs_ow
         last_status=RunStatus.SUCCESS,
         counts=RunCounts(total=1),
     )
-    engine.continue_history("ns/job", later, base=RunCounts(total=9, failed=4))
+    engine.continue_history("ns/job", later, base=kept)
     history = engine.snapshot("ns/job").history
-    assert history.counts == RunCounts(total=9, failed=4)
+    assert history.counts == kept
     assert (history.last_run_time, history.last_status) == (later.last_run_time, RunStatus.SUCCESS)
 
 
