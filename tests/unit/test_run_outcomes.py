@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from podcron.context import JobContext
 from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
 from podcron.engine.runs import TRUNCATED, error_text
+from podcron.runrecord import format_time
 from podcron.telemetry import span_export
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
@@ -358,6 +359,32 @@ async def test_a_runs_deadline_is_its_start_plus_its_timeout_in_utc(engine: Engi
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
 
+async def test_a_manual_runs_body_runs_in_its_callers_trace_and_baggage(engine: Engine) -> None:
+    """A caller's ``baggage`` header (the sidecar passes it on) reaches the job's code."""
+    recorder = Recorder(engine)
+    seen: list[tuple[object, object, int]] = []
+
+    async def job(ctx: JobContext) -> None:
+        seen.append(
+            (
+                baggage.get_baggage("tenant"),
+                baggage.get_baggage("tenant", ctx.trace_context),
+                trace.get_current_span().get_span_context().trace_id,
+            )
+        )
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger(
+        "ns/job",
+        trace_headers={
+            "traceparent": f"00-{TRACE_ID:032x}-00f067aa0ba902b7-01",
+            "baggage": "tenant=acme",
+        },
+    )
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert seen == [("acme", "acme", TRACE_ID)]
+
+
 @pytest.mark.looptime(False)  # a def body runs on a worker thread, on real time
 async def test_a_def_body_runs_in_its_runs_trace_and_leaves_its_thread_without_it(
     caplog: pytest.LogCaptureFixture,
@@ -445,3 +472,44 @@ async def test_a_traced_failure_and_a_skipped_tick_are_recorded_as_what_they_are
         failed.duration_seconds
     )
     assert _duration_exemplars(registry, "job") == [f"{trace_id:032x}"]
+
+
+async def test_a_scheduled_runs_span_names_its_run_and_its_lateness_leads_to_its_trace() -> None:
+    """What a trace backend shows of a run, and the lateness bucket's way to that trace."""
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    registry = CollectorRegistry()
+    telemetry = RunTelemetry(
+        spans=span_export.Pipeline.of(provider, processor), metrics=JobMetrics(registry)
+    )
+    engine = engine_on_loop_clock(telemetry=telemetry)
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"))
+    await recorder.until(lambda: len(recorder.finished()) == 1, within=3600 + 5)
+    await engine.shutdown()
+    provider.shutdown()
+    (started,) = recorder.started()
+    assert recorder.finished()[0].status is RunStatus.SUCCESS
+    (span,) = exported.get_finished_spans()
+    assert span.context is not None
+    assert dict(span.attributes or {}) == {
+        "podcron.job.id": "ns/job",
+        "podcron.job.trigger": "scheduled",
+        "podcron.job.entry_point": "tests:job",
+        "podcron.job.scheduled_time": format_time(started.scheduled_time),
+    }
+    (exemplar,) = [
+        sample.exemplar
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "podcron_job_schedule_lateness_seconds_bucket"
+        and sample.exemplar is not None
+    ]
+    assert exemplar.labels == {"trace_id": f"{span.context.trace_id:032x}"}
+    assert exemplar.value == pytest.approx(started.lateness_seconds, abs=1e-6)
