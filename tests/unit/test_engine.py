@@ -79,6 +79,30 @@ async def test_plain_def_job_runs_in_a_worker_thread(engine: Engine) -> None:
     assert recorder.finished()[0].status is RunStatus.SUCCESS
 
 
+@pytest.mark.looptime(False)  # the plain __call__ runs in a worker thread, on real time
+async def test_a_callable_object_runs_where_its_call_method_says(engine: Engine) -> None:
+    """An object whose ``__call__`` is ``async def`` runs on the loop, else in a thread."""
+    recorder = Recorder(engine)
+    threads: dict[str, str] = {}
+
+    class OnTheLoop:
+        async def __call__(self, ctx: JobContext) -> None:
+            threads[ctx.name] = threading.current_thread().name
+
+    class InAThread:
+        def __call__(self, ctx: JobContext) -> None:
+            threads[ctx.name] = threading.current_thread().name
+
+    engine.upsert(spec(OnTheLoop(), name="loop", every="1h"))
+    engine.upsert(spec(InAThread(), name="thread", every="1h"))
+    engine.trigger("ns/loop")
+    engine.trigger("ns/thread")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    assert threads["loop"] == threading.main_thread().name
+    assert threads["thread"].startswith("podcron-job")
+    assert all(e.status is RunStatus.SUCCESS for e in recorder.finished())
+
+
 async def test_exception_is_a_failure_with_traceback_and_others_keep_running(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
