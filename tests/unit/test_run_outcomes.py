@@ -202,6 +202,51 @@ async def test_a_replaced_run_that_swallows_its_cancellation_is_still_a_failure(
     assert replacement.status is RunStatus.SUCCESS
 
 
+@pytest.mark.parametrize("swallows", [False, True], ids=["stops", "swallows-and-returns"])
+async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
+    caplog: pytest.LogCaptureFixture, swallows: bool
+) -> None:
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    first = True
+
+    async def job(ctx: JobContext) -> None:
+        nonlocal first
+        if first:
+            first = False
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                if not swallows:
+                    raise
+
+    engine.upsert(spec(job, every="1h", concurrency_policy=ConcurrencyPolicy.REPLACE))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    await engine.shutdown()
+    provider.shutdown()
+    replaced = recorder.finished()[0]
+    reason = "Replaced: a newer run started (concurrencyPolicy Replace)"
+    assert (replaced.status, replaced.error) == (RunStatus.FAILURE, reason)
+    replaced_span, replacement_span = exported.get_finished_spans()
+    assert replacement_span.status.status_code is StatusCode.UNSET
+    assert (replaced_span.status.status_code, replaced_span.status.description) == (
+        StatusCode.ERROR,
+        reason,
+    )
+    (event,) = replaced_span.events
+    assert (event.attributes or {})["exception.type"] == "asyncio.exceptions.CancelledError"
+    logged = [r.getMessage() for r in caplog.records if r.name == "podcron.job"]
+    assert logged == [f"run cancelled: {reason}"], "the job's log says why, swallowed or not"
+
+
 async def test_a_job_that_swallows_its_timeout_is_still_timed_out(engine: Engine) -> None:
     recorder = Recorder(engine)
 
