@@ -129,11 +129,14 @@ async def test_a_job_that_raises_cancelled_error_itself_is_a_plain_failure(
 
     engine.upsert(spec(job, every="1h"))
     engine.trigger("ns/job")
+    (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "podcron-run ns/job"]
     await recorder.until(lambda: len(recorder.finished()) == 1)
     finished = recorder.finished()[0]
     assert finished.status is RunStatus.FAILURE
     assert finished.error == "asyncio.exceptions.CancelledError: the job gave up"
     assert engine.snapshot("ns/job").history.counts.succeeded == 0
+    await task  # nobody cancelled the run's task: it ends as any failed run's does
+    assert not task.cancelled()
 
 
 async def test_a_job_awaiting_a_task_someone_else_cancelled_is_a_plain_failure(
