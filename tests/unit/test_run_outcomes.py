@@ -333,15 +333,20 @@ async def test_a_run_without_a_timeout_enters_no_timeout_guard(
 
 
 @pytest.mark.parametrize(
-    ("timeout_seconds", "error", "exception"),
+    ("timeout_seconds", "error", "exception", "swallows"),
     [
-        (None, "ValueError: no such table", "ValueError"),
-        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError"),
+        (None, "ValueError: no such table", "ValueError", False),
+        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError", False),
+        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError", True),
     ],
-    ids=["raised", "timed-out"],
+    ids=["raised", "timed-out", "swallowed-its-timeout"],
 )
-async def test_a_failed_runs_span_says_why_and_carries_the_exception(
-    timeout_seconds: float | None, error: str, exception: str
+async def test_a_failed_runs_span_and_log_say_why_and_carry_the_exception(
+    caplog: pytest.LogCaptureFixture,
+    timeout_seconds: float | None,
+    error: str,
+    exception: str,
+    swallows: bool,
 ) -> None:
     exported = InMemorySpanExporter()
     processor = SimpleSpanProcessor(exported)
@@ -354,7 +359,11 @@ async def test_a_failed_runs_span_says_why_and_carries_the_exception(
     async def job(ctx: JobContext) -> None:
         if timeout_seconds is None:
             raise ValueError("no such table")
-        await asyncio.sleep(3600)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if not swallows:
+                raise
 
     engine.upsert(spec(job, every="1h", timeout_seconds=timeout_seconds))
     engine.trigger("ns/job")
@@ -366,6 +375,10 @@ async def test_a_failed_runs_span_says_why_and_carries_the_exception(
     assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, error)
     (event,) = span.events
     assert (event.name, (event.attributes or {})["exception.type"]) == ("exception", exception)
+    # The job's log line carries the same exception, for its traceback.
+    (line,) = [r for r in caplog.records if r.name == "podcron.job"]
+    assert line.exc_info is not None
+    assert type(line.exc_info[1]).__name__ == exception
 
 
 @pytest.mark.parametrize(
