@@ -555,18 +555,20 @@ async def test_shutdown_interrupts_runs_that_outlive_the_timeout() -> None:
     engine.upsert(spec(polite, name="polite", every="1h"))
     engine.trigger("ns/stubborn")
     engine.trigger("ns/polite")
-    await recorder.until(lambda: len(recorder.started()) == 2)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await engine.shutdown()
-    assert loop.time() - started < 2.0
-    assert polite_done.is_set()
-    outcomes = {e.name: e for e in recorder.finished()}
-    assert outcomes["polite"].status is RunStatus.SUCCESS
-    assert outcomes["stubborn"].status is RunStatus.FAILURE
-    assert outcomes["stubborn"].error is not None
-    assert outcomes["stubborn"].error.startswith("Interrupted")
-    release.set()
+    try:
+        await recorder.until(lambda: len(recorder.started()) == 2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await engine.shutdown()
+        assert loop.time() - started < 2.0
+        assert polite_done.is_set()
+        outcomes = {e.name: e for e in recorder.finished()}
+        assert outcomes["polite"].status is RunStatus.SUCCESS
+        assert outcomes["stubborn"].status is RunStatus.FAILURE
+        assert outcomes["stubborn"].error is not None
+        assert outcomes["stubborn"].error.startswith("Interrupted")
+    finally:
+        release.set()  # else a failing check leaves the stubborn task to hang the loop's close
 
 
 async def test_a_jobs_own_timeout_error_is_a_plain_failure(engine: Engine) -> None:
