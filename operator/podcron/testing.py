@@ -202,6 +202,7 @@ class JobHarness:
                 error = self._timed_out(exception)
             elif self._cancel_reason is not None:  # cancelled, yet returned: still cut short
                 error = self._cancel_reason
+                ctx.log.error("run cancelled: %s", error)
         duration = time.monotonic() - started
         still_running = returned is not None and not await _returns_soon(returned)
         if still_running:

@@ -80,6 +80,30 @@ async def test_plain_def_job_runs_in_a_worker_thread(engine: Engine) -> None:
     assert recorder.finished()[0].status is RunStatus.SUCCESS
 
 
+@pytest.mark.looptime(False)  # the plain __call__ runs in a worker thread, on real time
+async def test_a_callable_object_runs_where_its_call_method_says(engine: Engine) -> None:
+    """An object whose ``__call__`` is ``async def`` runs on the loop, else in a thread."""
+    recorder = Recorder(engine)
+    threads: dict[str, str] = {}
+
+    class OnTheLoop:
+        async def __call__(self, ctx: JobContext) -> None:
+            threads[ctx.name] = threading.current_thread().name
+
+    class InAThread:
+        def __call__(self, ctx: JobContext) -> None:
+            threads[ctx.name] = threading.current_thread().name
+
+    engine.upsert(spec(OnTheLoop(), name="loop", every="1h"))
+    engine.upsert(spec(InAThread(), name="thread", every="1h"))
+    engine.trigger("ns/loop")
+    engine.trigger("ns/thread")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    assert threads["loop"] == threading.main_thread().name
+    assert threads["thread"].startswith("podcron-job")
+    assert all(e.status is RunStatus.SUCCESS for e in recorder.finished())
+
+
 async def test_exception_is_a_failure_with_traceback_and_others_keep_running(
     engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -382,21 +406,28 @@ async def test_runs_another_writer_counted_since_a_base_are_added_to_the_jobs_ow
         pass
 
     started = datetime.now(UTC) - timedelta(minutes=5)
-    own = History(last_run_time=started, last_status=RunStatus.SUCCESS, counts=RunCounts(total=5))
+    own = History(
+        last_run_time=started,
+        last_status=RunStatus.SUCCESS,
+        counts=RunCounts(total=5, succeeded=4, failed=1, skipped=2),
+    )
     engine.upsert(spec(job, every="1h"), history=own)
-    # Status held 3 when this replica last wrote; 2 of its own runs are not written yet,
-    # and the other writer counted 4 since: all 9 are kept, none twice.
+    # Status held 3 runs and 1 skipped tick when this replica last wrote; 2 of its own runs
+    # and 1 skipped tick are not written yet, and the other writer counted 4 runs (2 of them
+    # failures) and 2 skipped ticks since: each counter keeps all of them, none twice.
+    base = RunCounts(total=3, succeeded=2, failed=1, skipped=1)
     found = History(
         last_run_time=started,
         last_status=RunStatus.FAILURE,
-        counts=RunCounts(total=7, failed=4),
+        counts=RunCounts(total=7, succeeded=4, failed=3, skipped=3),
     )
-    engine.continue_history("ns/job", found, base=RunCounts(total=3))
+    engine.continue_history("ns/job", found, base=base)
     history = engine.snapshot("ns/job").history
-    assert history.counts == RunCounts(total=9, failed=4)
+    kept = RunCounts(total=9, succeeded=6, failed=3, skipped=4)
+    assert history.counts == kept
     assert history.last_status is RunStatus.SUCCESS, "its own run of that time is not written"
     # Once its own runs are written, the same start found says more than its own copy.
-    engine.continue_history("ns/job", found, base=RunCounts(total=9, failed=4))
+    engine.continue_history("ns/job", found, base=kept)
     assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
     # A later run found is taken; counters someone lowered take nothing away.
     later = History(
@@ -404,9 +435,9 @@ async def test_runs_another_writer_counted_since_a_base_are_added_to_the_jobs_ow
         last_status=RunStatus.SUCCESS,
         counts=RunCounts(total=1),
     )
-    engine.continue_history("ns/job", later, base=RunCounts(total=9, failed=4))
+    engine.continue_history("ns/job", later, base=kept)
     history = engine.snapshot("ns/job").history
-    assert history.counts == RunCounts(total=9, failed=4)
+    assert history.counts == kept
     assert (history.last_run_time, history.last_status) == (later.last_run_time, RunStatus.SUCCESS)
 
 
@@ -530,18 +561,20 @@ async def test_shutdown_interrupts_runs_that_outlive_the_timeout() -> None:
     engine.upsert(spec(polite, name="polite", every="1h"))
     engine.trigger("ns/stubborn")
     engine.trigger("ns/polite")
-    await recorder.until(lambda: len(recorder.started()) == 2)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    await engine.shutdown()
-    assert loop.time() - started < 2.0
-    assert polite_done.is_set()
-    outcomes = {e.name: e for e in recorder.finished()}
-    assert outcomes["polite"].status is RunStatus.SUCCESS
-    assert outcomes["stubborn"].status is RunStatus.FAILURE
-    assert outcomes["stubborn"].error is not None
-    assert outcomes["stubborn"].error.startswith("Interrupted")
-    release.set()
+    try:
+        await recorder.until(lambda: len(recorder.started()) == 2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await engine.shutdown()
+        assert loop.time() - started < 2.0
+        assert polite_done.is_set()
+        outcomes = {e.name: e for e in recorder.finished()}
+        assert outcomes["polite"].status is RunStatus.SUCCESS
+        assert outcomes["stubborn"].status is RunStatus.FAILURE
+        assert outcomes["stubborn"].error is not None
+        assert outcomes["stubborn"].error.startswith("Interrupted")
+    finally:
+        release.set()  # else a failing check leaves the stubborn task to hang the loop's close
 
 
 async def test_a_jobs_own_timeout_error_is_a_plain_failure(engine: Engine) -> None:

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from podcron.context import JobContext
 from podcron.engine import Engine, RunStatus
 from podcron.errors import ResourceNotDeclared, ResourceTypeMismatch
 from podcron.jobconfig import REDACTED, ConfigSource, Secret
 from podcron.resources import ResourceManager
+from podcron.telemetry import span_export
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 from .engine_support import Recorder, spec
 from .kubelet_volume import KubeletVolume
@@ -138,7 +144,12 @@ async def test_a_job_without_resources_gets_none_and_waits_for_nothing() -> None
 async def test_an_unavailable_resource_fails_the_run_in_one_line_and_others_run_on(
     manager: ResourceManager, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = Engine(shutdown_timeout_seconds=1.0, resources=manager)
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    engine = Engine(shutdown_timeout_seconds=1.0, resources=manager, telemetry=telemetry)
     recorder = Recorder(engine)
     called: list[str] = []
 
@@ -151,17 +162,32 @@ async def test_an_unavailable_resource_fails_the_run_in_one_line_and_others_run_
         await recorder.until(lambda: len(recorder.finished("ns/needs-broken")) >= 2)
         await recorder.until(lambda: len(recorder.finished("ns/needs-db")) >= 2)
     await engine.shutdown()
+    provider.shutdown()
     failed = recorder.finished("ns/needs-broken")
     assert {e.status for e in failed} == {RunStatus.FAILURE}
     assert failed[0].error is not None
     assert failed[0].error.startswith(
         "resource 'broken' is unavailable: ConnectionRefusedError: connect to 127.0.0.1:5432"
     )
+    errors = {e.error for e in failed}
     assert "needs-broken" not in called
     assert called.count("needs-db") >= 2
     lines = [r for r in caplog.records if r.getMessage().startswith("run not started")]
     assert lines
+    assert {r.getMessage() for r in lines} <= {f"run not started: {error}" for error in errors}
     assert all(r.exc_info is None for r in lines)  # not the job's bug: no traceback
+    # Its spans say why, as a failure's would, with the exception that says it.
+    spans = [
+        span
+        for span in exported.get_finished_spans()
+        if (span.attributes or {})["podcron.job.id"] == "ns/needs-broken"
+    ]
+    assert spans
+    for span in spans:
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description in errors
+        (event,) = span.events
+        assert (event.attributes or {})["exception.type"] == "podcron.errors.ResourceUnavailable"
     assert engine.snapshot("ns/needs-broken").history.counts.failed >= 2
 
 

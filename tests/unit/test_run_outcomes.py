@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from podcron.context import JobContext
 from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
 from podcron.engine.runs import TRUNCATED, error_text
+from podcron.runrecord import format_time
 from podcron.telemetry import span_export
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
@@ -128,11 +129,14 @@ async def test_a_job_that_raises_cancelled_error_itself_is_a_plain_failure(
 
     engine.upsert(spec(job, every="1h"))
     engine.trigger("ns/job")
+    (task,) = [t for t in asyncio.all_tasks() if t.get_name() == "podcron-run ns/job"]
     await recorder.until(lambda: len(recorder.finished()) == 1)
     finished = recorder.finished()[0]
     assert finished.status is RunStatus.FAILURE
     assert finished.error == "asyncio.exceptions.CancelledError: the job gave up"
     assert engine.snapshot("ns/job").history.counts.succeeded == 0
+    await task  # nobody cancelled the run's task: it ends as any failed run's does
+    assert not task.cancelled()
 
 
 async def test_a_job_awaiting_a_task_someone_else_cancelled_is_a_plain_failure(
@@ -199,6 +203,51 @@ async def test_a_replaced_run_that_swallows_its_cancellation_is_still_a_failure(
     assert replaced.status is RunStatus.FAILURE
     assert (replaced.error or "").startswith("Replaced")
     assert replacement.status is RunStatus.SUCCESS
+
+
+@pytest.mark.parametrize("swallows", [False, True], ids=["stops", "swallows-and-returns"])
+async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
+    caplog: pytest.LogCaptureFixture, swallows: bool
+) -> None:
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    first = True
+
+    async def job(ctx: JobContext) -> None:
+        nonlocal first
+        if first:
+            first = False
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                if not swallows:
+                    raise
+
+    engine.upsert(spec(job, every="1h", concurrency_policy=ConcurrencyPolicy.REPLACE))
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.started()) == 1)
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    await engine.shutdown()
+    provider.shutdown()
+    replaced = recorder.finished()[0]
+    reason = "Replaced: a newer run started (concurrencyPolicy Replace)"
+    assert (replaced.status, replaced.error) == (RunStatus.FAILURE, reason)
+    replaced_span, replacement_span = exported.get_finished_spans()
+    assert replacement_span.status.status_code is StatusCode.UNSET
+    assert (replaced_span.status.status_code, replaced_span.status.description) == (
+        StatusCode.ERROR,
+        reason,
+    )
+    (event,) = replaced_span.events
+    assert (event.attributes or {})["exception.type"] == "asyncio.exceptions.CancelledError"
+    logged = [r.getMessage() for r in caplog.records if r.name == "podcron.job"]
+    assert logged == [f"run cancelled: {reason}"], "the job's log says why, swallowed or not"
 
 
 async def test_a_job_that_swallows_its_timeout_is_still_timed_out(engine: Engine) -> None:
@@ -284,15 +333,20 @@ async def test_a_run_without_a_timeout_enters_no_timeout_guard(
 
 
 @pytest.mark.parametrize(
-    ("timeout_seconds", "error", "exception"),
+    ("timeout_seconds", "error", "exception", "swallows"),
     [
-        (None, "ValueError: no such table", "ValueError"),
-        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError"),
+        (None, "ValueError: no such table", "ValueError", False),
+        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError", False),
+        (2.0, "TimeoutError: run exceeded 2.0s", "TimeoutError", True),
     ],
-    ids=["raised", "timed-out"],
+    ids=["raised", "timed-out", "swallowed-its-timeout"],
 )
-async def test_a_failed_runs_span_says_why_and_carries_the_exception(
-    timeout_seconds: float | None, error: str, exception: str
+async def test_a_failed_runs_span_and_log_say_why_and_carry_the_exception(
+    caplog: pytest.LogCaptureFixture,
+    timeout_seconds: float | None,
+    error: str,
+    exception: str,
+    swallows: bool,
 ) -> None:
     exported = InMemorySpanExporter()
     processor = SimpleSpanProcessor(exported)
@@ -305,7 +359,11 @@ async def test_a_failed_runs_span_says_why_and_carries_the_exception(
     async def job(ctx: JobContext) -> None:
         if timeout_seconds is None:
             raise ValueError("no such table")
-        await asyncio.sleep(3600)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if not swallows:
+                raise
 
     engine.upsert(spec(job, every="1h", timeout_seconds=timeout_seconds))
     engine.trigger("ns/job")
@@ -317,6 +375,10 @@ async def test_a_failed_runs_span_says_why_and_carries_the_exception(
     assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, error)
     (event,) = span.events
     assert (event.name, (event.attributes or {})["exception.type"]) == ("exception", exception)
+    # The job's log line carries the same exception, for its traceback.
+    (line,) = [r for r in caplog.records if r.name == "podcron.job"]
+    assert line.exc_info is not None
+    assert type(line.exc_info[1]).__name__ == exception
 
 
 @pytest.mark.parametrize(
@@ -356,6 +418,32 @@ async def test_a_runs_deadline_is_its_start_plus_its_timeout_in_utc(engine: Engi
 
 
 TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+
+
+async def test_a_manual_runs_body_runs_in_its_callers_trace_and_baggage(engine: Engine) -> None:
+    """A caller's ``baggage`` header (the sidecar passes it on) reaches the job's code."""
+    recorder = Recorder(engine)
+    seen: list[tuple[object, object, int]] = []
+
+    async def job(ctx: JobContext) -> None:
+        seen.append(
+            (
+                baggage.get_baggage("tenant"),
+                baggage.get_baggage("tenant", ctx.trace_context),
+                trace.get_current_span().get_span_context().trace_id,
+            )
+        )
+
+    engine.upsert(spec(job, every="1h"))
+    engine.trigger(
+        "ns/job",
+        trace_headers={
+            "traceparent": f"00-{TRACE_ID:032x}-00f067aa0ba902b7-01",
+            "baggage": "tenant=acme",
+        },
+    )
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    assert seen == [("acme", "acme", TRACE_ID)]
 
 
 @pytest.mark.looptime(False)  # a def body runs on a worker thread, on real time
@@ -445,3 +533,44 @@ async def test_a_traced_failure_and_a_skipped_tick_are_recorded_as_what_they_are
         failed.duration_seconds
     )
     assert _duration_exemplars(registry, "job") == [f"{trace_id:032x}"]
+
+
+async def test_a_scheduled_runs_span_names_its_run_and_its_lateness_leads_to_its_trace() -> None:
+    """What a trace backend shows of a run, and the lateness bucket's way to that trace."""
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    registry = CollectorRegistry()
+    telemetry = RunTelemetry(
+        spans=span_export.Pipeline.of(provider, processor), metrics=JobMetrics(registry)
+    )
+    engine = engine_on_loop_clock(telemetry=telemetry)
+    recorder = Recorder(engine)
+
+    async def job(ctx: JobContext) -> None:
+        pass
+
+    engine.upsert(spec(job, every="1h"))
+    await recorder.until(lambda: len(recorder.finished()) == 1, within=3600 + 5)
+    await engine.shutdown()
+    provider.shutdown()
+    (started,) = recorder.started()
+    assert recorder.finished()[0].status is RunStatus.SUCCESS
+    (span,) = exported.get_finished_spans()
+    assert span.context is not None
+    assert dict(span.attributes or {}) == {
+        "podcron.job.id": "ns/job",
+        "podcron.job.trigger": "scheduled",
+        "podcron.job.entry_point": "tests:job",
+        "podcron.job.scheduled_time": format_time(started.scheduled_time),
+    }
+    (exemplar,) = [
+        sample.exemplar
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == "podcron_job_schedule_lateness_seconds_bucket"
+        and sample.exemplar is not None
+    ]
+    assert exemplar.labels == {"trace_id": f"{span.context.trace_id:032x}"}
+    assert exemplar.value == pytest.approx(started.lateness_seconds, abs=1e-6)

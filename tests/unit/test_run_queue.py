@@ -89,6 +89,9 @@ async def test_allow_queues_at_most_one_tick_per_job() -> None:
     await recorder.until(lambda: len(recorder.started("ns/hog")) == 1)
     engine.upsert(spec(hog, name="busy", every="1s", concurrency_policy=ConcurrencyPolicy.ALLOW))
     await recorder.until(lambda: recorder.count("busy", RunStatus.SKIPPED) >= 2)
+    assert {e.error for e in recorder.finished("ns/busy")} == {
+        "a run of it still waits for a run slot (concurrencyPolicy Allow)"
+    }
     assert engine.snapshot("ns/busy").running
     assert registry.get_sample_value("podcron_jobs_queued") == 1
     # Manual runs are not held back by the queued tick: they have their own budget.

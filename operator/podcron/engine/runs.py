@@ -184,9 +184,7 @@ async def execute(
             ctx.log.error("run not started: %s", run.error)
         except asyncio.CancelledError as cancelled:
             if run.cancel_reason is not None:
-                run.error = run.cancel_reason
-                record_failure(span, cancelled, description=run.error)
-                ctx.log.error("run cancelled: %s", run.error)
+                run.error = _cancelled(span, ctx, run.cancel_reason, cancelled)
             else:
                 # The job raised it itself, or awaited something that was
                 # cancelled: a failure like any other exception.
@@ -203,8 +201,7 @@ async def execute(
             elif run.cancel_reason is None:
                 run.status = RunStatus.SUCCESS
             else:  # cancelled by the engine, yet returned: still cut short
-                run.error = run.cancel_reason
-                record_failure(span, asyncio.CancelledError(), description=run.error)
+                run.error = _cancelled(span, ctx, run.cancel_reason, asyncio.CancelledError())
 
 
 def _ready(resources: ResourceManager | None, names: tuple[str, ...]) -> RunResources | None:
@@ -223,6 +220,19 @@ def _failed(span: trace.Span, ctx: JobContext, failure: BaseException) -> str:
     record_failure(span, failure, description=error)
     ctx.log.error("run failed: %s", error, exc_info=failure)
     return error
+
+
+def _cancelled(
+    span: trace.Span, ctx: JobContext, reason: str, cancelled: asyncio.CancelledError
+) -> str:
+    """Record the engine's cancellation on the run's span and in its log; return the status text.
+
+    The same whether the body stopped or swallowed the cancellation and returned: either
+    way the job's log says why its run failed.
+    """
+    record_failure(span, cancelled, description=reason)
+    ctx.log.error("run cancelled: %s", reason)
+    return reason
 
 
 def _timed_out(run: ActiveRun, span: trace.Span, ctx: JobContext, timeout: TimeoutError) -> str:
