@@ -8,6 +8,8 @@ test moves, as :class:`~podcron.ha.servertime.ServerTime` moves an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -40,15 +42,26 @@ async def _job(ctx: JobContext) -> None:
     pass
 
 
+@contextlib.asynccontextmanager
+async def _engine_reading(
+    wall: float, registry: CollectorRegistry | None = None
+) -> AsyncIterator[tuple[Engine, MovableClock, Recorder]]:
+    """An engine whose wall clock reads ``wall`` now; metrics into ``registry`` if given."""
+    clock = MovableClock()
+    telemetry = None if registry is None else RunTelemetry(metrics=JobMetrics(registry))
+    engine = Engine(clock=clock, loop_watchdog=False, telemetry=telemetry)
+    clock.offset = wall - asyncio.get_running_loop().time()
+    try:
+        yield engine, clock, Recorder(engine)
+    finally:
+        await engine.shutdown()
+
+
 @pytest.mark.parametrize("moved", [-20.0, 20.0])
 async def test_a_moved_clock_rearms_the_timer_by_the_new_time(moved: float) -> None:
-    clock = MovableClock()
-    engine = Engine(clock=clock, loop_watchdog=False)
-    recorder = Recorder(engine)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    clock.offset = ORIGIN - start
-    try:
+    async with _engine_reading(ORIGIN) as (engine, clock, recorder):
         engine.upsert(spec(_job, every="60s"))
         await asyncio.sleep(10)  # the timer is set for loop time start + 60
         clock.offset += moved
@@ -56,39 +69,23 @@ async def test_a_moved_clock_rearms_the_timer_by_the_new_time(moved: float) -> N
         await recorder.until(lambda: bool(recorder.started()), within=120)
         # Due at wall time ORIGIN + 60, which the moved clock reads at loop time 60 - moved.
         assert loop.time() - start == pytest.approx(60 - moved, abs=0.01)
-    finally:
-        await engine.shutdown()
 
 
 async def test_without_the_call_the_timer_keeps_its_old_deadline() -> None:
     """What clock_moved is for: the timer waits on the loop's clock, blind to the move."""
-    clock = MovableClock()
-    engine = Engine(clock=clock, loop_watchdog=False)
-    recorder = Recorder(engine)
     loop = asyncio.get_running_loop()
     start = loop.time()
-    clock.offset = ORIGIN - start
-    try:
+    async with _engine_reading(ORIGIN) as (engine, clock, recorder):
         engine.upsert(spec(_job, every="60s"))
         await asyncio.sleep(10)
         clock.offset += 20
         await recorder.until(lambda: bool(recorder.started()), within=120)
         assert loop.time() - start == pytest.approx(60, abs=0.01)
-    finally:
-        await engine.shutdown()
 
 
 async def test_ticks_a_late_timer_passes_over_start_once_and_are_counted_missed() -> None:
     registry = CollectorRegistry()
-    clock = MovableClock()
-    engine = Engine(
-        clock=clock,
-        loop_watchdog=False,
-        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
-    )
-    recorder = Recorder(engine)
-    clock.offset = ORIGIN - asyncio.get_running_loop().time()
-    try:
+    async with _engine_reading(ORIGIN, registry) as (engine, clock, recorder):
         engine.upsert(spec(_job, every="10s"))
         await recorder.until(lambda: len(recorder.started()) == 1, within=30)
         # The timer, set for the next tick, fires 35 s late as the wall clock reads it (a
@@ -101,21 +98,11 @@ async def test_ticks_a_late_timer_passes_over_start_once_and_are_counted_missed(
         following = engine.snapshot("ns/job").next_run_time
         assert following is not None
         assert following.timestamp() == late + 40
-    finally:
-        await engine.shutdown()
 
 
 async def test_a_tick_due_just_as_the_late_timer_fires_is_passed_over_too() -> None:
     registry = CollectorRegistry()
-    clock = MovableClock()
-    engine = Engine(
-        clock=clock,
-        loop_watchdog=False,
-        telemetry=RunTelemetry(metrics=JobMetrics(registry)),
-    )
-    recorder = Recorder(engine)
-    clock.offset = ORIGIN - asyncio.get_running_loop().time()
-    try:
+    async with _engine_reading(ORIGIN, registry) as (engine, clock, recorder):
         engine.upsert(spec(_job, every="10s"))
         await recorder.until(lambda: len(recorder.started()) == 1, within=30)
         # The timer set for ORIGIN + 20 fires when the wall clock reads ORIGIN + 30: that
@@ -128,23 +115,15 @@ async def test_a_tick_due_just_as_the_late_timer_fires_is_passed_over_too() -> N
         following = engine.snapshot("ns/job").next_run_time
         assert following is not None
         assert following.timestamp() == ORIGIN + 40
-    finally:
-        await engine.shutdown()
 
 
 async def test_a_missed_tick_exactly_as_late_as_its_starting_deadline_is_caught_up() -> None:
-    clock = MovableClock()
-    engine = Engine(clock=clock, loop_watchdog=False)
-    recorder = Recorder(engine)
-    # Registered 30 s after the tick of ORIGIN, with a 30 s starting deadline.
-    clock.offset = ORIGIN + 30 - asyncio.get_running_loop().time()
     history = History(
         last_run_time=datetime.fromtimestamp(ORIGIN - 60, UTC), last_status=RunStatus.SUCCESS
     )
-    try:
+    # Registered 30 s after the tick of ORIGIN, with a 30 s starting deadline.
+    async with _engine_reading(ORIGIN + 30) as (engine, _clock, recorder):
         engine.upsert(spec(_job, every="60s", starting_deadline_seconds=30), history=history)
         await recorder.until(lambda: len(recorder.started()) == 1, within=5)
         (run,) = recorder.started()
         assert (run.trigger, run.scheduled_time.timestamp()) == (Trigger.CATCH_UP, ORIGIN)
-    finally:
-        await engine.shutdown()
