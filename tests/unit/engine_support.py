@@ -15,9 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
 from podcron.engine import Engine, JobEvent, JobSpec, RunFinished, RunStarted, RunStatus
 from podcron.entrypoints import JobTarget
 from podcron.schedules import parse_schedule
+from podcron.telemetry import span_export
 
 # Each wait below is on an event with this deadline; no test sleeps to hope.
 DEADLINE = 5.0
@@ -117,3 +122,15 @@ def spec(
         schedule=parse_schedule(schedule or {"every": every}),
         **fields,
     )
+
+
+def spans_in_memory() -> tuple[InMemorySpanExporter, span_export.Pipeline]:
+    """A span pipeline that keeps every span it exports, for a test to read back.
+
+    Spans go out as each ends (no batching); shut ``pipeline.provider`` down after.
+    """
+    exported = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exported)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    return exported, span_export.Pipeline.of(provider, processor)

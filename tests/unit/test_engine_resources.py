@@ -15,9 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from podcron.context import JobContext
@@ -25,10 +22,9 @@ from podcron.engine import Engine, RunStatus
 from podcron.errors import ResourceNotDeclared, ResourceTypeMismatch
 from podcron.jobconfig import REDACTED, ConfigSource, Secret
 from podcron.resources import ResourceManager
-from podcron.telemetry import span_export
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import Recorder, spec
+from .engine_support import Recorder, spans_in_memory, spec
 from .kubelet_volume import KubeletVolume
 
 
@@ -144,11 +140,8 @@ async def test_a_job_without_resources_gets_none_and_waits_for_nothing() -> None
 async def test_an_unavailable_resource_fails_the_run_in_one_line_and_others_run_on(
     manager: ResourceManager, caplog: pytest.LogCaptureFixture
 ) -> None:
-    exported = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exported)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    exported, pipeline = spans_in_memory()
+    telemetry = RunTelemetry(spans=pipeline)
     engine = Engine(shutdown_timeout_seconds=1.0, resources=manager, telemetry=telemetry)
     recorder = Recorder(engine)
     called: list[str] = []
@@ -162,7 +155,7 @@ async def test_an_unavailable_resource_fails_the_run_in_one_line_and_others_run_
         await recorder.until(lambda: len(recorder.finished("ns/needs-broken")) >= 2)
         await recorder.until(lambda: len(recorder.finished("ns/needs-db")) >= 2)
     await engine.shutdown()
-    provider.shutdown()
+    pipeline.provider.shutdown()
     failed = recorder.finished("ns/needs-broken")
     assert {e.status for e in failed} == {RunStatus.FAILURE}
     assert failed[0].error is not None

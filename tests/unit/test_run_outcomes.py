@@ -16,9 +16,6 @@ from typing import Any
 
 import pytest
 from opentelemetry import baggage, trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client import CollectorRegistry
 
@@ -26,11 +23,10 @@ from podcron.context import JobContext
 from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
 from podcron.engine.runs import TRUNCATED, error_text
 from podcron.runrecord import format_time
-from podcron.telemetry import span_export
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import Recorder, engine_on_loop_clock, spec
+from .engine_support import Recorder, engine_on_loop_clock, spans_in_memory, spec
 
 # On a fake loop clock (engine_support says how).
 # Slow callbacks and unretrieved task exceptions fail these tests (tests/unit/conftest.py).
@@ -209,11 +205,8 @@ async def test_a_replaced_run_that_swallows_its_cancellation_is_still_a_failure(
 async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
     caplog: pytest.LogCaptureFixture, swallows: bool
 ) -> None:
-    exported = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exported)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    exported, pipeline = spans_in_memory()
+    telemetry = RunTelemetry(spans=pipeline)
     engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
     recorder = Recorder(engine)
     first = True
@@ -234,7 +227,7 @@ async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 2)
     await engine.shutdown()
-    provider.shutdown()
+    pipeline.provider.shutdown()
     replaced = recorder.finished()[0]
     reason = "Replaced: a newer run started (concurrencyPolicy Replace)"
     assert (replaced.status, replaced.error) == (RunStatus.FAILURE, reason)
@@ -348,11 +341,8 @@ async def test_a_failed_runs_span_and_log_say_why_and_carry_the_exception(
     exception: str,
     swallows: bool,
 ) -> None:
-    exported = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exported)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
-    telemetry = RunTelemetry(spans=span_export.Pipeline.of(provider, processor))
+    exported, pipeline = spans_in_memory()
+    telemetry = RunTelemetry(spans=pipeline)
     engine = engine_on_loop_clock(telemetry=telemetry)
     recorder = Recorder(engine)
 
@@ -369,7 +359,7 @@ async def test_a_failed_runs_span_and_log_say_why_and_carry_the_exception(
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 1)
     await engine.shutdown()
-    provider.shutdown()
+    pipeline.provider.shutdown()
     assert recorder.finished()[0].error == error
     (span,) = exported.get_finished_spans()
     assert (span.status.status_code, span.status.description) == (StatusCode.ERROR, error)
@@ -484,14 +474,9 @@ def _duration_exemplars(registry: CollectorRegistry, name: str) -> list[str]:
 
 async def test_a_traced_failure_and_a_skipped_tick_are_recorded_as_what_they_are() -> None:
     """Status, the run history, the events and the metrics: a run and a tick that did not run."""
-    exported = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exported)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
+    exported, pipeline = spans_in_memory()
     registry = CollectorRegistry()
-    telemetry = RunTelemetry(
-        spans=span_export.Pipeline.of(provider, processor), metrics=JobMetrics(registry)
-    )
+    telemetry = RunTelemetry(spans=pipeline, metrics=JobMetrics(registry))
     engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
     recorder = Recorder(engine)
     release = asyncio.Event()
@@ -507,7 +492,7 @@ async def test_a_traced_failure_and_a_skipped_tick_are_recorded_as_what_they_are
     release.set()
     await recorder.until(lambda: recorder.count("job", RunStatus.FAILURE) == 1)
     await engine.shutdown()
-    provider.shutdown()
+    pipeline.provider.shutdown()
     (span,) = exported.get_finished_spans()
     assert span.context is not None
     trace_id = span.context.trace_id
@@ -537,14 +522,9 @@ async def test_a_traced_failure_and_a_skipped_tick_are_recorded_as_what_they_are
 
 async def test_a_scheduled_runs_span_names_its_run_and_its_lateness_leads_to_its_trace() -> None:
     """What a trace backend shows of a run, and the lateness bucket's way to that trace."""
-    exported = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(exported)
-    provider = TracerProvider()
-    provider.add_span_processor(processor)
+    exported, pipeline = spans_in_memory()
     registry = CollectorRegistry()
-    telemetry = RunTelemetry(
-        spans=span_export.Pipeline.of(provider, processor), metrics=JobMetrics(registry)
-    )
+    telemetry = RunTelemetry(spans=pipeline, metrics=JobMetrics(registry))
     engine = engine_on_loop_clock(telemetry=telemetry)
     recorder = Recorder(engine)
 
@@ -554,7 +534,7 @@ async def test_a_scheduled_runs_span_names_its_run_and_its_lateness_leads_to_its
     engine.upsert(spec(job, every="1h"))
     await recorder.until(lambda: len(recorder.finished()) == 1, within=3600 + 5)
     await engine.shutdown()
-    provider.shutdown()
+    pipeline.provider.shutdown()
     (started,) = recorder.started()
     assert recorder.finished()[0].status is RunStatus.SUCCESS
     (span,) = exported.get_finished_spans()
