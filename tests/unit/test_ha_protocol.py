@@ -13,6 +13,7 @@ from podcron.ha.protocol import (
     FIRE_BOUND,
     HANDOVER_BOUND,
     HANDOVER_EPOCH,
+    HANDOVER_FROM,
     MEMBERS,
     OWNED_BOUND,
     PREVIOUS_MEMBERS,
@@ -46,6 +47,7 @@ def member(identity: str, **fields: object) -> LeaseRecord:
         "settled": EPOCH,
         "handover_epoch": HANDOVER_EPOCH,
         "handover_bound": HANDOVER_BOUND,
+        "handover_from": HANDOVER_FROM,
         "owned_bound": OWNED_BOUND,
     }
     annotations = {names[k]: str(v) for k, v in fields.items() if k in names}
@@ -74,6 +76,15 @@ class TestStartBound:
         p = member("p", fire_bound=130, handover_epoch=5, handover_bound=110, settled=4)
         assert self.bound(p) == Bound(110.0)
 
+    def test_ticks_between_the_last_started_and_a_handover_bound_above_it_are_uncertain(
+        self,
+    ) -> None:
+        # One job it handed over had a start bound (110) above the last tick it started (104).
+        p = member("p", handover_epoch=5, handover_bound=110, handover_from=104, settled=4)
+        assert self.bound(p) == Bound(110.0, 104.0)
+        even = member("p", handover_epoch=5, handover_bound=110, handover_from=110, settled=4)
+        assert self.bound(even) == Bound(110.0)
+
     def test_a_predecessor_that_has_not_handed_over_yet_leaves_it_unknown(self) -> None:
         assert self.bound(member("p", fire_bound=130, handover_epoch=4, settled=4)) is None
         assert start_bound(None, 5, snapshot(), PARAMS) is None
@@ -89,6 +100,10 @@ class TestStartBound:
         # q handed over a bucket p gained but had not learnt the bound of: q's bound counts.
         q = member("q", fire_bound=170, handover_epoch=4, handover_bound=140, settled=4)
         assert self.bound(p, q) == Bound(140.0, 128.0)
+        # r was fenced before p: p may have waited for r's bound, started nothing, and r
+        # stopped Λ below its own fire bound.
+        r = member("r", fire_bound=120, settled=3, fenced=True)
+        assert self.bound(p, q, r) == Bound(140.0, 118.0)
 
     def test_a_released_predecessor_gives_its_handover_bound_with_nothing_uncertain(self) -> None:
         p = member(
@@ -149,6 +164,7 @@ class TestMember:
         assert changes.lost
         assert m.handover_bound == 101.0
         assert m.annotations(101.0)[HANDOVER_EPOCH] == "2"
+        assert m.annotations(101.0)[HANDOVER_FROM] == "101.0"
 
     def test_a_fenced_lease_fences_the_member_for_good(self) -> None:
         m = self.adopted()

@@ -28,6 +28,8 @@ FIRE_BOUND = _P + "fire-bound"
 EPOCH = _P + "epoch"
 HANDOVER_EPOCH = _P + "handover-epoch"
 HANDOVER_BOUND = _P + "handover-bound"
+#: The highest tick the member started of the jobs it last handed over (or released).
+HANDOVER_FROM = _P + "handover-from"
 #: The highest start bound the member has learnt (of the jobs it owns or owned).
 OWNED_BOUND = _P + "owned-bound"
 FENCED = _P + "fenced"
@@ -83,10 +85,16 @@ class MemberView:
     settled_epoch: int
     handover_epoch: int
     handover_bound: float
+    handover_from: float
     owned_bound: float
     fenced: bool
     released: bool
     endpoint: str
+
+    @property
+    def certain(self) -> float:
+        """Every tick of the jobs it handed over last, up to this, was started (by it or before)."""
+        return self.handover_from if math.isfinite(self.handover_from) else self.handover_bound
 
     @property
     def gone(self) -> bool:
@@ -103,6 +111,7 @@ class MemberView:
             settled_epoch=_int(a, EPOCH),
             handover_epoch=_int(a, HANDOVER_EPOCH),
             handover_bound=_float(a, HANDOVER_BOUND),
+            handover_from=_float(a, HANDOVER_FROM),
             owned_bound=_float(a, OWNED_BOUND),
             fenced=a.get(FENCED) == "true",
             released=a.get(RELEASED) == "true",
@@ -167,6 +176,25 @@ class Snapshot:
             default=-math.inf,
         )
 
+    def certain_below(self, handed_over_in: int, params: Params) -> float | None:
+        """Every tick at or below this was started, of whichever job a floor covers; None: -inf.
+
+        A start bound that falls back on the floor does not say which member last
+        started the job's ticks: a predecessor that had not settled may have waited
+        on a member that died before handing over, and started nothing itself. So
+        the ticks from the lowest point any of them certainly reached are
+        uncertain: Λ below a fenced member's frozen fire bound (it renewed then),
+        and the :attr:`MemberView.certain` point of a released member and of one
+        which handed over in epoch ``handed_over_in`` or later.
+        """
+        lows = [v.fire_bound - params.fire_ahead for v in self.members.values() if v.fenced]
+        lows += [
+            v.certain
+            for v in self.members.values()
+            if v.released or v.handover_epoch >= handed_over_in
+        ]
+        return min((x for x in lows if math.isfinite(x)), default=None)
+
 
 @dataclass(frozen=True, slots=True)
 class Bound:
@@ -174,6 +202,16 @@ class Bound:
 
     start: float
     uncertain_from: float | None = None
+
+    @classmethod
+    def handed_over(cls, start: float, certain: float) -> Bound:
+        """Above ``certain`` up to ``start``: ticks the predecessor left to nobody.
+
+        Its handover bound is the highest of every job it handed over: when one of
+        them had a start bound above its last tick (gained from a fenced replica
+        whose clock ran ahead), the other jobs' ticks in between started nowhere.
+        """
+        return cls(start, certain if math.isfinite(certain) and certain < start else None)
 
 
 def start_bound(
@@ -189,18 +227,20 @@ def start_bound(
         return None
     p = predecessor
     if p.handover_epoch >= gained_in:
-        return Bound(p.handover_bound)
-    settled = p.settled_epoch >= gained_in - 1
-    if p.released:
-        if settled:
-            return Bound(max(p.handover_bound, p.owned_bound))
-        start = max(p.handover_bound, snapshot.floor())
-        return Bound(start, p.handover_bound if start > p.handover_bound else None)
+        return Bound.handed_over(p.handover_bound, p.certain)
+    if not p.gone:
+        return None
+    if p.settled_epoch >= gained_in - 1:
+        if p.released:
+            return Bound.handed_over(max(p.handover_bound, p.owned_bound), p.certain)
+        return Bound(
+            max(p.fire_bound, p.owned_bound, p.handover_bound), p.fire_bound - params.fire_ahead
+        )
+    # Not settled: the floor, and the ticks under it since the lowest certain point.
+    start = max(p.handover_bound, p.owned_bound, snapshot.floor())
     if p.fenced:
-        known = max(p.fire_bound, p.owned_bound, p.handover_bound)
-        start = known if settled else max(known, snapshot.floor())
-        return Bound(start, p.fire_bound - params.fire_ahead)
-    return None
+        start = max(start, p.fire_bound)
+    return Bound(start, snapshot.certain_below(gained_in - 1, params))
 
 
 class MemberState(enum.Enum):
@@ -242,6 +282,7 @@ class Member:
         self.assignment = Assignment(())
         self.handover_epoch = 0
         self.handover_bound = -math.inf
+        self.handover_from = -math.inf
         self.settled_epoch = 0
         self.owned_bound = -math.inf
         self._owned = bytearray(BUCKETS)
@@ -288,6 +329,7 @@ class Member:
             EPOCH: str(self.settled_epoch),
             HANDOVER_EPOCH: str(self.handover_epoch),
             HANDOVER_BOUND: repr(self.handover_bound),
+            HANDOVER_FROM: repr(self.handover_from),
             OWNED_BOUND: repr(self.owned_bound),
         }
         if self.endpoint:
@@ -341,7 +383,20 @@ class Member:
             known = self._bound[b] if self._bound[b] != math.inf else -math.inf
             self.handover_bound = max(self.handover_bound, self._started[b], known)
         self.handover_bound = max(self.handover_bound, self.owned_bound)
+        self.handover_from = self._handed_over_from(lost)
         return lost
+
+    def _handed_over_from(self, lost: list[int]) -> float:
+        """Where the ticks of the jobs in ``lost`` stop being certainly started.
+
+        The highest tick started of them: each started every tick due up to then
+        (lateness aside). When none started here, the lowest of their start bounds.
+        """
+        started = max((self._started[b] for b in lost), default=-math.inf)
+        if math.isfinite(started):
+            return started
+        bounds = (self._bound[b] for b in lost if math.isfinite(self._bound[b]))
+        return min(bounds, default=-math.inf)
 
     # -- observing the ring ----------------------------------------------------------
 
@@ -381,6 +436,8 @@ class Member:
         new = assignment(published.members)
         previous = assignment(published.previous)
         me = self.identity
+        lost = [b for b in range(BUCKETS) if self._owned[b] and new.owner_of_bucket(b) != me]
+        self.handover_from = self._handed_over_from(lost)
         for b in range(BUCKETS):
             owned = self._owned[b]
             owner = new.owner_of_bucket(b) == me
