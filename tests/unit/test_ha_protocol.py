@@ -8,6 +8,7 @@ import pytest
 
 from podcron.engine.gate import Verdict
 from podcron.ha.protocol import (
+    ACKED_BOUND,
     EPOCH,
     FENCED,
     FIRE_BOUND,
@@ -44,6 +45,7 @@ _versions = iter(range(1, 1_000_000))
 def member(identity: str, **fields: object) -> LeaseRecord:
     names = {
         "fire_bound": FIRE_BOUND,
+        "acked_bound": ACKED_BOUND,
         "settled": EPOCH,
         "handover_epoch": HANDOVER_EPOCH,
         "handover_bound": HANDOVER_BOUND,
@@ -94,6 +96,9 @@ class TestStartBound:
     ) -> None:
         p = member("p", fire_bound=130, handover_bound=90, owned_bound=80, settled=4, fenced=True)
         assert self.bound(p) == Bound(130.0, 128.0)
+        # Its last renewal came 5 s after the one before: ticks above 127 waited for it.
+        late = member("p", fire_bound=130, acked_bound=125, settled=4, fenced=True)
+        assert self.bound(late) == Bound(130.0, 125.0)
 
     def test_a_fenced_predecessor_that_had_not_settled_falls_back_on_the_floor(self) -> None:
         p = member("p", fire_bound=130, settled=3, fenced=True)
@@ -128,6 +133,12 @@ class TestMember:
         assert m.annotations(100.0)[FIRE_BOUND] == "102.0"
         assert m.annotations(50.0)[FIRE_BOUND] == "102.0"
         assert m.annotations(101.0)[FIRE_BOUND] == "103.0"
+
+    def test_a_renewal_says_which_fire_bound_was_acknowledged_when_it_was_sent(self) -> None:
+        m = Member("a", PARAMS)
+        assert m.annotations(100.0)[ACKED_BOUND] == "-inf"
+        m.acknowledged(member("a", fire_bound=102))
+        assert m.annotations(105.0)[ACKED_BOUND] == "102.0"
 
     def test_the_firing_rule(self) -> None:
         m = self.adopted()
@@ -207,7 +218,7 @@ class TestCoordinate:
     def decide(self, *records: LeaseRecord, now: float = 0.0, seen: float = 0.0) -> list[object]:
         view = snapshot(*records)
         staleness = Staleness()
-        staleness.observe(view, seen)
+        staleness.observe(view, seen, 0.0, PARAMS)
         return list(coordinate("a", view, staleness, now, PARAMS))
 
     def test_the_first_member_creates_the_first_epoch(self) -> None:
@@ -228,6 +239,26 @@ class TestCoordinate:
         assert self.decide(member("a", settled=1), b, coordinator, now=5.9) == []
         actions = self.decide(member("a", settled=1), b, coordinator, now=6.0)
         assert actions == [Fence(b), WriteEpoch(coordinator, "a", 2, ("a",), ("a", "b"))]
+
+    def test_a_lease_first_seen_long_after_its_renewal_is_fenced_after_half_of_l(self) -> None:
+        # b renewed at 100 (fire bound 102) and died; this replica first reads it at 130.
+        dead = snapshot(member("b", fire_bound=102, settled=1), member("a", settled=1))
+        staleness = Staleness()
+        staleness.observe(dead, 0.0, 130.0, PARAMS)
+        assert not staleness.stale("b", 2.9, PARAMS.fence_after)
+        assert staleness.stale("b", 3.0, PARAMS.fence_after)
+        # A renewal 0.4 s ago counts as 0.4 s; a fire bound from a clock ahead counts as none.
+        fresh = snapshot(member("b", fire_bound=102, settled=1))
+        staleness = Staleness()
+        staleness.observe(fresh, 0.0, 100.4, PARAMS)
+        assert not staleness.stale("b", 5.5, PARAMS.fence_after)
+        assert staleness.stale("b", 5.6, PARAMS.fence_after)
+        staleness = Staleness()
+        staleness.observe(fresh, 0.0, 90.0, PARAMS)
+        assert not staleness.stale("b", 5.9, PARAMS.fence_after)
+        # A Lease that moved is fresh again, however old its fire bound looks.
+        staleness.observe(snapshot(member("b", fire_bound=102, settled=1)), 1.0, 130.0, PARAMS)
+        assert not staleness.stale("b", 6.9, PARAMS.fence_after)
 
     def test_no_epoch_before_every_member_settled_the_last(self) -> None:
         coordinator = epoch(2, "a,b", "a")

@@ -234,7 +234,7 @@ class Agent:
             return
         snapshot = Snapshot.parse(records, self.ring)
         self.snapshot = snapshot
-        self._staleness.observe(snapshot, self._monotonic())
+        self._staleness.observe(snapshot, self._monotonic(), self._wall(), self.params)
         changes = self.member.observe(snapshot)
         if self.member.state is MemberState.FENCED:
             self._fenced(changes.lost)

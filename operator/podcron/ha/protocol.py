@@ -24,6 +24,8 @@ _P = "podcron.dev/"
 #: The label every Lease of a ring carries; its value is the ring's name.
 RING_LABEL = _P + "ring"
 FIRE_BOUND = _P + "fire-bound"
+#: The fire bound acknowledged when the renewal was sent: the member could start no tick above.
+ACKED_BOUND = _P + "acked-bound"
 #: The last epoch the member has settled: adopted, and every start bound of its jobs known.
 EPOCH = _P + "epoch"
 HANDOVER_EPOCH = _P + "handover-epoch"
@@ -82,6 +84,7 @@ class MemberView:
     record: LeaseRecord
     identity: str
     fire_bound: float
+    acked_bound: float
     settled_epoch: int
     handover_epoch: int
     handover_bound: float
@@ -90,6 +93,14 @@ class MemberView:
     fenced: bool
     released: bool
     endpoint: str
+
+    def stopped(self, params: Params) -> float:
+        """A fenced member started every tick due up to this: its last renewal, Λ below W.
+
+        Unless its acknowledged bound was lower then (renewals that failed or came
+        late): the ticks above that one waited for an acknowledgement.
+        """
+        return min(self.fire_bound - params.fire_ahead, self.acked_bound)
 
     @property
     def certain(self) -> float:
@@ -108,6 +119,7 @@ class MemberView:
             record=record,
             identity=record.name.removeprefix(MEMBER_PREFIX),
             fire_bound=_float(a, FIRE_BOUND),
+            acked_bound=float(a.get(ACKED_BOUND, "inf")),
             settled_epoch=_int(a, EPOCH),
             handover_epoch=_int(a, HANDOVER_EPOCH),
             handover_bound=_float(a, HANDOVER_BOUND),
@@ -176,23 +188,24 @@ class Snapshot:
             default=-math.inf,
         )
 
-    def certain_below(self, handed_over_in: int, params: Params) -> float | None:
+    def certain_below(self, since: int, handed_over_in: int, params: Params) -> float | None:
         """Every tick at or below this was started, of whichever job a floor covers; None: -inf.
 
         A start bound that falls back on the floor does not say which member last
         started the job's ticks: a predecessor that had not settled may have waited
-        on a member that died before handing over, and started nothing itself. So
-        the ticks from the lowest point any of them certainly reached are
-        uncertain: Λ below a fenced member's frozen fire bound (it renewed then),
-        and the :attr:`MemberView.certain` point of a released member and of one
-        which handed over in epoch ``handed_over_in`` or later.
+        on a member that died before handing over, and started none itself. So the
+        ticks from the lowest point any of them certainly reached are uncertain:
+        Λ below a fenced member's frozen fire bound (it renewed then), and the
+        :attr:`MemberView.certain` point of a released member and of one which
+        handed over in epoch ``handed_over_in`` or later. Only members still there
+        after epoch ``since`` (the last the predecessor settled) count: one gone
+        before it was not anybody's predecessor since.
         """
-        lows = [v.fire_bound - params.fire_ahead for v in self.members.values() if v.fenced]
-        lows += [
-            v.certain
-            for v in self.members.values()
-            if v.released or v.handover_epoch >= handed_over_in
+        recent = [
+            v for v in self.members.values() if v.settled_epoch >= since or v.handover_epoch > since
         ]
+        lows = [v.stopped(params) for v in recent if v.fenced]
+        lows += [v.certain for v in recent if v.released or v.handover_epoch >= handed_over_in]
         return min((x for x in lows if math.isfinite(x)), default=None)
 
 
@@ -233,14 +246,12 @@ def start_bound(
     if p.settled_epoch >= gained_in - 1:
         if p.released:
             return Bound.handed_over(max(p.handover_bound, p.owned_bound), p.certain)
-        return Bound(
-            max(p.fire_bound, p.owned_bound, p.handover_bound), p.fire_bound - params.fire_ahead
-        )
+        return Bound(max(p.fire_bound, p.owned_bound, p.handover_bound), p.stopped(params))
     # Not settled: the floor, and the ticks under it since the lowest certain point.
     start = max(p.handover_bound, p.owned_bound, snapshot.floor())
     if p.fenced:
         start = max(start, p.fire_bound)
-    return Bound(start, snapshot.certain_below(gained_in - 1, params))
+    return Bound(start, snapshot.certain_below(p.settled_epoch, gained_in - 1, params))
 
 
 class MemberState(enum.Enum):
@@ -326,6 +337,7 @@ class Member:
             self._w_sent = max(self._w_sent, now + self.params.fire_ahead, self.w_acked)
         written = {
             FIRE_BOUND: repr(max(self._w_sent, self.w_acked)),
+            ACKED_BOUND: repr(self.w_acked),
             EPOCH: str(self.settled_epoch),
             HANDOVER_EPOCH: str(self.handover_epoch),
             HANDOVER_BOUND: repr(self.handover_bound),
@@ -486,12 +498,28 @@ class Staleness:
     def __init__(self) -> None:
         self._seen: dict[str, tuple[str, float]] = {}
 
-    def observe(self, snapshot: Snapshot, monotonic: float) -> None:
+    def observe(self, snapshot: Snapshot, monotonic: float, wall: float, params: Params) -> None:
+        """Note the Leases that moved; one seen for the first time may be counted as older.
+
+        A replica that starts after a member died would otherwise wait the whole
+        L from its first read (up to twice L for a dead coordinator). The Lease's
+        fire bound says when it was last renewed, Λ before it, on its writer's
+        clock: that age counts, up to L/2. So it still has to stay unchanged for
+        L/2 on this replica's own clock, which a live member renewing every R
+        never does, however wrong either clock is.
+        """
         seen: dict[str, tuple[str, float]] = {}
         for identity, view in snapshot.members.items():
             version = view.record.resource_version
             before = self._seen.get(identity)
-            seen[identity] = before if before and before[0] == version else (version, monotonic)
+            if before is not None and before[0] == version:
+                seen[identity] = before
+            elif before is None and math.isfinite(view.fire_bound):
+                age = wall - (view.fire_bound - params.fire_ahead)
+                credit = min(max(age, 0.0), params.fence_after / 2)
+                seen[identity] = (version, monotonic - credit)
+            else:
+                seen[identity] = (version, monotonic)
         self._seen = seen
 
     def stale(self, identity: str, monotonic: float, after: float) -> bool:
