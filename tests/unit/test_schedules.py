@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -1062,3 +1062,88 @@ def test_constructors_validate(build: Callable[[], Schedule], field: str) -> Non
         build()
     assert isinstance(caught.value, InvalidSchedule | UnknownTimeZone)
     assert caught.value.field == field
+
+
+# Each refusal as the user reads it (status condition, Event, `podcron validate`): the field,
+# what is wrong, and the value given, in one line.
+REFUSALS: list[tuple[Callable[[], object], str]] = [
+    (lambda: parse_duration("10"),
+     'spec.schedule.every: must be a duration such as "30s", "1m30s" or "500ms" (units ms s m h)'
+     " (got '10')"),
+    (lambda: parse_duration("99999999h"),
+     "spec.schedule.every: is too long (at most about 292 years) (got '99999999h')"),
+    (lambda: parse_schedule({"daily": {"at": "2:30"}}),
+     "spec.schedule.daily.at: must be a time \"HH:MM\" from 00:00 to 23:59 (got '2:30')"),
+    (lambda: parse_schedule({"daily": {"at": 930}}),
+     'spec.schedule.daily.at: must be a time "HH:MM" from 00:00 to 23:59 (got 930)'),
+    (lambda: parse_schedule({"hourly": {"minute": 60}}),
+     "spec.schedule.hourly.minute: must be a whole number from 0 to 59 (got 60)"),
+    (lambda: parse_schedule({"weekly": {"day": "Funday", "at": "09:00"}}),
+     "spec.schedule.weekly.day: must be a day name, Monday to Sunday (got 'Funday')"),
+    (lambda: parse_schedule({"weekly": {"day": 5, "at": "09:00"}}),
+     "spec.schedule.weekly.day: must be a day name, Monday to Sunday (got 5)"),
+    (lambda: parse_schedule({"monthly": {"day": 32, "at": "00:00"}}),
+     "spec.schedule.monthly.day: must be a day of the month from 1 to 31, or -1 for the last"
+     " day (got 32)"),
+    (lambda: parse_schedule({"hourly": 15}),
+     "spec.schedule.hourly: must be an object with minute (got 15)"),
+    (lambda: parse_schedule({"weekly": 15}),
+     "spec.schedule.weekly: must be an object with day, at (got 15)"),
+    (lambda: parse_schedule({"daily": {"at": "02:30", "minute": 5}}),
+     "spec.schedule.daily.minute: unknown field (got 5)"),
+    (lambda: parse_schedule({"monthly": {"day": 1}}),
+     "spec.schedule.monthly.at: is required (got None)"),
+    (lambda: Every(interval="30s", time_zone="UTC"),  # type: ignore[arg-type]
+     "spec.schedule.every: must be a duration (got '30s')"),
+    (lambda: Every(interval=timedelta(microseconds=1_500_500), time_zone="UTC"),
+     "spec.schedule.every: must be whole milliseconds"
+     " (got datetime.timedelta(seconds=1, microseconds=500500))"),
+    (lambda: Every(interval=timedelta(milliseconds=9_223_372_036_855), time_zone="UTC"),
+     "spec.schedule.every: is too long (at most about 292 years) (got '2562047h47m16s855ms')"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("refused", "message"), REFUSALS, ids=[m for _, m in REFUSALS])
+def test_a_refusal_names_the_field_the_problem_and_the_value(
+    refused: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(InvalidSchedule) as caught:
+        refused()
+    assert str(caught.value) == message
+
+
+def test_the_longest_duration_is_accepted() -> None:
+    longest = timedelta(milliseconds=9_223_372_036_854)
+    assert parse_duration("2562047h47m16s854ms") == longest
+    assert Every(interval=longest, time_zone="UTC").interval == longest
+
+
+def test_a_monthly_schedule_keeps_its_zone() -> None:
+    schedule = parse_schedule({"monthly": {"day": 1, "at": "00:00"}}, time_zone="Europe/Berlin")
+    assert schedule.time_zone == "Europe/Berlin"
+
+
+def test_a_now_whose_zone_gives_no_offset_is_refused() -> None:
+    class NoOffset(tzinfo):
+        def utcoffset(self, dt: datetime | None) -> timedelta | None:
+            return None
+
+        def dst(self, dt: datetime | None) -> timedelta | None:
+            return None
+
+        def tzname(self, dt: datetime | None) -> str | None:
+            return None
+
+    with pytest.raises(ValueError, match="aware"):
+        parse_schedule({"every": "30s"}).next_after(datetime(2026, 1, 1, tzinfo=NoOffset()))
+
+
+def test_a_schedule_without_a_next_tick_has_no_next_timestamp() -> None:
+    assert parse_schedule({"cron": "0 0 30 2 *"}).next_timestamp_after(0.0) is None
+
+
+def test_a_dotted_capital_i_in_a_day_name_reads_as_go_reads_it() -> None:
+    # Go lower-cases U+0130 to "i" (one rune); Python's lower() would give two.
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    friday = parse_schedule({"cron": "0 0 * * FR\u0130"}).next_after(now)
+    assert friday == parse_schedule({"cron": "0 0 * * FRI"}).next_after(now) == utc("2026-01-02")
