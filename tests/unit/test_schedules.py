@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from importlib import resources
@@ -31,7 +32,7 @@ from podcron.schedules import (
     parse_duration,
     parse_schedule,
 )
-from podcron.schedules.zones import time_zone
+from podcron.schedules.zones import instant, time_zone
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MICROSECOND = timedelta(microseconds=1)
@@ -1147,3 +1148,24 @@ def test_a_dotted_capital_i_in_a_day_name_reads_as_go_reads_it() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     friday = parse_schedule({"cron": "0 0 * * FR\u0130"}).next_after(now)
     assert friday == parse_schedule({"cron": "0 0 * * FRI"}).next_after(now) == utc("2026-01-02")
+
+
+def test_a_monthly_schedule_asked_in_january_before_its_day_goes_back_to_december() -> None:
+    schedule = parse_schedule({"monthly": {"day": 15, "at": "00:00"}})
+    assert schedule.last_at_or_before(utc("2026-01-10")) == utc("2025-12-15")
+
+
+def test_a_wall_time_in_a_gap_does_not_depend_on_the_machine_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 02:30 does not exist in Berlin on 29 March 2026: it runs when the gap ends, 01:00 UTC,
+    # whatever zone the machine itself is set to.
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert instant(time_zone("Europe/Berlin"), datetime(2026, 3, 29, 2, 30)) == utc(
+            "2026-03-29T01:00:00"
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
