@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
+from podcron.config import Settings
 from podcron.context import JobContext
 from podcron.engine import (
     ABANDON_AFTER_SECONDS,
@@ -239,3 +240,13 @@ async def test_a_thread_that_outlives_shutdown_is_not_abandoned(release: threadi
             lambda: bool(recorder.of(ThreadAbandoned)), within=10 * ABANDON_AFTER_SECONDS
         )
     assert engine.abandoned_threads == 0
+
+
+async def test_an_engine_built_without_budgets_takes_the_operators_defaults() -> None:
+    # Library users (and podcron.testing) build engines without the operator's settings:
+    # they get the thread pool the documented defaults size.
+    engine = Engine(shutdown_timeout_seconds=1.0)
+    defaults = Settings()
+    threads = 2 * defaults.worker_threads + defaults.max_manual_runs
+    assert engine._budgets.pool._max_workers == threads
+    await engine.shutdown()
