@@ -331,6 +331,25 @@ async def test_a_release_during_a_renewal_waits_for_it_instead_of_conflicting(ri
     assert ring.annotation(lease, "podcron.dev/released") == "true"
 
 
+async def test_a_release_while_the_lease_is_being_created_releases_the_lease_created(
+    ring: Ring,
+) -> None:
+    # A SIGTERM right after start-up: without the wait, the Lease created a moment later
+    # would stay unreleased until the coordinator fenced it, L later.
+    creating = asyncio.Event()
+
+    async def slow_creation(operation: str, name: str) -> None:
+        if operation == "create" and not creating.is_set():
+            creating.set()
+            await asyncio.sleep(R / 2)
+
+    ring.store.latency = slow_creation
+    a = ring.start("a")
+    await creating.wait()
+    await a.release()
+    assert ring.annotation(member_lease_name(a.identity), "podcron.dev/released") == "true"
+
+
 async def test_a_released_member_publishes_the_epoch_without_it(ring: Ring) -> None:
     agents = [ring.start(name) for name in "abc"]
     coordinator = coordinator_lease_name("t")

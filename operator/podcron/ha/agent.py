@@ -369,10 +369,14 @@ class Agent:
     async def release_once(self) -> bool:
         """One attempt at what :meth:`release` writes; True once nothing is left to write."""
         member = self.member
-        if member.state is not MemberState.RELEASED or member.record is None:
+        if member.state is not MemberState.RELEASED:
             return True
         if not self._released_written:
             async with self._member_write:
+                # Read under the lock: a SIGTERM right after start-up may come while the
+                # Lease's creation is in flight, and the Lease it makes must say released.
+                if member.record is None:
+                    return True
                 # After a renewal whose reply was lost the Lease moved: read, write again at once.
                 for _ in range(2):
                     try:
