@@ -141,13 +141,9 @@ class _Shutdown:
             self._stop.set()
             self.stop_control()
             if self._replicas is not None:
-                # First of all, so that the jobs move on while this replica drains. It may
-                # retry for half the budget: a release late by seconds (an API server busy
-                # with a replica starting) still beats the fence, L after the last renewal.
-                agent = self._replicas.agent
-                within = max(2 * agent.params.renew_period, self.budget / 2)
+                # First of all, so that the jobs move on while this replica drains.
                 self.released = self._loop.create_task(
-                    agent.release(within), name="podcron release"
+                    self._replicas.agent.release(), name="podcron release"
                 )
             self._loop.call_later(self.budget + HARD_EXIT_SECONDS, _hard_exit)
         return self._deadline
