@@ -175,40 +175,12 @@ async def test_a_run_task_cancelled_from_outside_the_engine_fails_and_stays_canc
     assert not engine.snapshot("ns/job").running
 
 
-async def test_a_replaced_run_that_swallows_its_cancellation_is_still_a_failure(
-    engine: Engine,
-) -> None:
-    recorder = Recorder(engine)
-    first = True
+async def _replace_the_first_run(engine: Engine, recorder: Recorder, *, swallows: bool) -> None:
+    """A Replace job's first run waits, and a second manual run replaces it.
 
-    async def job(ctx: JobContext) -> None:
-        nonlocal first
-        if first:
-            first = False
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                return  # swallowed: it still did not finish its work
-
-    engine.upsert(spec(job, every="1h", concurrency_policy=ConcurrencyPolicy.REPLACE))
-    engine.trigger("ns/job")
-    await recorder.until(lambda: len(recorder.started()) == 1)
-    engine.trigger("ns/job")
-    await recorder.until(lambda: len(recorder.finished()) == 2)
-    replaced, replacement = recorder.finished()
-    assert replaced.status is RunStatus.FAILURE
-    assert (replaced.error or "").startswith("Replaced")
-    assert replacement.status is RunStatus.SUCCESS
-
-
-@pytest.mark.parametrize("swallows", [False, True], ids=["stops", "swallows-and-returns"])
-async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
-    caplog: pytest.LogCaptureFixture, swallows: bool
-) -> None:
-    exported, pipeline = spans_in_memory()
-    telemetry = RunTelemetry(spans=pipeline)
-    engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
-    recorder = Recorder(engine)
+    The first run stops at the cancellation, or swallows it and returns (it still did not
+    finish its work); the second returns at once. Returns when both have finished.
+    """
     first = True
 
     async def job(ctx: JobContext) -> None:
@@ -226,6 +198,28 @@ async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
     await recorder.until(lambda: len(recorder.started()) == 1)
     engine.trigger("ns/job")
     await recorder.until(lambda: len(recorder.finished()) == 2)
+
+
+async def test_a_replaced_run_that_swallows_its_cancellation_is_still_a_failure(
+    engine: Engine,
+) -> None:
+    recorder = Recorder(engine)
+    await _replace_the_first_run(engine, recorder, swallows=True)
+    replaced, replacement = recorder.finished()
+    assert replaced.status is RunStatus.FAILURE
+    assert (replaced.error or "").startswith("Replaced")
+    assert replacement.status is RunStatus.SUCCESS
+
+
+@pytest.mark.parametrize("swallows", [False, True], ids=["stops", "swallows-and-returns"])
+async def test_a_replaced_runs_span_and_log_say_why_it_was_cut_short(
+    caplog: pytest.LogCaptureFixture, swallows: bool
+) -> None:
+    exported, pipeline = spans_in_memory()
+    telemetry = RunTelemetry(spans=pipeline)
+    engine = engine_on_loop_clock(telemetry=telemetry, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    await _replace_the_first_run(engine, recorder, swallows=swallows)
     await engine.shutdown()
     pipeline.provider.shutdown()
     replaced = recorder.finished()[0]
