@@ -56,7 +56,8 @@ def verdict_us() -> float:
     agent = Agent(MemoryStore(), ring="bench", pod_name="bench")
     agent.member = member
     keys = [f"ns/job-{i}" for i in range(JOBS)]
-    agent.set_jobs(keys)
+    for key in keys:
+        agent.add_job(key)
     rounds = 5
     began = cpu_seconds()
     for tick in range(rounds):
@@ -93,7 +94,8 @@ def writes_per_replica_second(replicas: int, seconds: int) -> float:
         for i in range(replicas)
     ]
     for agent in agents:
-        agent.set_jobs(f"ns/job-{i}" for i in range(1_000))
+        for i in range(1_000):
+            agent.add_job(f"ns/job-{i}")
     for _ in range(10):  # the ring forms
         now[0] += 1.0
         for agent in agents:

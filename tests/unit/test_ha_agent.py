@@ -88,7 +88,8 @@ class Ring:
             monotonic=lambda: asyncio.get_running_loop().time(),
             new_suffix=lambda: f"{next(self._suffixes):08x}",
         )
-        agent.set_jobs(JOBS)
+        for key in JOBS:
+            agent.add_job(key)
         listener = Listener()
         agent.set_listener(listener)
         self.listeners[name] = listener
@@ -233,8 +234,9 @@ async def test_jobs_come_and_go_one_at_a_time(ring: Ring) -> None:
     a.add_job("ns/new")
     assert a.owned_jobs() == len(JOBS)
     assert a.owns("ns/new")
-    a.set_jobs(JOBS[:3])
-    assert a.owned_jobs() == 3
+    for key in [*JOBS[3:], "ns/new"]:
+        a.remove_job(key)
+    assert a.owned_jobs() == 2  # JOBS[1] and JOBS[2]
 
 
 async def test_each_replica_knows_where_the_others_listen(ring: Ring) -> None:

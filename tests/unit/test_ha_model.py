@@ -197,7 +197,8 @@ class Ring:
             new_suffix=lambda: f"{next(self._suffixes):08x}",
             observer=self,
         )
-        agent.set_jobs(JOBS)
+        for key in JOBS:
+            agent.add_job(key)
         replica = Replica(self, name, clock, agent)
         replica.engine = ModelEngine(replica)
         agent.set_listener(replica.engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
@@ -14,10 +15,13 @@ from podcron.controller.replicas import Replicas
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine
 from podcron.ha.agent import Agent
+from podcron.ha.protocol import member_lease_name
 from podcron.ha.ring import Assignment
 from podcron.ha.store import MemoryStore
 from podcron.runrecord import History, RunCounts
 
+from .engine_support import LoopClock
+from .test_ha_agent import Listener, until
 from .test_resource_conditions import Events, Writer, body, ready
 
 NAMES = [f"job-{index}" for index in range(12)]
@@ -179,3 +183,32 @@ async def test_a_patch_whose_answer_was_lost_counts_its_runs_once(
     handlers.landed("ns", ours, {"runs": {"total": 2}}, False)
     handlers.rebased("ns", ours, {"runs": {"total": 2}}, found)
     assert writer.builds[ours]()["runs"]["total"] == total
+
+
+@pytest.mark.looptime
+async def test_a_replica_joins_the_ring_only_once_it_holds_its_jobs_and_gains_each_of_them(
+    engine: Engine,
+) -> None:
+    # A job registered after its bucket was gained is never gained: its ticks from the gain
+    # to its registration would start nowhere and be counted nowhere.
+    store, clock = MemoryStore(), LoopClock()
+    agent = Agent(store, ring="t", pod_name="a", wall=clock.wall)
+    listener = Listener()
+    agent.set_listener(listener)
+    replicas = Replicas(agent)
+    handlers, _, _ = reconciler(engine, replicas)
+    holds_its_jobs = asyncio.Event()
+    joining = asyncio.create_task(replicas.run(holds_its_jobs.wait))
+    try:
+        for name in NAMES[:6]:
+            await handlers.on_create(body=body(name))
+        await asyncio.sleep(3 * agent.params.renew_period)  # on the fake loop clock
+        assert store.leases() == {}
+        for name in NAMES[6:]:
+            await handlers.on_create(body=body(name))
+        holds_its_jobs.set()
+        await until(lambda: set(listener.gains) == {f"uid-{n}" for n in NAMES}, within=2.0)
+        assert member_lease_name(agent.identity) in store.leases()
+    finally:
+        joining.cancel()
+        await asyncio.gather(joining, return_exceptions=True)

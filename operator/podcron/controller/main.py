@@ -381,7 +381,7 @@ async def run(settings: Settings) -> None:
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
         ]
         if replicas is not None:
-            background.append(asyncio.create_task(replicas.run(), name="podcron replica"))
+            background.append(asyncio.create_task(replicas.run(gate.wait), name="podcron replica"))
             replicas.watch(asyncio.get_running_loop())
             teardown.callback(replicas.close)
         teardown.push_async_callback(_cancel, background)

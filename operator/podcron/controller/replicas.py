@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from podcron.config import Settings
@@ -89,12 +89,17 @@ class Replicas:
         metrics.owned = agent.owned_jobs
         return cls(agent, store, server_time)
 
-    async def run(self) -> None:
-        """The agent's loop, once one reply of the API server has set the clock.
+    async def run(self, ready: Callable[[], Awaitable[object]]) -> None:
+        """The agent's loop, once ``ready`` returns and one reply of the API server set the clock.
 
-        Else the first renewal would take its fire bound from the node's clock,
-        and a bound never goes down: a node ahead would keep it high for as long.
+        ``ready``: every ScheduledJob that existed at start-up is registered here. A job
+        is gained only if it was known when its bucket was (docs/ha.md, "Joining"): one
+        registered after its bucket came here would lose its ticks from the gain to its
+        registration, neither started nor counted. Without the clock, the first renewal
+        would take its fire bound from the node's clock, and a bound never goes down: a
+        node ahead would keep it high for as long.
         """
+        await ready()
         if self._store is not None:
             with contextlib.suppress(StoreUnavailable):
                 await self._store.list(f"{RING_LABEL}={self.agent.ring}")

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from podcron.engine.gate import Gain, GateListener, Verdict
@@ -141,16 +141,12 @@ class Agent:
 
     # -- the jobs this replica may own ---------------------------------------------------
 
-    def set_jobs(self, keys: Iterable[str]) -> None:
-        """The jobs of the ring, all at once (at start); later changes one by one."""
-        wanted = set(keys)
-        for key in [k for k in self._bucket_of if k not in wanted]:
-            self.remove_job(key)
-        for key in wanted:
-            self.add_job(key)
-
     def add_job(self, key: str) -> None:
-        """A job of the ring. Owned, its ticks get START from now on: no Gain is reported."""
+        """A job of the ring. Owned, its ticks get START from now on: no Gain is reported.
+
+        So a job known before the ring is joined is gained with its start bound; one
+        added later must be new (see :meth:`podcron.controller.replicas.Replicas.run`).
+        """
         if key not in self._bucket_of:
             b = bucket(key)
             self._bucket_of[key] = b
