@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
 
 from podcron.engine import Engine, JobEvent, JobSpec, RunFinished, RunStarted, RunStatus
 from podcron.entrypoints import JobTarget
@@ -134,3 +135,13 @@ def spans_in_memory() -> tuple[InMemorySpanExporter, span_export.Pipeline]:
     provider = TracerProvider()
     provider.add_span_processor(processor)
     return exported, span_export.Pipeline.of(provider, processor)
+
+
+def counted(registry: CollectorRegistry, name: str) -> float:
+    """The counter ``name`` on ``registry``, summed over its series (one per job)."""
+    return sum(
+        sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == name
+    )

@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
 #: Loop time 0 reads as this wall-clock time: a whole minute, so a job every 60 s is due at 60.
 ORIGIN = 1_800_000_000.0
+THE_JOB = {"namespace": "ns", "name": "job"}  # the labels of "ns/job"'s series
 
 
 class MovableClock:
@@ -94,7 +95,7 @@ async def test_ticks_a_late_timer_passes_over_start_once_and_are_counted_missed(
         await recorder.until(lambda: len(recorder.started()) == 2, within=30)
         first, late = (run.scheduled_time.timestamp() for run in recorder.started())
         assert late - first == 10
-        assert registry.get_sample_value("podcron_ticks_missed_total") == 3
+        assert registry.get_sample_value("podcron_ticks_missed_total", THE_JOB) == 3
         following = engine.snapshot("ns/job").next_run_time
         assert following is not None
         assert following.timestamp() == late + 40
@@ -111,7 +112,7 @@ async def test_a_tick_due_just_as_the_late_timer_fires_is_passed_over_too() -> N
         await recorder.until(lambda: len(recorder.started()) == 2, within=30)
         started = [run.scheduled_time.timestamp() for run in recorder.started()]
         assert started == [ORIGIN + 10, ORIGIN + 20]
-        assert registry.get_sample_value("podcron_ticks_missed_total") == 1
+        assert registry.get_sample_value("podcron_ticks_missed_total", THE_JOB) == 1
         following = engine.snapshot("ns/job").next_run_time
         assert following is not None
         assert following.timestamp() == ORIGIN + 40

@@ -25,7 +25,7 @@ from podcron.engine.gating import MAX_CATCH_UP_TICKS
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spec
+from .engine_support import LoopClock, Recorder, counted, engine_on_loop_clock, spec
 
 pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
@@ -80,8 +80,8 @@ class Setup:
         wall = self.clock.wall()
         await asyncio.sleep(math.ceil(wall) - wall + 0.25)
 
-    def counter(self, name: str) -> float | None:
-        return self.registry.get_sample_value(name)
+    def counter(self, name: str) -> float:
+        return counted(self.registry, name)
 
     async def dispatched(self, trigger: Trigger | None = None) -> list[float]:
         """The ticks dispatched so far, by their outcomes (each has one), oldest first.
@@ -312,6 +312,9 @@ async def test_a_gained_job_catches_up_above_its_start_bound(setup: Setup) -> No
     assert len(due) == 3
     assert setup.counter("podcron_ticks_missed_total") == 1  # ticks[4]: too late
     assert setup.counter("podcron_ticks_uncertain_total") == 2  # ticks[2], ticks[3]
+    job = _the_job()
+    labels = {"namespace": job.namespace, "name": job.name}
+    assert setup.registry.get_sample_value("podcron_ticks_uncertain_total", labels) == 2
     await setup.recorder.until(lambda: len(setup.recorder.finished()) == 3)
     await asyncio.sleep(1)
     assert await setup.dispatched(Trigger.SCHEDULED) == [ticks[-1] + 1], "then on schedule"
@@ -460,7 +463,7 @@ async def test_ticks_a_late_timer_passes_over_are_missed_only_on_the_jobs_owner(
     setup.clock.step(35)
     # Until the late tick was asked about: whatever it missed is counted in that same step.
     await setup.gate.asked_about(UID, 2, within=30)
-    assert (setup.counter("podcron_ticks_missed_total") or 0) == missed
+    assert setup.counter("podcron_ticks_missed_total") == missed
 
 
 async def test_a_bound_moving_over_several_jobs_starts_and_counts_each_ones_held_ticks(

@@ -27,7 +27,7 @@ from podcron.ha.store import MemoryStore
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import LoopClock, engine_on_loop_clock, spec
+from .engine_support import LoopClock, counted, engine_on_loop_clock, spec
 
 pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
@@ -48,7 +48,7 @@ class Replica:
     task: asyncio.Task[None] | None = None
 
     def counter(self, name: str) -> float:
-        return self.registry.get_sample_value(name) or 0.0
+        return counted(self.registry, name)
 
 
 @dataclass

@@ -482,14 +482,21 @@ def test_a_jobs_series_are_one_object_the_garbage_collector_tracks() -> None:
     assert len(gc.get_objects()) - before < 2 * 1000
 
 
-def test_missed_and_uncertain_ticks_are_counted_over_all_jobs_from_zero(
+def test_missed_and_uncertain_ticks_are_counted_per_job_from_zero(
     registry: CollectorRegistry, metrics: JobMetrics
 ) -> None:
-    # Exported at 0 from the start, so that an alert's increase() sees the first one.
-    assert registry.get_sample_value("podcron_ticks_missed_total") == 0
-    assert registry.get_sample_value("podcron_ticks_uncertain_total") == 0
-    metrics.ticks_missed(3)
-    metrics.ticks_missed(1)
-    metrics.ticks_uncertain(2)
-    assert registry.get_sample_value("podcron_ticks_missed_total") == 4
-    assert registry.get_sample_value("podcron_ticks_uncertain_total") == 2
+    # Exported at 0 from the job's registration, so that an alert's increase() sees the first.
+    metrics.job_added("shop", "a")
+    metrics.job_added("shop", "b")
+    a, b = {"namespace": "shop", "name": "a"}, {"namespace": "shop", "name": "b"}
+    assert registry.get_sample_value("podcron_ticks_missed_total", a) == 0
+    assert registry.get_sample_value("podcron_ticks_uncertain_total", b) == 0
+    metrics.ticks_missed("shop", "a", 3)
+    metrics.ticks_missed("shop", "a", 1)
+    metrics.ticks_uncertain("shop", "b", 2)
+    assert registry.get_sample_value("podcron_ticks_missed_total", a) == 4
+    assert registry.get_sample_value("podcron_ticks_missed_total", b) == 0
+    assert registry.get_sample_value("podcron_ticks_uncertain_total", a) == 0
+    assert registry.get_sample_value("podcron_ticks_uncertain_total", b) == 2
+    metrics.job_removed("shop", "a")
+    assert registry.get_sample_value("podcron_ticks_missed_total", a) is None

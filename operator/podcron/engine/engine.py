@@ -443,7 +443,7 @@ class Engine:
                 gate, job, due, Trigger.SCHEDULED, coalesced
             ):
                 continue
-            self._count_missed(coalesced)
+            self._count_missed(job, coalesced)
             if due != scheduled_at:
                 scheduled_at, scheduled = due, _utc(due)
             self._start(job, Trigger.SCHEDULED, scheduled)
@@ -484,12 +484,12 @@ class Engine:
         if verdict is Verdict.START:
             return True
         if verdict is Verdict.HOLD:
-            self._count_missed(self._held.hold(job.spec.job_id, tick, trigger) + coalesced)
+            self._count_missed(job, self._held.hold(job.spec.job_id, tick, trigger) + coalesced)
         return False
 
-    def _count_missed(self, count: int) -> None:
+    def _count_missed(self, job: JobState, count: int) -> None:
         if count and self._metrics is not None:
-            self._metrics.ticks_missed(count)
+            self._metrics.ticks_missed(job.spec.namespace, job.spec.name, count)
 
     def _start(self, job: JobState, trigger: Trigger, scheduled: datetime) -> None:
         try:
@@ -507,17 +507,17 @@ class Engine:
         if gate is None or not self._held or self._closing:
             return
         now = self._clock.wall()
-        missed = 0
         for job_id, ticks in self._held.take().items():
             job = self._jobs.get(job_id)
             if job is None or job.spec.suspended:  # suspended since: its ticks are off
                 continue
             oldest_allowed = now - allowance(job.spec)
             due = [(tick, trigger) for tick, trigger in ticks if tick >= oldest_allowed]
-            missed += len(ticks) - len(due)
+            missed = len(ticks) - len(due)
             if not runs_side_by_side(job.spec):
-                missed += self._start_newest(job, due)
+                self._count_missed(job, missed + self._start_newest(job, due))
                 continue
+            self._count_missed(job, missed)
             for index, (tick, trigger) in enumerate(due):
                 verdict = gate.verdict(job.spec.uid, tick)
                 if verdict is Verdict.START:
@@ -526,7 +526,6 @@ class Engine:
                     for still_held, held_trigger in due[index:]:
                         self._held.hold(job_id, still_held, held_trigger)
                     break
-        self._count_missed(missed)
 
     def _start_newest(self, job: JobState, due: list[tuple[float, Trigger]]) -> int:
         """Start the newest held tick the gate lets through; returns how many older are missed.
@@ -602,9 +601,9 @@ class Engine:
                 plan.uncertain,
                 extra={"job_id": spec.job_id},
             )
-        self._count_missed(missed)
+        self._count_missed(job, missed)
         if plan.uncertain and self._metrics is not None:
-            self._metrics.ticks_uncertain(plan.uncertain)
+            self._metrics.ticks_uncertain(spec.namespace, spec.name, plan.uncertain)
         gate = self._gate
         for tick in ticks:
             if gate is not None and self._gate_allows(gate, job, tick, Trigger.CATCH_UP):

@@ -86,7 +86,9 @@ _SUM_AT = _BUCKETS_AT + len(DURATION_BUCKETS) + 1
 _LAST_SUCCESS_AT = _SUM_AT + 1
 _FAILURES_IN_A_ROW_AT = _LAST_SUCCESS_AT + 1
 _INTERVAL_AT = _FAILURES_IN_A_ROW_AT + 1
-_NEW_JOB = array("d", [0.0] * _LAST_SUCCESS_AT + [math.nan, 0.0, math.nan])
+_MISSED_AT = _INTERVAL_AT + 1
+_UNCERTAIN_AT = _MISSED_AT + 1
+_NEW_JOB = array("d", [0.0] * _LAST_SUCCESS_AT + [math.nan, 0.0, math.nan, 0.0, 0.0])
 # One exemplar: the trace id (16 bytes, all zero while the bucket has none),
 # the observed value and when it was observed.
 _EXEMPLAR = struct.Struct("<16sdd")
@@ -109,10 +111,10 @@ _INTERVAL_HELP = (
 )
 
 _TICKS_MISSED_HELP = (
-    "Ticks of jobs this replica owns that it never started: too late, or too many, to catch up."
+    "Ticks of a job this replica owns that it never started: too late, or too many, to catch up."
 )
 _TICKS_UNCERTAIN_HELP = (
-    "Ticks of jobs gained from a fenced replica that it may have started; not started again."
+    "Ticks of a job gained from a fenced replica that it may have started; not started again."
 )
 
 
@@ -129,10 +131,6 @@ class JobMetrics:
         self._queued = 0
         self._running = 0
         self._abandoned_threads = 0
-        # Ticks no replica started (missed) and ticks a fenced replica may have started
-        # (uncertain), docs/ha.md; both stay at zero without several replicas.
-        self._ticks_missed = 0
-        self._ticks_uncertain = 0
         # Lateness and loop lag: per-bucket counts (not cumulative; +Inf last), then the sum.
         self._lateness = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
         self._loop_lag = array("d", [0.0] * (len(LATENESS_BUCKETS) + 2))
@@ -211,13 +209,17 @@ class JobMetrics:
         """How many job threads now outlive the run they belong to."""
         self._abandoned_threads = count
 
-    def ticks_missed(self, count: int) -> None:
+    def ticks_missed(self, namespace: str, name: str, count: int) -> None:
         """``count`` ticks of a job this replica owns will never start: they are too late."""
-        self._ticks_missed += count
+        self._series(namespace, name)[_MISSED_AT] += count
 
-    def ticks_uncertain(self, count: int) -> None:
-        """``count`` ticks of a gained job may have started on a fenced replica; not run here."""
-        self._ticks_uncertain += count
+    def ticks_uncertain(self, namespace: str, name: str, count: int) -> None:
+        """``count`` ticks of a gained job may have started on a fenced replica; not run here.
+
+        Per job, as missed ticks are: which job lost ticks is what an alert must name,
+        and the chaos checker holds each job's missing ticks against its own counts.
+        """
+        self._series(namespace, name)[_UNCERTAIN_AT] += count
 
     def loop_lag(self, seconds: float) -> None:
         """The event loop ran a callback ``seconds`` after it was due."""
@@ -293,8 +295,6 @@ class JobMetrics:
             ticks_uncertain,
         ) = self._families()
         running.add_metric([], self._running)
-        ticks_missed.add_metric([], self._ticks_missed)
-        ticks_uncertain.add_metric([], self._ticks_uncertain)
         queued.add_metric([], self._queued)
         abandoned.add_metric([], self._abandoned_threads)
         registered.add_metric([], self._registered)
@@ -328,6 +328,9 @@ class JobMetrics:
             failures_in_a_row.add_metric([namespace, name], values[_FAILURES_IN_A_ROW_AT])
             if not math.isnan(values[_INTERVAL_AT]):
                 interval.add_metric([namespace, name], values[_INTERVAL_AT])
+            # At zero from the start: increase() misses the first value of a new series.
+            ticks_missed.add_metric([namespace, name], values[_MISSED_AT])
+            ticks_uncertain.add_metric([namespace, name], values[_UNCERTAIN_AT])
         yield from (
             runs,
             duration,
@@ -394,8 +397,8 @@ class JobMetrics:
             ),
             GaugeMetricFamily("podcron_job_failures_in_a_row", _FAILURES_IN_A_ROW_HELP, labels=job),
             GaugeMetricFamily("podcron_job_interval_seconds", _INTERVAL_HELP, labels=job),
-            CounterMetricFamily("podcron_ticks_missed_total", _TICKS_MISSED_HELP),
-            CounterMetricFamily("podcron_ticks_uncertain_total", _TICKS_UNCERTAIN_HELP),
+            CounterMetricFamily("podcron_ticks_missed_total", _TICKS_MISSED_HELP, labels=job),
+            CounterMetricFamily("podcron_ticks_uncertain_total", _TICKS_UNCERTAIN_HELP, labels=job),
         )
 
 
