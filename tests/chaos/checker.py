@@ -3,7 +3,8 @@
 Pure functions over what the run collected: the ledger's entries, the jobs' schedules, the
 measured window, the faults with their times, and counters read from ``/metrics``. The claim
 checked is: every (job, tick) is started at most once, and, outside the ticks the operators
-counted as uncertain or missed, exactly once.
+counted as uncertain or missed for that job, exactly once. Per job: a count for one job
+cannot excuse a tick lost by another.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ class Verdict:
     duplicates_all: int
     missed: int
     missed_outside_window: int
-    #: The operators' counts; None where they do not export them (every missing tick is missed).
+    #: The operators' counts, over all jobs; None where they do not export them (every
+    #: missing tick is then missed outside).
     uncertain: int | None
     counted_missed: int | None
     #: Over the jobs of every SIGKILLed process: their outages' p99 (see Takeover), and the
@@ -129,16 +131,16 @@ def duplicates(entries: Iterable[Entry], start: float = -math.inf, end: float = 
 
 def missing(
     entries: Iterable[Entry], schedules: Mapping[str, Schedule], start: float, end: float
-) -> tuple[int, int]:
-    """(ticks expected in ``[start, end)`` over all jobs, how many of them no one started)."""
+) -> tuple[int, dict[str, int]]:
+    """(ticks expected in ``[start, end)`` over all jobs, per job how many no one started)."""
     started: dict[str, set[int]] = collections.defaultdict(set)
     for entry in entries:
         started[entry.job].add(_key(entry.tick))
-    expected = missed = 0
+    expected, missed = 0, {}
     for job, schedule in schedules.items():
         due = expected_ticks(schedule, start, end)
         expected += len(due)
-        missed += len(due - started[job])
+        missed[job] = len(due - started[job])
     return expected, missed
 
 
@@ -187,8 +189,8 @@ def judge(
     window: tuple[float, float],
     faults: Sequence[Fault],
     replicas: int,
-    uncertain: int | None,
-    counted_missed: int | None,
+    uncertain: Mapping[str, int] | None,
+    counted_missed: Mapping[str, int] | None,
     writes: float,
     lease_writes: float,
     seconds: float,
@@ -196,13 +198,15 @@ def judge(
     """The verdict on one run.
 
     ``uncertain`` and ``counted_missed`` are the operators' ``podcron_ticks_uncertain_total``
-    and ``podcron_ticks_missed_total`` summed over every process; ``None`` where the operator
-    does not export them, and then every missing tick is missed outside a counted window.
+    and ``podcron_ticks_missed_total`` per job, summed over every process; ``None`` where the
+    operator does not export them, and then every missing tick is missed outside a counted
+    window. A job's counts cover its ticks outside the window too: they excuse at most as
+    many of its missing ticks as they say.
     ``writes`` and ``lease_writes`` are mutating requests the API server counted in the
     window of ``seconds``.
     """
     ticks, missed = missing(entries, schedules, *window)
-    excused = (uncertain or 0) + (counted_missed or 0)
+    excused = collections.Counter(uncertain or {}) + collections.Counter(counted_missed or {})
     failovers = [t for f in faults if f.kind == "kill" for t in takeovers(entries, f, schedules)]
     handovers = [t for f in faults if f.kind == "term" for t in takeovers(entries, f, schedules)]
     recovered = [t for t in failovers if not math.isnan(t.next_start)]
@@ -213,10 +217,10 @@ def judge(
         ticks=ticks,
         duplicates=duplicates(entries, *window),
         duplicates_all=duplicates(entries),
-        missed=missed,
-        missed_outside_window=max(0, missed - excused),
-        uncertain=uncertain,
-        counted_missed=counted_missed,
+        missed=sum(missed.values()),
+        missed_outside_window=sum(max(0, count - excused[job]) for job, count in missed.items()),
+        uncertain=None if uncertain is None else sum(uncertain.values()),
+        counted_missed=None if counted_missed is None else sum(counted_missed.values()),
         failover_p99_s=p99([t.outage for t in recovered]),
         failover_next_start_p99_s=p99([t.next_start for t in recovered]),
         failovers_unrecovered=len(failovers) - len(recovered) + len(handovers) - len(handed),

@@ -70,16 +70,21 @@ def mutating(on: str | None = None) -> Callable[[dict[str, str]], bool]:
     return accept
 
 
-def exported(page: str, names: tuple[str, ...]) -> dict[str, float]:
-    """Each of the counters ``names`` the page declares, summed over its samples.
+def exported(page: str, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Each of the counters ``names`` the page declares, per job (``namespace/name``).
 
-    A counter declared with no samples yet (no label set used) is there, at 0; one the page
-    does not declare is left out. The declaration names the counter with or without
-    ``_total``, depending on the client and the format.
+    A counter declared with no samples yet is there, with no job; one the page does not
+    declare is left out. The declaration names the counter with or without ``_total``,
+    depending on the client and the format.
     """
-    found: dict[str, float] = {}
+    found: dict[str, dict[str, float]] = {}
     for name in names:
         base = name.removesuffix("_total")
         if f"# TYPE {name} " in page or f"# TYPE {base} " in page:
-            found[name] = sum(samples(page, name).values())
+            per_job: dict[str, float] = {}
+            for series, value in samples(page, name).items():
+                job = labels(series)
+                key = f"{job.get('namespace', '')}/{job.get('name', '')}"
+                per_job[key] = per_job.get(key, 0.0) + value
+            found[name] = per_job
     return found

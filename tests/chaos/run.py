@@ -12,6 +12,7 @@ counters, print the verdict and the RESULT line. Everything is kept in ``--workd
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import queue
@@ -126,8 +127,9 @@ class Replica:
             )
         self.process: subprocess.Popen[bytes] | None = None
         self.metrics_port = 0
-        #: The operator counters last read from each process (by pid), summed at the end.
-        self.counters: dict[int, dict[str, float]] = {}
+        #: The operator counters last read from each process (by pid, then per job), summed
+        #: at the end.
+        self.counters: dict[int, dict[str, dict[str, float]]] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -320,15 +322,16 @@ class Cluster:
         while not self._scraping.wait(SCRAPE_SECONDS):
             self.scrape_once()
 
-    def operator_counter(self, name: str) -> int | None:
-        """``name`` summed over every operator process; None if none exported it."""
-        values = [
-            found[name]
-            for replica in self.replicas.values()
-            for found in replica.counters.values()
-            if name in found
-        ]
-        return round(sum(values)) if values else None
+    def operator_counter(self, name: str) -> dict[str, int] | None:
+        """``name`` per job, summed over every operator process; None if none exported it."""
+        per_job: collections.Counter[str] = collections.Counter()
+        exported = False
+        for replica in self.replicas.values():
+            for found in replica.counters.values():
+                if name in found:
+                    exported = True
+                    per_job.update({job: round(value) for job, value in found[name].items()})
+        return dict(per_job) if exported else None
 
 
 def job_manifests(count: int, intervals: Sequence[int]) -> tuple[str, dict[str, Schedule]]:

@@ -19,7 +19,7 @@ def entry(job: str, tick: float, pid: int = 1, at: float | None = None) -> Entry
     return Entry(job, tick, f"r{pid}", pid, tick, tick if at is None else at, "scheduled")
 
 
-def verdict(entries: list[Entry], **counts: int | None) -> object:
+def verdict(entries: list[Entry], **counts: dict[str, int] | None) -> object:
     return judge(
         entries=entries,
         schedules=SCHEDULES,
@@ -116,13 +116,32 @@ def test_missing_ticks_are_missed_outside_a_window_unless_the_operators_counted_
         window=(1000.0, 1010.0),
         faults=[],
         replicas=1,
-        uncertain=1,
-        counted_missed=1,
+        uncertain={"ns/a": 1},
+        counted_missed={"ns/a": 1},
         writes=0.0,
         lease_writes=0.0,
         seconds=10.0,
     )
     assert (counted.missed, counted.missed_outside_window) == (2, 0)
+    assert (counted.uncertain, counted.counted_missed) == (1, 1)
+
+
+def test_a_jobs_counts_do_not_excuse_the_ticks_another_job_lost() -> None:
+    entries = [e for e in every_tick() if not (e.job == "ns/a" and e.tick >= 1006.0)]
+    result = judge(
+        entries=entries,
+        schedules=SCHEDULES,
+        window=(1000.0, 1010.0),
+        faults=[],
+        replicas=1,
+        uncertain={"ns/b": 1},
+        counted_missed={"ns/a": 1, "ns/b": 3},
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=10.0,
+    )
+    assert (result.missed, result.missed_outside_window) == (2, 1)
+    assert (result.uncertain, result.counted_missed) == (1, 4)
 
 
 def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_after_it() -> None:

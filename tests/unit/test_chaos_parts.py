@@ -38,17 +38,18 @@ def test_counters_sum_increases_across_a_restart() -> None:
     assert leases.total == 7
 
 
-def test_operator_counters_count_when_declared_and_are_absent_otherwise() -> None:
+def test_operator_counters_count_per_job_when_declared_and_are_absent_otherwise() -> None:
     page = """\
 # TYPE podcron_ticks_uncertain_total counter
-podcron_ticks_uncertain_total{namespace="a"} 2.0
-podcron_ticks_uncertain_total{namespace="b"} 1.0
+podcron_ticks_uncertain_total{namespace="a",name="x"} 2.0
+podcron_ticks_uncertain_total{namespace="b",name="x"} 1.0
+podcron_ticks_uncertain_total{namespace="a",name="y"} 0.0
 # TYPE podcron_ticks_missed counter
 """
     names = ("podcron_ticks_uncertain_total", "podcron_ticks_missed_total", "podcron_x_total")
     assert exported(page, names) == {
-        "podcron_ticks_uncertain_total": 3.0,
-        "podcron_ticks_missed_total": 0.0,
+        "podcron_ticks_uncertain_total": {"a/x": 2.0, "b/x": 1.0, "a/y": 0.0},
+        "podcron_ticks_missed_total": {},
     }
 
 
