@@ -595,10 +595,14 @@ class Engine:
         if missed or plan.uncertain:
             log.warning(
                 "job %s gained: %d ticks missed, %d ticks uncertain (maybe started by a fenced "
-                "replica, not run again)",
+                "replica, not run again); start bound %s, uncertain from %s",
                 spec.job_id,
                 missed,
                 plan.uncertain,
+                _utc(gain.start_bound).isoformat(timespec="milliseconds"),
+                "-"
+                if gain.uncertain_from is None
+                else _utc(gain.uncertain_from).isoformat(timespec="milliseconds"),
                 extra={"job_id": spec.job_id},
             )
         self._count_missed(job, missed)

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Protocol
 
 from podcron.engine.gate import Gain, GateListener, Verdict
@@ -287,7 +289,13 @@ class Agent:
             for key in self._keys_in.get(b, ())
         ]
         if changes.adopted is not None:
-            log.info("replica %s adopted epoch %d", self.identity, changes.adopted)
+            log.info(
+                "replica %s adopted epoch %d: %d jobs lost, %d gained with a known start bound",
+                self.identity,
+                changes.adopted,
+                len(lost),
+                len(gained),
+            )
             if self._observer is not None:
                 self._observer.epoch_adopted(changes.adopted, len(gained), len(lost))
         if gained or lost:
@@ -360,7 +368,14 @@ class Agent:
     def begin_release(self) -> None:
         """From now on no tick starts here, under any identity; the engine is told so."""
         self._releasing = True
-        self._apply(Changes(lost=self.member.release()))
+        lost = self.member.release()
+        log.info(
+            "replica %s releases %d buckets; handover bound %s",
+            self.identity,
+            len(lost),
+            _timestamp(self.member.handover_bound),
+        )
+        self._apply(Changes(lost=lost))
 
     async def release_once(self) -> bool:
         """One attempt at what :meth:`release` writes; True once nothing is left to write."""
@@ -405,3 +420,10 @@ class Agent:
         except _REFUSED:
             return False
         return True
+
+
+def _timestamp(seconds: float) -> str:
+    """A bound for a log line: UTC to the millisecond, or "none" when unbounded."""
+    if not math.isfinite(seconds):
+        return "none"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
