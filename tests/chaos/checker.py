@@ -89,6 +89,8 @@ class Verdict:
     sigterm_next_start_max_s: float
     writes_per_s: float
     lease_writes_per_s: float
+    #: The jobs behind ``missed_outside_window``, by name.
+    uncounted: tuple[Uncounted, ...] = ()
 
     def result_line(self, extra: Mapping[str, object] | None = None) -> str:
         fields: dict[str, object] = {
@@ -131,8 +133,8 @@ def duplicates(entries: Iterable[Entry], start: float = -math.inf, end: float = 
 
 def missing(
     entries: Iterable[Entry], schedules: Mapping[str, Schedule], start: float, end: float
-) -> tuple[int, dict[str, int]]:
-    """(ticks expected in ``[start, end)`` over all jobs, per job how many no one started)."""
+) -> tuple[int, dict[str, set[int]]]:
+    """(ticks expected in ``[start, end)`` over all jobs, per job those no one started)."""
     started: dict[str, set[int]] = collections.defaultdict(set)
     for entry in entries:
         started[entry.job].add(_key(entry.tick))
@@ -140,8 +142,23 @@ def missing(
     for job, schedule in schedules.items():
         due = expected_ticks(schedule, start, end)
         expected += len(due)
-        missed[job] = len(due - started[job])
+        missed[job] = due - started[job]
     return expected, missed
+
+
+@dataclass(frozen=True, slots=True)
+class Uncounted:
+    """A job that missed more ticks in the window than the operators counted for it."""
+
+    job: str
+    counted: int
+    #: Its missing ticks, seconds since the epoch, oldest first.
+    ticks: tuple[float, ...]
+
+    def describe(self) -> str:
+        shown = " ".join(f"{tick:.0f}" for tick in self.ticks[:12])
+        more = f" (+{len(self.ticks) - 12})" if len(self.ticks) > 12 else ""
+        return f"{self.job}: {len(self.ticks)} missing, {self.counted} counted: {shown}{more}"
 
 
 def takeovers(
@@ -207,6 +224,11 @@ def judge(
     """
     ticks, missed = missing(entries, schedules, *window)
     excused = collections.Counter(uncertain or {}) + collections.Counter(counted_missed or {})
+    uncounted = tuple(
+        Uncounted(job, excused[job], tuple(tick / 1000 for tick in sorted(lost)))
+        for job, lost in sorted(missed.items())
+        if len(lost) > excused[job]
+    )
     failovers = [t for f in faults if f.kind == "kill" for t in takeovers(entries, f, schedules)]
     handovers = [t for f in faults if f.kind == "term" for t in takeovers(entries, f, schedules)]
     recovered = [t for t in failovers if not math.isnan(t.next_start)]
@@ -217,8 +239,8 @@ def judge(
         ticks=ticks,
         duplicates=duplicates(entries, *window),
         duplicates_all=duplicates(entries),
-        missed=sum(missed.values()),
-        missed_outside_window=sum(max(0, count - excused[job]) for job, count in missed.items()),
+        missed=sum(len(lost) for lost in missed.values()),
+        missed_outside_window=sum(len(u.ticks) - u.counted for u in uncounted),
         uncertain=None if uncertain is None else sum(uncertain.values()),
         counted_missed=None if counted_missed is None else sum(counted_missed.values()),
         failover_p99_s=p99([t.outage for t in recovered]),
@@ -228,4 +250,5 @@ def judge(
         sigterm_next_start_max_s=max((t.next_start for t in handed), default=math.nan),
         writes_per_s=writes / seconds if seconds > 0 else 0.0,
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
+        uncounted=uncounted,
     )

@@ -52,6 +52,8 @@ HA_SETTINGS = ("ha_ring", "lease_renew_seconds", "fire_bound_seconds", "lease_st
 DEFAULT_LEASE_STALE_SECONDS = 6.0
 SCRAPE_SECONDS = 5.0
 SCRAPE_TIMEOUT = 10.0
+#: Jobs with ticks missed uncounted printed before the RESULT line, to start looking from.
+UNCOUNTED_SHOWN = 20
 OPERATOR_COUNTERS = ("podcron_ticks_uncertain_total", "podcron_ticks_missed_total")
 OPERATOR_STARTED = "podcron operator started"
 
@@ -469,6 +471,8 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         lease_writes=lease_writes,
         seconds=window_end - window_start,
     )
+    for job in verdict.uncounted[:UNCOUNTED_SHOWN]:
+        print(f"uncounted: {job.describe()}", flush=True)
     print(
         verdict.result_line(
             {

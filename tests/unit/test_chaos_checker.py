@@ -142,6 +142,7 @@ def test_a_jobs_counts_do_not_excuse_the_ticks_another_job_lost() -> None:
     )
     assert (result.missed, result.missed_outside_window) == (2, 1)
     assert (result.uncertain, result.counted_missed) == (1, 4)
+    assert [u.describe() for u in result.uncounted] == ["ns/a: 2 missing, 1 counted: 1006 1008"]
 
 
 def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_after_it() -> None:
