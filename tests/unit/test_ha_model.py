@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -529,3 +530,30 @@ def test_jobs_whose_new_owner_died_waiting_for_a_dead_predecessor_lose_no_tick_u
         ring.step(b)
     assert all(b.agent.owns(job) for job in JOBS)
     assert ring.unaccounted(math.floor(b.clock.wall()) - 1) == []
+
+
+def test_a_job_whose_owner_died_before_reading_the_epoch_giving_it_loses_no_tick_uncounted() -> (
+    None
+):
+    """A crash, a release, then a SIGTERM whose release never reached the store.
+
+    a crashes; b's release publishes the epoch that gives b's jobs to a, which
+    never reads it, so a's Lease still shows the epoch it settled before. j2
+    joins, and once a is fenced it gains those jobs but is stopped before it
+    learns their start bound. j3, gaining them from j2, falls back on the floor:
+    its uncertain window must reach back through a to b's handover, although a's
+    Lease says nothing of the epoch in which it owned them. (Found by the model.)
+    """
+    machine = ReplicaProtocol()
+
+    def clock() -> Clock:
+        return Clock(offset=0.0, rate=0.9, monotonic_rate=0.5, sim=[0.0])
+
+    machine.start_two(first=clock(), second=clock())
+    machine.crash(index=0)
+    machine.join(clock=clock())
+    machine.sigterm(index=1, attempts=1, lost=False)
+    machine.pause_while_the_others_run(index=2, seconds=1.0, order=random.Random(0))
+    machine.join(clock=clock())
+    machine.sigterm(index=2, attempts=0, lost=False)
+    machine.quiet_period_then_every_tick_starts()

@@ -213,6 +213,28 @@ class TestMember:
         assert written[FIRE_BOUND] == "102.0"
         assert m.verdict("ns/job", 101.5) is Verdict.NOT_OWNER
 
+    @pytest.mark.parametrize(("b_settled", "certain"), [(1, 101.0), (2, 101.5)])
+    def test_a_release_before_a_handover_was_read_keeps_the_handed_over_jobs_last_start(
+        self, b_settled: int, certain: float
+    ) -> None:
+        # Adopting epoch 2 hands some jobs over to b; then SIGTERM releases the rest, one of
+        # which started a tick since. Until b settled epoch 2 it may not have read the
+        # handover: it reads the release's bound, that tick's, and what lies between the
+        # jobs' last start and it is uncertain. Once b settled, the release's own point holds.
+        m = self.adopted()
+        keys = [f"ns/j{i}" for i in range(50)]
+        for k in keys:
+            assert m.verdict(k, 101.0) is Verdict.START
+        mine = member("a", fire_bound=102, settled=1, handover_epoch=1)
+        m.observe(snapshot(mine, member("b"), epoch(2, "a,b", "a")))
+        m.observe(snapshot(mine, member("b", settled=b_settled), epoch(2, "a,b", "a")))
+        kept = next(k for k in keys if m.owns(bucket(k)))
+        assert m.verdict(kept, 101.5) is Verdict.START
+        m.release()
+        written = LeaseRecord(member_lease_name("a"), "a", m.annotations(150.0), {}, "9")
+        view = MemberView.parse(written)
+        assert (view.handover_bound, view.certain) == (101.5, certain)
+
 
 class TestCoordinate:
     def decide(self, *records: LeaseRecord, now: float = 0.0, seen: float = 0.0) -> list[object]:

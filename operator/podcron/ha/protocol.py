@@ -188,6 +188,18 @@ class Snapshot:
             default=-math.inf,
         )
 
+    def settled_since(self, predecessor: MemberView) -> int:
+        """The epoch from which a floor's uncertain window must look at the Leases.
+
+        The predecessor's last settled epoch, or an earlier one: that of any fenced
+        or released Lease still there. A member that died before it even read the
+        epoch giving it jobs (published by another's release, say) still shows the
+        epoch it settled before, yet it owned those jobs later, and so may be a link
+        in the predecessor's chain; its own predecessors' points count too.
+        """
+        gone = (v.settled_epoch for v in self.members.values() if v.gone)
+        return min([predecessor.settled_epoch, *gone])
+
     def certain_below(self, since: int, handed_over_in: int, params: Params) -> float | None:
         """Every tick at or below this was started, of whichever job a floor covers; None: -inf.
 
@@ -251,7 +263,7 @@ def start_bound(
     start = max(p.handover_bound, p.owned_bound, snapshot.floor())
     if p.fenced:
         start = max(start, p.fire_bound)
-    return Bound(start, snapshot.certain_below(p.settled_epoch, gained_in - 1, params))
+    return Bound(start, snapshot.certain_below(snapshot.settled_since(p), gained_in - 1, params))
 
 
 class MemberState(enum.Enum):
@@ -295,6 +307,9 @@ class Member:
         self.handover_bound = -math.inf
         self.handover_from = -math.inf
         self.settled_epoch = 0
+        #: The last epoch whose every other member settled it, as this member saw: all of
+        #: them have read its handover of that epoch.
+        self._handover_read = 0
         self.owned_bound = -math.inf
         self._owned = bytearray(BUCKETS)
         #: Per bucket: its start bound (inf while unknown) and the highest tick started.
@@ -395,7 +410,13 @@ class Member:
             known = self._bound[b] if self._bound[b] != math.inf else -math.inf
             self.handover_bound = max(self.handover_bound, self._started[b], known)
         self.handover_bound = max(self.handover_bound, self.owned_bound)
-        self.handover_from = self._handed_over_from(lost)
+        released_from = self._handed_over_from(lost)
+        if self._handover_read < self.handover_epoch:
+            # The jobs handed over in the last epoch, not yet settled by every member, read
+            # the same bound, now raised by the jobs released: their ticks between their last
+            # start and the raised bound were started nowhere, so they stay uncertain.
+            released_from = _lowest(self.handover_from, released_from)
+        self.handover_from = released_from
         return lost
 
     def _handed_over_from(self, lost: list[int]) -> float:
@@ -421,6 +442,7 @@ class Member:
         if (mine is None and self.record is not None) or (mine is not None and mine.gone):
             return self._fenced_now(changes)
         self._resolve(snapshot, changes)
+        self._note_handover_read(snapshot)
         published = snapshot.epoch
         if published is None or published.epoch == self.epoch:
             return changes
@@ -473,6 +495,15 @@ class Member:
         changes.adopted = published.epoch
         self._resolve(snapshot, changes)
 
+    def _note_handover_read(self, snapshot: Snapshot) -> None:
+        if self._handover_read >= self.epoch:
+            return
+        for identity in self.assignment.members:
+            view = snapshot.members.get(identity)
+            if identity != self.identity and (view is None or view.settled_epoch < self.epoch):
+                return
+        self._handover_read = self.epoch
+
     def _learn(self, b: int, bound: Bound, changes: Changes) -> None:
         self._bound[b] = bound.start
         self.owned_bound = max(self.owned_bound, bound.start)
@@ -487,6 +518,12 @@ class Member:
                     self._learn(b, bound, changes)
         if not self._pending:
             self.settled_epoch = self.epoch
+
+
+def _lowest(a: float, b: float) -> float:
+    """The lower of two points where ticks stop being certainly started; -inf is none."""
+    points = [x for x in (a, b) if math.isfinite(x)]
+    return min(points, default=-math.inf)
 
 
 # -- the coordinator ---------------------------------------------------------------------
