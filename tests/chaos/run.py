@@ -52,6 +52,8 @@ HA_SETTINGS = ("ha_ring", "lease_renew_seconds", "fire_bound_seconds", "lease_st
 DEFAULT_LEASE_STALE_SECONDS = 6.0
 SCRAPE_SECONDS = 5.0
 SCRAPE_TIMEOUT = 10.0
+#: How often a SIGTERMed operator's counters are read while it drains.
+DRAIN_SCRAPE_SECONDS = 0.2
 #: Jobs with ticks missed uncounted printed before the RESULT line, to start looking from.
 UNCOUNTED_SHOWN = 20
 OPERATOR_COUNTERS = ("podcron_ticks_uncertain_total", "podcron_ticks_missed_total")
@@ -188,6 +190,14 @@ class Replica:
             return
         self.counters[process.pid] = counters.exported(page, OPERATOR_COUNTERS)
 
+    def scrape_until_exit(self) -> None:
+        """Read the counters every :data:`DRAIN_SCRAPE_SECONDS` until the process exits."""
+        with self._lock:
+            process = self.process
+        while process is not None and process.poll() is None:
+            self.scrape()
+            time.sleep(DRAIN_SCRAPE_SECONDS)
+
     def stop(self) -> None:
         self.signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         self.signal(signal.SIGTERM)
@@ -213,9 +223,14 @@ class Cluster:
         return self.replicas[replica].pid
 
     def signal(self, replica: str, signum: int) -> None:
+        target = self.replicas[replica]
         if signum in (signal.SIGKILL, signal.SIGTERM):
-            self.replicas[replica].scrape()  # what it counted since the last read dies with it
-        self.replicas[replica].signal(signum)
+            target.scrape()  # what it counted since the last read dies with it
+        target.signal(signum)
+        if signum == signal.SIGTERM:
+            # It goes on for its drain, and may count a gain it made just before the signal
+            # after the read above: read it until it exits.
+            threading.Thread(target=target.scrape_until_exit, daemon=True).start()
 
     def wait_exit(self, replica: str, timeout: float) -> None:
         self.replicas[replica].wait_exit(timeout)
