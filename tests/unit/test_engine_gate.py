@@ -598,9 +598,10 @@ async def test_a_gain_under_forbid_counts_the_late_ticks_and_the_older_due_ones_
         assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
         assert setup.counter("podcron_ticks_missed_total") == 4
         (warning,) = caplog.records
+        bound = datetime.fromtimestamp(ticks[0] - 0.5, UTC).isoformat(timespec="milliseconds")
         assert warning.getMessage() == (
             "job ns/job gained: 4 ticks missed, 0 ticks uncertain (maybe started by a fenced "
-            "replica, not run again)"
+            f"replica, not run again); start bound {bound}, uncertain from -"
         )
         assert warning.job_id == "ns/job"  # type: ignore[attr-defined]
         caplog.clear()

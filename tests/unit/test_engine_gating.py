@@ -70,6 +70,21 @@ def test_the_next_armed_tick_and_those_after_it_are_the_timers() -> None:
     assert plan.missed == 0
 
 
+def test_ticks_the_timer_passed_before_the_clock_stepped_back_are_caught_up() -> None:
+    # The timer asked about T0+5 at T0+5.2 (not owned then) and armed T0+6; the clock was
+    # then set 0.4 s back. Gained at T0+4.8, the job starts T0+5 now, not never.
+    plan = plan_catch_up(
+        EVERY_SECOND,
+        start_bound=T0 + 3,
+        uncertain_from=None,
+        now=T0 + 4.8,
+        before=T0 + 6,
+        allowance_seconds=10,
+    )
+    assert plan.ticks == (T0 + 4, T0 + 5)
+    assert plan.missed == 0
+
+
 def test_the_plan_takes_the_newest_ten_oldest_first() -> None:
     plan = plan_catch_up(
         EVERY_SECOND,

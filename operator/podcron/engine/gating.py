@@ -98,14 +98,19 @@ def plan_catch_up(
     before: float | None,
     allowance_seconds: float,
 ) -> CatchUp:
-    """The ticks of a gained job in (``start_bound``, ``now``] that are due to start now.
+    """The ticks of a gained job above ``start_bound`` that are due to start now.
 
     ``before`` is the job's next armed tick: it and the ticks after it are the
-    timer's, so they are left out. Ticks below ``now - allowance_seconds`` or
+    timer's, so they are left out; the ticks before it are this plan's (up to
+    ``now`` when the job has no next tick). Ticks below ``now - allowance_seconds`` or
     beyond the newest :data:`MAX_CATCH_UP_TICKS` are missed.
     """
     uncertain = 0 if uncertain_from is None else count_ticks(schedule, uncertain_from, start_bound)
-    upto = now if before is None else min(now, before)
+    # Up to the next armed tick, not to ``now``: the ticks before it are behind the timer,
+    # whether due on the clock as it reads now or not. The wall clock is set to the API
+    # server's, and after it stepped back, ticks the timer passed (asked, not owned then)
+    # are not due again yet; planned up to ``now`` they would start nowhere, uncounted.
+    upto = now if before is None else before
     cursor = schedule.last_at_or_before(_utc(upto))
     if cursor is not None and before is not None and cursor.timestamp() >= before:
         cursor = schedule.last_at_or_before(cursor - _MICROSECOND)
