@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext, Trigger
 from podcron.engine import ConcurrencyPolicy, Engine, History, JobSpec, RunCounts, RunStatus
+from podcron.engine.engine import DISPATCH_BATCH
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.engine.gating import MAX_CATCH_UP_TICKS
 from podcron.telemetry.metrics import JobMetrics
@@ -41,6 +42,7 @@ class ScriptedGate:
         self.start_bounds: dict[str, float] = {}
         self.unknown: set[str] = set()  # owned, start bound not known yet
         self.asked: list[tuple[str, float]] = []
+        self.asked_through: list[float] = []  # what each asked_before said
         self._asking = asyncio.Event()
         self.listener: GateListener | None = None
 
@@ -62,6 +64,9 @@ class ScriptedGate:
 
     def set_listener(self, listener: GateListener) -> None:
         self.listener = listener
+
+    def asked_before(self, instant: float) -> None:
+        self.asked_through.append(instant)
 
 
 @dataclass
@@ -679,3 +684,18 @@ async def test_a_job_registered_again_under_a_new_uid_gets_no_gain_of_its_old_on
     setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall() - 5)], [])
     assert await setup.dispatched() == []
     assert [key for key, _ in gate.asked] == []
+
+
+async def test_the_engine_tells_the_gate_when_an_instant_is_asked_about_in_full(
+    setup: Setup,
+) -> None:
+    # More jobs due at one instant than one batch: the first batch leaves the instant open.
+    await setup.align()
+    jobs = DISPATCH_BATCH + 8
+    for index in range(jobs):
+        setup.gate.owned.add(f"uid-{index}")
+        setup.engine.upsert(spec(_job, f"job-{index}", uid=f"uid-{index}"))
+    await setup.gate.asked_about("uid-0", 1, within=2)
+    await setup.recorder.until(lambda: len(setup.recorder.finished()) == jobs)
+    instant = setup.gate.asked[0][1]
+    assert setup.gate.asked_through[:2] == [instant, instant + 1]

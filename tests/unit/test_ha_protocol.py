@@ -177,6 +177,25 @@ class TestMember:
         assert m.annotations(101.0)[HANDOVER_EPOCH] == "2"
         assert m.annotations(101.0)[HANDOVER_FROM] == "101.0"
 
+    @pytest.mark.parametrize(("asked_before", "uncertain"), [(101.0, True), (102.0, False)])
+    def test_a_handover_while_the_engine_asks_about_an_instant_leaves_that_instant_uncertain(
+        self, asked_before: float, uncertain: bool
+    ) -> None:
+        # The engine asks about the ticks of one instant a batch at a time: some jobs
+        # started 101.0, the others were not asked yet when the epoch moved them.
+        m = self.adopted()
+        keys = [f"ns/j{i}" for i in range(50)]
+        for k in keys[:10]:
+            assert m.verdict(k, 101.0) is Verdict.START
+        m.asked_before = asked_before
+        mine = member("a", fire_bound=102, settled=1, handover_epoch=1)
+        m.observe(snapshot(mine, member("b"), epoch(2, "a,b", "a")))
+        written = m.annotations(101.5)
+        assert float(written[HANDOVER_BOUND]) == 101.0
+        handover_from = float(written[HANDOVER_FROM])
+        assert 100.0 < handover_from <= 101.0
+        assert (handover_from < 101.0) is uncertain
+
     def test_a_fenced_lease_fences_the_member_for_good(self) -> None:
         m = self.adopted()
         changes = m.observe(snapshot(member("a", fenced=True), epoch(1, "a")))

@@ -178,6 +178,7 @@ class HookedGate:
         self._agent = agent
         self.hooks: GainHooks | None = None
         self.verdict: Callable[[str, float], Verdict] = agent.verdict
+        self.asked_before: Callable[[float], None] = agent.asked_before
 
     def set_listener(self, listener: GateListener) -> None:
         self._agent.set_listener(_HookedListener(self, listener))

@@ -447,6 +447,9 @@ class Engine:
             if due != scheduled_at:
                 scheduled_at, scheduled = due, _utc(due)
             self._start(job, Trigger.SCHEDULED, scheduled)
+        if gate is not None:
+            earliest = self._due.earliest()
+            gate.asked_before(math.inf if earliest is None else earliest)
         self._set_timer()
 
     # -- dispatch ---------------------------------------------------------

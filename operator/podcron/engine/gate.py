@@ -63,3 +63,12 @@ class FiringGate(Protocol):
     def set_listener(self, listener: GateListener) -> None:
         """Where to report changes; set once, by the engine that consults the gate."""
         ...
+
+    def asked_before(self, instant: float) -> None:
+        """Every scheduled tick due before ``instant`` has been asked about (none still waits).
+
+        The engine asks in due order, a batch at a time: the ticks of one instant may
+        be split across batches. A handover between two batches must not take the
+        instant as done for the jobs not asked yet (docs/ha.md, rule 4).
+        """
+        ...

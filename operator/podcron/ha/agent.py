@@ -141,6 +141,9 @@ class Agent:
     def set_listener(self, listener: GateListener) -> None:
         self._listener = listener
 
+    def asked_before(self, instant: float) -> None:
+        self.member.asked_before = instant
+
     # -- the jobs this replica may own ---------------------------------------------------
 
     def add_job(self, key: str) -> None:

@@ -312,6 +312,9 @@ class Member:
         self._handover_read = 0
         self.owned_bound = -math.inf
         self._owned = bytearray(BUCKETS)
+        #: Every tick due before this was asked about, as the engine last said (inf: it
+        #: says nothing, and every tick up to the highest started counts as asked).
+        self.asked_before = math.inf
         #: Per bucket: its start bound (inf while unknown) and the highest tick started.
         self._bound = [math.inf] * BUCKETS
         self._started = [-math.inf] * BUCKETS
@@ -422,12 +425,15 @@ class Member:
     def _handed_over_from(self, lost: list[int]) -> float:
         """Where the ticks of the jobs in ``lost`` stop being certainly started.
 
-        The highest tick started of them: each started every tick due up to then
-        (lateness aside). When none started here, the lowest of their start bounds.
+        The highest tick started of them, below the instant the engine is still
+        asking about: each started every tick due up to then. When none started
+        here, the lowest of their start bounds.
         """
         started = max((self._started[b] for b in lost), default=-math.inf)
         if math.isfinite(started):
-            return started
+            # Of the instant the engine is still asking about, some jobs may have started
+            # their tick and others not been asked yet: that instant is not certain.
+            return min(started, math.nextafter(self.asked_before, -math.inf))
         bounds = (self._bound[b] for b in lost if math.isfinite(self._bound[b]))
         return min(bounds, default=-math.inf)
 
