@@ -94,7 +94,7 @@ class Settings:
         parser.add_argument("--window", type=float, default=10.0 if quick() else 30.0)
         parser.add_argument("--warmup", type=float, default=5.0)
         parser.add_argument(
-            "--ceiling", type=float, default=100.0, help="statusPatchesPerSecond of the operator"
+            "--ceiling", type=float, default=20.0, help="statusPatchesPerSecond of the operator"
         )
         args = parser.parse_args(argv)
         return cls(jobs=args.jobs, warmup_s=args.warmup, window_s=args.window, ceiling=args.ceiling)

@@ -56,7 +56,9 @@ class Settings:
     #: Namespaces to watch; empty: all namespaces.
     namespaces: tuple[str, ...] = ()
     #: Status patches per second over all jobs (each job is also held to about one per second).
-    status_patches_per_second: float = 100.0
+    #: 20, as kube-controller-manager's own API rate: at 100, 1,000 one-second jobs spent half
+    #: the operator's CPU and most of the API server's on status (docs/performance.md).
+    status_patches_per_second: float = 20.0
     #: The Unix socket between operator and sidecar (an emptyDir in the pod).
     control_socket: str = "/var/run/podcron/control.sock"
     #: Address and port of the operator's ``/metrics`` and health endpoints.
