@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from podcron.schedules import parse_schedule
-from tests.chaos.checker import Fault, Takeover, expected_ticks, judge, takeovers
+from tests.chaos.checker import Fault, Takeover, Verdict, expected_ticks, judge, takeovers
 from tests.jobs.podcron_chaosjobs.ledger import Entry
 
 EVERY_2S = parse_schedule({"every": "2s"})
@@ -19,7 +19,7 @@ def entry(job: str, tick: float, pid: int = 1, at: float | None = None) -> Entry
     return Entry(job, tick, f"r{pid}", pid, tick, tick if at is None else at, "scheduled")
 
 
-def verdict(entries: list[Entry], **counts: dict[str, int] | None) -> object:
+def verdict(entries: list[Entry], **counts: dict[str, int] | None) -> Verdict:
     return judge(
         entries=entries,
         schedules=SCHEDULES,
@@ -128,18 +128,7 @@ def test_missing_ticks_are_missed_outside_a_window_unless_the_operators_counted_
 
 def test_a_jobs_counts_do_not_excuse_the_ticks_another_job_lost() -> None:
     entries = [e for e in every_tick() if not (e.job == "ns/a" and e.tick >= 1006.0)]
-    result = judge(
-        entries=entries,
-        schedules=SCHEDULES,
-        window=(1000.0, 1010.0),
-        faults=[],
-        replicas=1,
-        uncertain={"ns/b": 1},
-        counted_missed={"ns/a": 1, "ns/b": 3},
-        writes=0.0,
-        lease_writes=0.0,
-        seconds=10.0,
-    )
+    result = verdict(entries, uncertain={"ns/b": 1}, counted_missed={"ns/a": 1, "ns/b": 3})
     assert (result.missed, result.missed_outside_window) == (2, 1)
     assert (result.uncertain, result.counted_missed) == (1, 4)
     assert [u.describe() for u in result.uncounted] == ["ns/a: 2 missing, 1 counted: 1006 1008"]
