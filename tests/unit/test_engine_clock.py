@@ -128,3 +128,16 @@ async def test_a_missed_tick_exactly_as_late_as_its_starting_deadline_is_caught_
         await recorder.until(lambda: len(recorder.started()) == 1, within=5)
         (run,) = recorder.started()
         assert (run.trigger, run.scheduled_time.timestamp()) == (Trigger.CATCH_UP, ORIGIN)
+
+
+async def test_a_spec_change_keeps_a_due_tick_the_timer_has_not_reached() -> None:
+    async with _engine_reading(ORIGIN) as (engine, clock, recorder):
+        engine.upsert(spec(_job, every="10s"))
+        await recorder.until(lambda: len(recorder.started()) == 1, within=30)
+        # The wall clock reads 0.5 s past the next tick before the loop runs its timer (a
+        # loop behind by that much), and a field other than the schedule changes meanwhile.
+        clock.offset += 10.5
+        engine.upsert(spec(_job, every="10s", timeout_seconds=5.0))
+        await recorder.until(lambda: len(recorder.started()) == 2, within=30)
+        first, second = (run.scheduled_time.timestamp() for run in recorder.started())
+        assert second - first == 10

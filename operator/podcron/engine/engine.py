@@ -209,6 +209,7 @@ class Engine:
             self._watchdog.start()
         job = self._jobs.get(spec.job_id)
         is_new = job is None
+        same_schedule = False
         if job is None:
             job = JobState.restored(spec, history, run_history_limit=self._run_history_limit)
             self._jobs[spec.job_id] = job
@@ -219,10 +220,17 @@ class Engine:
         else:
             if job.spec.uid != spec.uid:
                 self._job_ids.pop(job.spec.uid, None)
+            same_schedule = job.spec.schedule == spec.schedule
             job.spec = spec
             job.is_async = is_async(spec.target)
         now = self._clock.wall()
-        self._arm(job, after=now)
+        due = job.next_due
+        if same_schedule and due is not None and due <= now:
+            # A tick already due that the timer has not reached (the loop is behind) stays
+            # armed: re-armed from now, a change of another field would drop it unnoticed.
+            self._arm_at(job, due)
+        else:
+            self._arm(job, after=now)
         if self._metrics is not None:
             self._metrics.job_interval(spec.namespace, spec.name, _interval(job, now))
         if self._gate is not None:
