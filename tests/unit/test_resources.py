@@ -37,21 +37,34 @@ from podcron.resources import (
     eager,
 )
 
-from ..waiting import until
+from ..waiting import load_factor, until
 
 DEADLINE = 5.0
 
 
 class LoopClock:
-    """Moves the running loop's clock forward on demand (real time still passes too)."""
+    """Holds the running loop's clock still; only :meth:`advance` moves it.
+
+    A retry's jittered wait can be a few milliseconds: with real time passing
+    too, it could fire before a test saw the failure before it. Loop timers
+    never fire on their own here, so the tests poll with :meth:`until`.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.offset = 0.0
-        real = loop.time
-        monkeypatch.setattr(loop, "time", lambda: real() + self.offset)
+        self.now = loop.time()
+        monkeypatch.setattr(loop, "time", lambda: self.now)
 
     def advance(self, seconds: float) -> None:
-        self.offset += seconds
+        self.now += seconds
+
+    async def until(self, condition: Callable[[], Any], within: float = DEADLINE) -> Any:
+        """Waits on real time for ``condition``, yielding to the loop between polls."""
+        deadline = time.monotonic() + within * load_factor()
+        while not (result := condition()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {within}s waiting for {condition}")
+            await asyncio.sleep(0)
+        return result
 
 
 @pytest.fixture
@@ -274,7 +287,9 @@ async def test_a_failing_factory_is_retried_with_jittered_capped_backoff_then_re
     assert "next attempt at" in str(unavailable.value)
     delays = []
     for attempt in range(1, 9):
-        await until(lambda n=attempt: len(flaky.attempts) == n and manager.states()[0].failing)  # type: ignore[misc]
+        await clock.until(
+            lambda n=attempt: len(flaky.attempts) == n and manager.states()[0].failing  # type: ignore[misc]
+        )
         state = manager.states()[0]
         assert state.status is ResourceStatus.FAILED
         assert state.failures == attempt
@@ -286,7 +301,7 @@ async def test_a_failing_factory_is_retried_with_jittered_capped_backoff_then_re
             await manager.acquire(("db",))
         window = min(8.0, 2.0 ** (attempt - 1))
         clock.advance(window)
-    await until(lambda: manager.states()[0].up)
+    await clock.until(lambda: manager.states()[0].up)
     assert len(flaky.attempts) == 9
     assert (await manager.acquire(("db",)))["db"] == "pool"
     # Each wait lies in [0, min(cap, initial * 2**(n-1))]: full jitter, capped.
@@ -315,10 +330,10 @@ async def test_a_failure_is_logged_when_its_reason_changes_not_at_every_attempt(
         with pytest.raises(ResourceUnavailable):
             await manager.acquire(("db",))
         for attempt in range(1, 5):
-            await until(lambda n=attempt: manager.states()[0].failures == n)  # type: ignore[misc]
-            await until(lambda: manager.states()[0].status is ResourceStatus.FAILED)
+            await clock.until(lambda n=attempt: manager.states()[0].failures == n)  # type: ignore[misc]
+            await clock.until(lambda: manager.states()[0].status is ResourceStatus.FAILED)
             clock.advance(1.0)
-        await until(lambda: manager.states()[0].up)
+        await clock.until(lambda: manager.states()[0].up)
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 2, lines
     assert lines[0].startswith(
@@ -329,14 +344,18 @@ async def test_a_failure_is_logged_when_its_reason_changes_not_at_every_attempt(
 
 
 async def test_an_attempt_that_hangs_fails_after_the_create_timeout(clock: LoopClock) -> None:
+    entered = threading.Event()
+
     @contextlib.asynccontextmanager
     async def hangs() -> AsyncIterator[None]:
+        entered.set()
         await asyncio.Event().wait()
         yield
 
     manager = ResourceManager(loaders(db=hangs), create_timeout=30.0)
     waiting = asyncio.create_task(manager.acquire(("db",)))
-    await until(lambda: manager.states()[0].status is ResourceStatus.CREATING)
+    await clock.until(entered.is_set)
+    assert manager.states()[0].status is ResourceStatus.CREATING
     clock.advance(31.0)
     with pytest.raises(ResourceUnavailable) as unavailable:
         await waiting
@@ -377,11 +396,11 @@ async def test_a_factory_that_cannot_be_imported_is_retried_from_start(clock: Lo
 
     manager = ResourceManager({"db": broken})
     manager.start()
-    await until(lambda: manager.states()[0].failing)
+    await clock.until(lambda: manager.states()[0].failing)
     state = manager.states()[0]
     assert state.reason == "ModuleNotFoundError: No module named 'asyncpg'"
     clock.advance(2.0)
-    await until(lambda: manager.states()[0].failures == 2)
+    await clock.until(lambda: manager.states()[0].failures == 2)
     await manager.close(1.0)
 
 
@@ -501,7 +520,7 @@ async def test_a_close_past_the_budget_is_abandoned_and_so_are_those_after_it(
     await manager.acquire(("first",))
     await manager.acquire(("stuck",))
     closing = asyncio.create_task(manager.close(10.0))
-    await until(lambda: manager.states()[1].status is ResourceStatus.CLOSING)
+    await clock.until(lambda: manager.states()[1].status is ResourceStatus.CLOSING)
     clock.advance(11.0)
     await closing
     statuses = {state.name: (state.status, state.reason) for state in manager.states()}
