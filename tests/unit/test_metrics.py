@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
@@ -289,9 +291,9 @@ TRACE = 0x0AF7651916CD43DD8448EB211C80319C
 OTHER_TRACE = 0x4BF92F3577B34DA6A3CE929D0E0E4736
 
 
-async def test_exemplars_carry_trace_ids_in_openmetrics_only(
-    registry: CollectorRegistry, metrics: JobMetrics
-) -> None:
+async def test_exemplars_carry_trace_ids_in_openmetrics_only(registry: CollectorRegistry) -> None:
+    # As the operator wires it: out of the registry, its text served beside the registry's.
+    metrics = JobMetrics(registry=None)
     metrics.job_added("ns", "job")
     metrics.job_added("ns", "untraced")
     metrics.run_queued()
@@ -311,7 +313,9 @@ async def test_exemplars_carry_trace_ids_in_openmetrics_only(
     metrics.run_recorded(
         "ns", "untraced", trigger="scheduled", status="failure", duration_seconds=0.3, ended_at=1.0
     )
-    server = ProbeServer(host="127.0.0.1", port=0, ready=lambda: True, registry=registry)
+    server = ProbeServer(
+        host="127.0.0.1", port=0, ready=lambda: True, registry=registry, written=(metrics,)
+    )
     await server.start()
     try:
         url = f"http://127.0.0.1:{server.port}/metrics"
@@ -341,6 +345,10 @@ async def test_exemplars_carry_trace_ids_in_openmetrics_only(
     assert duration.timestamp is not None
     assert float(duration.timestamp) == pytest.approx(1.7e9)
     assert exemplars == {}
+    # The registry's families and the written ones, then one "# EOF", last.
+    assert "podcron_ready 1.0" in text
+    assert text.endswith("\n# EOF\n")
+    assert text.count("# EOF") == 1
     # The classic text format has no exemplars, and is what a plain GET gets.
     assert "trace_id" not in plain
     assert "# {" not in plain
@@ -371,15 +379,16 @@ async def test_exemplars_leave_with_their_job(
     assert all(sample.exemplar is None for sample in buckets)
 
 
-async def test_metrics_and_probes_are_served_over_http(
-    registry: CollectorRegistry, metrics: JobMetrics
-) -> None:
+async def test_metrics_and_probes_are_served_over_http(registry: CollectorRegistry) -> None:
+    metrics = JobMetrics(registry=None)
     metrics.job_added("ns", "job")
     metrics.run_recorded(
         "ns", "job", trigger="scheduled", status="success", duration_seconds=0.3, ended_at=7.0
     )
     ready = False
-    server = ProbeServer(host="127.0.0.1", port=0, ready=lambda: ready, registry=registry)
+    server = ProbeServer(
+        host="127.0.0.1", port=0, ready=lambda: ready, registry=registry, written=(metrics,)
+    )
     await server.start()
     try:
         base = f"http://127.0.0.1:{server.port}"
@@ -400,6 +409,42 @@ async def test_metrics_and_probes_are_served_over_http(
         assert registry.get_sample_value("podcron_ready") == 1
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["classic", "openmetrics"])
+def test_the_written_text_is_what_prometheus_client_writes(
+    registry: CollectorRegistry, metrics: JobMetrics, openmetrics: bool
+) -> None:
+    """Names, label order and escaping, number format, exemplars: line for line."""
+    for index, name in enumerate(("job", "other", 'we"ird\\name')):
+        metrics.job_added("ns", name, last_success=1.7e9 if index else None)
+        metrics.job_interval("ns", name, 30.0 if index else None)
+        metrics.run_recorded(
+            "ns",
+            name,
+            trigger="manual",
+            status="failure",
+            duration_seconds=0.02 * index,
+            ended_at=1.8e9,
+            trace_id=TRACE if index == 1 else 0,
+        )
+        metrics.ticks_missed("ns", name, index)
+    metrics.run_queued()
+    metrics.run_started("scheduled", 12.5)
+    metrics.run_traced("scheduled", 12.5, OTHER_TRACE)
+    metrics.loop_lag(0.01)
+    written = metrics.exposition(openmetrics)
+    # prometheus-client's own writer, from the samples its parser read out of that text.
+    generate = openmetrics_latest if openmetrics else generate_latest
+    expected = generate(registry).decode()
+    # Its parser keeps an exemplar's time as seconds and nanoseconds ("...093.064968000").
+    times = re.compile(r"(?m)(?<=\} )(\S+ )(\d+\.\d+)$")
+
+    def exemplar_times_as_floats(text: str) -> str:
+        return times.sub(lambda found: f"{found[1]}{float(found[2])}", text)
+
+    assert written + ("# EOF\n" if openmetrics else "") == exemplar_times_as_floats(expected)
+    assert 'name="we\\"ird\\\\name"' in written
 
 
 def test_histograms_render_as_prometheus_clients_own(

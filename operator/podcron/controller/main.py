@@ -313,13 +313,15 @@ async def run(settings: Settings) -> None:
     replicas = Replicas.from_settings(settings, clock) if settings.ha_ring else None
     # It tells the reconciler of the jobs it gains; the reconciler needs the engine: set below.
     firing_gate = None if replicas is None else replicas.gate()
+    # Not in the registry: /metrics takes its text directly, eight times faster (probes).
+    job_metrics = JobMetrics(registry=None)
     engine = Engine(
         max_concurrent_runs=settings.max_concurrent_runs,
         max_manual_runs=settings.max_manual_runs,
         worker_threads=settings.worker_threads,
         threads_per_job=settings.threads_per_job,
         shutdown_timeout_seconds=run_budget(settings.shutdown_timeout_seconds),
-        telemetry=RunTelemetry(metrics=JobMetrics(), spans=spans),
+        telemetry=RunTelemetry(metrics=job_metrics, spans=spans),
         resources=shared,
         config=config,
         gate=firing_gate,
@@ -353,6 +355,7 @@ async def run(settings: Settings) -> None:
         port=settings.metrics_port,
         ready=lambda: gate.complete and not stop.is_set(),
         details=shared.readyz_lines,
+        written=(job_metrics,),
     )
     control = ControlServer(
         engine,
