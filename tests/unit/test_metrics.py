@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import http.client
 import re
 import urllib.request
 from collections.abc import AsyncIterator
 
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.openmetrics.parser import (
@@ -408,6 +410,36 @@ async def test_metrics_and_probes_are_served_over_http(registry: CollectorRegist
         assert (await asyncio.to_thread(_get, f"{base}/readyz"))[0] == 200
         assert registry.get_sample_value("podcron_ready") == 1
     finally:
+        await server.stop()
+
+
+async def test_a_scrape_holds_no_copy_of_its_text_once_sent(registry: CollectorRegistry) -> None:
+    metrics = JobMetrics(registry=None)
+    for index in range(100):
+        metrics.job_added("ns", f"job-{index}")
+    server = ProbeServer(
+        host="127.0.0.1", port=0, ready=lambda: True, registry=registry, written=(metrics,)
+    )
+    await server.start()
+    # Kept open between scrapes, as Prometheus keeps it.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+
+    def scrape() -> bytes:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read()
+
+    try:
+        text = await asyncio.to_thread(scrape)
+        assert b'podcron_job_runs_total{name="job-99",namespace="ns"' in text
+        gc.collect()
+        held = [
+            response
+            for response in gc.get_objects()
+            if isinstance(response, web.Response) and response.body == text
+        ]
+        assert held == [], "the last scrape's text stays until the connection's next request"
+    finally:
+        connection.close()
         await server.stop()
 
 

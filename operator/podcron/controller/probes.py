@@ -94,11 +94,18 @@ class ProbeServer:
         if runner is not None:
             await runner.cleanup()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         openmetrics = content_type.startswith(_OPENMETRICS)
         body = await asyncio.to_thread(self._render, encode, openmetrics)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+        # Written, not held: a web.Response keeps its body until the connection's next
+        # request, and at 10,000 jobs that is 17 MB per scraper between scrapes.
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+        return response
 
     def _render(self, encode: Callable[[CollectorRegistry], bytes], openmetrics: bool) -> bytes:
         text = encode(self._registry)
