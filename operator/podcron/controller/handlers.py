@@ -151,8 +151,8 @@ class Reconciler:
     def _note_status(self, type: str, body: kopf.Body, **_: Any) -> bool:
         """With replicas, keep each job's latest status; let deletions through.
 
-        A reference, but it keeps the whole decoded status alive: about 3 KiB a
-        job, so a single replica, which never gains a job, keeps none.
+        A reference, but it keeps each job's whole decoded status alive, so a
+        single replica, which never gains a job, keeps none.
         """
         status = body.get("status")
         if status is not None and self._replicas is not None:

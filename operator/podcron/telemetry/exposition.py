@@ -1,14 +1,15 @@
 """The Prometheus text formats, written directly for series counted in tens of thousands.
 
 prometheus-client turns every series into objects at each scrape (a sample
-tuple, a dict of labels) and then sorts and escapes each one's labels: about
-7 µs a series. At 10,000 jobs, 23 series each, a scrape held the GIL for 1.6 s,
-every 15 s, and peaked at 160 MiB. Here a job's labels are escaped once per
-scrape and each line is one f-string. The lines are what prometheus-client
-would write: the same names, label order, number format and exemplars, in the
-classic format or in OpenMetrics (:class:`~podcron.telemetry.metrics.JobMetrics`
-reads its own samples back through prometheus-client's OpenMetrics parser,
-which rejects what it does not accept).
+tuple, a dict of labels) and then sorts and escapes each one's labels: about 7
+µs a series. At 10,000 jobs, 23 series each, a scrape held the GIL for 1.6 s
+(Prometheus scrapes every 15 s or so) and peaked at 160 MiB. Here a job's
+labels are escaped once per scrape and each line is one f-string. The lines
+are what prometheus-client would write: the same names, label order, number
+format and exemplars, in the classic format or in OpenMetrics
+(:class:`~podcron.telemetry.metrics.JobMetrics` reads its own samples back
+through prometheus-client's OpenMetrics parser, which rejects what it does not
+accept).
 """
 
 from __future__ import annotations
