@@ -91,6 +91,8 @@ class Verdict:
     lease_writes_per_s: float
     #: The jobs behind ``missed_outside_window``, by name.
     uncounted: tuple[Uncounted, ...] = ()
+    #: Ticks the operators skipped (concurrencyPolicy Forbid), over all jobs; None as above.
+    skipped: int | None = None
 
     def result_line(self, extra: Mapping[str, object] | None = None) -> str:
         fields: dict[str, object] = {
@@ -107,6 +109,7 @@ class Verdict:
             "duplicates_all": self.duplicates_all,
             "missed": self.missed,
             "counted_missed": _count(self.counted_missed),
+            "skipped": _count(self.skipped),
             "failover_next_start_p99_s": _seconds(self.failover_next_start_p99_s),
             "sigterm_next_start_max_s": _seconds(self.sigterm_next_start_max_s),
             "failovers_unrecovered": self.failovers_unrecovered,
@@ -211,19 +214,26 @@ def judge(
     writes: float,
     lease_writes: float,
     seconds: float,
+    skipped: Mapping[str, int] | None = None,
 ) -> Verdict:
     """The verdict on one run.
 
     ``uncertain`` and ``counted_missed`` are the operators' ``podcron_ticks_uncertain_total``
     and ``podcron_ticks_missed_total`` per job, summed over every process; ``None`` where the
     operator does not export them, and then every missing tick is missed outside a counted
-    window. A job's counts cover its ticks outside the window too: they excuse at most as
-    many of its missing ticks as they say.
+    window. ``skipped`` is their ``podcron_job_runs_total{status="skipped"}``: a tick skipped
+    under concurrencyPolicy Forbid has that outcome and is not started. A job's counts cover
+    its ticks outside the window too: they excuse at most as many of its missing ticks as
+    they say.
     ``writes`` and ``lease_writes`` are mutating requests the API server counted in the
     window of ``seconds``.
     """
     ticks, missed = missing(entries, schedules, *window)
-    excused = collections.Counter(uncertain or {}) + collections.Counter(counted_missed or {})
+    excused = (
+        collections.Counter(uncertain or {})
+        + collections.Counter(counted_missed or {})
+        + collections.Counter(skipped or {})
+    )
     uncounted = tuple(
         Uncounted(job, excused[job], tuple(tick / 1000 for tick in sorted(lost)))
         for job, lost in sorted(missed.items())
@@ -251,4 +261,5 @@ def judge(
         writes_per_s=writes / seconds if seconds > 0 else 0.0,
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
         uncounted=uncounted,
+        skipped=None if skipped is None else sum(skipped.values()),
     )

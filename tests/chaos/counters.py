@@ -70,12 +70,12 @@ def mutating(on: str | None = None) -> Callable[[dict[str, str]], bool]:
     return accept
 
 
-def exported(page: str, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
+def exported(page: str, names: tuple[str, ...], **only: str) -> dict[str, dict[str, float]]:
     """Each of the counters ``names`` the page declares, per job (``namespace/name``).
 
     A counter declared with no samples yet is there, with no job; one the page does not
     declare is left out. The declaration names the counter with or without ``_total``,
-    depending on the client and the format.
+    depending on the client and the format. ``only`` keeps the series with those labels.
     """
     found: dict[str, dict[str, float]] = {}
     for name in names:
@@ -84,6 +84,8 @@ def exported(page: str, names: tuple[str, ...]) -> dict[str, dict[str, float]]:
             per_job: dict[str, float] = {}
             for series, value in samples(page, name).items():
                 job = labels(series)
+                if any(job.get(label) != value for label, value in only.items()):
+                    continue
                 key = f"{job.get('namespace', '')}/{job.get('name', '')}"
                 per_job[key] = per_job.get(key, 0.0) + value
             found[name] = per_job

@@ -57,6 +57,10 @@ DRAIN_SCRAPE_SECONDS = 0.2
 #: Jobs with ticks missed uncounted printed before the RESULT line, to start looking from.
 UNCOUNTED_SHOWN = 20
 OPERATOR_COUNTERS = ("podcron_ticks_uncertain_total", "podcron_ticks_missed_total")
+#: Ticks skipped under concurrencyPolicy Forbid (the job's run was still going): an outcome
+#: of their own, recorded as such, not a start. Kept under this key beside the counters.
+SKIPPED = "skipped"
+RUNS = "podcron_job_runs_total"
 OPERATOR_STARTED = "podcron operator started"
 
 
@@ -188,7 +192,11 @@ class Replica:
                 page = response.read().decode()
         except OSError:
             return
-        self.counters[process.pid] = counters.exported(page, OPERATOR_COUNTERS)
+        found = counters.exported(page, OPERATOR_COUNTERS)
+        skipped = counters.exported(page, (RUNS,), status="skipped")
+        if RUNS in skipped:
+            found[SKIPPED] = skipped[RUNS]
+        self.counters[process.pid] = found
 
     def scrape_until_exit(self) -> None:
         """Read the counters every :data:`DRAIN_SCRAPE_SECONDS` until the process exits."""
@@ -482,6 +490,7 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         replicas=settings.replicas,
         uncertain=cluster.operator_counter("podcron_ticks_uncertain_total"),
         counted_missed=cluster.operator_counter("podcron_ticks_missed_total"),
+        skipped=cluster.operator_counter(SKIPPED),
         writes=writes,
         lease_writes=lease_writes,
         seconds=window_end - window_start,

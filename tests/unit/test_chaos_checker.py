@@ -31,6 +31,7 @@ def verdict(entries: list[Entry], **counts: dict[str, int] | None) -> Verdict:
         writes=50.0,
         lease_writes=10.0,
         seconds=10.0,
+        skipped=counts.get("skipped"),
     )
 
 
@@ -132,6 +133,16 @@ def test_a_jobs_counts_do_not_excuse_the_ticks_another_job_lost() -> None:
     assert (result.missed, result.missed_outside_window) == (2, 1)
     assert (result.uncertain, result.counted_missed) == (1, 4)
     assert [u.describe() for u in result.uncounted] == ["ns/a: 2 missing, 1 counted: 1006 1008"]
+
+
+def test_a_tick_skipped_under_forbid_is_an_outcome_not_a_loss() -> None:
+    # ns/a's run at 1004 was still going at 1006: the operator skipped that tick and said so.
+    entries = [e for e in every_tick() if not (e.job == "ns/a" and e.tick == 1006.0)]
+    assert verdict(entries).missed_outside_window == 1
+    result = verdict(entries, skipped={"ns/a": 1})
+    assert (result.missed, result.missed_outside_window, result.skipped) == (1, 0, 1)
+    assert "counted_missed=none skipped=1 " in result.result_line()
+    assert verdict(entries, skipped={"ns/b": 1}).missed_outside_window == 1
 
 
 def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_after_it() -> None:

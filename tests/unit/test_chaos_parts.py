@@ -53,6 +53,19 @@ podcron_ticks_uncertain_total{namespace="a",name="y"} 0.0
     }
 
 
+def test_operator_counters_can_be_read_for_one_label_value() -> None:
+    page = """\
+# TYPE podcron_job_runs_total counter
+podcron_job_runs_total{name="x",namespace="a",status="success",trigger="scheduled"} 5.0
+podcron_job_runs_total{name="x",namespace="a",status="skipped",trigger="scheduled"} 2.0
+podcron_job_runs_total{name="x",namespace="a",status="skipped",trigger="catch-up"} 1.0
+podcron_job_runs_total{name="y",namespace="a",status="failure",trigger="scheduled"} 1.0
+"""
+    names = ("podcron_job_runs_total",)
+    assert exported(page, names, status="skipped") == {"podcron_job_runs_total": {"a/x": 3.0}}
+    assert exported(page, names)["podcron_job_runs_total"] == {"a/x": 8.0, "a/y": 1.0}
+
+
 def test_a_seed_names_one_plan_and_every_fault_ends_before_the_window_closes() -> None:
     kinds = tuple(nemesis.KINDS)
     first = nemesis.plan(5, kinds, ["r0", "r1"], 600, lease_stale=6)
