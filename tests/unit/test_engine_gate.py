@@ -686,6 +686,23 @@ async def test_a_job_registered_again_under_a_new_uid_gets_no_gain_of_its_old_on
     assert [key for key, _ in gate.asked] == []
 
 
+async def test_a_held_tick_is_not_told_to_the_gate_as_decided(setup: Setup) -> None:
+    # A held tick of a job lost now is dropped here: the handover must not count it started.
+    await setup.align()
+    gate = setup.gate
+    gate.owned.add(UID)
+    gate.fire_bound = setup.clock.wall()  # frozen: a renewal failed
+    setup.engine.upsert(_the_job())
+    await gate.asked_about(UID, 2, within=3)
+    held = [tick for _, tick in gate.asked]
+    assert setup.recorder.events == []
+    assert gate.asked_through[-1] == held[0]
+    gate.fire_bound = float("inf")
+    setup.engine.bound_moved()
+    assert await setup.dispatched() == held
+    assert gate.asked_through[-1] > held[-1]
+
+
 async def test_the_engine_tells_the_gate_when_an_instant_is_asked_about_in_full(
     setup: Setup,
 ) -> None:

@@ -456,9 +456,17 @@ class Engine:
                 scheduled_at, scheduled = due, _utc(due)
             self._start(job, Trigger.SCHEDULED, scheduled)
         if gate is not None:
-            earliest = self._due.earliest()
-            gate.asked_before(math.inf if earliest is None else earliest)
+            self._tell_decided(gate)
         self._set_timer()
+
+    def _tell_decided(self, gate: FiringGate) -> None:
+        """Tell the gate the earliest tick not decided yet: still armed, or asked and held.
+
+        A held tick was asked about but neither started nor counted: should its job be
+        lost, the successor must take it as uncertain, not as started here.
+        """
+        earliest = self._due.earliest()
+        gate.asked_before(min(math.inf if earliest is None else earliest, self._held.earliest()))
 
     # -- dispatch ---------------------------------------------------------
 
@@ -537,6 +545,7 @@ class Engine:
                     for still_held, held_trigger in due[index:]:
                         self._held.hold(job_id, still_held, held_trigger)
                     break
+        self._tell_decided(gate)
 
     def _start_newest(self, job: JobState, due: list[tuple[float, Trigger]]) -> int:
         """Start the newest held tick the gate lets through; returns how many older are missed.

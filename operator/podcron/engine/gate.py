@@ -65,10 +65,11 @@ class FiringGate(Protocol):
         ...
 
     def asked_before(self, instant: float) -> None:
-        """Every scheduled tick due before ``instant`` has been asked about (none still waits).
+        """Every scheduled tick due before ``instant`` was decided: started, counted or not ours.
 
         The engine asks in due order, a batch at a time: the ticks of one instant may
         be split across batches. A handover between two batches must not take the
-        instant as done for the jobs not asked yet (docs/ha.md, rule 4).
+        instant as done for the jobs not asked yet (docs/ha.md, rule 4). Nor a tick
+        held (asked, answered HOLD): dropped when its job is lost, it never started.
         """
         ...

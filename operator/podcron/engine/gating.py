@@ -155,6 +155,10 @@ class HeldTicks:
             return overflow
         return 0
 
+    def earliest(self) -> float:
+        """The oldest tick held, of any job; infinity when none is."""
+        return min((ticks[0][0] for ticks in self._ticks.values() if ticks), default=math.inf)
+
     def forget(self, job_id: str) -> None:
         """Drop the job's held ticks (lost, removed, or superseded by a catch-up)."""
         self._ticks.pop(job_id, None)
