@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import pytest
@@ -122,3 +123,18 @@ def test_held_ticks_keep_the_newest_ten_a_job_and_are_taken_all_at_once() -> Non
     taken = held.take()
     assert [tick for tick, _ in taken["ns/a"]] == [T0 + n for n in range(2, 12)]
     assert not held
+
+
+def test_the_earliest_held_tick_follows_holds_forgets_overflows_and_takes() -> None:
+    held = HeldTicks()
+    assert held.earliest() == math.inf
+    held.hold("ns/b", T0 + 5, Trigger.SCHEDULED)
+    held.hold("ns/a", T0 + 1, Trigger.SCHEDULED)
+    assert held.earliest() == T0 + 1
+    held.forget("ns/a")
+    assert held.earliest() == T0 + 5
+    for n in range(6, 16):  # eleven ticks of ns/b: its oldest makes room
+        held.hold("ns/b", T0 + n, Trigger.SCHEDULED)
+    assert held.earliest() == T0 + 6
+    held.take()
+    assert held.earliest() == math.inf

@@ -134,10 +134,13 @@ def plan_catch_up(
 class HeldTicks:
     """Ticks the gate answered HOLD for, per job id, oldest first: at most ten a job."""
 
-    __slots__ = ("_ticks",)
+    __slots__ = ("_earliest", "_ticks")
 
     def __init__(self) -> None:
         self._ticks: dict[str, list[tuple[float, Trigger]]] = {}
+        # The oldest tick held, kept as ticks come (asked about after every timer batch,
+        # which at an outage's end can hold thousands of jobs); None once ticks left.
+        self._earliest: float | None = math.inf
 
     def __bool__(self) -> bool:
         return bool(self._ticks)
@@ -149,21 +152,28 @@ class HeldTicks:
         """Keep ``tick`` of ``job_id``; returns how many older ticks of it made room (missed)."""
         ticks = self._ticks.setdefault(job_id, [])
         ticks.append((tick, trigger))
+        if self._earliest is not None:
+            self._earliest = min(self._earliest, tick)
         overflow = len(ticks) - MAX_CATCH_UP_TICKS
         if overflow > 0:
             del ticks[:overflow]
+            self._earliest = None
             return overflow
         return 0
 
     def earliest(self) -> float:
         """The oldest tick held, of any job; infinity when none is."""
-        return min((ticks[0][0] for ticks in self._ticks.values() if ticks), default=math.inf)
+        if self._earliest is None:
+            self._earliest = min((ticks[0][0] for ticks in self._ticks.values()), default=math.inf)
+        return self._earliest
 
     def forget(self, job_id: str) -> None:
         """Drop the job's held ticks (lost, removed, or superseded by a catch-up)."""
-        self._ticks.pop(job_id, None)
+        if self._ticks.pop(job_id, None) is not None:
+            self._earliest = None
 
     def take(self) -> dict[str, list[tuple[float, Trigger]]]:
         """Every held tick, now no longer held: the caller holds again what must still wait."""
         taken, self._ticks = self._ticks, {}
+        self._earliest = math.inf
         return taken
