@@ -85,6 +85,14 @@ class Setup:
         wall = self.clock.wall()
         await asyncio.sleep(math.ceil(wall) - wall + 0.25)
 
+    async def hold_the_job(self, **fields: Any) -> ScriptedGate:
+        """Align, then register the job, owned here with its ticks held: a renewal failed."""
+        await self.align()
+        self.gate.owned.add(UID)
+        self.gate.fire_bound = self.clock.wall()  # frozen
+        self.engine.upsert(_the_job(**fields))
+        return self.gate
+
     def counter(self, name: str) -> float:
         return counted(self.registry, name)
 
@@ -154,11 +162,7 @@ async def test_a_tick_of_a_job_owned_elsewhere_is_not_started_nor_recorded(setup
 
 
 async def test_held_ticks_start_oldest_first_when_the_bound_moves(setup: Setup) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()  # frozen: a renewal failed
-    setup.engine.upsert(_the_job())
+    gate = await setup.hold_the_job()
     await asyncio.sleep(3.5)
     held = [tick for _, tick in gate.asked]
     assert len(held) == 3
@@ -175,11 +179,7 @@ async def test_held_ticks_start_oldest_first_when_the_bound_moves(setup: Setup) 
 
 
 async def test_a_bound_that_moves_part_way_starts_the_ticks_below_it_only(setup: Setup) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job())
+    gate = await setup.hold_the_job()
     await asyncio.sleep(3.5)
     first, second, third = (tick for _, tick in gate.asked)
     gate.fire_bound = second
@@ -193,11 +193,7 @@ async def test_a_bound_that_moves_part_way_starts_the_ticks_below_it_only(setup:
 async def test_under_replace_the_newest_held_tick_the_bound_allows_starts_the_older_missed(
     setup: Setup,
 ) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job(concurrency_policy=ConcurrencyPolicy.REPLACE))
+    gate = await setup.hold_the_job(concurrency_policy=ConcurrencyPolicy.REPLACE)
     await asyncio.sleep(3.5)
     _first, second, third = (tick for _, tick in gate.asked)
     gate.fire_bound = second
@@ -210,11 +206,7 @@ async def test_under_replace_the_newest_held_tick_the_bound_allows_starts_the_ol
 
 
 async def test_held_ticks_older_than_the_allowance_are_missed(setup: Setup) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job(starting_deadline_seconds=2.5))
+    gate = await setup.hold_the_job(starting_deadline_seconds=2.5)
     await asyncio.sleep(5.5)
     held = [tick for _, tick in gate.asked]
     gate.fire_bound = float("inf")
@@ -226,11 +218,7 @@ async def test_held_ticks_older_than_the_allowance_are_missed(setup: Setup) -> N
 
 
 async def test_at_most_ten_ticks_of_a_job_are_held_the_older_ones_missed(setup: Setup) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job(starting_deadline_seconds=60))
+    gate = await setup.hold_the_job(starting_deadline_seconds=60)
     await asyncio.sleep(MAX_CATCH_UP_TICKS + 3.5)
     assert setup.counter("podcron_ticks_missed_total") == 3
     held = [tick for _, tick in gate.asked]
@@ -257,11 +245,7 @@ async def test_held_ticks_of_a_lost_or_removed_job_never_start(setup: Setup) -> 
 
 
 async def test_a_held_tick_the_gate_then_gives_away_is_dropped(setup: Setup) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job())
+    gate = await setup.hold_the_job()
     await asyncio.sleep(2.5)
     first, second = (tick for _, tick in gate.asked)
     # The next epoch's start bound is above the first: that tick is the predecessor's.
@@ -287,11 +271,7 @@ async def test_after_shutdown_the_gates_reports_change_nothing(setup: Setup) -> 
 
 
 async def test_held_ticks_of_a_job_suspended_meanwhile_never_start(setup: Setup) -> None:
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()
-    setup.engine.upsert(_the_job())
+    gate = await setup.hold_the_job()
     await asyncio.sleep(2.5)
     setup.engine.upsert(_the_job(suspended=True))
     gate.fire_bound = float("inf")
@@ -688,11 +668,7 @@ async def test_a_job_registered_again_under_a_new_uid_gets_no_gain_of_its_old_on
 
 async def test_a_held_tick_is_not_told_to_the_gate_as_decided(setup: Setup) -> None:
     # A held tick of a job lost now is dropped here: the handover must not count it started.
-    await setup.align()
-    gate = setup.gate
-    gate.owned.add(UID)
-    gate.fire_bound = setup.clock.wall()  # frozen: a renewal failed
-    setup.engine.upsert(_the_job())
+    gate = await setup.hold_the_job()
     await gate.asked_about(UID, 2, within=3)
     held = [tick for _, tick in gate.asked]
     assert setup.recorder.events == []
