@@ -18,7 +18,6 @@ from podcron.engine.gate import Gain, Verdict
 from podcron.ha.agent import Agent
 from podcron.ha.protocol import (
     EPOCH,
-    FENCED,
     FIRE_BOUND,
     HANDOVER_BOUND,
     MEMBERS,
@@ -164,18 +163,29 @@ async def test_two_replicas_split_the_jobs_and_the_newcomer_starts_above_the_han
 
 
 async def test_a_crashed_replica_is_fenced_after_l_and_its_jobs_start_above_its_frozen_bound(
-    ring: Ring,
+    ring: Ring, caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = ring.start("a"), ring.start("b")
     await until(lambda: settled(a, b), within=4 * R)
     lost = [k for k in JOBS if a.owns(k)]
+    writes: list[str] = []
+
+    def note_writes(operation: str, name: str) -> Fault:
+        # Noted as they come: once b settles the epoch without a, a's Lease is deleted.
+        if name == member_lease_name(a.identity):
+            writes.append(operation)
+        return Fault.NONE
+
     ring.crash("a")
+    ring.store.fault = note_writes
     crashed_at = asyncio.get_running_loop().time()
     frozen = float(ring.annotation(member_lease_name(a.identity), FIRE_BOUND))
     await until(lambda: all(k in ring.listeners["b"].gains for k in lost), within=L + 3 * R)
     # Not before its Lease stood still for L on b's monotonic clock.
     assert asyncio.get_running_loop().time() - crashed_at >= L
-    assert ring.annotation(member_lease_name(a.identity), FENCED) == "true"
+    # a wrote nothing since: the first write of its Lease is b's fence, the last its delete.
+    assert writes[0] == "replace"
+    assert "fenced replica a-" in caplog.text
     gains = ring.listeners["b"].gains
     assert {(gains[k].start_bound, gains[k].uncertain_from) for k in lost} == {
         (frozen, frozen - LAMBDA)
@@ -206,8 +216,9 @@ async def test_a_released_replica_hands_its_jobs_over_within_2r_with_nothing_unc
     lost = [k for k in JOBS if a.owns(k)]
     await a.release()
     assert not any(a.owns(k) for k in JOBS)
-    await until(lambda: settled(b), within=2 * R)
+    # Read before b settles: then its released Lease is no longer needed, and deleted.
     handover = float(ring.annotation(member_lease_name(a.identity), HANDOVER_BOUND))
+    await until(lambda: settled(b), within=2 * R)
     gains = ring.listeners["b"].gains
     assert {(gains[k].start_bound, gains[k].uncertain_from) for k in lost} == {(handover, None)}
 
@@ -328,9 +339,10 @@ async def test_a_release_during_a_renewal_waits_for_it_instead_of_conflicting(ri
     await renewing.wait()
     await a.release()
     await asyncio.wait_for(ring.tasks["a"], R)  # its loop, the renewal included, has ended
-    # The renewal, then the release: no conflict, so no read back and no second attempt.
-    assert calls == ["replace", "replace"]
-    assert ring.annotation(lease, "podcron.dev/released") == "true"
+    # The renewal, then the release: no conflict, so no read back and no second attempt
+    # (b may have deleted the released Lease since: no longer needed once it settled).
+    assert calls[:2] == ["replace", "replace"]
+    assert set(calls[2:]) <= {"delete"}
 
 
 async def test_a_release_while_the_lease_is_being_created_releases_the_lease_created(
@@ -401,3 +413,56 @@ async def test_a_noticed_epoch_is_adopted_before_the_next_renewal(ring: Ring) ->
     b.noticed(published)
     await until(lambda: b.member.epoch == int(published.annotations[EPOCH]), within=R / 4)
     assert asyncio.get_running_loop().time() - began < R / 4
+
+
+async def test_a_member_writes_that_it_settled_an_epoch_at_once(ring: Ring) -> None:
+    # The next epoch may wait for it (one without a fenced member): not a period more.
+    a = ring.start("a")
+    await until(lambda: settled(a), within=4 * R)
+    b = ring.start("b")
+    loop = asyncio.get_running_loop()
+    await until(
+        lambda: (
+            b.identity in b.member.assignment.members and b.member.settled_epoch == b.member.epoch
+        ),
+        within=6 * R,
+    )
+    settled_at = loop.time()
+    lease = member_lease_name(b.identity)
+    await until(lambda: int(ring.annotation(lease, EPOCH)) == b.member.epoch, within=2 * R)
+    assert loop.time() - settled_at < R / 4
+
+
+async def test_the_coordinator_steps_when_a_member_settles_and_not_at_its_every_renewal(
+    ring: Ring,
+) -> None:
+    agents = a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(*agents), within=6 * R)
+    coordinator = a if ring.store.leases()[coordinator_lease_name("t")].holder == a.identity else b
+    member = b if coordinator is a else a
+    own = member_lease_name(coordinator.identity)
+    await until(
+        lambda: (
+            ring.annotation(member_lease_name(member.identity), EPOCH)
+            == str(coordinator.member.epoch)
+        ),
+        within=2 * R,
+    )
+    renewals = 0
+    renewed = asyncio.Event()
+
+    def count(operation: str, name: str) -> Fault:
+        nonlocal renewals
+        if (operation, name) == ("replace", own):
+            renewals += 1
+            renewed.set()
+        return Fault.NONE
+
+    ring.store.fault = count
+    await renewed.wait()  # the coordinator has just renewed: its next renewal is R away
+    record = ring.store.leases()[member_lease_name(member.identity)]
+    coordinator.noticed(record)  # the watch shows the member settled the epoch
+    await until(lambda: renewals == 2, within=R / 4)
+    coordinator.noticed(record)  # the same renewal again, or the next one: nothing new
+    await asyncio.sleep(R / 2)
+    assert renewals == 2

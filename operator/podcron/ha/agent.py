@@ -118,6 +118,8 @@ class Agent:
         self._member_write = asyncio.Lock()
         #: Set when a Lease changed in a way that may hand this replica jobs: step now.
         self._wake = asyncio.Event()
+        #: The epoch each member's Lease last said it settled, as the watch showed it.
+        self._settled_seen: dict[str, int] = {}
         #: The last snapshot of the ring this replica read (for the System API's owners).
         self.snapshot: Snapshot | None = None
         self.member = self._new_member()
@@ -195,10 +197,15 @@ class Agent:
         loop = asyncio.get_running_loop()
         while not self._releasing:
             began = loop.time()
+            member, settled = self.member, self.member.settled_epoch
             try:
                 await self.step()
             except Exception:
                 log.exception("replica %s: a protocol step failed", self.identity)
+            if self.member is member and member.settled_epoch > settled:
+                # Settled an epoch: write so now, not a period later. The next epoch (one
+                # without a fenced member, say) waits for every member to say it settled.
+                continue
             left = max(0.0, self.params.renew_period - (loop.time() - began))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), left)
@@ -207,17 +214,29 @@ class Agent:
     def noticed(self, record: LeaseRecord) -> None:
         """A Lease of the ring changed (a watch's hint, on the loop): step now if it may matter.
 
-        A new epoch to adopt, or a member of this replica's epoch released or fenced (an
-        epoch to publish, when this replica coordinates). Renewals, one per member per
-        ``R``, wait for the next period: stepping on each would multiply the writes.
+        A new epoch to adopt, a member of this replica's epoch released or fenced, or,
+        when this replica coordinates, one settling the epoch (either may let it publish
+        the next). Renewals, one per member per ``R``, wait for the next period:
+        stepping on each would multiply the writes.
         """
         if record.name == coordinator_lease_name(self.ring):
             if EpochView.parse(record).epoch != self.member.epoch:
                 self._wake.set()
         elif record.name.startswith(MEMBER_PREFIX):
             view = MemberView.parse(record)
-            if view.gone and view.identity in self.member.assignment.members:
+            if view.identity not in self.member.assignment.members:
+                return
+            if view.gone or (
+                self._coordinating()
+                and view.settled_epoch == self.member.epoch
+                and self._settled_seen.get(view.identity, 0) < view.settled_epoch
+            ):
                 self._wake.set()
+            self._settled_seen[view.identity] = view.settled_epoch
+
+    def _coordinating(self) -> bool:
+        published = None if self.snapshot is None else self.snapshot.epoch
+        return published is not None and published.holder == self.identity
 
     async def step(self) -> None:
         """One renewal and what follows it: the ring observed, coordination done."""
@@ -235,6 +254,11 @@ class Agent:
             return
         snapshot = Snapshot.parse(records, self.ring)
         self.snapshot = snapshot
+        self._settled_seen = {
+            identity: epoch
+            for identity, epoch in self._settled_seen.items()
+            if identity in snapshot.members
+        }
         self._staleness.observe(snapshot, self._monotonic(), self._wall(), self.params)
         changes = self.member.observe(snapshot)
         if self.member.state is MemberState.FENCED:
