@@ -343,7 +343,10 @@ class JobMetrics:
             (labels((("namespace", namespace), ("name", name))), live[:], (namespace, name))
             for (namespace, name), live in list(self._jobs.items())
         ]
-        job_exemplars = {key: bytes(live) for key, live in list(self._exemplars.items())}
+        # Only OpenMetrics shows exemplars: the classic format copies none.
+        job_exemplars = (
+            {key: bytes(live) for key, live in list(self._exemplars.items())} if openmetrics else {}
+        )
         lines: list[str] = []
         write = lines.append
         for family, number in (
@@ -373,7 +376,7 @@ class JobMetrics:
                 job,
                 values[_BUCKETS_AT : _SUM_AT + 1],
                 _DURATION_LABELS,
-                job_exemplars.get(key) if openmetrics else None,
+                job_exemplars.get(key),
             )
         for family, at in _JOB_VALUES:
             write(family.header(openmetrics))
