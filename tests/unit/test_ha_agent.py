@@ -21,6 +21,7 @@ from podcron.ha.protocol import (
     FIRE_BOUND,
     HANDOVER_BOUND,
     MEMBERS,
+    RING_LABEL,
     Params,
     coordinator_lease_name,
     member_lease_name,
@@ -466,3 +467,33 @@ async def test_the_coordinator_steps_when_a_member_settles_and_not_at_its_every_
     coordinator.noticed(record)  # the same renewal again, or the next one: nothing new
     await asyncio.sleep(R / 2)
     assert renewals == 2
+
+
+async def test_a_member_the_watch_saw_stop_is_fenced_l_after_its_last_renewal_not_a_list_later(
+    ring: Ring,
+) -> None:
+    # The coordinator lists the ring once a renewal period; a member that died just after
+    # a list, but whose last renewal the watch showed, is stale L after that renewal.
+    b = ring.start("b")
+    await until(lambda: settled(b), within=2 * R)
+    loop = asyncio.get_running_loop()
+    renewed = asyncio.Event()
+    dead = member_lease_name("x-00000000")
+    fenced_at: list[float] = []
+
+    def note(operation: str, name: str) -> Fault:
+        if (operation, name) == ("replace", member_lease_name(b.identity)):
+            renewed.set()
+        elif (operation, name) == ("replace", dead):
+            fenced_at.append(loop.time())
+        return Fault.NONE
+
+    ring.store.fault = note
+    await renewed.wait()  # b has just listed the ring: its next list is R away
+    await asyncio.sleep(R / 2)
+    # A member's last renewal (no fire bound: no credit for its age), shown by the watch.
+    record = await ring.store.create(dead, "x-00000000", {}, {RING_LABEL: "t"})
+    last_renewal = loop.time()
+    b.noticed(record)
+    await until(lambda: fenced_at, within=L + 2 * R)
+    assert L <= fenced_at[0] - last_renewal < L + R / 4

@@ -207,6 +207,14 @@ class Agent:
                 # without a fenced member, say) waits for every member to say it settled.
                 continue
             left = max(0.0, self.params.renew_period - (loop.time() - began))
+            # A member this replica would fence (or a coordinator it would replace) may go
+            # stale before the next renewal: step then, not up to a period later.
+            left = min(
+                left,
+                self._staleness.next_stale(
+                    self._watched(), self._monotonic(), self.params.fence_after
+                ),
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), left)
             self._wake.clear()
@@ -224,6 +232,7 @@ class Agent:
                 self._wake.set()
         elif record.name.startswith(MEMBER_PREFIX):
             view = MemberView.parse(record)
+            self._staleness.saw(view, self._monotonic(), self._wall(), self.params)
             if view.identity not in self.member.assignment.members:
                 return
             if view.gone or (
@@ -237,6 +246,18 @@ class Agent:
     def _coordinating(self) -> bool:
         published = None if self.snapshot is None else self.snapshot.epoch
         return published is not None and published.holder == self.identity
+
+    def _watched(self) -> list[str]:
+        """The members whose staleness this replica acts on: all, as coordinator; else the
+        coordinator itself."""
+        snapshot = self.snapshot
+        if snapshot is None or snapshot.epoch is None:
+            return []
+        views = snapshot.members
+        if not self._coordinating():
+            holder = snapshot.epoch.holder
+            views = {holder: views[holder]} if holder in views else {}
+        return [i for i, view in views.items() if i != self.identity and not view.gone]
 
     async def step(self) -> None:
         """One renewal and what follows it: the ring observed, coordination done."""

@@ -542,7 +542,29 @@ class Staleness:
         self._seen: dict[str, tuple[str, float]] = {}
 
     def observe(self, snapshot: Snapshot, monotonic: float, wall: float, params: Params) -> None:
-        """Note the Leases that moved; one seen for the first time may be counted as older.
+        """Note the Leases that moved; those not in ``snapshot`` are forgotten."""
+        before, self._seen = self._seen, {}
+        for view in snapshot.members.values():
+            self._note(view, before.get(view.identity), monotonic, wall, params)
+
+    def saw(self, view: MemberView, monotonic: float, wall: float, params: Params) -> None:
+        """One member Lease as a watch showed it, between two observations.
+
+        The watch shows a renewal when it is written, where the next list may come
+        up to a period later: so a Lease that stopped moving is judged from when it
+        last moved, not from when a list first showed it still.
+        """
+        self._note(view, self._seen.get(view.identity), monotonic, wall, params)
+
+    def _note(
+        self,
+        view: MemberView,
+        before: tuple[str, float] | None,
+        monotonic: float,
+        wall: float,
+        params: Params,
+    ) -> None:
+        """A Lease seen for the first time may be counted as older.
 
         A replica that starts after a member died would otherwise wait the whole
         L from its first read (up to twice L for a dead coordinator). The Lease's
@@ -551,19 +573,20 @@ class Staleness:
         L/2 on this replica's own clock, which a live member renewing every R
         never does, however wrong either clock is.
         """
-        seen: dict[str, tuple[str, float]] = {}
-        for identity, view in snapshot.members.items():
-            version = view.record.resource_version
-            before = self._seen.get(identity)
-            if before is not None and before[0] == version:
-                seen[identity] = before
-            elif before is None and math.isfinite(view.fire_bound):
-                age = wall - (view.fire_bound - params.fire_ahead)
-                credit = min(max(age, 0.0), params.fence_after / 2)
-                seen[identity] = (version, monotonic - credit)
-            else:
-                seen[identity] = (version, monotonic)
-        self._seen = seen
+        version = view.record.resource_version
+        if before is not None and before[0] == version:
+            self._seen[view.identity] = before
+        elif before is None and math.isfinite(view.fire_bound):
+            age = wall - (view.fire_bound - params.fire_ahead)
+            credit = min(max(age, 0.0), params.fence_after / 2)
+            self._seen[view.identity] = (version, monotonic - credit)
+        else:
+            self._seen[view.identity] = (version, monotonic)
+
+    def next_stale(self, identities: Iterable[str], monotonic: float, after: float) -> float:
+        """In how many seconds the next of ``identities`` not yet stale will be (inf: none)."""
+        deadlines = (self._seen[i][1] + after - monotonic for i in identities if i in self._seen)
+        return min((d for d in deadlines if d > 0), default=math.inf)
 
     def stale(self, identity: str, monotonic: float, after: float) -> bool:
         """Unchanged for ``after`` seconds since this replica first saw its current version."""
