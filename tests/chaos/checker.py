@@ -169,12 +169,18 @@ def takeovers(
 ) -> list[Takeover]:
     """For each job the faulted process was starting ticks of: when another process started it.
 
-    A job is the process's when its last start before the fault was there.
+    A job is the process's when its last start before the fault was there. The outage
+    counts from the first tick the process did not start: the fault is noted before the
+    signal is sent (after a scrape, which may take a while), and a tick due in between, or
+    one the process's loop reached before the signal's handler, was started by it.
     """
     last_before: dict[str, Entry] = {}
+    last_of_process: dict[str, float] = {}
     for entry in entries:
         if entry.monotonic < fault.monotonic:
             last_before[entry.job] = entry
+        if entry.pid == fault.pid:
+            last_of_process[entry.job] = max(entry.tick, last_of_process.get(entry.job, -math.inf))
     affected = {job for job, entry in last_before.items() if entry.pid == fault.pid}
     first_after: dict[str, float] = {}
     for entry in sorted(entries, key=lambda e: e.monotonic):
@@ -188,7 +194,8 @@ def takeovers(
     found = []
     for job in sorted(affected):
         next_start = first_after.get(job, math.nan)
-        due = schedules[job].next_after(datetime.fromtimestamp(fault.wall, UTC))
+        after = max(fault.wall, last_of_process[job])
+        due = schedules[job].next_after(datetime.fromtimestamp(after, UTC))
         wait = 0.0 if due is None else max(0.0, due.timestamp() - fault.wall)
         found.append(Takeover(next_start, next_start - wait))
     return found

@@ -145,6 +145,20 @@ def test_a_tick_skipped_under_forbid_is_an_outcome_not_a_loss() -> None:
     assert verdict(entries, skipped={"ns/b": 1}).missed_outside_window == 1
 
 
+def test_a_take_over_is_timed_from_the_first_tick_the_faulted_process_did_not_start() -> None:
+    # The fault was noted at 1001.9, the signal went out after a scrape: the process started
+    # 1002 itself, and the other took over on time at 1004.
+    entries = [
+        entry("ns/a", 1000.0, pid=1),
+        entry("ns/a", 1002.0, pid=1),
+        entry("ns/a", 1004.0, pid=2, at=1004.1),
+    ]
+    term = Fault("term", "r1", 1, 1001.9, 1001.9)
+    [taken] = takeovers(entries, term, SCHEDULES)
+    assert math.isclose(taken.next_start, 2.2)
+    assert math.isclose(taken.outage, 0.1)
+
+
 def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_after_it() -> None:
     entries = [
         entry("ns/a", 1000.0, pid=1, at=1000.0),
