@@ -16,6 +16,7 @@ import logging
 import math
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -338,14 +339,29 @@ class Agent:
         ]
         if changes.adopted is not None:
             log.info(
-                "replica %s adopted epoch %d: %d jobs lost, %d gained with a known start bound",
+                "replica %s adopted epoch %d: %d jobs lost (handover bound %s, certain up to %s),"
+                " %d gained with a known start bound",
                 self.identity,
                 changes.adopted,
                 len(lost),
+                _timestamp(self.member.handover_bound),
+                _timestamp(self.member.handover_from),
                 len(gained),
             )
             if self._observer is not None:
                 self._observer.epoch_adopted(changes.adopted, len(gained), len(lost))
+        if gained:
+            # Each start bound once: they tell what a gain's catch-up took as started before.
+            bounds = Counter((g.start_bound, g.uncertain_from) for g in gained)
+            for (start, uncertain), jobs in sorted(bounds.items(), key=lambda item: item[0][0]):
+                log.info(
+                    "replica %s gained %d jobs of epoch %d: start bound %s, uncertain from %s",
+                    self.identity,
+                    jobs,
+                    self.member.epoch,
+                    _timestamp(start),
+                    "none" if uncertain is None else _timestamp(uncertain),
+                )
         if gained or lost:
             self._listener.owners_changed(gained, lost)
         if changes.gained and self._held:
