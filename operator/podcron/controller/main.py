@@ -64,6 +64,14 @@ STATUS_RESERVE_SECONDS = 5.0
 #: operator handles anyway: kopf compares each object with the state it
 #: last handled, recorded in the object's annotations.
 KOPF_EXIT_SECONDS = 0.3
+#: kopf's per-object workers at once. Unbounded (kopf's default), start-up handles every
+#: ScheduledJob at once: 10,000 handler calls, annotation patches and their replies in
+#: flight together left a 600 MiB peak that Python's allocator kept (docs/performance.md,
+#: "Memory at 10,000 jobs"). Bounded, they are handled a batch at a time: 266 MiB.
+KOPF_WORKERS = 50
+#: A worker's place is held this long after its object's last event (kopf: 5 s): with the
+#: workers bounded, that wait would pace start-up.
+KOPF_WORKER_IDLE_SECONDS = 0.2
 #: Status patches in flight at once when the last status is written at shutdown.
 FLUSH_CONCURRENCY = 64
 #: A shutdown still running this long after its budget is cut short.
@@ -86,6 +94,8 @@ def _configure_kopf(operator: kopf.OperatorSettings) -> None:
         prefix=KOPF_PREFIX, key="last-handled-configuration"
     )
     operator.queueing.exit_timeout = KOPF_EXIT_SECONDS
+    operator.queueing.worker_limit = KOPF_WORKERS
+    operator.queueing.idle_timeout = KOPF_WORKER_IDLE_SECONDS
     operator.watching.server_timeout = 300
     # kopf logs every handler call at INFO, and the deletion watcher is called
     # for every watch event (every status patch): a thousand jobs would log
