@@ -67,7 +67,7 @@ KOPF_EXIT_SECONDS = 0.3
 #: kopf's per-object workers at once. Unbounded (kopf's default), start-up handles every
 #: ScheduledJob at once: 10,000 handler calls, annotation patches and their replies in
 #: flight together left a 600 MiB peak that Python's allocator kept (docs/performance.md,
-#: "Memory at 10,000 jobs"). Bounded, they are handled a batch at a time: 266 MiB.
+#: "Memory at 10,000 jobs"). Bounded, they are handled a batch at a time: 240-266 MiB.
 KOPF_WORKERS = 50
 #: A worker's place is held this long after its object's last event (kopf: 5 s): with the
 #: workers bounded, that wait would pace start-up.
