@@ -115,14 +115,31 @@ def test_a_start_bound_ahead_of_now_has_nothing_to_catch_up_but_its_uncertain_wi
 
 def test_held_ticks_keep_the_newest_ten_a_job_and_are_taken_all_at_once() -> None:
     held = HeldTicks()
-    made_room = [held.hold("ns/a", T0 + n, Trigger.SCHEDULED) for n in range(12)]
-    assert made_room == [0] * 10 + [1, 1]
+    for n in range(12):
+        held.hold("ns/a", T0 + n, Trigger.SCHEDULED)
     held.hold("ns/b", T0, Trigger.CATCH_UP)
     assert len(held) == 11
     held.forget("ns/b")
     taken = held.take()
     assert [tick for tick, _ in taken["ns/a"]] == [T0 + n for n in range(2, 12)]
     assert not held
+    assert held.passed_over("ns/a") == 2, "the two that made room"
+    assert held.passed_over("ns/a") == 0, "read once"
+
+
+def test_ticks_passed_over_stay_undecided_until_read_and_go_with_a_forgotten_job() -> None:
+    held = HeldTicks()
+    held.hold("ns/a", T0 + 3, Trigger.SCHEDULED, passed_over=2)  # T0+4, T0+5: passed over
+    held.hold("ns/b", T0 + 1, Trigger.SCHEDULED)
+    for n in range(2, 13):  # eleven ticks of ns/b: T0+1 makes room
+        held.hold("ns/b", T0 + n, Trigger.SCHEDULED)
+    held.take()
+    assert held.earliest() == T0 + 1, "passed over, not counted: not decided either"
+    held.forget("ns/b")
+    assert held.passed_over("ns/b") == 0
+    assert held.earliest() == T0 + 3
+    assert held.passed_over("ns/a") == 2
+    assert held.earliest() == math.inf
 
 
 def test_the_earliest_held_tick_follows_holds_forgets_overflows_and_takes() -> None:
@@ -133,8 +150,10 @@ def test_the_earliest_held_tick_follows_holds_forgets_overflows_and_takes() -> N
     assert held.earliest() == T0 + 1
     held.forget("ns/a")
     assert held.earliest() == T0 + 5
-    for n in range(6, 16):  # eleven ticks of ns/b: its oldest makes room
+    for n in range(6, 16):  # eleven ticks of ns/b: its oldest makes room, not yet counted
         held.hold("ns/b", T0 + n, Trigger.SCHEDULED)
+    assert held.earliest() == T0 + 5
+    assert held.passed_over("ns/b") == 1
     assert held.earliest() == T0 + 6
     held.take()
     assert held.earliest() == math.inf

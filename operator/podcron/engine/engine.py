@@ -496,14 +496,15 @@ class Engine:
     ) -> bool:
         """Whether ``tick`` may start now; a tick the gate holds is kept to be asked again.
 
-        ``coalesced``: the ticks before it that the loop was too late for, missed here
-        when the job is this replica's (counted by the caller when it starts).
+        ``coalesced``: the ticks after it that the loop was too late for, missed here
+        when the job is this replica's (counted by the caller when it starts, or once a
+        held tick of the job starts: :class:`HeldTicks`).
         """
         verdict = gate.verdict(job.spec.uid, tick)
         if verdict is Verdict.START:
             return True
         if verdict is Verdict.HOLD:
-            self._count_missed(job, self._held.hold(job.spec.job_id, tick, trigger) + coalesced)
+            self._held.hold(job.spec.job_id, tick, trigger, coalesced)
         return False
 
     def _count_missed(self, job: JobState, count: int) -> None:
@@ -521,6 +522,10 @@ class Engine:
 
         A tick older than its job's allowance is missed; one the gate now gives
         to another replica is dropped; the first still held keeps the later ones held.
+        The ticks passed over while the job was held (:class:`HeldTicks`) are missed
+        once one of its ticks starts, kept while one is still held, and dropped when
+        the gate gives the job to another replica: they are its successor's to account
+        for then, as are the ticks too late to start.
         """
         gate = self._gate
         if gate is None or not self._held or self._closing:
@@ -529,26 +534,45 @@ class Engine:
         for job_id, ticks in self._held.take().items():
             job = self._jobs.get(job_id)
             if job is None or job.spec.suspended:  # suspended since: its ticks are off
+                self._held.forget(job_id)
                 continue
             oldest_allowed = now - allowance(job.spec)
             due = [(tick, trigger) for tick, trigger in ticks if tick >= oldest_allowed]
             missed = len(ticks) - len(due)
-            if not runs_side_by_side(job.spec):
-                self._count_missed(job, missed + self._start_newest(job, due))
-                continue
+            if not due:
+                ours = True  # nothing left to ask about: held here, missed here
+            elif runs_side_by_side(job.spec):
+                ours = self._start_in_order(job, due)
+            else:
+                ours, older = self._start_newest(job, due)
+                missed += older
+            if ours:
+                missed += self._held.passed_over(job_id)
+            elif job_id not in self._held:
+                # The gate gives the job, or these ticks, to another replica: its to account for.
+                self._held.forget(job_id)
+                missed = 0
             self._count_missed(job, missed)
-            for index, (tick, trigger) in enumerate(due):
-                verdict = gate.verdict(job.spec.uid, tick)
-                if verdict is Verdict.START:
-                    self._start(job, trigger, _utc(tick))
-                elif verdict is Verdict.HOLD:
-                    for still_held, held_trigger in due[index:]:
-                        self._held.hold(job_id, still_held, held_trigger)
-                    break
         self._tell_decided(gate)
 
-    def _start_newest(self, job: JobState, due: list[tuple[float, Trigger]]) -> int:
-        """Start the newest held tick the gate lets through; returns how many older are missed.
+    def _start_in_order(self, job: JobState, due: list[tuple[float, Trigger]]) -> bool:
+        """Start held ticks oldest first until the gate holds one; whether any started."""
+        gate = self._gate
+        assert gate is not None  # only called with a gate
+        started = False
+        for index, (tick, trigger) in enumerate(due):
+            verdict = gate.verdict(job.spec.uid, tick)
+            if verdict is Verdict.START:
+                self._start(job, trigger, _utc(tick))
+                started = True
+            elif verdict is Verdict.HOLD:
+                for still_held, held_trigger in due[index:]:
+                    self._held.hold(job.spec.job_id, still_held, held_trigger)
+                break
+        return started
+
+    def _start_newest(self, job: JobState, due: list[tuple[float, Trigger]]) -> tuple[bool, int]:
+        """Start the newest held tick the gate lets through: whether one did, how many older missed.
 
         For a job whose ticks may not run side by side: started together, all but
         one would be skipped. Newer ticks the gate still holds stay held.
@@ -556,19 +580,19 @@ class Engine:
         gate = self._gate
         assert gate is not None  # only called with a gate
         still_held: list[tuple[float, Trigger]] = []
-        missed = 0
+        started, missed = False, 0
         for index in range(len(due) - 1, -1, -1):
             tick, trigger = due[index]
             verdict = gate.verdict(job.spec.uid, tick)
             if verdict is Verdict.START:
                 self._start(job, trigger, _utc(tick))
-                missed = index
+                started, missed = True, index
                 break
             if verdict is Verdict.HOLD:
                 still_held.append((tick, trigger))
         for tick, trigger in reversed(still_held):  # held oldest first
             self._held.hold(job.spec.job_id, tick, trigger)
-        return missed
+        return started, missed
 
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         """Forget the held ticks of jobs lost; catch up the jobs gained from their start bounds."""

@@ -132,48 +132,87 @@ def plan_catch_up(
 
 
 class HeldTicks:
-    """Ticks the gate answered HOLD for, per job id, oldest first: at most ten a job."""
+    """Ticks the gate answered HOLD for, per job id, oldest first: at most ten a job.
 
-    __slots__ = ("_earliest", "_ticks")
+    Ticks of a held job that no longer wait (the older ones past ten, and those a late
+    timer passed over while the job was held) are *passed over*: missed if this replica
+    keeps the job, but not counted until it knows it does. Should the job move to another
+    replica first, its successor accounts for them (it starts them, or counts them missed
+    or uncertain), and counted here as well they would have two outcomes.
+    """
+
+    __slots__ = ("_earliest", "_passed", "_ticks")
 
     def __init__(self) -> None:
         self._ticks: dict[str, list[tuple[float, Trigger]]] = {}
-        # The oldest tick held, kept as ticks come (asked about after every timer batch,
-        # which at an outage's end can hold thousands of jobs); None once ticks left.
+        # Per job: how many ticks were passed over while it was held, and the oldest of them.
+        self._passed: dict[str, tuple[int, float]] = {}
+        # The oldest tick held or passed over, kept as ticks come (asked about after every
+        # timer batch, which at an outage's end can hold thousands of jobs); None once
+        # ticks left.
         self._earliest: float | None = math.inf
 
     def __bool__(self) -> bool:
         return bool(self._ticks)
 
+    def __contains__(self, job_id: str) -> bool:
+        return job_id in self._ticks
+
     def __len__(self) -> int:
         return sum(len(ticks) for ticks in self._ticks.values())
 
-    def hold(self, job_id: str, tick: float, trigger: Trigger) -> int:
-        """Keep ``tick`` of ``job_id``; returns how many older ticks of it made room (missed)."""
+    def hold(self, job_id: str, tick: float, trigger: Trigger, passed_over: int = 0) -> None:
+        """Keep ``tick`` of ``job_id``; ``passed_over`` ticks after it were passed over."""
         ticks = self._ticks.setdefault(job_id, [])
         ticks.append((tick, trigger))
         if self._earliest is not None:
             self._earliest = min(self._earliest, tick)
         overflow = len(ticks) - MAX_CATCH_UP_TICKS
         if overflow > 0:
+            self._pass_over(job_id, overflow, ticks[0][0])
             del ticks[:overflow]
-            self._earliest = None
-            return overflow
-        return 0
+        if passed_over:
+            # They come after ``tick``: it bounds them from below.
+            self._pass_over(job_id, passed_over, tick)
+
+    def _pass_over(self, job_id: str, count: int, oldest: float) -> None:
+        before, earliest = self._passed.get(job_id, (0, math.inf))
+        self._passed[job_id] = (before + count, min(earliest, oldest))
+        if self._earliest is not None:
+            self._earliest = min(self._earliest, oldest)
 
     def earliest(self) -> float:
-        """The oldest tick held, of any job; infinity when none is."""
+        """The oldest tick held or passed over, of any job; infinity when none is.
+
+        Neither started nor counted: the gate must not take it as decided.
+        """
         if self._earliest is None:
-            self._earliest = min((ticks[0][0] for ticks in self._ticks.values()), default=math.inf)
+            self._earliest = min(
+                min((ticks[0][0] for ticks in self._ticks.values()), default=math.inf),
+                min((oldest for _, oldest in self._passed.values()), default=math.inf),
+            )
         return self._earliest
 
     def forget(self, job_id: str) -> None:
-        """Drop the job's held ticks (lost, removed, or superseded by a catch-up)."""
-        if self._ticks.pop(job_id, None) is not None:
+        """Drop the job's held and passed-over ticks: lost, removed, or caught up on a gain."""
+        held = self._ticks.pop(job_id, None)
+        passed = self._passed.pop(job_id, None)
+        if held is not None or passed is not None:
             self._earliest = None
 
+    def passed_over(self, job_id: str) -> int:
+        """How many ticks of the job were passed over, now missed here: they are forgotten."""
+        count, _ = self._passed.pop(job_id, (0, math.inf))
+        if count:
+            self._earliest = None
+        return count
+
     def take(self) -> dict[str, list[tuple[float, Trigger]]]:
-        """Every held tick, now no longer held: the caller holds again what must still wait."""
+        """Every held tick, now no longer held: the caller holds again what must still wait.
+
+        The ticks passed over stay: the caller reads them (:meth:`passed_over`) once one of
+        the job's ticks started, or forgets them with the job.
+        """
         taken, self._ticks = self._ticks, {}
-        self._earliest = math.inf
+        self._earliest = None
         return taken
