@@ -459,7 +459,8 @@ async def test_ticks_a_late_timer_passes_over_are_missed_only_on_the_jobs_owner(
         setup.gate.owned.discard(UID)
     # The timer set for the next tick fires 35 s late by the wall clock: three more passed.
     setup.clock.step(35)
-    # Until the late tick was asked about: whatever it missed is counted in that same step.
+    # Until the late tick was asked about: what it passed over is counted in that same step
+    # when the tick starts, not counted when the job is another's, and kept when it is held.
     await setup.gate.asked_about(UID, 2, within=30)
     assert setup.counter("podcron_ticks_missed_total") == missed
     if verdict is Verdict.HOLD:
