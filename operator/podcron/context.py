@@ -6,9 +6,8 @@ import asyncio
 import enum
 import logging
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
@@ -70,9 +69,8 @@ class Cancellation:
         return self.wait().__await__()
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JobContext:
-    """Everything a job knows about the run it is in.
+class JobContext(NamedTuple):
+    """Everything a job knows about the run it is in. Read-only.
 
     ``args`` is the ScheduledJob's ``spec.args``; ``deadline`` is the wall-clock
     instant the run times out at: ``timeoutSeconds`` after the job was called
@@ -83,6 +81,11 @@ class JobContext:
     also checks the type); ``config`` is the job configuration and secrets
     mounted into the operator, read at its first access in the run and then
     kept for the rest of it. Both are read-only and may be read from any thread.
+
+    A named tuple, like the engine's events, and for the same reason: one is
+    made for every run, and a frozen dataclass would set each of its fields
+    through ``object.__setattr__`` (docs/performance.md). It is as immutable;
+    read it by name.
     """
 
     job_id: str
@@ -93,11 +96,11 @@ class JobContext:
     args: Mapping[str, Any]
     log: logging.LoggerAdapter[logging.Logger]
     deadline: datetime | None
-    cancelled: Cancellation = field(default_factory=Cancellation)
+    # No default: one shared default would cancel every run that uses it.
+    cancelled: Cancellation
     trace_context: otel_context.Context | None = None
-    # Shared, immutable defaults; dataclasses refuse a Mapping as a plain default.
-    resources: RunResources = field(default_factory=lambda: NO_RESOURCES)
-    config: JobConfig = field(default_factory=lambda: NO_CONFIG)
+    resources: RunResources = NO_RESOURCES
+    config: JobConfig = NO_CONFIG
 
     def resource(self, name: str, kind: type[T]) -> T:
         """``resources[name]``, checked to be a ``kind`` (a class or a runtime-checkable Protocol).

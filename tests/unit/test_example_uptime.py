@@ -18,7 +18,7 @@ from aiohttp import web
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-from podcron.context import JobContext, Trigger
+from podcron.context import Cancellation, JobContext, Trigger
 from podcron.jobconfig import ConfigSource, JobConfig
 from podcron.resources import ResourceManager, RunResources, discover
 from podcron_examples.uptime import uptime
@@ -47,6 +47,7 @@ def run_context(*, config: JobConfig, resources: RunResources) -> JobContext:
         args={},
         log=logging.LoggerAdapter(logging.getLogger("podcron.job"), {"job_id": "shop/uptime"}),
         deadline=None,
+        cancelled=Cancellation(),
         trace_context=trace.set_span_in_context(span),
         config=config,
         resources=resources,

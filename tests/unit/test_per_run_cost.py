@@ -37,7 +37,7 @@ def test_the_system_clock_is_time_time_itself() -> None:
 
 
 @pytest.mark.parametrize(
-    "kind", [RunStarted, RunFinished, ThreadAbandoned, ThreadReturned, PastRun]
+    "kind", [JobContext, RunStarted, RunFinished, ThreadAbandoned, ThreadReturned, PastRun]
 )
 def test_what_every_run_makes_is_a_tuple_not_a_frozen_dataclass(kind: type) -> None:
     # A frozen dataclass sets each field through object.__setattr__.

@@ -32,6 +32,13 @@ def test_the_context_says_what_a_run_would() -> None:
     assert ctx.trace_headers() == {}
 
 
+def test_a_jobs_context_is_read_only() -> None:
+    ctx = harness(args={"n": 1}).ctx
+    with pytest.raises(AttributeError):
+        ctx.args = {}  # type: ignore[misc]
+    assert ctx.args == {"n": 1}
+
+
 def test_without_a_timeout_there_is_no_deadline() -> None:
     assert harness().ctx.deadline is None
 

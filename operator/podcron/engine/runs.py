@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import dataclasses
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -37,9 +35,6 @@ job_log = logging.getLogger("podcron.job")
 ERROR_TEXT_LIMIT = 1024
 #: Ends an error text cut to ERROR_TEXT_LIMIT, within the limit.
 TRUNCATED = "... (truncated)"
-# Most jobs have no timeout; entering asyncio.timeout(None) still costs a
-# timer-less Timeout object per run.
-NO_TIMEOUT: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 @dataclass(slots=True, eq=False)
@@ -153,25 +148,16 @@ async def execute(
             config=NO_CONFIG if config is None else config.snapshot(),
             resources=NO_RESOURCES if run_resources is None else run_resources,
         )
-        target = spec.target
         guard = None if timeout is None else asyncio.timeout(timeout)
+        pending = None if run_resources is not None else spec.resources
         try:
-            async with guard or NO_TIMEOUT:
-                if run_resources is None:
-                    # Within the timeout and the span: waiting for a resource
-                    # being created is part of the run.
-                    ctx = dataclasses.replace(
-                        ctx, resources=await _acquire(resources, spec.resources)
-                    )
-                if run.is_async:
-                    token = otel_context.attach(trace_context)
-                    try:
-                        await target(ctx)
-                    finally:
-                        otel_context.detach(token)
-                else:
-                    run.thread = pool.submit(_call_in_thread, target, ctx)
-                    await asyncio.wrap_future(run.thread)
+            # Most jobs have no timeout: no context manager for them, not even a
+            # null one, whose enter and exit are two more coroutines a run.
+            if guard is None:
+                await _call(run, ctx, pool, resources, pending)
+            else:
+                async with guard:
+                    await _call(run, ctx, pool, resources, pending)
         except TimeoutError as timeout_error:
             if guard is not None and guard.expired():
                 run.error = _timed_out(run, span, ctx, timeout_error)
@@ -202,6 +188,30 @@ async def execute(
                 run.status = RunStatus.SUCCESS
             else:  # cancelled by the engine, yet returned: still cut short
                 run.error = _cancelled(span, ctx, run.cancel_reason, asyncio.CancelledError())
+
+
+async def _call(
+    run: ActiveRun,
+    ctx: JobContext,
+    pool: concurrent.futures.Executor,
+    resources: ResourceManager | None,
+    pending: tuple[str, ...] | None,
+) -> None:
+    """Call the run's body; ``pending``: the resources to wait for first (None: none)."""
+    if pending is not None:
+        # Within the timeout and the span: waiting for a resource being
+        # created is part of the run.
+        ctx = ctx._replace(resources=await _acquire(resources, pending))
+    target = run.spec.target
+    if run.is_async:
+        token = otel_context.attach(ctx.trace_context or otel_context.get_current())
+        try:
+            await target(ctx)
+        finally:
+            otel_context.detach(token)
+    else:
+        run.thread = pool.submit(_call_in_thread, target, ctx)
+        await asyncio.wrap_future(run.thread)
 
 
 def _ready(resources: ResourceManager | None, names: tuple[str, ...]) -> RunResources | None:
