@@ -29,16 +29,68 @@ SCHEDULED = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
 
 
 def _timeout_guard(variant: str) -> Callable[[], None]:
-    from podcron.engine import runs
-
     async def loop() -> None:
         for _ in range(OPS):
-            if variant == "trick":
-                async with runs.NO_TIMEOUT:
-                    pass
-            elif variant == "plain":
+            if variant == "plain":
                 async with asyncio.timeout(None):  # noqa: ASYNC100 - its cost is the point
                     pass
+            # The trick: a run without a timeout calls its body with no context manager.
+
+    return lambda: asyncio.run(loop())
+
+
+def _job_context(variant: str) -> Callable[[], None]:
+    import dataclasses
+    import logging
+
+    from podcron.context import Cancellation, JobContext, Trigger
+
+    # The same fields as a frozen dataclass, what JobContext was.
+    frozen = dataclasses.make_dataclass(
+        "FrozenJobContext",
+        [(name, object) for name in JobContext._fields],
+        frozen=True,
+        slots=True,
+        kw_only=True,
+    )
+    kind = {"trick": JobContext, "plain": frozen}.get(variant)
+    log = logging.LoggerAdapter(logging.getLogger("podcron.job"))
+    cancelled = Cancellation()
+
+    def loop() -> None:
+        for _ in range(OPS):
+            if kind is not None:
+                kind(
+                    job_id="shop/report",
+                    namespace="shop",
+                    name="report",
+                    trigger=Trigger.SCHEDULED,
+                    scheduled_time=SCHEDULED,
+                    args={},
+                    log=log,
+                    deadline=None,
+                    cancelled=cancelled,
+                    trace_context=None,
+                    resources=None,
+                    config=None,
+                )
+
+    return loop
+
+
+def _run_slot(variant: str) -> Callable[[], None]:
+    from podcron.engine.budgets import Slots
+
+    async def loop() -> None:
+        ours = Slots(1)
+        semaphore = asyncio.Semaphore(1)
+        for _ in range(OPS):
+            if variant == "trick":
+                ours.try_take()
+                ours.give()
+            elif variant == "plain":
+                await semaphore.acquire()
+                semaphore.release()
 
     return lambda: asyncio.run(loop())
 
@@ -226,6 +278,8 @@ def _status_fields(variant: str) -> Callable[[], None]:
 OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
     "run span (open and end)": _run_span,
     "timeout guard of a run without timeout": _timeout_guard,
+    "a run's JobContext": _job_context,
+    "a free run slot, taken and given back": _run_slot,
     "metric updates of one run": _metrics,
     "status of one run event (a patch per 10)": _status_fields,
     "next tick of an every job, in seconds": _next_tick,

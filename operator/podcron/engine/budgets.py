@@ -16,6 +16,7 @@ Each budget bounds what one kind of caller can take from the others:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 
 from podcron.engine.runs import ActiveRun
@@ -23,6 +24,53 @@ from podcron.errors import TooManyManualRuns
 
 #: What a refused manual run's caller is told to wait (``Retry-After``).
 MANUAL_RETRY_AFTER_SECONDS = 1
+
+
+class Slots:
+    """A counting semaphore whose free slot is taken without a coroutine. Loop thread only.
+
+    ``asyncio.Semaphore.acquire`` is a coroutine even when a slot is free, and
+    every scheduled run takes one or two slots: :meth:`try_take` is a plain
+    call. A slot given back goes straight to the longest waiter, so a free slot
+    means nobody waits, and one taken at once never overtakes a waiter.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, count: int) -> None:
+        self._free = count
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free now; whether it was."""
+        if self._free:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Take a slot, waiting in turn for one given back if none is free."""
+        if self.try_take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot as it was cancelled: the next one has it
+            elif waiter in self._waiters:  # give() drops cancelled waiters itself
+                self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        """Give a slot back: to the longest waiter, or to the free ones."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class RunBudgets:
@@ -36,10 +84,10 @@ class RunBudgets:
         ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
-        self._slots = asyncio.Semaphore(max_concurrent_runs)
+        self._slots = Slots(max_concurrent_runs)
         self._max_manual_runs = max_manual_runs
         self._manual_runs = 0
-        self._thread_slots = asyncio.Semaphore(worker_threads)
+        self._thread_slots = Slots(worker_threads)
         self._max_replacements = worker_threads
         self._replacements = 0
         #: Threads that outlive the run they belong to.
@@ -60,23 +108,36 @@ class RunBudgets:
             )
         self._manual_runs += 1
 
-    async def acquire(self, run: ActiveRun) -> None:
-        """Wait for what a scheduled run needs to start: a run slot, and a thread for a def.
+    def take(self, run: ActiveRun) -> bool:
+        """Take at once what a scheduled run needs and is free; whether it now has it all.
 
-        Manual runs take neither (they have their own budget): only call this for others.
+        A run slot, and a thread for a def. Manual runs take neither (they have
+        their own budget): only call this, and :meth:`acquire`, for others.
         """
-        await self._slots.acquire()
-        run.holds_slot = True
-        if not run.is_async:
-            await self._thread_slots.acquire()
+        if not run.holds_slot:
+            run.holds_slot = self._slots.try_take()
+            if not run.holds_slot:
+                return False
+        if not run.is_async and not run.holds_thread:
+            run.holds_thread = self._thread_slots.try_take()
+            return run.holds_thread
+        return True
+
+    async def acquire(self, run: ActiveRun) -> None:
+        """Wait, in turn, for what :meth:`take` could not give the run."""
+        if not run.holds_slot:
+            await self._slots.take()
+            run.holds_slot = True
+        if not run.is_async and not run.holds_thread:
+            await self._thread_slots.take()
             run.holds_thread = True
 
     def release(self, run: ActiveRun) -> None:
         """The run's body has returned (or never started): give back what it held."""
         if run.holds_slot:
-            self._slots.release()
+            self._slots.give()
         if run.holds_thread:
-            self._thread_slots.release()
+            self._thread_slots.give()
         if run.manual:
             self._manual_runs -= 1
 
@@ -90,7 +151,7 @@ class RunBudgets:
         if run.holds_thread and self._replacements < self._max_replacements:
             run.holds_thread = False
             self._replacements += 1
-            self._thread_slots.release()
+            self._thread_slots.give()
 
     def returned(self, run: ActiveRun) -> None:
         """An abandoned run's thread returned at last."""

@@ -163,7 +163,7 @@ class Runner:
             # Queued: waiting is lateness, never duration, and the timeout clock has not started.
             if replaced:
                 await _until_ended(replaced)
-            if not run.manual:
+            if not run.manual and not self._budgets.take(run):
                 await self._budgets.acquire(run)
             # The body starts now: the run is late by the time it waited.
             started = run.started = self._clock.wall()
