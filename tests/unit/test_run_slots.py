@@ -16,6 +16,19 @@ async def _waiting(slots: Slots, order: list[str], name: str) -> None:
     order.append(name)
 
 
+async def _full_with_two_waiting(
+    order: list[str],
+) -> tuple[Slots, asyncio.Task[None], asyncio.Task[None]]:
+    """One slot, taken; "first" then "second" waiting for it, each noting in ``order`` its turn."""
+    slots = Slots(1)
+    assert slots.try_take()
+    first = asyncio.create_task(_waiting(slots, order, "first"))
+    second = asyncio.create_task(_waiting(slots, order, "second"))
+    await _settle()
+    assert order == []
+    return slots, first, second
+
+
 async def _settle() -> None:
     """Let every ready task take its next step (a handed-over slot wakes its waiter)."""
     for _ in range(3):
@@ -30,13 +43,8 @@ async def test_a_free_slot_is_taken_by_a_plain_call_until_none_is_left() -> None
 
 
 async def test_a_slot_given_back_goes_to_the_longest_waiter_not_to_a_newcomer() -> None:
-    slots = Slots(1)
-    assert slots.try_take()
     order: list[str] = []
-    first = asyncio.create_task(_waiting(slots, order, "first"))
-    second = asyncio.create_task(_waiting(slots, order, "second"))
-    await _settle()
-    assert order == []
+    slots, first, second = await _full_with_two_waiting(order)
     slots.give()
     assert not slots.try_take(), "the slot given back is the first waiter's already"
     await _settle()
@@ -48,12 +56,8 @@ async def test_a_slot_given_back_goes_to_the_longest_waiter_not_to_a_newcomer() 
 
 
 async def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_it_on() -> None:
-    slots = Slots(1)
-    assert slots.try_take()
     order: list[str] = []
-    first = asyncio.create_task(_waiting(slots, order, "first"))
-    second = asyncio.create_task(_waiting(slots, order, "second"))
-    await _settle()
+    slots, first, second = await _full_with_two_waiting(order)
     slots.give()  # to first, which is cancelled before it wakes
     first.cancel()
     await _settle()
