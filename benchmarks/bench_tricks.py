@@ -137,6 +137,27 @@ def _run_span(variant: str) -> Callable[[], None]:
     return loop
 
 
+def _resource_hash(variant: str) -> Callable[[], None]:
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+
+    from podcron.telemetry.span_export import HashedOnceResource
+
+    # What the pipeline builds, as the exporter hashes it once per span it encodes.
+    plain = Resource.create({"service.name": "podcron", "service.version": "1"}).merge(
+        OTELResourceDetector().detect()
+    )
+    ours = HashedOnceResource(plain)
+
+    def loop() -> None:
+        for _ in range(OPS):
+            if variant == "trick":
+                hash(ours)
+            elif variant == "plain":
+                hash(plain)
+
+    return loop
+
+
 def _metrics(variant: str) -> Callable[[], None]:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -277,6 +298,7 @@ def _status_fields(variant: str) -> Callable[[], None]:
 
 OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
     "run span (open and end)": _run_span,
+    "the resource's hash, per exported span": _resource_hash,
     "timeout guard of a run without timeout": _timeout_guard,
     "a run's JobContext": _job_context,
     "a free run slot, taken and given back": _run_slot,
