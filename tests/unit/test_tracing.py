@@ -6,6 +6,7 @@ Nothing is installed globally here.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import threading
@@ -23,6 +24,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
     OTLPSpanExporter as HttpSpanExporter,
 )
+from opentelemetry.sdk import resources as sdk_resources
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -30,6 +32,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
 from opentelemetry.trace import StatusCode
 
+from podcron import runrecord
 from podcron.telemetry import run_span, span_export
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -283,6 +286,47 @@ def test_the_scheduled_time_is_written_as_the_api_writes_times(
     assert datetime.fromisoformat(str(written).replace("Z", "+00:00")) == scheduled_time.replace(
         microsecond=scheduled_time.microsecond // 1000 * 1000
     )
+
+
+def test_runs_due_at_one_instant_format_their_scheduled_time_once(
+    pipelines: Pipelines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    formatted: list[datetime] = []
+
+    def counted(moment: datetime) -> str:
+        formatted.append(moment)
+        return runrecord.format_time(moment)
+
+    monkeypatch.setattr(run_span, "format_time", counted)
+    instant = datetime(2031, 5, 4, 3, 2, 1, 987000, tzinfo=UTC)  # no other test's
+    for _ in range(3):
+        with pipelines.telemetry.start_span(**RUN | {"scheduled_time": instant}):
+            pass
+    assert formatted == [instant]
+    spans = pipelines.finished()
+    written = {(span.attributes or {})["podcron.job.scheduled_time"] for span in spans}
+    assert len(spans) == 3
+    assert written == {"2031-05-04T03:02:01.987Z"}
+
+
+def test_the_exported_resource_is_hashed_once_not_for_every_span(
+    monkeypatch: pytest.MonkeyPatch, providers: list[TracerProvider]
+) -> None:
+    # The OTLP exporter hashes each span's resource; the SDK's hash serialises it to JSON.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", ENDPOINT)
+    resource = build_pipeline(providers).provider.resource
+    serialised: list[object] = []
+
+    def counted(*args: Any, **kwargs: Any) -> str:
+        serialised.append(args)
+        return json.dumps(*args, **kwargs)  # what the SDK's module imported
+
+    monkeypatch.setattr(sdk_resources, "dumps", counted)
+    hashes = {hash(resource) for _ in range(3)}
+    assert serialised == []
+    plain = Resource(resource.attributes, resource.schema_url)
+    assert hashes == {hash(plain)}
+    assert resource == plain
 
 
 def test_the_scope_names_podcrons_version(pipelines: Pipelines) -> None:
