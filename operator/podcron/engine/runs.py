@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -204,7 +205,7 @@ async def _call(
         ctx = ctx._replace(resources=await _acquire(resources, pending))
     target = run.spec.target
     if run.is_async:
-        token = otel_context.attach(ctx.trace_context or otel_context.get_current())
+        token = _attach(ctx)
         try:
             await target(ctx)
         finally:
@@ -255,8 +256,15 @@ def _timed_out(run: ActiveRun, span: trace.Span, ctx: JobContext, timeout: Timeo
     return error
 
 
+def _attach(ctx: JobContext) -> contextvars.Token[otel_context.Context]:
+    """Make the run's trace context current (the job's own spans are its children)."""
+    # An empty Context is falsy: compare with None.
+    trace_context = otel_context.get_current() if ctx.trace_context is None else ctx.trace_context
+    return otel_context.attach(trace_context)
+
+
 def _call_in_thread(target: JobTarget, ctx: JobContext) -> None:
-    token = otel_context.attach(ctx.trace_context or otel_context.get_current())
+    token = _attach(ctx)
     try:
         target(ctx)
     finally:
