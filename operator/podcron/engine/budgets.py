@@ -133,7 +133,10 @@ class RunBudgets:
             run.holds_thread = True
 
     def release(self, run: ActiveRun) -> None:
-        """The run's body has returned (or never started): give back what it held."""
+        """The run's body has returned (or never started): give back what it held, once."""
+        if run.released:
+            return
+        run.released = True
         if run.holds_slot:
             self._slots.give()
         if run.holds_thread:

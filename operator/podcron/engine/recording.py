@@ -54,16 +54,18 @@ class Recorder:
         started: float | None,
         error: str | None,
         trace_id: int = 0,
+        *,
+        ended: float | None = None,
     ) -> None:
         """Record a run that started at ``started`` (None: a skipped tick) and ended now.
 
         ``trace_id`` is the run's exported trace (0: none), its duration's exemplar.
-        A job removed meanwhile records nothing.
+        ``ended``: when the body returned, if not now. A job removed meanwhile records nothing.
         """
         if job.removed:
             return
         self.version += 1
-        now = self._clock.wall()
+        now = self._clock.wall() if ended is None else ended
         summary = None
         if error is not None:
             if self._config is not None:

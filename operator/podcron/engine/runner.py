@@ -11,15 +11,19 @@ job active until it returns (:mod:`podcron.engine.threads`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
+import time
 from datetime import datetime
 
 from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from podcron.context import Trigger
 from podcron.engine.budgets import RunBudgets
+from podcron.engine.burst import Burst
 from podcron.engine.clock import Clock
 from podcron.engine.events import Listeners, RunStarted
 from podcron.engine.jobs import JobState, why_busy
@@ -47,6 +51,7 @@ class Runner:
         self,
         *,
         budgets: RunBudgets,
+        burst: Burst,
         threads_per_job: int,
         telemetry: RunTelemetry,
         listeners: Listeners,
@@ -57,6 +62,7 @@ class Runner:
         if threads_per_job < 1:
             raise ValueError(f"threads_per_job must be at least 1, got {threads_per_job}")
         self._budgets = budgets
+        self._burst = burst
         self._threads_per_job = threads_per_job
         self._telemetry = telemetry
         self._metrics = telemetry.metrics
@@ -157,6 +163,7 @@ class Runner:
         parent: otel_context.Context | None,
         replaced: list[ActiveRun] | None,
     ) -> None:
+        span = None  # open once the body has run, until the run is recorded
         try:
             if run.cancel_reason is not None:  # cancelled before its task began
                 raise asyncio.CancelledError
@@ -181,7 +188,7 @@ class Runner:
                     lateness_seconds=lateness,
                 )
             )
-            await execute(
+            span = await execute(
                 run,
                 self._telemetry,
                 parent,
@@ -212,7 +219,34 @@ class Runner:
                 extra={"job_id": run.spec.job_id},
             )
         finally:
-            self._finish(job, run_id, run)
+            if span is None:
+                self._finish(job, run_id, run)
+            elif not self._put_off(job, run_id, run, span):
+                span.end()
+                self._finish(job, run_id, run)
+
+    def _put_off(self, job: JobState, run_id: int, run: ActiveRun, span: trace.Span) -> bool:
+        """During a burst, give the run's slot back and record it when the burst is over.
+
+        Its outcome and span keep the time its body returned. False: record it now.
+        """
+        if not self._burst.going:
+            return False
+        thread = run.thread
+        if thread is not None and not thread.done():
+            return False  # a thread that outlived its run: recorded now, watched after
+        self._burst.put_off(
+            functools.partial(self._finish_later, job, run_id, run, span, time.time_ns())
+        )
+        run.returned_at = self._clock.wall()
+        self._budgets.release(run)
+        return True
+
+    def _finish_later(
+        self, job: JobState, run_id: int, run: ActiveRun, span: trace.Span, ended_ns: int
+    ) -> None:
+        span.end(ended_ns)
+        self._finish(job, run_id, run)
 
     def _finish(self, job: JobState, run_id: int, run: ActiveRun) -> None:
         """Record the run's outcome once; end it now unless its thread runs on."""
@@ -224,7 +258,14 @@ class Runner:
             run.recorded = True
             status = RunStatus.SKIPPED if run.started is None else run.status
             self._record(
-                job, run.trigger, run.scheduled_time, status, run.started, run.error, run.trace_id
+                job,
+                run.trigger,
+                run.scheduled_time,
+                status,
+                run.started,
+                run.error,
+                run.trace_id,
+                ended=run.returned_at,
             )
         if not body_returned:
             self._threads.watch(job, run_id, run, end=self._end, closing=self._closing)

@@ -50,6 +50,8 @@ class ActiveRun:
     manual: bool
     # When the body started (wall clock); None while queued.
     started: float | None = None
+    # When the body returned, if its outcome waited to be recorded (engine/burst.py).
+    returned_at: float | None = None
     # The run's exported trace (0: none), the exemplar of its lateness and duration.
     trace_id: int = 0
     # The outcome so far: not a success until the body has returned, so that
@@ -69,6 +71,8 @@ class ActiveRun:
     # What it holds until its body has returned, released when it ends.
     holds_slot: bool = False
     holds_thread: bool = False
+    # Given back: at the end, or as the body returned when the outcome waits.
+    released: bool = False
     # A plain def body's thread, and whether it outlived the run (abandoned).
     thread: concurrent.futures.Future[None] | None = None
     abandoned: bool = False
@@ -108,24 +112,28 @@ async def execute(
     *,
     resources: ResourceManager | None = None,
     config: ConfigSource | None = None,
-) -> None:
+) -> trace.Span:
     """Call the run's body in its span and context, under its timeout; set its outcome.
 
     ``resources`` and ``config`` give the context its ``resources`` (those the
-    spec lists) and ``config``. ``run.started`` must be set. Raises CancelledError only when someone
-    other than the engine cancels the task (the outcome is set first).
+    spec lists) and ``config``. ``run.started`` must be set. Returns the run's
+    span, still open: the caller ends it, now or, while more runs are being
+    started, later (:mod:`podcron.engine.burst`). Raises CancelledError only
+    when someone other than the engine cancels the task (the outcome is set
+    first, the span ended).
     """
     spec = run.spec
     assert run.started is not None
     timeout = spec.timeout_seconds
     deadline = None if timeout is None else deadline_of(run.started, timeout)
-    with telemetry.start_span(
+    span = telemetry.start_span(
         job_id=spec.job_id,
         trigger=run.trigger.value,
         entry_point=spec.entry_point,
         scheduled_time=run.scheduled_time,
         parent=parent,
-    ) as span:
+    )
+    try:
         if telemetry.spans is not None:  # else no span is exported: no trace to link to
             run.trace_id = sampled_trace_id(span)
             metrics = telemetry.metrics
@@ -189,6 +197,10 @@ async def execute(
                 run.status = RunStatus.SUCCESS
             else:  # cancelled by the engine, yet returned: still cut short
                 run.error = _cancelled(span, ctx, run.cancel_reason, asyncio.CancelledError())
+    except BaseException:
+        span.end()
+        raise
+    return span
 
 
 async def _call(

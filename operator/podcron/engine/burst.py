@@ -1,0 +1,89 @@
+"""Runs due at one instant all start before any of them is recorded.
+
+The engine starts at most ``DISPATCH_BATCH`` runs per timer callback; when more
+are due at once, it starts them over several callbacks, one after the other.
+A run whose body returned in between was recorded there (its span ended and
+handed to the exporter, its outcome put into the job's history, the metrics
+and the listeners): work that does not have to happen before the next run
+starts, yet delayed it, so that the last run of a burst waited for the
+outcomes of all the others. While a burst is being started, a run whose body
+has returned gives its run slot back at once and its recording is put off
+until the burst is over, keeping the time its body returned. The recordings
+put off run in one loop callback, after the burst's last runs have started:
+no task waits, nothing is awaited.
+
+A burst that does not end (more due every time the loop gets there: the engine
+is behind) has its recordings done every ``HELD_BATCHES_AT_MOST`` batches, so
+that outcomes are never held back for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+log = logging.getLogger("podcron.engine")
+
+#: How many batches in a row may start while recordings wait (32 runs a batch: 1,024 runs).
+HELD_BATCHES_AT_MOST = 32
+
+
+class Burst:
+    """Whether runs due now are still being started, and the recordings put off till then."""
+
+    __slots__ = ("_batches", "_flush", "_later", "going")
+
+    def __init__(self) -> None:
+        self._batches = 0
+        #: Runs that end now are put off (read-only outside: a plain attribute, read every run).
+        self.going = False
+        self._later: list[Callable[[], None]] = []
+        self._flush: asyncio.Handle | None = None
+
+    def goes_on(self) -> None:
+        """A batch started and more runs are due now: recordings wait, within the bound."""
+        if self._batches >= HELD_BATCHES_AT_MOST:
+            self._batches = 0
+            self._after_these_runs()
+        self._batches += 1
+        self.going = True
+
+    def put_off(self, record: Callable[[], None]) -> None:
+        """Call ``record`` once the burst is over (only while it :attr:`going`)."""
+        assert self.going
+        self._later.append(record)
+
+    def over(self) -> None:
+        """The last batch of runs due now started: the burst ends once they have."""
+        self._batches = 0
+        if self.going:
+            self._after_these_runs()
+
+    def flush(self) -> None:
+        """End the burst now and do every recording put off (the engine's shutdown does)."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        self.going = False
+        self._batches = 0
+        later, self._later = self._later, []
+        for record in later:
+            try:
+                record()
+            except Exception:
+                # One failed recording must not keep the others from theirs.
+                log.exception("recording a run's outcome failed")
+
+    def _after_these_runs(self) -> None:
+        # The runs just started are in the loop's ready queue: a callback queued now
+        # comes after them, and their recordings are put off too.
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self._due)
+
+    def _due(self) -> None:
+        self._flush = None
+        batches = self._batches  # a batch started since: the bound was reached, or a new burst
+        self.flush()
+        if batches:
+            self._batches, self.going = batches, True

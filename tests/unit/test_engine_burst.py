@@ -1,0 +1,168 @@
+"""Runs due at one instant all start before any of them is recorded (engine/burst.py).
+
+More than ``DISPATCH_BATCH`` jobs due together start over several timer callbacks;
+a run whose body returned in between waits to be recorded until they all have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+
+import pytest
+
+from podcron.context import JobContext
+from podcron.engine import DISPATCH_BATCH, JobEvent, RunFinished, RunStarted, RunStatus
+from podcron.engine.burst import HELD_BATCHES_AT_MOST, Burst
+from podcron.telemetry.run_telemetry import RunTelemetry
+
+from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spans_in_memory, spec
+
+pytestmark = [pytest.mark.looptime]
+
+JOBS = 4 * DISPATCH_BATCH
+
+
+async def _noop(ctx: JobContext) -> None:
+    pass
+
+
+def _first_instant(events: list[JobEvent]) -> list[JobEvent]:
+    """The starts and outcomes of the runs due at the first instant any run was due."""
+    runs = [e for e in events if isinstance(e, RunStarted | RunFinished)]
+    first = runs[0].scheduled_time
+    return [e for e in runs if e.scheduled_time == first]
+
+
+def _started_before_first_outcome(events: list[JobEvent]) -> int:
+    kinds = [type(e) for e in _first_instant(events)]
+    return kinds.index(RunFinished)
+
+
+async def test_runs_due_together_all_start_before_the_first_is_recorded() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert _started_before_first_outcome(recorder.events) == JOBS
+    outcomes = [e for e in _first_instant(recorder.events) if isinstance(e, RunFinished)]
+    assert len(outcomes) == JOBS
+    assert {e.status for e in outcomes} == {RunStatus.SUCCESS}
+    await engine.shutdown()
+
+
+async def test_a_waiting_run_gives_its_slot_back_as_its_body_returns() -> None:
+    # Ten slots for a burst of 128 runs: were the slots held until the outcomes, ten
+    # runs would start, then wait for the burst to end before the others could.
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0, max_concurrent_runs=10)
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert _started_before_first_outcome(recorder.events) == JOBS
+    await engine.shutdown()
+
+
+async def test_a_waiting_run_is_recorded_and_its_span_ended_as_of_when_its_body_returned() -> None:
+    clock = LoopClock()
+    exported, pipeline = spans_in_memory()
+    engine = engine_on_loop_clock(
+        clock, shutdown_timeout_seconds=1.0, telemetry=RunTelemetry(spans=pipeline)
+    )
+    last = f"job{JOBS - 1}"
+    last_started_ns: list[int] = []
+
+    def on_event(event: JobEvent) -> None:
+        # The burst's last run starts: the wall clock jumps 5 s, real time moves on a little.
+        # The runs waiting to be recorded have returned before; their outcome must say so.
+        if isinstance(event, RunStarted) and event.name == last and not last_started_ns:
+            last_started_ns.append(time.time_ns())
+            clock.step(5.0)
+
+    engine.add_listener(on_event)
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    outcomes = [
+        e
+        for e in _first_instant(recorder.events)
+        if isinstance(e, RunFinished) and e.name != last  # the last one's body saw the jump
+    ]
+    assert len(outcomes) == JOBS - 1
+    assert max(e.duration_seconds for e in outcomes) < 1.0
+    spans = exported.get_finished_spans()
+    assert len(spans) >= JOBS - 1
+    ended_early = [s for s in spans if s.end_time is not None and s.end_time < last_started_ns[0]]
+    assert len(ended_early) >= JOBS - DISPATCH_BATCH, "the spans end when their bodies returned"
+    await engine.shutdown()
+    pipeline.provider.shutdown()
+
+
+async def test_a_shutdown_during_a_burst_records_the_runs_put_off_as_they_ended() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    stopping: list[asyncio.Task[None]] = []
+
+    def on_event(event: JobEvent) -> None:
+        # Half-way through the burst: the runs of the first batches are put off.
+        if isinstance(event, RunStarted) and event.name == f"job{2 * DISPATCH_BATCH - 1}":
+            stopping.append(asyncio.ensure_future(engine.shutdown()))
+
+    engine.add_listener(on_event)
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: bool(stopping))
+    await stopping[0]
+    started = {e.name for e in recorder.started()}
+    assert len(started) == 2 * DISPATCH_BATCH, "the runs dispatched after it never start"
+    ran = {e.name: e.status for e in recorder.finished() if e.name in started}
+    assert ran == dict.fromkeys(started, RunStatus.SUCCESS), "they ran: not Interrupted"
+
+
+async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_over() -> None:
+    burst = Burst()
+    done: list[str] = []
+    assert not burst.going, "no burst: runs are recorded at once"
+    burst.goes_on()
+    assert burst.going
+    burst.put_off(lambda: done.append("first"))
+    burst.put_off(lambda: done.append("second"))
+    burst.over()
+    assert done == [], "after the runs just started"
+    await asyncio.sleep(0)
+    assert done == ["first", "second"]
+    assert not burst.going
+
+
+async def test_a_failed_recording_keeps_none_of_the_others_from_theirs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    burst = Burst()
+    done: list[str] = []
+
+    def failing() -> None:
+        raise RuntimeError("a listener's bug")
+
+    burst.goes_on()
+    burst.put_off(failing)
+    burst.put_off(lambda: done.append("second"))
+    burst.flush()
+    assert done == ["second"]
+    assert "recording a run's outcome failed" in caplog.text
+
+
+async def test_a_burst_that_does_not_end_has_its_recordings_done_every_so_often() -> None:
+    burst = Burst()
+    done: list[int] = []
+    for batch in range(HELD_BATCHES_AT_MOST):
+        burst.goes_on()
+        burst.put_off(functools.partial(done.append, batch))
+    await asyncio.sleep(0)
+    assert done == []
+    burst.goes_on()  # one batch more than the bound
+    await asyncio.sleep(0)
+    assert done == list(range(HELD_BATCHES_AT_MOST))
+    assert burst.going, "and the burst goes on for the runs that end next"
