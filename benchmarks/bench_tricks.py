@@ -39,6 +39,25 @@ def _timeout_guard(variant: str) -> Callable[[], None]:
     return lambda: asyncio.run(loop())
 
 
+def _run_timeout(variant: str) -> Callable[[], None]:
+    from podcron.engine.runs import deadline_of
+    from podcron.engine.timeouts import RunTimeout
+
+    started = SCHEDULED.timestamp()
+
+    async def loop() -> None:
+        for _ in range(OPS):
+            if variant == "trick":
+                deadline_of(started, 30.0)
+                RunTimeout(30.0).end(None)
+            elif variant == "plain":
+                datetime.fromtimestamp(started, UTC) + timedelta(seconds=30.0)
+                async with asyncio.timeout(30.0):  # noqa: ASYNC100 - its cost is the point
+                    pass
+
+    return lambda: asyncio.run(loop())
+
+
 def _job_context(variant: str) -> Callable[[], None]:
     import dataclasses
     import logging
@@ -300,6 +319,7 @@ OPERATIONS: dict[str, Callable[[str], Callable[[], None]]] = {
     "run span (open and end)": _run_span,
     "the resource's hash, per exported span": _resource_hash,
     "timeout guard of a run without timeout": _timeout_guard,
+    "deadline and timeout guard of a run with timeoutSeconds": _run_timeout,
     "a run's JobContext": _job_context,
     "a free run slot, taken and given back": _run_slot,
     "metric updates of one run": _metrics,

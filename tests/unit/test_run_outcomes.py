@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from podcron.context import JobContext
 from podcron.engine import ERROR_TEXT_LIMIT, ConcurrencyPolicy, Engine, RunFinished, RunStatus
+from podcron.engine import runs as engine_runs
 from podcron.engine.runs import TRUNCATED, error_text
+from podcron.engine.timeouts import RunTimeout
 from podcron.runrecord import format_time
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
@@ -296,20 +298,22 @@ async def test_runs_cancelled_before_their_task_began_are_skipped_and_hold_nothi
 async def test_a_run_without_a_timeout_enters_no_timeout_guard(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/performance.md: most runs have no timeout, and asyncio.timeout(None) still costs."""
+    """docs/performance.md: most runs have no timeout, and a guard armed for nothing still costs."""
     finished = asyncio.Event()
     engine.add_listener(lambda event: finished.set() if isinstance(event, RunFinished) else None)
-    guards: list[float | None] = []
-    real_timeout = asyncio.timeout
+    guards: list[float] = []
 
-    def counted(delay: float | None) -> asyncio.Timeout:
-        guards.append(delay)
-        return real_timeout(delay)
+    class Counted(RunTimeout):
+        __slots__ = ()
+
+        def __init__(self, seconds: float) -> None:
+            guards.append(seconds)
+            super().__init__(seconds)
 
     async def job(ctx: JobContext) -> None:
         pass
 
-    monkeypatch.setattr(asyncio, "timeout", counted)
+    monkeypatch.setattr(engine_runs, "RunTimeout", Counted)
     engine.upsert(spec(job, name="plain", every="1h"))
     engine.upsert(spec(job, name="bounded", every="1h", timeout_seconds=30))
     for job_id in ("ns/plain", "ns/bounded"):

@@ -15,13 +15,14 @@ import contextvars
 import logging
 import traceback
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from podcron.context import Cancellation, JobContext, Trigger
 from podcron.engine.spec import JobSpec
+from podcron.engine.timeouts import RunTimeout
 from podcron.entrypoints import JobTarget
 from podcron.errors import ResourceUnavailable, UnknownResource
 from podcron.jobconfig import NO_CONFIG, ConfigSource
@@ -99,8 +100,9 @@ def deadline_of(started: float, timeout: float) -> datetime:
     if not timeout > 0:  # also NaN
         raise ValueError(f"timeoutSeconds must be positive, got {timeout}")
     try:
-        return datetime.fromtimestamp(started, UTC) + timedelta(seconds=timeout)
-    except OverflowError:
+        # One datetime, not one and a timedelta added: every run with a timeout makes it.
+        return datetime.fromtimestamp(started + timeout, UTC)
+    except (OverflowError, ValueError, OSError):  # past the year 9999, or what time_t holds
         return datetime.max.replace(tzinfo=UTC)
 
 
@@ -157,18 +159,20 @@ async def execute(
             config=NO_CONFIG if config is None else config.snapshot(),
             resources=NO_RESOURCES if run_resources is None else run_resources,
         )
-        guard = None if timeout is None else asyncio.timeout(timeout)
+        guard = None if timeout is None else RunTimeout(timeout)
         pending = None if run_resources is not None else spec.resources
         try:
-            # Most jobs have no timeout: no context manager for them, not even a
-            # null one, whose enter and exit are two more coroutines a run.
             if guard is None:
                 await _call(run, ctx, pool, resources, pending)
             else:
-                async with guard:
+                try:
                     await _call(run, ctx, pool, resources, pending)
+                except BaseException as error:
+                    guard.end(error)
+                    raise
+                guard.end(None)
         except TimeoutError as timeout_error:
-            if guard is not None and guard.expired():
+            if guard is not None and guard.expired:
                 run.error = _timed_out(run, span, ctx, timeout_error)
             else:  # the job's own TimeoutError, not its deadline
                 run.error = _failed(span, ctx, timeout_error)
@@ -190,7 +194,7 @@ async def execute(
         except BaseException as failure:
             run.error = _failed(span, ctx, failure)
         else:
-            if guard is not None and guard.expired():
+            if guard is not None and guard.expired:
                 # It swallowed the timeout's cancellation and returned late.
                 run.error = _timed_out(run, span, ctx, TimeoutError())
             elif run.cancel_reason is None:
