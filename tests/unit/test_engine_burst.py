@@ -7,7 +7,6 @@ a run whose body returned in between waits to be recorded until they all have.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 import pytest
@@ -123,14 +122,14 @@ async def test_a_shutdown_during_a_burst_records_the_runs_put_off_as_they_ended(
 
 
 async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_over() -> None:
-    burst = Burst()
     done: list[str] = []
+    burst: Burst[str] = Burst()
     assert not burst.going, "no burst: runs are recorded at once"
-    burst.goes_on()
+    burst.goes_on(done.append)
     assert burst.going
-    burst.put_off(lambda: done.append("first"))
-    burst.put_off(lambda: done.append("second"))
-    burst.over()
+    burst.put_off("first")
+    burst.put_off("second")
+    burst.over(done.append)
     assert done == [], "after the runs just started"
     await asyncio.sleep(0)
     assert done == ["first", "second"]
@@ -140,29 +139,31 @@ async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_ove
 async def test_a_failed_recording_keeps_none_of_the_others_from_theirs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    burst = Burst()
     done: list[str] = []
 
-    def failing() -> None:
-        raise RuntimeError("a listener's bug")
+    def record(entry: str) -> None:
+        if entry == "bad":
+            raise RuntimeError("a listener's bug")
+        done.append(entry)
 
-    burst.goes_on()
-    burst.put_off(failing)
-    burst.put_off(lambda: done.append("second"))
-    burst.flush()
+    burst: Burst[str] = Burst()
+    burst.goes_on(record)
+    burst.put_off("bad")
+    burst.put_off("second")
+    burst.flush(record)
     assert done == ["second"]
     assert "recording a run's outcome failed" in caplog.text
 
 
 async def test_a_burst_that_does_not_end_has_its_recordings_done_every_so_often() -> None:
-    burst = Burst()
     done: list[int] = []
+    burst: Burst[int] = Burst()
     for batch in range(HELD_BATCHES_AT_MOST):
-        burst.goes_on()
-        burst.put_off(functools.partial(done.append, batch))
+        burst.goes_on(done.append)
+        burst.put_off(batch)
     await asyncio.sleep(0)
     assert done == []
-    burst.goes_on()  # one batch more than the bound
+    burst.goes_on(done.append)  # one batch more than the bound
     await asyncio.sleep(0)
     assert done == list(range(HELD_BATCHES_AT_MOST))
     assert burst.going, "and the burst goes on for the runs that end next"

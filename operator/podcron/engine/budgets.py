@@ -133,10 +133,7 @@ class RunBudgets:
             run.holds_thread = True
 
     def release(self, run: ActiveRun) -> None:
-        """The run's body has returned (or never started): give back what it held, once."""
-        if run.released:
-            return
-        run.released = True
+        """The run's body has returned (or never started): give back what it held."""
         if run.holds_slot:
             self._slots.give()
         if run.holds_thread:

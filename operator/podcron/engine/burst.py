@@ -22,15 +22,27 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 log = logging.getLogger("podcron.engine")
 
 #: How many batches in a row may start while recordings wait (32 runs a batch: 1,024 runs).
 HELD_BATCHES_AT_MOST = 32
 
+Entry = TypeVar("Entry")
 
-class Burst:
-    """Whether runs due now are still being started, and the recordings put off till then."""
+
+Record = Callable[[Entry], None]
+
+
+class Burst(Generic[Entry]):
+    """Whether runs due now are still being started, and the recordings put off till then.
+
+    What is put off is an entry (a tuple of the outcome's values): one object a
+    run, the fewest the garbage collector can see alive. ``record`` records one;
+    it is handed to each call rather than kept, so that the runner owning this
+    and this holding the runner's method make no reference cycle.
+    """
 
     __slots__ = ("_batches", "_flush", "_later", "going")
 
@@ -38,29 +50,29 @@ class Burst:
         self._batches = 0
         #: Runs that end now are put off (read-only outside: a plain attribute, read every run).
         self.going = False
-        self._later: list[Callable[[], None]] = []
+        self._later: list[Entry] = []
         self._flush: asyncio.Handle | None = None
 
-    def goes_on(self) -> None:
+    def goes_on(self, record: Record[Entry]) -> None:
         """A batch started and more runs are due now: recordings wait, within the bound."""
         if self._batches >= HELD_BATCHES_AT_MOST:
             self._batches = 0
-            self._after_these_runs()
+            self._after_these_runs(record)
         self._batches += 1
         self.going = True
 
-    def put_off(self, record: Callable[[], None]) -> None:
-        """Call ``record`` once the burst is over (only while it :attr:`going`)."""
+    def put_off(self, entry: Entry) -> None:
+        """Record ``entry`` once the burst is over (only while it :attr:`going`)."""
         assert self.going
-        self._later.append(record)
+        self._later.append(entry)
 
-    def over(self) -> None:
+    def over(self, record: Record[Entry]) -> None:
         """The last batch of runs due now started: the burst ends once they have."""
         self._batches = 0
         if self.going:
-            self._after_these_runs()
+            self._after_these_runs(record)
 
-    def flush(self) -> None:
+    def flush(self, record: Record[Entry]) -> None:
         """End the burst now and do every recording put off (the engine's shutdown does)."""
         if self._flush is not None:
             self._flush.cancel()
@@ -68,22 +80,22 @@ class Burst:
         self.going = False
         self._batches = 0
         later, self._later = self._later, []
-        for record in later:
+        for entry in later:
             try:
-                record()
+                record(entry)
             except Exception:
                 # One failed recording must not keep the others from theirs.
                 log.exception("recording a run's outcome failed")
 
-    def _after_these_runs(self) -> None:
+    def _after_these_runs(self, record: Record[Entry]) -> None:
         # The runs just started are in the loop's ready queue: a callback queued now
         # comes after them, and their recordings are put off too.
         if self._flush is None:
-            self._flush = asyncio.get_running_loop().call_soon(self._due)
+            self._flush = asyncio.get_running_loop().call_soon(self._due, record)
 
-    def _due(self) -> None:
+    def _due(self, record: Record[Entry]) -> None:
         self._flush = None
         batches = self._batches  # a batch started since: the bound was reached, or a new burst
-        self.flush()
+        self.flush(record)
         if batches:
             self._batches, self.going = batches, True

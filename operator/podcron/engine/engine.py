@@ -32,7 +32,6 @@ from typing import Any
 
 from podcron.context import Trigger
 from podcron.engine.budgets import RunBudgets
-from podcron.engine.burst import Burst
 from podcron.engine.clock import SYSTEM_CLOCK, Clock
 from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
@@ -155,10 +154,8 @@ class Engine:
         self._listeners = Listeners(listeners)
         telemetry = telemetry or RunTelemetry()
         self._metrics = telemetry.metrics
-        self._burst = Burst()
         self._runner = Runner(
             budgets=self._budgets,
-            burst=self._burst,
             threads_per_job=threads_per_job,
             telemetry=telemetry,
             listeners=self._listeners,
@@ -397,7 +394,7 @@ class Engine:
             self._timer.cancel()
             # Whatever was due next is not started by the timer that was to come: a burst
             # it went on with is over, and the runs that ended in it are recorded.
-            self._burst.over()
+            self._runner.burst_over()
         self._timer = None
         self._timer_due = None
 
@@ -465,9 +462,9 @@ class Engine:
             self._tell_decided(gate)
         self._set_timer()
         if self._timer_due is not None and self._timer_due <= now:
-            self._burst.goes_on()  # the next batch is due already: start it before outcomes
+            self._runner.burst_goes_on()  # the next batch is due already: start it before outcomes
         else:
-            self._burst.over()
+            self._runner.burst_over()
 
     def _tell_decided(self, gate: FiringGate) -> None:
         """Tell the gate the earliest tick not decided yet: still armed, or asked and held.
@@ -680,7 +677,7 @@ class Engine:
         self._closing = True
         self._cancel_timer()
         # Runs put off are over, not active: recorded as they ended, not as interrupted.
-        self._burst.flush()
+        self._runner.record_put_off()
         self._due.clear()
         if self._watchdog is not None:
             self._watchdog.stop()

@@ -11,7 +11,6 @@ job active until it returns (:mod:`podcron.engine.threads`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import itertools
 import logging
@@ -43,6 +42,21 @@ log = logging.getLogger("podcron.engine")
 #: The engine names each run's task this plus the job id (the watchdog reads it back).
 RUN_TASK_PREFIX = "podcron-run "
 
+#: A run put off during a burst: its span and the time it ended (ns), then what is recorded:
+#: job, trigger, scheduled time, status, started, error, trace id, ended (wall clock).
+PutOff = tuple[
+    trace.Span,
+    int,
+    JobState,
+    Trigger,
+    datetime,
+    RunStatus,
+    float | None,
+    str | None,
+    int,
+    float,
+]
+
 
 class Runner:
     """Starts, executes and records the runs of every job. Loop thread only."""
@@ -51,7 +65,6 @@ class Runner:
         self,
         *,
         budgets: RunBudgets,
-        burst: Burst,
         threads_per_job: int,
         telemetry: RunTelemetry,
         listeners: Listeners,
@@ -62,7 +75,8 @@ class Runner:
         if threads_per_job < 1:
             raise ValueError(f"threads_per_job must be at least 1, got {threads_per_job}")
         self._budgets = budgets
-        self._burst = burst
+        # Runs that end while a burst is being started are put off here (engine/burst.py).
+        self._burst: Burst[PutOff] = Burst()
         self._threads_per_job = threads_per_job
         self._telemetry = telemetry
         self._metrics = telemetry.metrics
@@ -226,27 +240,55 @@ class Runner:
                 self._finish(job, run_id, run)
 
     def _put_off(self, job: JobState, run_id: int, run: ActiveRun, span: trace.Span) -> bool:
-        """During a burst, give the run's slot back and record it when the burst is over.
+        """During a burst, end the run now and record it when the burst is over.
 
-        Its outcome and span keep the time its body returned. False: record it now.
+        It stops being active at once (its slot goes to the next run, the overlap
+        policy and ``status.running`` no longer count it), and what is put off holds
+        the outcome's values, not the run and its task: kept alive past the young
+        garbage collections, those would be promoted and bring on full ones. Its
+        outcome and span keep the time its body returned. False: record it now.
         """
         if not self._burst.going:
             return False
         thread = run.thread
         if thread is not None and not thread.done():
             return False  # a thread that outlived its run: recorded now, watched after
+        ended_ns = time.time_ns()
+        ended = self._clock.wall()
+        self._end(job, run_id, run)
+        run.recorded = True
         self._burst.put_off(
-            functools.partial(self._finish_later, job, run_id, run, span, time.time_ns())
+            (
+                span,
+                ended_ns,
+                job,
+                run.trigger,
+                run.scheduled_time,
+                run.status,
+                run.started,
+                run.error,
+                run.trace_id,
+                ended,
+            )
         )
-        run.returned_at = self._clock.wall()
-        self._budgets.release(run)
         return True
 
-    def _finish_later(
-        self, job: JobState, run_id: int, run: ActiveRun, span: trace.Span, ended_ns: int
-    ) -> None:
+    def burst_goes_on(self) -> None:
+        """More runs are due now than were just started: put off recording those that end."""
+        self._burst.goes_on(self._record_put_off)
+
+    def burst_over(self) -> None:
+        """The last runs due now were started: record those put off, after them."""
+        self._burst.over(self._record_put_off)
+
+    def record_put_off(self) -> None:
+        """Record every run put off, now (the engine's shutdown does, first)."""
+        self._burst.flush(self._record_put_off)
+
+    def _record_put_off(self, entry: PutOff) -> None:
+        span, ended_ns, job, trigger, scheduled, status, started, error, trace_id, ended = entry
         span.end(ended_ns)
-        self._finish(job, run_id, run)
+        self._record(job, trigger, scheduled, status, started, error, trace_id, ended=ended)
 
     def _finish(self, job: JobState, run_id: int, run: ActiveRun) -> None:
         """Record the run's outcome once; end it now unless its thread runs on."""
@@ -265,7 +307,6 @@ class Runner:
                 run.started,
                 run.error,
                 run.trace_id,
-                ended=run.returned_at,
             )
         if not body_returned:
             self._threads.watch(job, run_id, run, end=self._end, closing=self._closing)

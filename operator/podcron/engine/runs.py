@@ -51,8 +51,6 @@ class ActiveRun:
     manual: bool
     # When the body started (wall clock); None while queued.
     started: float | None = None
-    # When the body returned, if its outcome waited to be recorded (engine/burst.py).
-    returned_at: float | None = None
     # The run's exported trace (0: none), the exemplar of its lateness and duration.
     trace_id: int = 0
     # The outcome so far: not a success until the body has returned, so that
@@ -72,8 +70,6 @@ class ActiveRun:
     # What it holds until its body has returned, released when it ends.
     holds_slot: bool = False
     holds_thread: bool = False
-    # Given back: at the end, or as the body returned when the outcome waits.
-    released: bool = False
     # A plain def body's thread, and whether it outlived the run (abandoned).
     thread: concurrent.futures.Future[None] | None = None
     abandoned: bool = False
