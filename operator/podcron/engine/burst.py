@@ -7,10 +7,10 @@ handed to the exporter, its outcome put into the job's history, the metrics
 and the listeners): work that does not have to happen before the next run
 starts, yet delayed it, so that the last run of a burst waited for the
 outcomes of all the others. While a burst is being started, a run whose body
-has returned gives its run slot back at once and its recording is put off
-until the burst is over, keeping the time its body returned. The recordings
-put off run in one loop callback, after the burst's last runs have started:
-no task waits, nothing is awaited.
+has returned ends at once (its run slot goes back) and its recording is put
+off until the burst is over, keeping the time its body returned. The
+recordings put off run in one loop callback, after the burst's last runs have
+started: no task waits, nothing is awaited.
 
 A burst that does not end (more due every time the loop gets there: the engine
 is behind) has its recordings done every ``HELD_BATCHES_AT_MOST`` batches, so
