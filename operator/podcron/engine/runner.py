@@ -300,13 +300,7 @@ class Runner:
             run.recorded = True
             status = RunStatus.SKIPPED if run.started is None else run.status
             self._record(
-                job,
-                run.trigger,
-                run.scheduled_time,
-                status,
-                run.started,
-                run.error,
-                run.trace_id,
+                job, run.trigger, run.scheduled_time, status, run.started, run.error, run.trace_id
             )
         if not body_returned:
             self._threads.watch(job, run_id, run, end=self._end, closing=self._closing)
