@@ -7,6 +7,7 @@ import math
 import pytest
 
 from podcron.engine.gate import Verdict
+from podcron.engine.gating import count_ticks
 from podcron.ha.protocol import (
     ACKED_BOUND,
     EPOCH,
@@ -37,6 +38,7 @@ from podcron.ha.protocol import (
 )
 from podcron.ha.ring import bucket
 from podcron.ha.store import LeaseRecord
+from podcron.schedules import parse_schedule
 
 PARAMS = Params()
 _versions = iter(range(1, 1_000_000))
@@ -195,6 +197,10 @@ class TestMember:
         handover_from = float(written[HANDOVER_FROM])
         assert 100.0 < handover_from <= 101.0
         assert (handover_from < 101.0) is uncertain
+        # What the successor counts from it: the instant itself, by the engine's arithmetic
+        # (a float just below 101.0 was rounded back onto it and counted nothing).
+        every_second = parse_schedule({"every": "1s"})
+        assert count_ticks(every_second, handover_from, 101.0) == (1 if uncertain else 0)
 
     def test_a_fenced_lease_fences_the_member_for_good(self) -> None:
         m = self.adopted()

@@ -37,6 +37,11 @@ OWNED_BOUND = _P + "owned-bound"
 FENCED = _P + "fenced"
 RELEASED = _P + "released"
 ENDPOINT = _P + "endpoint"
+
+#: Ticks fall on whole microseconds (the engine's datetimes). The last instant before
+#: another is one microsecond before it, not the next float below: the engine rounds a
+#: time to the microsecond, which would put that float back on the instant itself.
+TICK_RESOLUTION = 1e-6
 MEMBERS = _P + "members"
 PREVIOUS_MEMBERS = _P + "previous-members"
 
@@ -433,7 +438,7 @@ class Member:
         if math.isfinite(started):
             # Of the instant the engine is still asking about, some jobs may have started
             # their tick and others not been asked yet: that instant is not certain.
-            return min(started, math.nextafter(self.asked_before, -math.inf))
+            return min(started, self.asked_before - TICK_RESOLUTION)
         bounds = (self._bound[b] for b in lost if math.isfinite(self._bound[b]))
         return min(bounds, default=-math.inf)
 
