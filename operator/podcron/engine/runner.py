@@ -233,45 +233,7 @@ class Runner:
                 extra={"job_id": run.spec.job_id},
             )
         finally:
-            if span is None:
-                self._finish(job, run_id, run)
-            elif not self._put_off(job, run_id, run, span):
-                span.end()
-                self._finish(job, run_id, run)
-
-    def _put_off(self, job: JobState, run_id: int, run: ActiveRun, span: trace.Span) -> bool:
-        """During a burst, end the run now and record it when the burst is over.
-
-        It stops being active at once (its slot goes to the next run, the overlap
-        policy and ``status.running`` no longer count it), and what is put off holds
-        the outcome's values, not the run and its task: kept alive past the young
-        garbage collections, those would be promoted and bring on full ones. Its
-        outcome and span keep the time its body returned. False: record it now.
-        """
-        if not self._burst.going:
-            return False
-        thread = run.thread
-        if thread is not None and not thread.done():
-            return False  # a thread that outlived its run: recorded now, watched after
-        ended_ns = time.time_ns()
-        ended = self._clock.wall()
-        self._end(job, run_id, run)
-        run.recorded = True
-        self._burst.put_off(
-            (
-                span,
-                ended_ns,
-                job,
-                run.trigger,
-                run.scheduled_time,
-                run.status,
-                run.started,
-                run.error,
-                run.trace_id,
-                ended,
-            )
-        )
-        return True
+            self._finish(job, run_id, run, span)
 
     def burst_goes_on(self) -> None:
         """More runs are due now than were just started: put off recording those that end."""
@@ -290,12 +252,38 @@ class Runner:
         span.end(ended_ns)
         self._record(job, trigger, scheduled, status, started, error, trace_id, ended=ended)
 
-    def _finish(self, job: JobState, run_id: int, run: ActiveRun) -> None:
-        """Record the run's outcome once; end it now unless its thread runs on."""
+    def _finish(self, job: JobState, run_id: int, run: ActiveRun, span: trace.Span | None) -> None:
+        """Record the run's outcome once; end it now unless its thread runs on.
+
+        ``span``: the run's, still open (None: it never got one). During a burst the
+        recording of a run whose body returned is put off (engine/burst.py): what waits
+        is the outcome's values, not the run and its task, which kept alive past the
+        young garbage collections would be promoted and bring on full ones; the
+        outcome and the span keep the time the body returned.
+        """
         thread = run.thread
         body_returned = thread is None or thread.done()
         if body_returned:
             self._end(job, run_id, run)
+        if span is not None and body_returned and not run.recorded and self._burst.going:
+            run.recorded = True
+            self._burst.put_off(
+                (
+                    span,
+                    time.time_ns(),
+                    job,
+                    run.trigger,
+                    run.scheduled_time,
+                    run.status,
+                    run.started,
+                    run.error,
+                    run.trace_id,
+                    self._clock.wall(),
+                )
+            )
+            return
+        if span is not None:
+            span.end()
         if not run.recorded:
             run.recorded = True
             status = RunStatus.SKIPPED if run.started is None else run.status

@@ -37,13 +37,13 @@ OWNED_BOUND = _P + "owned-bound"
 FENCED = _P + "fenced"
 RELEASED = _P + "released"
 ENDPOINT = _P + "endpoint"
+MEMBERS = _P + "members"
+PREVIOUS_MEMBERS = _P + "previous-members"
 
 #: Ticks fall on whole microseconds (the engine's datetimes). The last instant before
 #: another is one microsecond before it, not the next float below: the engine rounds a
 #: time to the microsecond, which would put that float back on the instant itself.
 TICK_RESOLUTION = 1e-6
-MEMBERS = _P + "members"
-PREVIOUS_MEMBERS = _P + "previous-members"
 
 MEMBER_PREFIX = "podcron-member-"
 COORDINATOR_PREFIX = "podcron-coordinator-"
