@@ -603,18 +603,41 @@ async def test_a_gain_under_forbid_counts_the_late_ticks_and_the_older_due_ones_
         assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
         assert setup.counter("podcron_ticks_missed_total") == 4
         (warning,) = caplog.records
-        bound = datetime.fromtimestamp(ticks[0] - 0.5, UTC).isoformat(timespec="milliseconds")
         assert warning.getMessage() == (
-            "job ns/job gained: 4 ticks missed, 0 ticks uncertain (maybe started by a fenced "
-            f"replica, not run again); start bound {bound}, uncertain from -"
+            "1 jobs gained: 4 ticks missed (of 1 jobs), 0 ticks uncertain (of 0 jobs; maybe "
+            "started by a fenced replica, not run again); podcron_ticks_missed_total and "
+            "podcron_ticks_uncertain_total name the jobs"
         )
-        assert warning.job_id == "ns/job"  # type: ignore[attr-defined]
         caplog.clear()
         # Gained again at once: nothing above the new start bound, nothing missed or said.
         setup.engine.owners_changed([Gain(UID, start_bound=setup.clock.wall())], [])
         assert await setup.dispatched(Trigger.CATCH_UP) == [ticks[-1]]
         assert setup.counter("podcron_ticks_missed_total") == 4
         assert caplog.records == []
+
+
+async def test_jobs_gained_together_are_said_in_one_line_and_counted_each(
+    setup: Setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    await setup.align()
+    names = [f"job-{i}" for i in range(5)]
+    for name in names:
+        setup.engine.upsert(_the_job(name=name, uid=f"uid-{name}", starting_deadline_seconds=2.5))
+    await asyncio.sleep(5.5)
+    bound = min(tick for _, tick in setup.gate.asked) - 0.5
+    setup.gate.owned.update(f"uid-{name}" for name in names)
+    with caplog.at_level(logging.WARNING, logger="podcron.engine"):
+        setup.engine.owners_changed(
+            [Gain(f"uid-{name}", start_bound=bound, uncertain_from=bound - 2) for name in names],
+            [],
+        )
+    # Each: six ticks above the bound, three of them too late; two below it, uncertain.
+    (warning,) = caplog.records
+    assert warning.getMessage().startswith(
+        "5 jobs gained: 15 ticks missed (of 5 jobs), 10 ticks uncertain (of 5 jobs; "
+    )
+    assert setup.counter("podcron_ticks_missed_total") == 15
+    assert setup.counter("podcron_ticks_uncertain_total") == 10
 
 
 async def test_a_gain_with_missed_and_uncertain_ticks_catches_up_without_metrics() -> None:

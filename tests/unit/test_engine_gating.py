@@ -11,6 +11,7 @@ from podcron.context import Trigger
 from podcron.engine.gating import (
     COUNT_LIMIT,
     MAX_CATCH_UP_TICKS,
+    GainTally,
     HeldTicks,
     count_ticks,
     plan_catch_up,
@@ -157,3 +158,17 @@ def test_the_earliest_held_tick_follows_holds_forgets_overflows_and_takes() -> N
     assert held.earliest() == T0 + 6
     held.take()
     assert held.earliest() == math.inf
+
+
+def test_a_gain_that_lost_nothing_says_nothing_and_one_that_did_counts_its_jobs() -> None:
+    tally = GainTally()
+    tally.add(0, 0)
+    tally.add(0, 0)
+    assert tally.describe() is None
+    tally.add(3, 0)
+    tally.add(1, 2)
+    line = tally.describe()
+    assert line is not None
+    assert line.startswith(
+        "4 jobs gained: 4 ticks missed (of 2 jobs), 2 ticks uncertain (of 1 jobs;"
+    )

@@ -37,6 +37,7 @@ from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
 from podcron.engine.gate import FiringGate, Gain, Verdict
 from podcron.engine.gating import (
+    GainTally,
     HeldTicks,
     allowance,
     count_ticks,
@@ -74,6 +75,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
+
+
+def _say_lost(tally: GainTally) -> None:
+    line = tally.describe()
+    if line is not None:
+        log.warning("%s", line)
 
 
 def _interval(job: JobState, now: float) -> float | None:
@@ -237,7 +244,9 @@ class Engine:
             self._job_ids[spec.uid] = spec.job_id
             gain = self._early_gains.pop(spec.uid, None)
             if gain is not None:
-                self._catch_up_gain(job, gain, now)
+                tally = GainTally()
+                tally.add(*self._catch_up_gain(job, gain, now))
+                _say_lost(tally)
         elif is_new and history is not None:
             self._catch_up(job, history, now)
         self._set_timer()
@@ -611,26 +620,32 @@ class Engine:
             if job_id is not None:
                 self._held.forget(job_id)
         now = self._clock.wall()
+        tally = GainTally()
         for gain in gained:
             job_id = self._job_ids.get(gain.key)
             job = None if job_id is None else self._jobs.get(job_id)
             if job is None:
                 self._early_gains[gain.key] = gain
             else:
-                self._catch_up_gain(job, gain, now)
+                tally.add(*self._catch_up_gain(job, gain, now))
+        _say_lost(tally)
 
-    def _catch_up_gain(self, job: JobState, gain: Gain, now: float) -> None:
-        """docs/ha.md rule 7: start the due ticks above the start bound, count the rest."""
+    def _catch_up_gain(self, job: JobState, gain: Gain, now: float) -> tuple[int, int]:
+        """docs/ha.md rule 7: start the due ticks above the start bound, count the rest.
+
+        Returns the ticks counted missed and uncertain, for the caller to say once for
+        all the jobs gained together: a failover moves thousands of jobs at once.
+        """
         spec = job.spec
         # The catch-up covers every tick held so far; they must not start twice.
         self._held.forget(spec.job_id)
         if spec.suspended:
-            return
+            return 0, 0
         if not math.isfinite(gain.start_bound):
             # No replica ever owned it (the ring's first epoch): what it missed is known from
             # its status history only, and caught up as a single replica would.
             self._catch_up(job, job.history(), now)
-            return
+            return 0, 0
         plan = plan_catch_up(
             spec.schedule,
             start_bound=gain.start_bound,
@@ -643,8 +658,8 @@ class Engine:
         if not runs_side_by_side(spec):
             missed += max(len(ticks) - 1, 0)
             ticks = ticks[-1:]
-        if missed or plan.uncertain:
-            log.warning(
+        if (missed or plan.uncertain) and log.isEnabledFor(logging.DEBUG):
+            log.debug(
                 "job %s gained: %d ticks missed, %d ticks uncertain (maybe started by a fenced "
                 "replica, not run again); start bound %s, uncertain from %s",
                 spec.job_id,
@@ -663,6 +678,7 @@ class Engine:
         for tick in ticks:
             if gate is not None and self._gate_allows(gate, job, tick, Trigger.CATCH_UP):
                 self._start(job, Trigger.CATCH_UP, _utc(tick))
+        return missed, plan.uncertain
 
     # -- shutdown ---------------------------------------------------------
 

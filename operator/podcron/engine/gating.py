@@ -131,6 +131,41 @@ def plan_catch_up(
     return CatchUp(tuple(reversed(newest_first)), max(missed, 0), uncertain)
 
 
+@dataclass(slots=True)
+class GainTally:
+    """What the jobs gained together lost: said in one line, whatever their number.
+
+    A failover moves every job of the replica that died, thousands at once; a line
+    each would hold the loop, and the successor's catch-up with it, for the whole
+    time it takes to write them. Which jobs lost ticks is in the per-job counters.
+    """
+
+    jobs: int = 0
+    missed: int = 0
+    missed_jobs: int = 0
+    uncertain: int = 0
+    uncertain_jobs: int = 0
+
+    def add(self, missed: int, uncertain: int) -> None:
+        """One job gained, and the ticks of it counted missed and uncertain."""
+        self.jobs += 1
+        self.missed += missed
+        self.missed_jobs += missed > 0
+        self.uncertain += uncertain
+        self.uncertain_jobs += uncertain > 0
+
+    def describe(self) -> str | None:
+        """The line to log, or None when no tick was lost."""
+        if not self.missed and not self.uncertain:
+            return None
+        return (
+            f"{self.jobs} jobs gained: {self.missed} ticks missed (of {self.missed_jobs} jobs), "
+            f"{self.uncertain} ticks uncertain (of {self.uncertain_jobs} jobs; maybe started by "
+            "a fenced replica, not run again); podcron_ticks_missed_total and "
+            "podcron_ticks_uncertain_total name the jobs"
+        )
+
+
 class HeldTicks:
     """Ticks the gate answered HOLD for, per job id, oldest first: at most ten a job.
 
