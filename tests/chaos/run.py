@@ -174,16 +174,17 @@ class Replica:
             self.process.kill()
             self.process.wait()
 
-    def scrape(self) -> None:
+    def scrape(self) -> bool:
         """Read the operator counters from /metrics, if the process answers in time.
 
         The page has series per job: at 2,000 jobs, on a loaded machine, a process busy
         with its ticks took more than a second to answer, and every read was lost.
+        False when a running process gave no page.
         """
         with self._lock:
             process, port = self.process, self.metrics_port
         if process is None or process.poll() is not None:
-            return
+            return True
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(
@@ -191,12 +192,13 @@ class Replica:
             ) as response:
                 page = response.read().decode()
         except OSError:
-            return
+            return False
         found = counters.exported(page, OPERATOR_COUNTERS)
         skipped = counters.exported(page, (RUNS,), status="skipped")
         if RUNS in skipped:
             found[SKIPPED] = skipped[RUNS]
         self.counters[process.pid] = found
+        return True
 
     def scrape_until_exit(self) -> None:
         """Read the counters every :data:`DRAIN_SCRAPE_SECONDS` until the process exits."""
@@ -232,8 +234,13 @@ class Cluster:
 
     def signal(self, replica: str, signum: int) -> None:
         target = self.replicas[replica]
-        if signum in (signal.SIGKILL, signal.SIGTERM):
-            target.scrape()  # what it counted since the last read dies with it
+        if signum in (signal.SIGKILL, signal.SIGTERM) and not target.scrape():
+            # What it counted since its last read dies with it: the checker may then find
+            # ticks missed and counted nowhere that this process did count.
+            _log(
+                f"{replica} gave no /metrics page before signal {signum}: its counts since "
+                "the last read are lost"
+            )
         target.signal(signum)
         if signum == signal.SIGTERM:
             # It goes on for its drain, and may count a gain it made just before the signal
