@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 from podcron.schedules import Schedule
 from tests.jobs.podcron_chaosjobs.ledger import Entry
 
+#: Faults of the control plane rather than of an operator.
+CONTROL_PLANE_KINDS = frozenset({"apiserver", "etcd"})
+
 
 def _key(tick: float) -> int:
     """A tick as whole milliseconds: the ledger writes three decimals."""
@@ -47,6 +50,9 @@ class Fault:
     pid: int
     monotonic: float
     wall: float
+    #: For a control-plane fault: when the API server answered again (monotonic), so that
+    #: a failover it overlapped is also timed without the control plane's own outage.
+    healed: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,14 @@ class Takeover:
 
     next_start: float
     outage: float
+    #: Of the seconds from the fault to ``next_start``, those the control plane was down
+    #: (a failover needs the API server: nothing can be fenced or handed over meanwhile).
+    control_plane_down: float = 0.0
+
+    @property
+    def own_outage(self) -> float:
+        """The outage less the control plane's: the operators' part of it."""
+        return self.outage - self.control_plane_down
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +101,9 @@ class Verdict:
     #: The same over SIGTERMed processes, the maximum.
     sigterm_handover_max_s: float
     sigterm_next_start_max_s: float
+    #: The failover p99 and handover maximum less what the control plane was down.
+    failover_own_p99_s: float
+    sigterm_handover_own_max_s: float
     writes_per_s: float
     lease_writes_per_s: float
     #: The jobs behind ``missed_outside_window``, by name.
@@ -113,6 +130,8 @@ class Verdict:
             "failover_next_start_p99_s": _seconds(self.failover_next_start_p99_s),
             "sigterm_next_start_max_s": _seconds(self.sigterm_next_start_max_s),
             "failovers_unrecovered": self.failovers_unrecovered,
+            "failover_own_p99_s": _seconds(self.failover_own_p99_s),
+            "sigterm_handover_own_max_s": _seconds(self.sigterm_handover_own_max_s),
             **(extra or {}),
         }
         return "RESULT chaos " + " ".join(f"{key}={value}" for key, value in fields.items())
@@ -165,7 +184,10 @@ class Uncounted:
 
 
 def takeovers(
-    entries: Sequence[Entry], fault: Fault, schedules: Mapping[str, Schedule]
+    entries: Sequence[Entry],
+    fault: Fault,
+    schedules: Mapping[str, Schedule],
+    control_plane: Sequence[Fault] = (),
 ) -> list[Takeover]:
     """For each job the faulted process was starting ticks of: when another process started it.
 
@@ -173,6 +195,8 @@ def takeovers(
     counts from the first tick the process did not start: the fault is noted before the
     signal is sent (after a scrape, which may take a while), and a tick due in between, or
     one the process's loop reached before the signal's handler, was started by it.
+    ``control_plane``: the API server and etcd faults, whose time down (to ``healed``)
+    inside each takeover is noted beside it.
     """
     last_before: dict[str, Entry] = {}
     last_of_process: dict[str, float] = {}
@@ -197,7 +221,15 @@ def takeovers(
         after = max(fault.wall, last_of_process[job])
         due = schedules[job].next_after(datetime.fromtimestamp(after, UTC))
         wait = 0.0 if due is None else max(0.0, due.timestamp() - fault.wall)
-        found.append(Takeover(next_start, next_start - wait))
+        down = sum(
+            max(
+                0.0,
+                min(cp.healed, fault.monotonic + next_start) - max(cp.monotonic, fault.monotonic),
+            )
+            for cp in control_plane
+            if not math.isnan(cp.healed)
+        )
+        found.append(Takeover(next_start, next_start - wait, down if down > 0 else 0.0))
     return found
 
 
@@ -246,8 +278,13 @@ def judge(
         for job, lost in sorted(missed.items())
         if len(lost) > excused[job]
     )
-    failovers = [t for f in faults if f.kind == "kill" for t in takeovers(entries, f, schedules)]
-    handovers = [t for f in faults if f.kind == "term" for t in takeovers(entries, f, schedules)]
+    plane = [f for f in faults if f.kind in CONTROL_PLANE_KINDS]
+    failovers = [
+        t for f in faults if f.kind == "kill" for t in takeovers(entries, f, schedules, plane)
+    ]
+    handovers = [
+        t for f in faults if f.kind == "term" for t in takeovers(entries, f, schedules, plane)
+    ]
     recovered = [t for t in failovers if not math.isnan(t.next_start)]
     handed = [t for t in handovers if not math.isnan(t.next_start)]
     return Verdict(
@@ -265,6 +302,8 @@ def judge(
         failovers_unrecovered=len(failovers) - len(recovered) + len(handovers) - len(handed),
         sigterm_handover_max_s=max((t.outage for t in handed), default=math.nan),
         sigterm_next_start_max_s=max((t.next_start for t in handed), default=math.nan),
+        failover_own_p99_s=p99([t.own_outage for t in recovered]),
+        sigterm_handover_own_max_s=max((t.own_outage for t in handed), default=math.nan),
         writes_per_s=writes / seconds if seconds > 0 else 0.0,
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
         uncounted=uncounted,

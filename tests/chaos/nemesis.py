@@ -8,6 +8,7 @@ each healed before the next, with a pause between them; the last one is healed
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .checker import Fault
+from .checker import CONTROL_PLANE_KINDS, Fault
 from .proxy import FaultProxy, Mode
 
 #: Each kind, and what it does (``seconds`` is how long it lasts before it is healed).
@@ -36,7 +37,7 @@ KINDS = {
 #: Kinds that need libfaketime in the operators.
 CLOCK_KINDS = frozenset({"clock", "rate"})
 #: Kinds aimed at one operator process (the others hit the control plane).
-OPERATOR_KINDS = frozenset(KINDS) - {"apiserver", "etcd"}
+OPERATOR_KINDS = frozenset(KINDS) - CONTROL_PLANE_KINDS
 QUIET_END_SECONDS = 10.0
 #: The pause between one fault's heal and the next fault.
 GAP_SECONDS = (3.0, 8.0)
@@ -173,6 +174,9 @@ class Nemesis:
                     return
                 self._log(f"nemesis {step.describe()}")
                 self._apply(step)
+                if step.kind in CONTROL_PLANE_KINDS:
+                    # Restarted (it answers) or resumed: a failover can go on from here.
+                    self.faults[-1] = dataclasses.replace(self.faults[-1], healed=time.monotonic())
         except BaseException as error:  # reported by join(), on the caller's thread
             self.error = error
         finally:

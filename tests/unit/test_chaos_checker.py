@@ -195,6 +195,34 @@ def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_af
     assert "failover_next_start_p99_s=19.25 " in line
 
 
+def test_a_take_over_the_api_server_was_down_for_is_also_timed_without_that_outage() -> None:
+    entries = [
+        entry("ns/a", 1000.0, pid=1, at=1000.0),
+        entry("ns/a", 1012.0, pid=2, at=1012.5),
+    ]
+    kill = Fault("kill", "r1", 1, 1001.0, 1001.0)
+    # Down from 1003 to 1009 (six of the 11.5 s), and etcd stopped before the kill only.
+    apiserver = Fault("apiserver", "kube-apiserver", 0, 1003.0, 1003.0, healed=1009.0)
+    etcd = Fault("etcd", "etcd", 0, 990.0, 990.0, healed=995.0)
+    [taken] = takeovers(entries, kill, SCHEDULES, [apiserver, etcd])
+    assert (taken.outage, taken.control_plane_down, taken.own_outage) == (10.5, 6.0, 4.5)
+    result = judge(
+        entries=entries,
+        schedules=SCHEDULES,
+        window=(1000.0, 1002.0),
+        faults=[etcd, kill, apiserver],
+        replicas=2,
+        uncertain=None,
+        counted_missed=None,
+        writes=0.0,
+        lease_writes=0.0,
+        seconds=2.0,
+    )
+    assert (result.failover_p99_s, result.failover_own_p99_s) == (10.5, 4.5)
+    assert "failover_p99_s=10.50 " in result.result_line()
+    assert "failover_own_p99_s=4.50 " in result.result_line()
+
+
 def test_a_ledger_line_reads_back_as_written() -> None:
     written = entry("ns/a", 1000.25, pid=42)
     assert Entry.parse(written.line().decode()) == written
