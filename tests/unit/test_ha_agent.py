@@ -26,6 +26,7 @@ from podcron.ha.protocol import (
     coordinator_lease_name,
     member_lease_name,
 )
+from podcron.ha.ring import bucket
 from podcron.ha.store import Fault, MemoryStore
 
 from .engine_support import LoopClock
@@ -192,6 +193,52 @@ async def test_a_crashed_replica_is_fenced_after_l_and_its_jobs_start_above_its_
         (frozen, frozen - LAMBDA)
     }
     assert settled(b)
+
+
+def _key_in(buckets: set[int], name: str) -> str:
+    """A job key of one of ``buckets``."""
+    return next(k for k in (f"ns/{name}-{i}" for i in itertools.count()) if bucket(k) in buckets)
+
+
+async def test_a_job_registered_after_its_bucket_was_gained_is_gained_then_unless_it_is_newer(
+    ring: Ring,
+) -> None:
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    taken = {bucket(k) for k in JOBS if a.owns(k)}
+    ring.crash("a")
+    frozen = float(ring.annotation(member_lease_name(a.identity), FIRE_BOUND))
+    await until(lambda: settled(b), within=L + 3 * R)
+    gains = ring.listeners["b"].gains
+    now = ring.clock.wall()
+    # Existed all along, registered only now (b was still starting, say): gained with the
+    # bucket's bound, so its ticks since the gain are caught up or counted.
+    old = _key_in(taken, "old")
+    b.add_job(old, created=now - 3600)
+    assert gains[old] == Gain(old, frozen, frozen - LAMBDA)
+    # Created after the bound, before the gain: no tick of it is older than it.
+    between = _key_in(taken, "between")
+    b.add_job(between, created=frozen + 0.5)
+    assert gains[between] == Gain(between, frozen + 0.5, None)
+    # Created after the gain: a new job, whose ticks start from now on.
+    new = _key_in(taken, "new")
+    b.add_job(new, created=now)
+    assert new not in gains
+    assert b.owns(new)
+    # Not owned here, or no creation time: nothing to gain.
+    unknown = _key_in(taken, "unknown")
+    b.add_job(unknown)
+    assert unknown not in gains
+
+
+async def test_a_job_registered_late_in_the_rings_first_epoch_is_caught_up_from_its_history(
+    ring: Ring,
+) -> None:
+    a = ring.start("a")
+    await until(lambda: settled(a), within=2 * R)
+    late = "ns/late"
+    a.add_job(late, created=ring.clock.wall() - 3600)
+    assert ring.listeners["a"].gains[late] == Gain(late, -math.inf)
 
 
 async def test_a_paused_replica_is_fenced_and_rejoins_under_a_new_identity(ring: Ring) -> None:

@@ -277,7 +277,10 @@ class Reconciler:
         else:
             if self._replicas is not None:
                 self._job_of_uid[job_spec.uid] = jid
-                self._replicas.agent.add_job(job_spec.uid)
+                created = runrecord.parse_time(meta.creation_timestamp)
+                self._replicas.agent.add_job(
+                    job_spec.uid, None if created is None else created.timestamp()
+                )
             # A new job's counters continue from status; a job the engine already runs
             # keeps its own, unless someone else counted more runs there since.
             history = runrecord.history_from_status(status)

@@ -27,6 +27,7 @@ from podcron.ha.protocol import (
     MEMBER_PREFIX,
     RING_LABEL,
     Action,
+    Bound,
     Changes,
     Delete,
     EpochView,
@@ -123,6 +124,8 @@ class Agent:
         self._settled_seen: dict[str, int] = {}
         #: The last snapshot of the ring this replica read (for the System API's owners).
         self.snapshot: Snapshot | None = None
+        #: Per bucket gained by this member: its bound, and when it was learnt (wall clock).
+        self._gains: dict[int, tuple[Bound, float]] = {}
         self.member = self._new_member()
 
     def _new_member(self) -> Member:
@@ -149,16 +152,28 @@ class Agent:
 
     # -- the jobs this replica may own ---------------------------------------------------
 
-    def add_job(self, key: str) -> None:
-        """A job of the ring. Owned, its ticks get START from now on: no Gain is reported.
+    def add_job(self, key: str, created: float | None = None) -> None:
+        """A job of the ring, created at ``created`` (wall clock; None: not known).
 
-        So a job known before the ring is joined is gained with its start bound; one
-        added later must be new (see :meth:`podcron.controller.replicas.Replicas.run`).
+        A job known when its bucket is gained is gained with the bucket. One added
+        later is new if it was created after that gain: its ticks get START from now
+        on. One created before it existed all along and was registered late (a
+        replica that joined before it had registered every job, or gained a bucket
+        in the middle of its start-up): it is gained now with the bucket's bound,
+        so that its ticks since the gain are caught up or counted, not lost unseen.
         """
-        if key not in self._bucket_of:
-            b = bucket(key)
-            self._bucket_of[key] = b
-            self._keys_in.setdefault(b, set()).add(key)
+        if key in self._bucket_of:
+            return
+        b = bucket(key)
+        self._bucket_of[key] = b
+        self._keys_in.setdefault(b, set()).add(key)
+        gained = self._gains.get(b)
+        if gained is None or created is None or not self.member.owns(b):
+            return
+        bound, learnt = gained
+        if created >= learnt:
+            return
+        self._listener.owners_changed([_late_gain(key, bound, created)], [])
 
     def remove_job(self, key: str) -> None:
         b = self._bucket_of.pop(key, None)
@@ -266,6 +281,7 @@ class Agent:
             return
         if self.member.state is MemberState.FENCED:
             self.member = self._new_member()
+            self._gains.clear()
             log.info("rejoining the ring %s as %s", self.ring, self.identity)
         if not await self._renew():
             return
@@ -331,6 +347,11 @@ class Agent:
             self._observer.fenced()
 
     def _apply(self, changes: Changes) -> None:
+        for b in changes.lost:
+            self._gains.pop(b, None)
+        learnt = self._wall()
+        for b, bound in changes.gained.items():
+            self._gains[b] = (bound, learnt)
         lost = [k for b in changes.lost for k in self._keys_in.get(b, ())]
         gained = [
             Gain(key, bound.start, bound.uncertain_from)
@@ -484,6 +505,23 @@ class Agent:
         except _REFUSED:
             return False
         return True
+
+
+def _late_gain(key: str, bound: Bound, created: float) -> Gain:
+    """A job of a bucket gained before the job was registered here, created at ``created``.
+
+    No tick of it is older than the job: a start bound below its creation is raised to it,
+    and so is the start of the uncertain window. A bucket no replica owned before (start
+    bound minus infinity) stays so: the job is caught up from its history.
+    """
+    if not math.isfinite(bound.start):
+        return Gain(key, bound.start)
+    uncertain = bound.uncertain_from
+    if uncertain is not None:
+        uncertain = max(uncertain, created)
+        if uncertain >= bound.start:
+            uncertain = None
+    return Gain(key, max(bound.start, created), uncertain)
 
 
 def _timestamp(seconds: float) -> str:
