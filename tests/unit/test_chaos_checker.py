@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 
-from podcron.schedules import parse_schedule
+from podcron.schedules import Schedule, parse_schedule
 from tests.chaos.checker import Fault, Takeover, Verdict, expected_ticks, judge, takeovers
 from tests.jobs.podcron_chaosjobs.ledger import Entry
 
@@ -19,12 +20,19 @@ def entry(job: str, tick: float, pid: int = 1, at: float | None = None) -> Entry
     return Entry(job, tick, f"r{pid}", pid, tick, tick if at is None else at, "scheduled")
 
 
-def verdict(entries: list[Entry], **counts: dict[str, int] | None) -> Verdict:
+def verdict(
+    entries: list[Entry],
+    *,
+    schedules: Mapping[str, Schedule] = SCHEDULES,
+    window: tuple[float, float] = (1000.0, 1010.0),
+    faults: Sequence[Fault] = (),
+    **counts: dict[str, int] | None,
+) -> Verdict:
     return judge(
         entries=entries,
-        schedules=SCHEDULES,
-        window=(1000.0, 1010.0),
-        faults=[],
+        schedules=schedules,
+        window=window,
+        faults=faults,
         replicas=1,
         uncertain=counts.get("uncertain"),
         counted_missed=counts.get("counted_missed"),
@@ -175,18 +183,8 @@ def test_a_take_over_is_timed_from_the_fault_and_from_the_jobs_first_tick_due_af
     assert takeovers(entries, kill, schedules) == [Takeover(5.5, 4.5), Takeover(19.25, 0.25)]
     never = Fault("kill", "r2", 2, 901.0, 1001.0)
     assert all(math.isnan(t.next_start) for t in takeovers(entries, never, schedules))
-    result = judge(
-        entries=entries,
-        schedules=schedules,
-        window=(1000.0, 1002.0),
-        faults=[kill, never, Fault("term", "r1", 1, 901.0, 1001.0)],
-        replicas=2,
-        uncertain=None,
-        counted_missed=None,
-        writes=0.0,
-        lease_writes=0.0,
-        seconds=2.0,
-    )
+    faults = [kill, never, Fault("term", "r1", 1, 901.0, 1001.0)]
+    result = verdict(entries, schedules=schedules, window=(1000.0, 1002.0), faults=faults)
     assert (result.failover_p99_s, result.failover_next_start_p99_s) == (4.5, 19.25)
     assert (result.sigterm_handover_max_s, result.sigterm_next_start_max_s) == (4.5, 19.25)
     assert result.failovers_unrecovered == 1
@@ -206,18 +204,7 @@ def test_a_take_over_the_api_server_was_down_for_is_also_timed_without_that_outa
     etcd = Fault("etcd", "etcd", 0, 990.0, 990.0, healed=995.0)
     [taken] = takeovers(entries, kill, SCHEDULES, [apiserver, etcd])
     assert (taken.outage, taken.control_plane_down, taken.own_outage) == (10.5, 6.0, 4.5)
-    result = judge(
-        entries=entries,
-        schedules=SCHEDULES,
-        window=(1000.0, 1002.0),
-        faults=[etcd, kill, apiserver],
-        replicas=2,
-        uncertain=None,
-        counted_missed=None,
-        writes=0.0,
-        lease_writes=0.0,
-        seconds=2.0,
-    )
+    result = verdict(entries, window=(1000.0, 1002.0), faults=[etcd, kill, apiserver])
     assert (result.failover_p99_s, result.failover_own_p99_s) == (10.5, 4.5)
     assert "failover_p99_s=10.50 " in result.result_line()
     assert "failover_own_p99_s=4.50 " in result.result_line()
