@@ -544,3 +544,41 @@ async def test_a_member_the_watch_saw_stop_is_fenced_l_after_its_last_renewal_no
     b.noticed(record)
     await until(lambda: fenced_at, within=L + 2 * R)
     assert L <= fenced_at[0] - last_renewal < L + R / 4
+
+
+async def test_an_outage_of_the_store_longer_than_l_fences_no_replica_that_renews_after_it(
+    ring: Ring,
+) -> None:
+    agents = [ring.start(name) for name in "abc"]
+    await until(lambda: settled(*agents), within=6 * R)
+    identities = [a.identity for a in agents]
+    epoch = agents[0].member.epoch
+    ring.store.fault = lambda operation, name: Fault.UNAVAILABLE
+    await asyncio.sleep(L + 3 * R)  # etcd stopped, or the API server down: nobody renews
+    ring.store.fault = lambda operation, name: Fault.NONE
+    await asyncio.sleep(L)
+    # Each renews within a period of the store's return: all alive, none fenced, no move.
+    assert [a.identity for a in agents] == identities
+    assert settled(*agents)
+    assert agents[0].member.epoch == epoch
+
+
+async def test_a_replica_that_died_during_an_outage_of_the_store_is_fenced_soon_after_it(
+    ring: Ring, caplog: pytest.LogCaptureFixture
+) -> None:
+    agents = [ring.start(name) for name in "abc"]
+    await until(lambda: settled(*agents), within=6 * R)
+    a, b, c = agents
+    dead = c.identity
+    ring.crash("c")
+    await asyncio.sleep(R + R / 2)  # the coordinator's list has seen c's last renewal
+    ring.store.fault = lambda operation, name: Fault.UNAVAILABLE
+    await asyncio.sleep(L + 2 * R)
+    ring.store.fault = lambda operation, name: Fault.NONE
+    back = asyncio.get_running_loop().time()
+    # Given L/2 from when the coordinator reads the store again (not L, and not at once).
+    await until(lambda: settled(a, b), within=L / 2 + 2 * R)
+    assert asyncio.get_running_loop().time() - back >= L / 2
+    assert f"fenced replica {dead}" in caplog.text
+    assert f"fenced replica {a.identity}" not in caplog.text
+    assert f"fenced replica {b.identity}" not in caplog.text

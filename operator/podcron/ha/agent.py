@@ -115,6 +115,8 @@ class Agent:
         self._releasing = False
         self._released_written = False
         self._staleness = Staleness()
+        #: Whether the store failed to answer since the last list that read it.
+        self._blind = False
         #: One write of the member Lease at a time: a release that raced a renewal would
         #: conflict with it and cost a read and another write, at SIGTERM, under load.
         self._member_write = asyncio.Lock()
@@ -288,7 +290,7 @@ class Agent:
         try:
             records = await self._store.list(self._selector)
         except StoreUnavailable:
-            self._report_failure("unavailable")
+            self._lost_sight()
             return
         snapshot = Snapshot.parse(records, self.ring)
         self.snapshot = snapshot
@@ -298,6 +300,13 @@ class Agent:
             if identity in snapshot.members
         }
         self._staleness.observe(snapshot, self._monotonic(), self._wall(), self.params)
+        if self._blind:
+            # The store was out of this replica's reach: the other members may have been
+            # renewing all along, or been cut off with it (etcd stopped, the API server
+            # restarted), and they renew within a period of its return. Without this, the
+            # coordinator fenced every other member after each outage longer than L.
+            self._blind = False
+            self._staleness.regained(self._monotonic(), self.params.fence_after / 2)
         changes = self.member.observe(snapshot)
         if self.member.state is MemberState.FENCED:
             self._fenced(changes.lost)
@@ -323,10 +332,11 @@ class Agent:
                 try:
                     current = await self._store.get(member.lease_name)
                 except StoreUnavailable:
+                    self._lost_sight()
                     return False
                 moved = member.conflicted(current)
             except StoreUnavailable:
-                self._report_failure("unavailable")
+                self._lost_sight()
                 return False
         if member.state is MemberState.FENCED:
             self._fenced(member.owned_buckets())
@@ -335,6 +345,11 @@ class Agent:
             self._held = False
             self._listener.bound_moved()
         return True
+
+    def _lost_sight(self) -> None:
+        """The store did not answer: what it holds is unknown here until a list reads it."""
+        self._blind = True
+        self._report_failure("unavailable")
 
     def _report_failure(self, reason: str) -> None:
         if self._observer is not None:

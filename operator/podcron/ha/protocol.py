@@ -588,6 +588,18 @@ class Staleness:
         else:
             self._seen[view.identity] = (version, monotonic)
 
+    def regained(self, monotonic: float, grace: float) -> None:
+        """This replica reads the store again after it could not: give each Lease ``grace``.
+
+        A Lease it could not see move may not have moved because nobody could write
+        (the store itself was out), so each counts as unchanged since ``grace`` ago at
+        most: a member renewing every R shows it long before ``after - grace``, and
+        one that died is still fenced, that much later. Only when to fence changes,
+        which no start depends on.
+        """
+        floor = monotonic - grace
+        self._seen = {i: (v, max(at, floor)) for i, (v, at) in self._seen.items()}
+
     def next_stale(self, identities: Iterable[str], monotonic: float, after: float) -> float:
         """In how many seconds the next of ``identities`` not yet stale will be (inf: none)."""
         deadlines = (self._seen[i][1] + after - monotonic for i in identities if i in self._seen)
