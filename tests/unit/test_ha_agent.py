@@ -582,3 +582,22 @@ async def test_a_replica_that_died_during_an_outage_of_the_store_is_fenced_soon_
     assert f"fenced replica {dead}" in caplog.text
     assert f"fenced replica {a.identity}" not in caplog.text
     assert f"fenced replica {b.identity}" not in caplog.text
+
+
+async def test_calls_the_store_fails_now_and_then_do_not_put_a_dead_members_fence_off(
+    ring: Ring, caplog: pytest.LogCaptureFixture
+) -> None:
+    agents = [ring.start(name) for name in "ab"]
+    await until(lambda: settled(*agents), within=4 * R)
+    a, b = agents
+    coordinator = ring.store.leases()[coordinator_lease_name("t")].holder
+    dead = b if coordinator == a.identity else a
+    ring.crash("a" if dead is a else "b")
+    killed = asyncio.get_running_loop().time()
+    loop = asyncio.get_running_loop()
+    # The store fails one second in three: short outages, none of them L/2 long.
+    ring.store.fault = lambda operation, name: (
+        Fault.UNAVAILABLE if int(loop.time()) % 3 == 0 else Fault.NONE
+    )
+    await until(lambda: f"fenced replica {dead.identity}" in caplog.text, within=L + 3 * R)
+    assert asyncio.get_running_loop().time() - killed >= L

@@ -115,8 +115,8 @@ class Agent:
         self._releasing = False
         self._released_written = False
         self._staleness = Staleness()
-        #: Whether the store failed to answer since the last list that read it.
-        self._blind = False
+        #: Since when the store has not answered, if it failed since the last list that read it.
+        self._blind_since: float | None = None
         #: One write of the member Lease at a time: a release that raced a renewal would
         #: conflict with it and cost a read and another write, at SIGTERM, under load.
         self._member_write = asyncio.Lock()
@@ -300,13 +300,14 @@ class Agent:
             if identity in snapshot.members
         }
         self._staleness.observe(snapshot, self._monotonic(), self._wall(), self.params)
-        if self._blind:
+        now, blind_since, self._blind_since = self._monotonic(), self._blind_since, None
+        if blind_since is not None and now - blind_since >= self.params.fence_after / 2:
             # The store was out of this replica's reach: the other members may have been
-            # renewing all along, or been cut off with it (etcd stopped, the API server
-            # restarted), and they renew within a period of its return. Without this, the
-            # coordinator fenced every other member after each outage longer than L.
-            self._blind = False
-            self._staleness.regained(self._monotonic(), self.params.fence_after / 2)
+            # cut off with it (etcd stopped, the API server restarted), and they renew
+            # within a period of its return. Without this, the coordinator fenced every
+            # other member after each outage longer than L. Only after an outage of L/2 or
+            # more: a failed call now and then must not put a dead member's fence off.
+            self._staleness.regained(now, self.params.fence_after / 2)
         changes = self.member.observe(snapshot)
         if self.member.state is MemberState.FENCED:
             self._fenced(changes.lost)
@@ -348,7 +349,8 @@ class Agent:
 
     def _lost_sight(self) -> None:
         """The store did not answer: what it holds is unknown here until a list reads it."""
-        self._blind = True
+        if self._blind_since is None:
+            self._blind_since = self._monotonic()
         self._report_failure("unavailable")
 
     def _report_failure(self, reason: str) -> None:
