@@ -339,12 +339,24 @@ def _zombie(pid: int) -> bool:
 def test_a_stop_while_the_workers_start_exits_cleanly(tmp_path: Path) -> None:
     # A pod deleted right after it started: the workers are forked but uvicorn has not yet
     # taken the signals over. Each must still end as a graceful stop does, with 0.
+    for attempt in range(1, 4):
+        returncode, errors = _stopped_as_its_workers_start(tmp_path)
+        # free_port() races with every other process of the machine (parallel tests'
+        # connections take ports from the same range): then, and only then, again.
+        if "Address already in use" not in errors or attempt == 3:
+            break
+    assert returncode == 0, errors
+
+
+def _stopped_as_its_workers_start(tmp_path: Path) -> tuple[int, str]:
+    """Start a sidecar, SIGTERM it once its workers are forked: its exit code and stderr."""
     process = subprocess.Popen(
         [sys.executable, "-m", "podcron", "sidecar"],
         env=dict(os.environ)
         | {
             "PODCRON_ALLOWED_CIDRS": f"{ALLOWED}/32",
             "PODCRON_CONTROL_SOCKET": str(tmp_path / "absent.sock"),
+            "PODCRON_SIDECAR_HOST": ALLOWED,
             "PODCRON_SIDECAR_PORT": str(free_port()),
             "PODCRON_SIDECAR_PROBE_PORT": str(free_port()),
         },
@@ -360,7 +372,7 @@ def test_a_stop_while_the_workers_start_exits_cleanly(tmp_path: Path) -> None:
         )
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
-        assert process.returncode == 0, errors
+        return process.returncode, errors
     finally:
         if process.poll() is None:
             process.kill()
