@@ -50,8 +50,13 @@ from cluster import is_ready
 from harness import quick, wait_until
 
 RING = "scale"
-#: From the operators' start until every job is Ready; one replica writes 100 statuses a second.
-READY_TIMEOUT_SECONDS = 1800.0
+
+
+#: A job is Ready once its status says so, and one replica writes 20 statuses a second (the
+#: default ceiling): the wait for every job allows three times that, and at least half an hour.
+def ready_timeout(jobs: int) -> float:
+    """Seconds from the operators' start until every one of ``jobs`` must be Ready."""
+    return max(1800.0, 3 * jobs / 20)
 
 
 class ReadyCount:
@@ -115,10 +120,10 @@ def run_configuration(
     ]
     try:
         for operator in operators:
-            operator.wait_ready(READY_TIMEOUT_SECONDS)
+            operator.wait_ready(ready_timeout(jobs))
         wait_until(
             lambda: ready.count == jobs,
-            READY_TIMEOUT_SECONDS,
+            ready_timeout(jobs),
             f"{jobs} ScheduledJobs Ready",
             interval=0.5,
         )
