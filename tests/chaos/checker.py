@@ -78,6 +78,31 @@ class Takeover:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultCost:
+    """What one SIGKILL or SIGTERM cost its jobs: their take-overs (see :class:`Takeover`)."""
+
+    fault: Fault
+    takeovers: tuple[Takeover, ...]
+
+    def describe(self, window_start: float) -> str:
+        """One line: the fault, when in the window, and its jobs' outages."""
+        taken = [t for t in self.takeovers if not math.isnan(t.outage)]
+        head = (
+            f"{self.fault.kind} on {self.fault.target} at +{self.fault.wall - window_start:.1f}s:"
+            f" {len(self.takeovers)} jobs"
+        )
+        if not taken:
+            return f"{head}, none started elsewhere"
+        outages = sorted(t.outage for t in taken)
+        median = outages[(len(outages) - 1) // 2]
+        own = max(t.own_outage for t in taken)
+        return (
+            f"{head}, {len(taken)} started elsewhere; outage p50 {median:.2f}s"
+            f" max {outages[-1]:.2f}s (own {own:.2f}s)"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     """Everything the RESULT line reports."""
 
@@ -110,6 +135,8 @@ class Verdict:
     uncounted: tuple[Uncounted, ...] = ()
     #: Ticks the operators skipped (concurrencyPolicy Forbid), over all jobs; None as above.
     skipped: int | None = None
+    #: Each SIGKILL and SIGTERM, in order, with its jobs' take-overs.
+    costs: tuple[FaultCost, ...] = ()
 
     def result_line(self, extra: Mapping[str, object] | None = None) -> str:
         fields: dict[str, object] = {
@@ -279,12 +306,13 @@ def judge(
         if len(lost) > excused[job]
     )
     plane = [f for f in faults if f.kind in CONTROL_PLANE_KINDS]
-    failovers = [
-        t for f in faults if f.kind == "kill" for t in takeovers(entries, f, schedules, plane)
-    ]
-    handovers = [
-        t for f in faults if f.kind == "term" for t in takeovers(entries, f, schedules, plane)
-    ]
+    costs = tuple(
+        FaultCost(f, tuple(takeovers(entries, f, schedules, plane)))
+        for f in faults
+        if f.kind in ("kill", "term")
+    )
+    failovers = [t for c in costs if c.fault.kind == "kill" for t in c.takeovers]
+    handovers = [t for c in costs if c.fault.kind == "term" for t in c.takeovers]
     recovered = [t for t in failovers if not math.isnan(t.next_start)]
     handed = [t for t in handovers if not math.isnan(t.next_start)]
     return Verdict(
@@ -308,4 +336,5 @@ def judge(
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
         uncounted=uncounted,
         skipped=None if skipped is None else sum(skipped.values()),
+        costs=costs,
     )

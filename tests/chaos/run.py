@@ -502,6 +502,8 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         lease_writes=lease_writes,
         seconds=window_end - window_start,
     )
+    for cost in verdict.costs:
+        print(f"takeover: {cost.describe(window_start)}", flush=True)
     for job in verdict.uncounted[:UNCOUNTED_SHOWN]:
         print(f"uncounted: {job.describe()}", flush=True)
     print(

@@ -210,6 +210,26 @@ def test_a_take_over_the_api_server_was_down_for_is_also_timed_without_that_outa
     assert "failover_own_p99_s=4.50 " in result.result_line()
 
 
+def test_each_kill_and_term_is_described_with_its_own_jobs_outages() -> None:
+    entries = [
+        entry("ns/a", 1000.0, pid=1, at=1000.0),
+        entry("ns/b", 1000.0, pid=1, at=1000.0),
+        entry("ns/a", 1004.0, pid=2, at=1004.5),
+        entry("ns/b", 1010.0, pid=2, at=1010.25),
+    ]
+    kill = Fault("kill", "r1", 1, 1001.0, 1001.0)
+    apiserver = Fault("apiserver", "kube-apiserver", 0, 1005.0, 1005.0, healed=1008.0)
+    idle = Fault("term", "r2", 3, 1001.0, 1001.0)  # no job was its
+    result = verdict(entries, window=(1000.0, 1002.0), faults=[kill, apiserver, idle])
+    assert [c.fault for c in result.costs] == [kill, idle]
+    # ns/a due at 1002, started 2.5 s later; ns/b due at 1002 too, started 8.25 s later, of
+    # which the API server was down for 3.
+    assert result.costs[0].describe(990.0) == (
+        "kill on r1 at +11.0s: 2 jobs, 2 started elsewhere; outage p50 2.50s max 8.25s (own 5.25s)"
+    )
+    assert result.costs[1].describe(990.0) == "term on r2 at +11.0s: 0 jobs, none started elsewhere"
+
+
 def test_a_ledger_line_reads_back_as_written() -> None:
     written = entry("ns/a", 1000.25, pid=42)
     assert Entry.parse(written.line().decode()) == written
