@@ -71,8 +71,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The ScheduledJob rules, for a ClusterRole or for the Role of each watched namespace. */}}
 {{- define "podcron.jobRules" -}}
-# kopf lists and watches ScheduledJobs (it never reads a single one: no get), and patches
-# them with its own annotations.
+# kopf lists and watches ScheduledJobs (it never reads a single one: no get). It keeps what
+# it handled in the process, and patches its own annotations onto an object only while it
+# retries a handler that raised.
 - apiGroups: [podcron.dev]
   resources: [scheduledjobs]
   verbs: [list, watch, patch]

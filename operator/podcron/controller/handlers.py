@@ -41,6 +41,7 @@ from podcron.config import Settings
 from podcron.controller import jobspecs, resource
 from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
+from podcron.controller.handled import HandledInMemory
 from podcron.controller.replicas import Replicas
 from podcron.controller.status import StatusWriter
 from podcron.engine import Engine, JobEvent, RunFinished, RunStatus, ThreadAbandoned
@@ -55,6 +56,9 @@ from podcron.errors import (
 from podcron.resources import ResourceManager, ResourceState
 
 log = logging.getLogger("podcron.controller")
+
+#: The status field with the last ``podcron.dev/run-now`` value acted on.
+LAST_RUN_NOW = "lastRunNow"
 
 
 def _left_unwritten(
@@ -109,6 +113,8 @@ class Reconciler:
         # previous owner may have seen the spec under other settings (a rolling upgrade).
         self._spec_status: dict[str, dict[str, Any]] = {}
         self._conditions = JobConditions()
+        #: What kopf last handled of each object, for its diffs (kopf's diff base).
+        self.handled = HandledInMemory(resource.KOPF_PREFIX)
         self._resources = resources
         # Per scheduled job: the resources it lists, and Ready as it is while they work.
         self._job_resources: dict[str, tuple[str, ...]] = {}
@@ -166,11 +172,12 @@ class Reconciler:
     # -- handlers ---------------------------------------------------------
 
     async def on_resume(self, body: kopf.Body, **_: Any) -> None:
-        """Operator start: re-register, continuing counters and catching up from status."""
+        """kopf listed an object again that it handled before (its watch started over)."""
         self._reconcile(body)
 
     async def on_create(self, body: kopf.Body, **_: Any) -> None:
-        """A new ScheduledJob."""
+        """A ScheduledJob seen for the first time by this process: a new one, or every one
+        at start-up (:mod:`podcron.controller.handled`); counters continue from status."""
         self._reconcile(body)
 
     async def on_update(self, body: kopf.Body, **_: Any) -> None:
@@ -182,6 +189,7 @@ class Reconciler:
         namespace, name = str(body.meta.namespace), str(body.meta.name)
         jid = jobspecs.job_id(namespace, name)
         self._engine.remove(jid)
+        self.handled.forget(str(body.meta.uid))
         if self._replicas is not None:
             uid = str(body.meta.uid)
             self._replicas.agent.remove_job(uid)
@@ -207,14 +215,26 @@ class Reconciler:
 
         Only a change counts: an object created with the annotation already set
         does not run (applying the same manifest again must not run it twice),
-        and removing the annotation runs nothing. A change made while the
-        operator was down runs once when it resumes.
+        and removing the annotation runs nothing. A change made while no
+        operator watched runs once when one does: the value last acted on is
+        kept in status (``lastRunNow``), and at an object's first sight here
+        (kopf's creation, :mod:`podcron.controller.handled`) a different value
+        is such a change; with none kept yet, the value is kept and nothing runs.
         """
-        if reason == kopf.Reason.CREATE or not new or new == old:
-            return
-        if not self._owns(str(body.meta.uid)):
+        if not new or not self._owns(str(body.meta.uid)):
             return  # every replica sees the annotation change; the job's owner runs it
-        jid = jobspecs.job_id(str(body.meta.namespace), str(body.meta.name))
+        value = str(new)
+        namespace, name = str(body.meta.namespace), str(body.meta.name)
+        if reason == kopf.Reason.CREATE:
+            kept = body.status.get(LAST_RUN_NOW)
+            if kept is None:
+                self._writer.update(namespace, name, {LAST_RUN_NOW: value})
+            if kept is None or kept == value:
+                return
+        elif new == old:
+            return
+        self._writer.update(namespace, name, {LAST_RUN_NOW: value})
+        jid = jobspecs.job_id(namespace, name)
         ref = self._refs.get(jid)
         try:
             self._engine.trigger(jid)
@@ -233,7 +253,7 @@ class Reconciler:
         else:
             if ref is not None:
                 self._events.post(
-                    ref, warning=False, reason="RunNow", message=f"run requested ({new})"
+                    ref, warning=False, reason="RunNow", message=f"run requested ({value})"
                 )
 
     # -- reconciliation ---------------------------------------------------

@@ -32,6 +32,7 @@ import yaml
 
 from podcron import latency, resources
 from podcron.config import Settings
+from podcron.controller import resource
 from podcron.controller.control_socket import ControlServer
 from podcron.controller.events import EventRecorder
 from podcron.controller.handlers import Reconciler
@@ -51,10 +52,6 @@ from podcron.telemetry.run_telemetry import RunTelemetry
 
 log = logging.getLogger("podcron.operator")
 
-# kopf treats every annotation under its prefix as its own bookkeeping and
-# leaves it out of the object's essence, so with plain `podcron.dev` it would
-# never see a change of `podcron.dev/run-now`.
-KOPF_PREFIX = "kopf.podcron.dev"
 #: Of the shutdown budget, what is kept for after the runs (at most half of
 #: it): recording the runs it interrupts, which the engine gives up to a
 #: second, then writing every job's last status and exporting the last spans.
@@ -85,14 +82,15 @@ def run_budget(shutdown_timeout: float) -> float:
     return shutdown_timeout - min(STATUS_RESERVE_SECONDS, shutdown_timeout / 2)
 
 
-def _configure_kopf(operator: kopf.OperatorSettings) -> None:
+def _configure_kopf(operator: kopf.OperatorSettings, handled: kopf.DiffBaseStorage) -> None:
     # podcron posts its own Events (state changes and failures only); kopf's
     # per-handler Events would flood the namespace.
     operator.posting.enabled = False
-    operator.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
-    operator.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    # Written only while kopf retries a handler that raised.
+    operator.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=resource.KOPF_PREFIX
     )
+    operator.persistence.diffbase_storage = handled
     operator.queueing.exit_timeout = KOPF_EXIT_SECONDS
     operator.queueing.worker_limit = KOPF_WORKERS
     operator.queueing.idle_timeout = KOPF_WORKER_IDLE_SECONDS
@@ -434,7 +432,7 @@ def _registry(
 
     @kopf.on.startup(registry=registry)
     async def configure(**kwargs: Any) -> None:
-        _configure_kopf(kwargs["settings"])
+        _configure_kopf(kwargs["settings"], reconciler.handled)
         log.info("podcron operator started")
 
     # kopf stops the watchers before cleanup handlers run, and cancels every
