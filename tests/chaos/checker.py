@@ -219,9 +219,9 @@ def takeovers(
     """For each job the faulted process was starting ticks of: when another process started it.
 
     A job is the process's when its last start before the fault was there. The outage
-    counts from the first tick the process did not start: the fault is noted before the
-    signal is sent (after a scrape, which may take a while), and a tick due in between, or
-    one the process's loop reached before the signal's handler, was started by it.
+    counts from the first tick the process did not start: the fault is noted as the signal
+    is sent (after the read of its counters, which may take seconds), and a tick its loop
+    reached before the signal's handler ran was started by it.
     ``control_plane``: the API server and etcd faults, whose time down (to ``healed``)
     inside each takeover is noted beside it.
     """

@@ -122,6 +122,7 @@ class Targets(Protocol):
     """What the nemesis acts on: operators, their proxies and clocks, the control plane."""
 
     def pid(self, replica: str) -> int: ...
+    def read_counters(self, replica: str) -> None: ...
     def signal(self, replica: str, signum: int) -> None: ...
     def wait_exit(self, replica: str, timeout: float) -> None: ...
     def restart(self, replica: str) -> None: ...
@@ -188,6 +189,10 @@ class Nemesis:
 
     def _apply(self, step: Step) -> None:
         t, target = self._targets, step.target
+        if step.kind in ("kill", "term"):
+            # Its counts die with it: read first. The read takes seconds on a loaded
+            # machine, while the process goes on: the fault is when the signal goes out.
+            t.read_counters(target)
         self._record(step)
         if step.kind == "kill":
             t.signal(target, signal.SIGKILL)

@@ -232,15 +232,14 @@ class Cluster:
     def pid(self, replica: str) -> int:
         return self.replicas[replica].pid
 
-    def signal(self, replica: str, signum: int) -> None:
-        target = self.replicas[replica]
-        if signum in (signal.SIGKILL, signal.SIGTERM) and not target.scrape():
+    def read_counters(self, replica: str) -> None:
+        if not self.replicas[replica].scrape():
             # What it counted since its last read dies with it: the checker may then find
             # ticks missed and counted nowhere that this process did count.
-            _log(
-                f"{replica} gave no /metrics page before signal {signum}: its counts since "
-                "the last read are lost"
-            )
+            _log(f"{replica} gave no /metrics page: its counts since the last read are lost")
+
+    def signal(self, replica: str, signum: int) -> None:
+        target = self.replicas[replica]
         target.signal(signum)
         if signum == signal.SIGTERM:
             # It goes on for its drain, and may count a gain it made just before the signal

@@ -12,7 +12,7 @@ import pytest
 
 from tests.chaos import nemesis
 from tests.chaos.counters import ResettingSum, exported, mutating, samples
-from tests.chaos.proxy import Mode, ProxyLoop
+from tests.chaos.proxy import FaultProxy, Mode, ProxyLoop
 
 PAGE = """\
 # TYPE apiserver_request_total counter
@@ -85,6 +85,58 @@ def test_a_replica_gets_clock_steps_or_rate_changes_never_both() -> None:
         steps = nemesis.plan(seed, ("clock", "rate", "kill"), ["r0", "r1"], 600, lease_stale=6)
         stepped = {step.target for step in steps if step.kind == "clock"}
         assert not stepped & nemesis.rate_changed(steps)
+
+
+class _Recorder:
+    """Targets that note each call, in order, with the monotonic time it ended."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    def _note(self, what: str) -> None:
+        self.calls.append((what, time.monotonic()))
+
+    def pid(self, replica: str) -> int:
+        return 42
+
+    def read_counters(self, replica: str) -> None:
+        time.sleep(0.05)  # a slow read: the process goes on meanwhile
+        self._note("read")
+
+    def signal(self, replica: str, signum: int) -> None:
+        self._note(f"signal {signum}")
+
+    def wait_exit(self, replica: str, timeout: float) -> None:
+        self._note("exited")
+
+    def restart(self, replica: str) -> None:
+        self._note("restart")
+
+    def proxy(self, replica: str) -> FaultProxy:
+        raise AssertionError("a kill needs no proxy")
+
+    def set_clock(self, replica: str, spec: str) -> None:
+        raise AssertionError("a kill sets no clock")
+
+    def kill_control_plane(self, name: str) -> None:
+        raise AssertionError("a kill leaves the control plane alone")
+
+    restart_control_plane = kill_control_plane
+
+    def signal_control_plane(self, name: str, signum: int) -> None:
+        raise AssertionError("a kill leaves the control plane alone")
+
+
+def test_a_kill_is_noted_as_its_signal_goes_out_after_the_counters_are_read() -> None:
+    targets = _Recorder()
+    chaos = nemesis.Nemesis([nemesis.Step(0.0, "kill", "r1", 0.0)], targets, log=lambda _: None)
+    chaos.start()
+    chaos.join()
+    assert [what for what, _ in targets.calls] == ["read", "signal 9", "exited", "restart"]
+    [fault] = chaos.faults
+    read_at, signalled_at = targets.calls[0][1], targets.calls[1][1]
+    assert (fault.kind, fault.target, fault.pid) == ("kill", "r1", 42)
+    assert read_at <= fault.monotonic <= signalled_at
 
 
 @pytest.fixture
