@@ -15,6 +15,7 @@ import yaml
 
 from podcron.controller import jobspecs
 from podcron.controller.conditions import JobConditions
+from podcron.controller.handlers import LAST_RUN_NOW
 from podcron.controller.jobmetadata import job_metadata
 from podcron.engine import FailedRun, History, JobSnapshot, JobSpec, PastRun, RunCounts, RunStatus
 from podcron.runrecord import (
@@ -33,9 +34,9 @@ from podcron.schedules import parse_schedule
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "scheduledjobs.podcron.dev.yaml"
 OPENAPI = ROOT / "operator" / "podcron" / "sidecar" / "openapi.yaml"
-# Written by the handlers beside the run record: the generation they reconciled.
-# Written by the handlers themselves: the generation seen, and (several replicas) the owner.
-HANDLER_KEYS = {"observedGeneration", "replica"}
+# Written by the handlers themselves: the generation seen, (several replicas) the owner, and
+# the run-now annotation's value last acted on.
+HANDLER_KEYS = {"observedGeneration", "replica", LAST_RUN_NOW}
 
 RAN = History(
     last_run_time=datetime(2026, 11, 27, 1, 30, 0, 123000, tzinfo=UTC),
