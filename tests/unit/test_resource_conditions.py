@@ -46,6 +46,9 @@ class Writer:
     def note_version(self, namespace: str, name: str, resource_version: str) -> None:
         self.versions.setdefault(name, resource_version)
 
+    def take_version(self, namespace: str, name: str, resource_version: str) -> None:
+        self.versions[name] = resource_version
+
     def forget(self, namespace: str, name: str) -> None:
         self.status.pop(name, None)
 

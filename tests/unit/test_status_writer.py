@@ -451,6 +451,21 @@ async def test_the_writers_own_patches_keep_its_version_current(running: Any) ->
     assert len(api.patches) == 3
 
 
+async def test_a_version_taken_from_another_writer_is_built_on_without_a_refusal(
+    running: Any,
+) -> None:
+    api = RecordingApi()
+    version = api.write("ns", "a", {})
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01, read=api.read))
+    writer.rebase = lambda *_: pytest.fail("the version was current: nothing to rebase")
+    writer.note_version("ns", "a", version)
+    theirs = api.write("ns", "a", {"runs": {"total": 7}})  # a job's previous owner wrote
+    writer.take_version("ns", "a", theirs)  # as the watch showed it, before the gain
+    writer.update("ns", "a", {"runs": {"total": 8}})
+    await until(lambda: api.statuses["ns/a"]["runs"]["total"] == 8)
+    assert len(api.patches) == 1
+
+
 async def test_a_refused_patch_goes_again_without_waiting_out_the_interval(running: Any) -> None:
     api = RecordingApi()
     version = api.write("ns", "a", {})

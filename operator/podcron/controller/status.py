@@ -191,6 +191,18 @@ class StatusWriter:
         """
         self._versions.setdefault((namespace, name), resource_version)
 
+    def take_version(self, namespace: str, name: str, resource_version: str) -> None:
+        """Build on ``resource_version`` from now on: another writer's, newer than the one kept.
+
+        For an object whose writes were someone else's until now (a job gained from
+        another replica): the version kept is this writer's last, older than theirs,
+        and every first patch on it was refused. Left alone while a patch of the
+        object is in flight: its answer brings the next version.
+        """
+        key = (namespace, name)
+        if key not in self._sending:
+            self._versions[key] = resource_version
+
     def _queue_for(self, key: Key, *, urgent: bool) -> None:
         if self._flush_queue is not None:
             if key not in self._sending:
