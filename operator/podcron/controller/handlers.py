@@ -39,7 +39,7 @@ import kopf
 from podcron import runrecord
 from podcron.config import Settings
 from podcron.controller import jobspecs, resource
-from podcron.controller.conditions import JobConditions, ready_in
+from podcron.controller.conditions import JobConditions
 from podcron.controller.events import EventRecorder, ObjectRef
 from podcron.controller.handled import HandledInMemory
 from podcron.controller.replicas import Replicas
@@ -267,7 +267,6 @@ class Reconciler:
         self._conditions.seed(jid, status)
         previous = self._conditions.ready(jid)
         patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
-        valid = False
         try:
             job_spec = jobspecs.build_spec(
                 namespace,
@@ -296,7 +295,6 @@ class Reconciler:
                 "ScheduledJob %s cannot be scheduled: %s", jid, error, extra={"job_id": jid}
             )
         else:
-            valid = True
             if self._replicas is not None:
                 self._job_of_uid[job_spec.uid] = jid
                 created = runrecord.parse_time(meta.creation_timestamp)
@@ -326,15 +324,9 @@ class Reconciler:
                     # (after_gain): say whose it is here, or kubectl shows no REPLICA.
                     patch["replica"] = self._replicas.identity
         patch |= self._conditions.status(jid)
-        if valid and self._owner_unknown(ref.uid):
-            # A job no epoch here gives an owner yet (this replica is starting): its owner
-            # writes all of it, and posts the Event, when it gains it (after_gain). Four
-            # replicas starting beside 2,000 new jobs, each writing them meanwhile, sent
-            # four patches and four Events a job, and had 8,833 patches refused (409).
-            # A spec it cannot schedule is never gained: every replica says so, alike.
-            pass
-        elif not self._moved(jid):
-            # Another replica's is the same, from the same spec: one writer, one Event.
+        if not self._moved(jid):
+            # Another replica's is the same, from the same spec: one writer, one Event
+            # (four replicas starting side by side sent four patches for every job).
             # Urgent: someone who just applied or edited the object waits for this.
             self._writer.update(namespace, name, patch, urgent=True)
             self._post_if_changed(ref, previous, condition)
@@ -454,12 +446,6 @@ class Reconciler:
                 | {"replica": self._replicas.identity}
             )
             self._writer.update(ref.namespace, ref.name, patch)
-            # The Event its reconciliation left to the owner (no epoch then), unless the
-            # object already says as much: its previous owner wrote it.
-            condition = self._conditions.ready(jid)
-            if condition is not None:
-                seen = self._latest_status.get(uid)
-                self._post_if_changed(ref, None if seen is None else ready_in(seen[0]), condition)
 
     def _on_job_event(self, event: JobEvent) -> None:
         if self._moved(event.job_id):
@@ -549,10 +535,6 @@ class Reconciler:
         except JobNotFound:
             return {}
         return runrecord.run_status(snapshot.record) | self._conditions.status(job_id)
-
-    def _owner_unknown(self, uid: str) -> bool:
-        """Whether this replica has adopted no epoch yet that says who owns job ``uid``."""
-        return self._replicas is not None and self._replicas.agent.owner_of(uid) is None
 
     def _moved(self, job_id: str) -> bool:
         """Whether another replica owns the job now (not while no epoch says who does)."""
