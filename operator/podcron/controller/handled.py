@@ -58,6 +58,3 @@ class HandledInMemory(kopf.DiffBaseStorage):
     def forget(self, uid: str) -> None:
         """The object was deleted: drop its diff base."""
         self._essences.pop(uid, None)
-
-    def __len__(self) -> int:
-        return len(self._essences)
