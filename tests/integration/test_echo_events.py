@@ -116,6 +116,7 @@ def test_kopf_writes_nothing_on_the_object_and_a_run_now_made_while_down_runs_wh
         timeout=15,
         what="the new value kept",
     )
+    assert [t for t, _ in hello_runs(second.log(), job_id)] == ["manual"]
 
     second.stop(timeout=TEARDOWN_STOP_SECONDS)
     third = start_operator(PODCRON_NAMESPACES=namespace, PODCRON_LOG_LEVEL="DEBUG")
