@@ -34,6 +34,9 @@ HANDOVER_BOUND = _P + "handover-bound"
 HANDOVER_FROM = _P + "handover-from"
 #: The highest start bound the member has learnt (of the jobs it owns or owned).
 OWNED_BOUND = _P + "owned-bound"
+#: When the renewal was sent, its engine had decided every tick due before this
+#: (started it, or counted it): an engine running behind its ticks had not reached the rest.
+ASKED_BEFORE = _P + "asked-before"
 FENCED = _P + "fenced"
 RELEASED = _P + "released"
 ENDPOINT = _P + "endpoint"
@@ -98,14 +101,21 @@ class MemberView:
     fenced: bool
     released: bool
     endpoint: str
+    asked_before: float = math.inf
 
     def stopped(self, params: Params) -> float:
         """A fenced member started every tick due up to this: its last renewal, Λ below W.
 
         Unless its acknowledged bound was lower then (renewals that failed or came
-        late): the ticks above that one waited for an acknowledgement.
+        late): the ticks above that one waited for an acknowledgement. Or unless its
+        engine had not decided every tick due by then (it ran behind its ticks): the
+        ticks from the first one it had not are not known to have started.
         """
-        return min(self.fire_bound - params.fire_ahead, self.acked_bound)
+        return min(
+            self.fire_bound - params.fire_ahead,
+            self.acked_bound,
+            self.asked_before - TICK_RESOLUTION,
+        )
 
     @property
     def certain(self) -> float:
@@ -133,6 +143,7 @@ class MemberView:
             fenced=a.get(FENCED) == "true",
             released=a.get(RELEASED) == "true",
             endpoint=a.get(ENDPOINT, ""),
+            asked_before=float(a.get(ASKED_BEFORE, "inf")),
         )
 
 
@@ -366,6 +377,7 @@ class Member:
             HANDOVER_BOUND: repr(self.handover_bound),
             HANDOVER_FROM: repr(self.handover_from),
             OWNED_BOUND: repr(self.owned_bound),
+            ASKED_BEFORE: repr(self.asked_before),
         }
         if self.endpoint:
             written[ENDPOINT] = self.endpoint
