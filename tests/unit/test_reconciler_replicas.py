@@ -113,6 +113,18 @@ async def test_a_gained_jobs_first_patch_builds_on_the_version_its_owner_left(
     assert writer.versions[theirs] == "7"
 
 
+async def test_a_queued_status_of_a_job_owned_elsewhere_is_not_sent_unless_it_counts_runs(
+    engine: Engine,
+) -> None:
+    handlers, _, _, agent, assignment = await sharing(engine)
+    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    ready_only = {"conditions": [], "observedGeneration": 1}
+    assert not handlers.wanted("ns", theirs, ready_only)
+    assert handlers.wanted("ns", theirs, ready_only | {"runs": {"total": 1}})
+    assert handlers.wanted("ns", ours, ready_only)
+
+
 async def test_a_refused_patch_continues_the_counters_found_and_builds_them_anew(
     engine: Engine,
 ) -> None:

@@ -466,6 +466,17 @@ async def test_a_version_taken_from_another_writer_is_built_on_without_a_refusal
     assert len(api.patches) == 1
 
 
+async def test_an_update_no_longer_wanted_is_dropped_unsent(running: Any) -> None:
+    api = RecordingApi()
+    writer = running(StatusWriter(api.patch, per_object_interval=0.01))
+    writer.wanted = lambda namespace, name, patch: name != "moved" or "runs" in patch
+    writer.update("ns", "moved", {"running": False}, urgent=True)  # its owner writes it now
+    writer.update("ns", "ours", {"running": False})
+    writer.update_when_sent("ns", "moved-ran", lambda: {"runs": {"total": 1}})
+    await until(lambda: writer.pending == 0)
+    assert sorted(name for _, name, _ in api.patches) == ["ns/moved-ran", "ns/ours"]
+
+
 async def test_a_refused_patch_goes_again_without_waiting_out_the_interval(running: Any) -> None:
     api = RecordingApi()
     version = api.write("ns", "a", {})

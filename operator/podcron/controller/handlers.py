@@ -135,6 +135,8 @@ class Reconciler:
         engine.add_listener(self._on_job_event)
         writer.rebase = self.rebased
         writer.landed = self.landed
+        if replicas is not None:
+            writer.wanted = self.wanted
         if resources is not None:
             resources.add_listener(self._on_resource)
 
@@ -503,6 +505,19 @@ class Reconciler:
         self._writer.update_when_sent(namespace, name, functools.partial(self._run_status, jid))
         # The counters it held may be lower than those found: the builder sends them anew.
         return {key: value for key, value in refused.items() if key != "runs"}
+
+    def wanted(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
+        """Whether a queued patch still goes out: not one without run counters of a job that
+        moved away since it was queued.
+
+        Before its first epoch every replica queues the status of every job it registers
+        (no epoch says whose it is yet). At 20,000 jobs on four replicas each queued 20,000,
+        a thousand seconds of its status ceiling, nearly all refused (409) once the owners
+        wrote: 56,937 refusals in 21 minutes, while the jobs registered last waited behind
+        them for their first status. Counters are sent still: runs counted here before the
+        job moved are added to the new owner's (:meth:`rebased`).
+        """
+        return "runs" in patch or not self._moved(jobspecs.job_id(namespace, name))
 
     def landed(self, namespace: str, name: str, patch: Mapping[str, Any], sure: bool) -> None:
         """A status patch was taken (or, not ``sure``, perhaps): its counters are status's."""

@@ -70,6 +70,9 @@ Rebase = Callable[[str, str, Mapping[str, Any], Mapping[str, Any]], Mapping[str,
 #: (namespace, name, patch, sure): the API server took the patch; not sure: it may
 #: have (the request failed on the way back, or timed out).
 Landed = Callable[[str, str, Mapping[str, Any], bool], None]
+#: (namespace, name, patch): whether to send it still (with several replicas, a job another
+#: replica owns by now is that replica's to write).
+Wanted = Callable[[str, str, Mapping[str, Any]], bool]
 
 
 class PatchFn(Protocol):
@@ -123,6 +126,8 @@ class StatusWriter:
         #: is sent again on no version.
         self.rebase: Rebase | None = None
         self.landed: Landed | None = None
+        #: Asked as a patch goes out (namespace, name, patch); False drops it unsent.
+        self.wanted: Wanted | None = None
         self._versions: dict[Key, str] = {}
         self._spacing = 1.0 / patches_per_second
         self._per_object_interval = per_object_interval
@@ -334,7 +339,7 @@ class StatusWriter:
             self._urgent_keys.discard(key)
             if key in self._sending:
                 self._urgent_after_send.add(key)
-            elif key in self._pending:
+            elif key in self._pending and not self._unwanted(key):
                 return key
         while self._queue and (ignore_interval or self._queue[0][0] <= time.monotonic()):
             _, _, key = heapq.heappop(self._queue)
@@ -345,8 +350,23 @@ class StatusWriter:
             if not ignore_interval and turn > time.monotonic():
                 self._enqueue(key, turn)  # an urgent patch went out after this was queued
                 continue
+            if self._unwanted(key):
+                continue
             return key
         return None
+
+    def _unwanted(self, key: Key) -> bool:
+        """Drop ``key``'s update if :attr:`wanted` turns it down as it stands (nothing to build).
+
+        Asked before the key waits for its turn under the rate limit: a patch turned down
+        costs no slot. One with fields still to build is asked again once they are built.
+        """
+        if self.wanted is None or key in self._deferred:
+            return False
+        if self.wanted(key[0], key[1], self._pending[key]):
+            return False
+        del self._pending[key]
+        return True
 
     async def _send_due(self, *, flushing: bool) -> None:
         while (key := self._next_due(ignore_interval=flushing)) is not None:
@@ -372,9 +392,17 @@ class StatusWriter:
             self._start(key, status, slot=True)
 
     def _take(self, key: Key) -> dict[str, Any] | None:
-        """What to patch ``key`` with now, out of the queues; None if it was forgotten."""
+        """What to patch ``key`` with now, out of the queues; None if it was forgotten.
+
+        Empty when :attr:`wanted` turns it down: nothing is sent, nothing is kept.
+        """
         status = self._pending.pop(key, None)
-        return None if status is None else self._built(key, status)
+        if status is None:
+            return None
+        built = self._built(key, status)
+        if self.wanted is not None and not self.wanted(key[0], key[1], built):
+            return {}
+        return built
 
     def _built(self, key: Key, status: dict[str, Any]) -> dict[str, Any]:
         build = self._deferred.pop(key, None)
