@@ -166,12 +166,17 @@ async def test_two_replicas_split_the_jobs_and_the_newcomer_starts_above_the_han
     assert all(a.verdict(k, handover + 1) is Verdict.NOT_OWNER for k in moved)
 
 
+async def _two_settled(ring: Ring) -> tuple[Agent, Agent, list[str]]:
+    """Replicas a and b, both settled; and a's jobs, which the test takes from it."""
+    a, b = ring.start("a"), ring.start("b")
+    await until(lambda: settled(a, b), within=4 * R)
+    return a, b, [k for k in JOBS if a.owns(k)]
+
+
 async def test_a_crashed_replica_is_fenced_after_l_and_its_jobs_start_above_its_frozen_bound(
     ring: Ring, caplog: pytest.LogCaptureFixture
 ) -> None:
-    a, b = ring.start("a"), ring.start("b")
-    await until(lambda: settled(a, b), within=4 * R)
-    lost = [k for k in JOBS if a.owns(k)]
+    a, b, lost = await _two_settled(ring)
     writes: list[str] = []
 
     def note_writes(operation: str, name: str) -> Fault:
@@ -200,9 +205,7 @@ async def test_a_crashed_replica_is_fenced_after_l_and_its_jobs_start_above_its_
 async def test_a_crashed_replica_running_behind_leaves_the_ticks_it_had_not_reached_uncertain(
     ring: Ring,
 ) -> None:
-    a, b = ring.start("a"), ring.start("b")
-    await until(lambda: settled(a, b), within=4 * R)
-    lost = [k for k in JOBS if a.owns(k)]
+    a, _, lost = await _two_settled(ring)
     # Its engine runs 0.7 s behind: every tick due before then is started or counted, the
     # rest not reached yet. Its next renewal says so.
     behind = ring.clock.wall() - 0.7
@@ -285,9 +288,7 @@ async def test_a_paused_replica_is_fenced_and_rejoins_under_a_new_identity(ring:
 async def test_a_released_replica_hands_its_jobs_over_within_2r_with_nothing_uncertain(
     ring: Ring,
 ) -> None:
-    a, b = ring.start("a"), ring.start("b")
-    await until(lambda: settled(a, b), within=4 * R)
-    lost = [k for k in JOBS if a.owns(k)]
+    a, b, lost = await _two_settled(ring)
     await a.release()
     assert not any(a.owns(k) for k in JOBS)
     # Read before b settles: then its released Lease is no longer needed, and deleted.
