@@ -70,11 +70,20 @@ class Takeover:
     #: Of the seconds from the fault to ``next_start``, those the control plane was down
     #: (a failover needs the API server: nothing can be fenced or handed over meanwhile).
     control_plane_down: float = 0.0
+    #: The latest of the same process's other starts of the same tick, of jobs it had
+    #: before the fault: how late that tick started anyway (a busy machine, every job due
+    #: on the same instant). 0 when it started no such job then.
+    usual_lateness: float = 0.0
 
     @property
     def own_outage(self) -> float:
         """The outage less the control plane's: the operators' part of it."""
         return self.outage - self.control_plane_down
+
+    @property
+    def added(self) -> float:
+        """The outage beyond the usual lateness of its start: what the take-over itself added."""
+        return max(0.0, self.outage - self.usual_lateness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +105,11 @@ class FaultCost:
         outages = sorted(t.outage for t in taken)
         median = outages[(len(outages) - 1) // 2]
         own = max(t.own_outage for t in taken)
+        added = max(t.added for t in taken)
         return (
             f"{head}, {len(taken)} started elsewhere; outage p50 {median:.2f}s"
-            f" max {outages[-1]:.2f}s (own {own:.2f}s)"
+            f" max {outages[-1]:.2f}s (own {own:.2f}s, beyond the tick's usual lateness"
+            f" {added:.2f}s)"
         )
 
 
@@ -129,6 +140,9 @@ class Verdict:
     #: The failover p99 and handover maximum less what the control plane was down.
     failover_own_p99_s: float
     sigterm_handover_own_max_s: float
+    #: The same less the usual lateness of the start that ended each (Takeover.added).
+    failover_added_p99_s: float
+    sigterm_handover_added_max_s: float
     writes_per_s: float
     lease_writes_per_s: float
     #: The jobs behind ``missed_outside_window``, by name.
@@ -159,6 +173,8 @@ class Verdict:
             "failovers_unrecovered": self.failovers_unrecovered,
             "failover_own_p99_s": _seconds(self.failover_own_p99_s),
             "sigterm_handover_own_max_s": _seconds(self.sigterm_handover_own_max_s),
+            "failover_added_p99_s": _seconds(self.failover_added_p99_s),
+            "sigterm_handover_added_max_s": _seconds(self.sigterm_handover_added_max_s),
             **(extra or {}),
         }
         return "RESULT chaos " + " ".join(f"{key}={value}" for key, value in fields.items())
@@ -233,7 +249,7 @@ def takeovers(
         if entry.pid == fault.pid:
             last_of_process[entry.job] = max(entry.tick, last_of_process.get(entry.job, -math.inf))
     affected = {job for job, entry in last_before.items() if entry.pid == fault.pid}
-    first_after: dict[str, float] = {}
+    first_after: dict[str, Entry] = {}
     for entry in sorted(entries, key=lambda e: e.monotonic):
         if (
             entry.job in affected
@@ -241,10 +257,12 @@ def takeovers(
             and entry.monotonic > fault.monotonic
             and entry.pid != fault.pid
         ):
-            first_after[entry.job] = entry.monotonic - fault.monotonic
+            first_after[entry.job] = entry
+    usual = _usual_lateness(entries, fault, affected, first_after.values())
     found = []
     for job in sorted(affected):
-        next_start = first_after.get(job, math.nan)
+        first = first_after.get(job)
+        next_start = math.nan if first is None else first.monotonic - fault.monotonic
         after = max(fault.wall, last_of_process[job])
         due = schedules[job].next_after(datetime.fromtimestamp(after, UTC))
         wait = 0.0 if due is None else max(0.0, due.timestamp() - fault.wall)
@@ -256,8 +274,30 @@ def takeovers(
             for cp in control_plane
             if not math.isnan(cp.healed)
         )
-        found.append(Takeover(next_start, next_start - wait, down if down > 0 else 0.0))
+        found.append(
+            Takeover(
+                next_start,
+                next_start - wait,
+                down if down > 0 else 0.0,
+                0.0 if first is None else usual.get((first.pid, _key(first.tick)), 0.0),
+            )
+        )
     return found
+
+
+def _usual_lateness(
+    entries: Iterable[Entry], fault: Fault, affected: set[str], firsts: Iterable[Entry]
+) -> dict[tuple[int, int], float]:
+    """Per (pid, tick) of the ``firsts``: the latest of that process's starts of that tick for
+    jobs not in ``affected``, as lateness (by the harness's monotonic clock)."""
+    offset = fault.monotonic - fault.wall  # harness monotonic less wall
+    wanted = {(entry.pid, _key(entry.tick)) for entry in firsts}
+    late: dict[tuple[int, int], list[float]] = collections.defaultdict(list)
+    for entry in entries:
+        key = (entry.pid, _key(entry.tick))
+        if key in wanted and entry.job not in affected:
+            late[key].append(entry.monotonic - offset - entry.tick)
+    return {key: max(values) for key, values in late.items()}
 
 
 def p99(values: Sequence[float]) -> float:
@@ -332,6 +372,8 @@ def judge(
         sigterm_next_start_max_s=max((t.next_start for t in handed), default=math.nan),
         failover_own_p99_s=p99([t.own_outage for t in recovered]),
         sigterm_handover_own_max_s=max((t.own_outage for t in handed), default=math.nan),
+        failover_added_p99_s=p99([t.added for t in recovered]),
+        sigterm_handover_added_max_s=max((t.added for t in handed), default=math.nan),
         writes_per_s=writes / seconds if seconds > 0 else 0.0,
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
         uncounted=uncounted,

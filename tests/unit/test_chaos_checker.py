@@ -225,7 +225,8 @@ def test_each_kill_and_term_is_described_with_its_own_jobs_outages() -> None:
     # ns/a due at 1002, started 2.5 s later; ns/b due at 1002 too, started 8.25 s later, of
     # which the API server was down for 3.
     assert result.costs[0].describe(990.0) == (
-        "kill on r1 at +11.0s: 2 jobs, 2 started elsewhere; outage p50 2.50s max 8.25s (own 5.25s)"
+        "kill on r1 at +11.0s: 2 jobs, 2 started elsewhere; outage p50 2.50s max 8.25s"
+        " (own 5.25s, beyond the tick's usual lateness 8.25s)"
     )
     assert result.costs[1].describe(990.0) == "term on r2 at +11.0s: 0 jobs, none started elsewhere"
 
@@ -234,3 +235,29 @@ def test_a_ledger_line_reads_back_as_written() -> None:
     written = entry("ns/a", 1000.25, pid=42)
     assert Entry.parse(written.line().decode()) == written
     assert len(written.line()) < 512  # one write() of under PIPE_BUF: atomic with O_APPEND
+
+
+def test_a_take_over_is_also_timed_beyond_the_usual_lateness_of_the_successors_start() -> None:
+    # Every job is due at 1002; the successor (pid 2) was busy and started its own jobs of
+    # that tick 0.4 and 0.6 s late (and one of 1004, 3 s late): the take-over's 0.9 s is
+    # 0.3 s beyond the latest of them.
+    entries = [
+        entry("ns/a", 1000.0, pid=1, at=1000.0),
+        entry("ns/b", 1000.0, pid=2, at=1000.0),
+        entry("ns/c", 1000.0, pid=2, at=1000.0),
+        entry("ns/b", 1002.0, pid=2, at=1002.4),
+        entry("ns/c", 1002.0, pid=2, at=1002.6),
+        entry("ns/a", 1002.0, pid=2, at=1002.9),
+        entry("ns/b", 1004.0, pid=2, at=1007.0),
+    ]
+    term = Fault("term", "r1", 1, 1001.0, 1001.0)
+    [taken] = takeovers(entries, term, SCHEDULES)
+    assert math.isclose(taken.outage, 0.9)
+    assert math.isclose(taken.usual_lateness, 0.6)
+    assert math.isclose(taken.added, 0.3)
+    # A start no later than the others' added nothing.
+    assert dataclasses.replace(taken, usual_lateness=1.5).added == 0.0
+    result = verdict(entries, window=(1000.0, 1002.0), faults=[term])
+    assert math.isclose(result.sigterm_handover_added_max_s, 0.3)
+    assert "sigterm_handover_max_s=0.90 " in result.result_line()
+    assert "sigterm_handover_added_max_s=0.30" in result.result_line()
