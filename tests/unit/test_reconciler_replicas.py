@@ -72,15 +72,53 @@ async def test_only_the_owner_writes_a_jobs_status_and_posts_its_events(engine: 
     assert {name for name, *_ in events.posted} == ours
 
 
-async def test_before_any_epoch_says_who_owns_a_job_every_replica_writes_it(
+async def test_before_any_epoch_says_who_owns_a_job_its_owner_writes_it_when_it_gains_it(
     engine: Engine,
 ) -> None:
     agent = Agent(MemoryStore(), ring="t", pod_name="a")
     handlers, writer, events = reconciler(engine, Replicas(agent))
     for name in NAMES:
         await handlers.on_create(body=body(name))
+    # Replicas starting side by side each wrote every new job, on versions the others
+    # had moved: four patches and four Events a job, most patches refused.
+    assert writer.status == {}
+    assert events.posted == []
+    # A spec it cannot schedule is never gained by anyone: it says so at once.
+    invalid = copy.deepcopy(dict(body("invalid")))
+    invalid["spec"]["schedule"] = {"cron": "61 * * * *"}
+    await handlers.on_create(body=kopf.Body(cast(kopf.RawBody, invalid)))
+    assert ready(writer, "invalid")["reason"] == "InvalidSchedule"
+    writer.status.clear()
+    events.posted.clear()
+    # Its first epoch gives it every job (one replica): it writes them, and says so once.
+    # Nothing says Ready on them yet: that goes before any run update (urgent).
+    handlers.after_gain([f"uid-{name}" for name in NAMES])
     assert set(writer.status) == set(NAMES)
-    assert {name for name, *_ in events.posted} == set(NAMES)
+    assert all(writer.urgent[name] for name in NAMES)
+    assert all(ready(writer, name)["reason"] == "Scheduled" for name in NAMES)
+    assert sorted(name for name, *_ in events.posted) == sorted(NAMES)
+
+
+async def test_a_job_gained_with_its_ready_already_written_posts_no_event_again(
+    engine: Engine,
+) -> None:
+    handlers, writer, events, agent, assignment = await sharing(engine)
+    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    # Its owner wrote the same Ready as this replica's (same spec); the watch showed it,
+    # on version 7.
+    written = copy.deepcopy(dict(body(theirs)))
+    written["status"] = {"conditions": [dict(ready(writer, ours))]}
+    written["metadata"]["resourceVersion"] = "7"
+    assert not handlers._note_status(type="MODIFIED", body=kopf.Body(cast(kopf.RawBody, written)))
+    posted = len(events.posted)
+    handlers.before_gain([f"uid-{theirs}"])
+    handlers.after_gain([f"uid-{theirs}"])
+    assert ready(writer, theirs)["reason"] == "Scheduled"
+    assert len(events.posted) == posted
+    assert not writer.urgent[theirs]  # the object says Ready already: no hurry
+    # The patch builds on the version the owner left, not on the one reconciled.
+    assert writer.versions[theirs] == "7"
 
 
 async def test_a_gained_job_gets_its_whole_status_from_its_new_owner(engine: Engine) -> None:

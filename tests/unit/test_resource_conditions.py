@@ -32,11 +32,14 @@ class Writer:
         self.status: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, str] = {}
         self.builds: dict[str, Callable[[], Mapping[str, Any]]] = {}
+        #: Whether each job's last update was urgent.
+        self.urgent: dict[str, bool] = {}
 
     def update(
         self, namespace: str, name: str, status: Mapping[str, Any], *, urgent: bool = False
     ) -> None:
         self.status.setdefault(name, {}).update(status)
+        self.urgent[name] = urgent
 
     def update_when_sent(
         self, namespace: str, name: str, build: Callable[[], Mapping[str, Any]]

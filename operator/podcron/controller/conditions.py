@@ -60,6 +60,11 @@ def _from_status(status: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return found
 
 
+def ready_in(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``Ready`` condition a job's status holds, if any."""
+    return _from_status(status).get(READY)
+
+
 def _count(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 

@@ -39,7 +39,7 @@ import kopf
 from podcron import runrecord
 from podcron.config import Settings
 from podcron.controller import jobspecs, resource
-from podcron.controller.conditions import JobConditions
+from podcron.controller.conditions import JobConditions, ready_in
 from podcron.controller.events import EventRecorder, ObjectRef
 from podcron.controller.handled import HandledInMemory
 from podcron.controller.replicas import Replicas
@@ -79,6 +79,13 @@ def _left_unwritten(
     if started is not None and (found.last_run_time is None or started >= found.last_run_time):
         patch |= {key: refused[key] for key in runrecord.LAST_RUN_KEYS if key in refused}
     return patch
+
+
+def _changed(shown: Mapping[str, Any] | None, condition: Mapping[str, Any]) -> bool:
+    """Whether a ``Ready`` condition says something other than the one ``shown`` (or none)."""
+    return shown is None or any(
+        shown.get(key) != condition[key] for key in ("status", "reason", "message")
+    )
 
 
 def _is_deletion(type: str, body: kopf.Body, **_: Any) -> bool:
@@ -269,6 +276,7 @@ class Reconciler:
         self._conditions.seed(jid, status)
         previous = self._conditions.ready(jid)
         patch: dict[str, Any] = {"observedGeneration": meta.get("generation")}
+        valid = False
         try:
             job_spec = jobspecs.build_spec(
                 namespace,
@@ -297,6 +305,7 @@ class Reconciler:
                 "ScheduledJob %s cannot be scheduled: %s", jid, error, extra={"job_id": jid}
             )
         else:
+            valid = True
             if self._replicas is not None:
                 self._job_of_uid[job_spec.uid] = jid
                 created = runrecord.parse_time(meta.creation_timestamp)
@@ -326,9 +335,15 @@ class Reconciler:
                     # (after_gain): say whose it is here, or kubectl shows no REPLICA.
                     patch["replica"] = self._replicas.identity
         patch |= self._conditions.status(jid)
-        if not self._moved(jid):
-            # Another replica's is the same, from the same spec: one writer, one Event
-            # (four replicas starting side by side sent four patches for every job).
+        if valid and self._owner_unknown(ref.uid):
+            # A job no epoch here gives an owner yet (this replica is starting): its owner
+            # writes all of it, and posts the Event, when it gains it (after_gain). Four
+            # replicas starting beside 2,000 new jobs, each writing them meanwhile, sent
+            # four patches and four Events a job, and had 8,833 patches refused (409).
+            # A spec it cannot schedule is never gained: every replica says so, alike.
+            pass
+        elif not self._moved(jid):
+            # Another replica's is the same, from the same spec: one writer, one Event.
             # Urgent: someone who just applied or edited the object waits for this.
             self._writer.update(namespace, name, patch, urgent=True)
             self._post_if_changed(ref, previous, condition)
@@ -338,9 +353,7 @@ class Reconciler:
     def _post_if_changed(
         self, ref: ObjectRef, previous: Mapping[str, Any] | None, condition: Mapping[str, Any]
     ) -> None:
-        if previous is None or any(
-            previous.get(key) != condition[key] for key in ("status", "reason", "message")
-        ):
+        if _changed(previous, condition):
             self._events.post(
                 ref,
                 warning=condition["status"] != "True",
@@ -447,7 +460,18 @@ class Reconciler:
                 | self._conditions.status(jid)
                 | {"replica": self._replicas.identity}
             )
-            self._writer.update(ref.namespace, ref.name, patch)
+            # The object may not say Ready yet (registered before any epoch, it was left to
+            # its owner): then this patch goes before run updates, as a registration's does,
+            # and the Event is posted; queued behind them, it would wait up to the number of
+            # jobs changing over the status ceiling (minutes at 20,000 jobs). Otherwise the
+            # previous owner wrote as much already.
+            condition = self._conditions.ready(jid)
+            seen = self._latest_status.get(uid)
+            shown = None if seen is None else ready_in(seen[0])
+            stale = condition is not None and _changed(shown, condition)
+            self._writer.update(ref.namespace, ref.name, patch, urgent=stale)
+            if condition is not None:
+                self._post_if_changed(ref, shown, condition)
 
     def _on_job_event(self, event: JobEvent) -> None:
         if self._moved(event.job_id):
@@ -550,6 +574,10 @@ class Reconciler:
         except JobNotFound:
             return {}
         return runrecord.run_status(snapshot.record) | self._conditions.status(job_id)
+
+    def _owner_unknown(self, uid: str) -> bool:
+        """Whether this replica has adopted no epoch yet that says who owns job ``uid``."""
+        return self._replicas is not None and self._replicas.agent.owner_of(uid) is None
 
     def _moved(self, job_id: str) -> bool:
         """Whether another replica owns the job now (not while no epoch says who does)."""
