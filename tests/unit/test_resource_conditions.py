@@ -34,6 +34,8 @@ class Writer:
         self.builds: dict[str, Callable[[], Mapping[str, Any]]] = {}
         #: Whether each job's last update was urgent.
         self.urgent: dict[str, bool] = {}
+        #: Jobs with an update on its way (not idle), as a test says.
+        self.busy: set[str] = set()
 
     def update(
         self, namespace: str, name: str, status: Mapping[str, Any], *, urgent: bool = False
@@ -51,6 +53,9 @@ class Writer:
 
     def take_version(self, namespace: str, name: str, resource_version: str) -> None:
         self.versions[name] = resource_version
+
+    def idle(self, namespace: str, name: str) -> bool:
+        return name not in self.busy
 
     def forget(self, namespace: str, name: str) -> None:
         self.status.pop(name, None)

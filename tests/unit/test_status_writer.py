@@ -184,6 +184,27 @@ async def test_patches_of_one_object_never_overlap(running: Any) -> None:
     assert [first["runs"]["total"], second["runs"]["total"]] == [1, 2]
 
 
+async def test_an_object_is_idle_only_with_nothing_queued_nor_on_its_way(running: Any) -> None:
+    sending, release = threading.Event(), threading.Event()
+
+    def held_patch(
+        namespace: str, name: str, status: Mapping[str, Any], resource_version: str | None = None
+    ) -> None:
+        sending.set()
+        release.wait(5)
+
+    writer = StatusWriter(held_patch)
+    assert writer.idle("ns", "a")
+    writer.update("ns", "a", {"runs": {"total": 1}})
+    assert not writer.idle("ns", "a")  # queued
+    running(writer)
+    await until(sending.is_set)
+    assert not writer.idle("ns", "a")  # on its way
+    release.set()
+    await until(lambda: writer.idle("ns", "a"))
+    assert writer.idle("ns", "b")
+
+
 async def test_flush_at_shutdown_is_not_held_to_the_rate() -> None:
     api = RecordingApi()
     writer = StatusWriter(api.patch, patches_per_second=1)

@@ -81,6 +81,11 @@ def _left_unwritten(
     return patch
 
 
+def _shows(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether ``status`` holds every field of ``patch`` as it is (merging it changes nothing)."""
+    return all(status.get(key) == value for key, value in patch.items())
+
+
 def _changed(shown: Mapping[str, Any] | None, condition: Mapping[str, Any]) -> bool:
     """Whether a ``Ready`` condition says something other than the one ``shown`` (or none)."""
     return shown is None or any(
@@ -344,8 +349,12 @@ class Reconciler:
             pass
         elif not self._moved(jid):
             # Another replica's is the same, from the same spec: one writer, one Event.
-            # Urgent: someone who just applied or edited the object waits for this.
-            self._writer.update(namespace, name, patch, urgent=True)
+            # Urgent: someone who just applied or edited the object waits for this. Not
+            # sent when the object says all of it already and nothing else is on its way
+            # (which it would then overwrite): a restart reconciles every job again, most
+            # of them unchanged, and N such patches took N/20 s of the status ceiling.
+            if not (self._writer.idle(namespace, name) and _shows(status, patch)):
+                self._writer.update(namespace, name, patch, urgent=True)
             self._post_if_changed(ref, previous, condition)
         if self._on_reconciled is not None:
             self._on_reconciled(namespace, name)

@@ -222,6 +222,11 @@ class StatusWriter:
         """How many objects have an update not written yet."""
         return len(self._pending.keys() | self._sending)
 
+    def idle(self, namespace: str, name: str) -> bool:
+        """Whether nothing is queued or being sent for the object."""
+        key = (namespace, name)
+        return key not in self._pending and key not in self._sending
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is queued for a deleted object."""
         key = (namespace, name)
