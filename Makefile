@@ -154,8 +154,8 @@ clean:
 bench-operator: $(BENCH_STAMP) binaries
 	$(PY) benchmarks/bench_operator.py
 
-# JOBS ScheduledJobs (20,000) on REPLICAS replicas (4), then the same on 1: time until all are
-# Ready, lateness p99, RSS and CPU per replica, API writes/s. QUICK=1: 2,000 jobs, 30 s windows.
+# JOBS ScheduledJobs (20,000) on REPLICAS replicas (4), then the same on 1 (ALONE=0: not): time
+# until all are Ready, lateness p99, RSS and CPU per replica, API writes/s. QUICK=1: 2,000 jobs.
 bench-scale: $(BENCH_STAMP) binaries
 	$(PY) benchmarks/bench_scale.py
 

@@ -3,8 +3,8 @@
 Run with ``make bench-scale``. ``JOBS`` (default 20,000; 2,000 with ``QUICK=1``)
 jobs, ``REPLICAS`` (default 4) replicas in one ring; then, on the same control
 plane, the same jobs in a namespace of their own under one replica (a ring of
-one, as the chart runs it). ``DURATION`` is each measured window in seconds
-(60; 30 with ``QUICK=1``), after ``WARMUP`` (15 s).
+one, as the chart runs it; ``ALONE=0`` leaves that out). ``DURATION`` is each
+measured window in seconds (60; 30 with ``QUICK=1``), after ``WARMUP`` (15 s).
 
 The jobs are ``bench_operator.py``'s scenario (b): intervals 10-60 s, half of
 them a no-op, half a 50 ms run, each noting its own lateness (ground truth,
@@ -160,25 +160,27 @@ def result_line(r: Scenario, replicas: int) -> str:
     )
 
 
-def settings(env: Mapping[str, str]) -> tuple[int, int, float, float]:
-    """Jobs, replicas, window and warm-up seconds, from the environment."""
+def settings(env: Mapping[str, str]) -> tuple[int, list[int], float, float]:
+    """Jobs, the replica counts to run them on, window and warm-up seconds, from the environment."""
+    replicas = int(env.get("REPLICAS", 4))
+    alone = env.get("ALONE", "1") != "0"
     return (
         int(env.get("JOBS", 2_000 if quick() else 20_000)),
-        int(env.get("REPLICAS", 4)),
+        [replicas, 1] if alone and replicas != 1 else [replicas],
         float(env.get("DURATION", 30 if quick() else 60)),
         float(env.get("WARMUP", 15)),
     )
 
 
 def main() -> int:
-    jobs, replicas, duration_s, warmup_s = settings(os.environ)
+    jobs, configurations, duration_s, warmup_s = settings(os.environ)
     print(
-        f"bench-scale: {jobs} jobs on {replicas} replicas, then on 1; {duration_s:g}s windows"
-        f" after {warmup_s:g}s warm-up; load now {os.getloadavg()[0]:.1f}",
+        f"bench-scale: {jobs} jobs on {' then '.join(map(str, configurations))} replicas;"
+        f" {duration_s:g}s windows after {warmup_s:g}s warm-up; load now"
+        f" {os.getloadavg()[0]:.1f}",
         file=sys.stderr,
         flush=True,
     )
-    configurations = [replicas, 1] if replicas != 1 else [1]
     results: list[Scenario] = []
     with Cluster.started("bench-scale-") as cluster:
         for count in configurations:
