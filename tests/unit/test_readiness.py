@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -72,6 +73,32 @@ async def test_an_object_never_reconciled_holds_readiness_only_so_long(
     )
     assert gate.complete
     assert "ns/stuck" in caplog.text
+
+
+async def test_the_objects_are_listed_again_only_while_none_of_them_comes() -> None:
+    gate = StartupGate()
+    listings = 0
+    third = threading.Event()
+
+    def list_jobs() -> set[Key]:
+        nonlocal listings
+        listings += 1
+        if listings == 3:
+            third.set()
+        return {("ns", "a"), ("ns", "b"), ("ns", "gone")}
+
+    watching = asyncio.create_task(watch_startup(gate, list_jobs, relist_seconds=0.2))
+    await asyncio.sleep(0.1)
+    gate.reconciled("ns", "a")  # progress: the next 0.2 s pass without a listing
+    await asyncio.sleep(0.2)
+    assert listings == 1
+    gate.reconciled("ns", "b")
+    # Then nothing comes: listed again (every 0.2 s), and the one that went still holds it,
+    # as listed; deleted, the next listing drops it.
+    assert await asyncio.to_thread(third.wait, 10)
+    assert not gate.complete
+    assert gate.left == 1
+    watching.cancel()
 
 
 # -- "not ready" through the control socket and the sidecar --------------------
