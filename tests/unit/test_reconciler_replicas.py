@@ -159,8 +159,14 @@ async def test_a_queued_status_of_a_job_owned_elsewhere_is_not_sent_unless_it_co
     ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
     ready_only = {"conditions": [], "observedGeneration": 1}
     assert not handlers.wanted("ns", theirs, ready_only)
-    assert handlers.wanted("ns", theirs, ready_only | {"runs": {"total": 1}})
+    # A run counted here that status does not hold yet (it held none): it goes.
+    counted = {"runs": {"total": 1, "succeeded": 1, "failed": 0, "skipped": 0}}
+    assert handlers.wanted("ns", theirs, ready_only | counted)
+    # The counters status holds already: nothing of this replica's to add.
+    nothing_new = {"runs": {"total": 0, "succeeded": 0, "failed": 0, "skipped": 0}}
+    assert not handlers.wanted("ns", theirs, ready_only | nothing_new)
     assert handlers.wanted("ns", ours, ready_only)
+    assert handlers.wanted("ns", ours, ready_only | nothing_new)
 
 
 async def test_a_refused_patch_continues_the_counters_found_and_builds_them_anew(

@@ -540,17 +540,26 @@ class Reconciler:
         return {key: value for key, value in refused.items() if key != "runs"}
 
     def wanted(self, namespace: str, name: str, patch: Mapping[str, Any]) -> bool:
-        """Whether a queued patch still goes out: not one without run counters of a job that
-        moved away since it was queued.
+        """Whether a queued patch still goes out: not one of a job that moved away since it
+        was queued, unless it counts runs this replica has not written.
 
         Before its first epoch every replica queues the status of every job it registers
         (no epoch says whose it is yet). At 20,000 jobs on four replicas each queued 20,000,
         a thousand seconds of its status ceiling, nearly all refused (409) once the owners
         wrote: 56,937 refusals in 21 minutes, while the jobs registered last waited behind
-        them for their first status. Counters are sent still: runs counted here before the
-        job moved are added to the new owner's (:meth:`rebased`).
+        them for their first status. Counters are sent still when they hold runs counted
+        here, to be added to the new owner's (:meth:`rebased`); not when they are the ones
+        status held already (a replica alone in the ring's first epoch gains every job and
+        queues each one's whole status, counters included, then loses three in four of them
+        seconds later).
         """
-        return "runs" in patch or not self._moved(jobspecs.job_id(namespace, name))
+        jid = jobspecs.job_id(namespace, name)
+        if not self._moved(jid):
+            return True
+        written = self._written.get(jid)
+        return "runs" in patch and (
+            written is None or runrecord.counts_from_status(patch) != written
+        )
 
     def landed(self, namespace: str, name: str, patch: Mapping[str, Any], sure: bool) -> None:
         """A status patch was taken (or, not ``sure``, perhaps): its counters are status's."""
