@@ -96,7 +96,13 @@ async def test_before_any_epoch_says_who_owns_a_job_its_owner_writes_it_when_it_
     assert set(writer.status) == set(NAMES)
     assert all(writer.urgent[name] for name in NAMES)
     assert all(ready(writer, name)["reason"] == "Scheduled" for name in NAMES)
+    # The Event once its patch is written: a job lost before that is its new owner's to say.
+    assert events.posted == []
+    for name in NAMES:
+        handlers.landed("ns", name, writer.status[name], True)
     assert sorted(name for name, *_ in events.posted) == sorted(NAMES)
+    handlers.landed("ns", NAMES[0], writer.status[NAMES[0]], True)
+    assert len(events.posted) == len(NAMES), "said once"
 
 
 async def test_a_job_gained_with_its_ready_already_written_posts_no_event_again(

@@ -144,6 +144,8 @@ class Reconciler:
         self._written: dict[str, runrecord.RunCounts] = {}
         # The counters of a patch whose answer was lost: status may hold them.
         self._perhaps_written: dict[str, runrecord.RunCounts] = {}
+        # Jobs gained whose Ready Event waits for the gain's patch to land (after_gain).
+        self._owed_events: set[str] = set()
         engine.add_listener(self._on_job_event)
         writer.rebase = self.rebased
         writer.landed = self.landed
@@ -211,6 +213,7 @@ class Reconciler:
             self._latest_status.pop(uid, None)
         self._written.pop(jid, None)
         self._perhaps_written.pop(jid, None)
+        self._owed_events.discard(jid)
         self._writer.forget(namespace, name)
         self._conditions.forget(jid)
         self._untrack(jid)
@@ -470,17 +473,21 @@ class Reconciler:
                 | {"replica": self._replicas.identity}
             )
             # The object may not say Ready yet (registered before any epoch, it was left to
-            # its owner): then this patch goes before run updates, as a registration's does,
-            # and the Event is posted; queued behind them, it would wait up to the number of
-            # jobs changing over the status ceiling (minutes at 20,000 jobs). Otherwise the
-            # previous owner wrote as much already.
+            # its owner): then this patch goes before run updates, as a registration's does;
+            # queued behind them, it would wait up to the number of jobs changing over the
+            # status ceiling (minutes at 20,000 jobs). Its Event is posted once the patch
+            # lands (landed): a replica alone in the ring's first epoch gains every job and
+            # loses three in four of them seconds later, before most of its patches went
+            # out, and each job's new owner says it again. Otherwise the previous owner
+            # wrote as much already.
             condition = self._conditions.ready(jid)
             seen = self._latest_status.get(uid)
-            shown = None if seen is None else ready_in(seen[0])
-            stale = condition is not None and _changed(shown, condition)
+            stale = condition is not None and _changed(
+                None if seen is None else ready_in(seen[0]), condition
+            )
             self._writer.update(ref.namespace, ref.name, patch, urgent=stale)
-            if condition is not None:
-                self._post_if_changed(ref, shown, condition)
+            if stale:
+                self._owed_events.add(jid)
 
     def _on_job_event(self, event: JobEvent) -> None:
         if self._moved(event.job_id):
@@ -562,10 +569,17 @@ class Reconciler:
         )
 
     def landed(self, namespace: str, name: str, patch: Mapping[str, Any], sure: bool) -> None:
-        """A status patch was taken (or, not ``sure``, perhaps): its counters are status's."""
+        """A status patch was taken (or, not ``sure``, perhaps): its counters are status's,
+        and the Ready Event a gain owes is posted."""
+        jid = jobspecs.job_id(namespace, name)
+        if jid in self._owed_events and "conditions" in patch:
+            self._owed_events.discard(jid)
+            ref, condition = self._refs.get(jid), self._conditions.ready(jid)
+            if ref is not None and condition is not None:
+                self._post_if_changed(ref, None, condition)
         if "runs" not in patch:
             return
-        jid, counts = jobspecs.job_id(namespace, name), runrecord.counts_from_status(patch)
+        counts = runrecord.counts_from_status(patch)
         if sure:
             self._written[jid] = counts
             self._perhaps_written.pop(jid, None)
