@@ -161,6 +161,23 @@ async def test_a_tick_of_a_job_owned_elsewhere_is_not_started_nor_recorded(setup
     assert setup.counter("podcron_ticks_missed_total") == 0
 
 
+async def test_before_a_release_every_tick_due_is_asked_about_at_once(setup: Setup) -> None:
+    await setup.align()
+    gate, count = setup.gate, DISPATCH_BATCH * 3
+    for index in range(count):
+        gate.owned.add(f"uid-{index}")
+        setup.engine.upsert(_the_job(name=f"job-{index}", uid=f"uid-{index}"))
+    # The loop stands still while the next whole second passes: every job is due on it,
+    # and the timer would ask about them a batch a loop turn.
+    setup.clock.step(1.0)
+    instant = math.floor(setup.clock.wall())
+    before = len(gate.asked)
+    setup.engine.decide_due()
+    assert sorted(key for key, tick in gate.asked[before:] if tick == instant) == sorted(gate.owned)
+    assert gate.asked_through[-1] > instant, "the gate is told the instant is decided"
+    assert len([t for t in await setup.dispatched() if t == instant]) == count
+
+
 async def test_held_ticks_start_oldest_first_when_the_bound_moves(setup: Setup) -> None:
     gate = await setup.hold_the_job()
     await asyncio.sleep(3.5)

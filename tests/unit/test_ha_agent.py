@@ -47,9 +47,13 @@ class Listener:
         self.gains: dict[str, Gain] = {}
         self.lost: list[str] = []
         self.moved = 0
+        self.decided = 0
 
     def bound_moved(self) -> None:
         self.moved += 1
+
+    def decide_due(self) -> None:
+        self.decided += 1
 
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         self.gains.update((g.key, g) for g in gained)
@@ -290,6 +294,7 @@ async def test_a_released_replica_hands_its_jobs_over_within_2r_with_nothing_unc
 ) -> None:
     a, b, lost = await _two_settled(ring)
     await a.release()
+    assert ring.listeners["a"].decided == 1, "its engine decided every tick due, first"
     assert not any(a.owns(k) for k in JOBS)
     # Read before b settles: then its released Lease is no longer needed, and deleted.
     handover = float(ring.annotation(member_lease_name(a.identity), HANDOVER_BOUND))

@@ -97,6 +97,9 @@ class ModelEngine:
     def bound_moved(self) -> None:
         pass
 
+    def decide_due(self) -> None:
+        pass
+
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         now = self.replica.clock.wall()
         for gain in gained:

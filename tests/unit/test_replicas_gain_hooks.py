@@ -40,6 +40,9 @@ class CatchingUp:
     def bound_moved(self) -> None:
         pass
 
+    def decide_due(self) -> None:
+        pass
+
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         for gain in gained:
             asyncio.get_running_loop().create_task(self._run(gain.key))

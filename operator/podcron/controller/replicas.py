@@ -193,6 +193,9 @@ class _HookedListener:
     def bound_moved(self) -> None:
         self._engine.bound_moved()
 
+    def decide_due(self) -> None:
+        self._engine.decide_due()
+
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         keys = [gain.key for gain in gained]
         hooks = self._gate.hooks

@@ -571,6 +571,20 @@ class Engine:
             self._count_missed(job, missed)
         self._tell_decided(gate)
 
+    def decide_due(self) -> None:
+        """Ask the gate about every tick due by now, in one go rather than a batch a turn.
+
+        The replica is about to release its jobs (SIGTERM): each tick due before it does
+        is its to start; handed over part way through an instant, the ticks of that
+        instant not yet asked about would be uncertain to the successors, and lost.
+        """
+        if self._closing:
+            return
+        now = self._clock.wall()
+        while (due := self._due.earliest()) is not None and due <= now:
+            self._cancel_timer()
+            self._on_timer()
+
     def _start_in_order(self, job: JobState, due: list[tuple[float, Trigger]]) -> bool:
         """Start held ticks oldest first until the gate holds one; whether any started."""
         gate = self._gate

@@ -52,6 +52,15 @@ class GateListener(Protocol):
         """Jobs this replica now owns (with their start bounds) and jobs it no longer owns."""
         ...
 
+    def decide_due(self) -> None:
+        """The replica is about to give its jobs up: decide every tick due by now, now.
+
+        The engine asks about the ticks due on one instant a batch at a time, one batch a
+        loop turn; a release between two batches would leave the instant to the successors
+        as uncertain for the jobs not asked yet, and those ticks started by nobody.
+        """
+        ...
+
 
 class FiringGate(Protocol):
     """Which ticks this replica may start. Every method is called on the event loop's thread."""

@@ -76,6 +76,9 @@ class _NoListener:
     def owners_changed(self, gained: Sequence[Gain], lost: Sequence[str]) -> None:
         pass
 
+    def decide_due(self) -> None:
+        pass
+
 
 class Agent:
     """One replica in a ring: a :class:`~podcron.engine.gate.FiringGate` and its protocol loop.
@@ -468,7 +471,14 @@ class Agent:
             log.warning("replica %s could not write its release in time", self.identity)
 
     def begin_release(self) -> None:
-        """From now on no tick starts here, under any identity; the engine is told so."""
+        """From now on no tick starts here, under any identity; the engine is told so.
+
+        First the engine decides every tick due by now, so that the instant it may be part
+        way through is handed over whole (a SIGTERM 155 ms into an instant of a chaos run
+        left 280 of its ticks uncertain, started by nobody).
+        """
+        if not self._releasing:
+            self._listener.decide_due()
         self._releasing = True
         lost = self.member.release()
         log.info(
