@@ -297,7 +297,9 @@ def _usual_lateness(
         key = (entry.pid, _key(entry.tick))
         if key in wanted and entry.job not in affected:
             late[key].append(entry.monotonic - offset - entry.tick)
-    return {key: max(values) for key, values in late.items()}
+    # Not below 0: a replica's clock, the API server's as it reads it, may run a little
+    # ahead, and a take-over cannot be "beyond" an early start by more than its outage.
+    return {key: max(0.0, *values) for key, values in late.items()}
 
 
 def p99(values: Sequence[float]) -> float:

@@ -257,6 +257,12 @@ def test_a_take_over_is_also_timed_beyond_the_usual_lateness_of_the_successors_s
     assert math.isclose(taken.added, 0.3)
     # A start no later than the others' added nothing.
     assert dataclasses.replace(taken, usual_lateness=1.5).added == 0.0
+    # The others started early (a clock a little ahead): nothing is taken as beyond them.
+    early = [
+        dataclasses.replace(e, monotonic=e.tick - 0.2) if e.job != "ns/a" else e for e in entries
+    ]
+    [taken] = takeovers(early, term, SCHEDULES)
+    assert (taken.usual_lateness, taken.added) == (0.0, taken.outage)
     result = verdict(entries, window=(1000.0, 1002.0), faults=[term])
     assert math.isclose(result.sigterm_handover_added_max_s, 0.3)
     assert "sigterm_handover_max_s=0.90 " in result.result_line()
