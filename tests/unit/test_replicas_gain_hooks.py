@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import cast
 
-from podcron.controller.replicas import HookedGate
+from podcron.controller.replicas import HookedGate, Replicas
+from podcron.engine.clock import OffsetClock
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.ha.agent import Agent
+from podcron.ha.leases import KubeLeaseStore
+from podcron.ha.protocol import RING_LABEL
+from podcron.ha.store import MemoryStore
 
 
 class FakeAgent:
@@ -92,3 +97,28 @@ async def test_a_job_lost_again_before_its_status_is_written_is_left_to_its_new_
     for _ in range(3):
         await asyncio.sleep(0)
     assert [entry for entry in order if entry[0] == "after"] == [("after", ["a"])]
+
+
+class ListingStore:
+    """What :meth:`Replicas.set_clock` uses of the store: a list, whose reply sets the clock."""
+
+    def __init__(self, clock: OffsetClock) -> None:
+        self.clock = clock
+        self.selectors: list[str] = []
+
+    async def list(self, selector: str) -> list[object]:
+        self.selectors.append(selector)
+        # As ServerTime does with the reply's Date: here the API server is a minute ahead.
+        self.clock.set_offset(time.time() - time.monotonic() + 60.0)
+        return []
+
+
+async def test_the_clock_is_set_from_one_reply_of_the_api_server_when_asked() -> None:
+    clock = OffsetClock()
+    store = ListingStore(clock)
+    agent = Agent(MemoryStore(), ring="t", pod_name="a")
+    replicas = Replicas(agent, cast(KubeLeaseStore, store))
+    before = clock.wall()
+    await replicas.set_clock()
+    assert store.selectors == [f"{RING_LABEL}=t"]
+    assert clock.wall() - before > 59

@@ -392,6 +392,7 @@ async def run(settings: Settings) -> None:
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
         ]
         if replicas is not None:
+            await replicas.set_clock()  # before kopf registers (and arms) any job
             background.append(asyncio.create_task(replicas.run(gate.wait), name="podcron replica"))
             replicas.watch(asyncio.get_running_loop())
             teardown.callback(replicas.close)

@@ -89,8 +89,21 @@ class Replicas:
         metrics.owned = agent.owned_jobs
         return cls(agent, store, server_time)
 
+    async def set_clock(self) -> None:
+        """Set the clock from one reply of the API server (a list of the ring's Leases).
+
+        Before any job is registered: each is armed at its next tick by this clock, and
+        ticks armed on a node's clock a minute behind were all a minute overdue once it
+        was set; the loop, passing over them in batches, came to some after a tick of a
+        job it had gained meanwhile, and that tick was started nowhere (a chaos run).
+        Without a reply the node's clock stays, as before.
+        """
+        if self._store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                await self._store.list(f"{RING_LABEL}={self.agent.ring}")
+
     async def run(self, ready: Callable[[], Awaitable[object]]) -> None:
-        """The agent's loop, once ``ready`` returns and one reply of the API server set the clock.
+        """The agent's loop, once ``ready`` returns and one more reply set the clock again.
 
         ``ready``: every ScheduledJob that existed at start-up is registered here. A job
         is gained only if it was known when its bucket was (docs/ha.md, "Joining"): one
@@ -100,9 +113,7 @@ class Replicas:
         node ahead would keep it high for as long.
         """
         await ready()
-        if self._store is not None:
-            with contextlib.suppress(StoreUnavailable):
-                await self._store.list(f"{RING_LABEL}={self.agent.ring}")
+        await self.set_clock()
         await self.agent.run()
 
     @property
