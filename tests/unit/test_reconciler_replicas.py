@@ -63,6 +63,11 @@ async def sharing(engine: Engine) -> tuple[Reconciler, Writer, Events, Agent, As
     return handlers, writer, events, agent, assignment
 
 
+def one_of(agent: Agent, assignment: Assignment, *, ours: bool) -> str:
+    """A job that ``agent``'s replica owns in ``assignment`` (``ours``), or one it does not."""
+    return next(n for n in NAMES if (assignment.owner_of(f"uid-{n}") == agent.identity) == ours)
+
+
 async def test_only_the_owner_writes_a_jobs_status_and_posts_its_events(engine: Engine) -> None:
     _, writer, events, agent, assignment = await sharing(engine)
     ours = {n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity}
@@ -109,8 +114,8 @@ async def test_a_job_gained_with_its_ready_already_written_posts_no_event_again(
     engine: Engine,
 ) -> None:
     handlers, writer, events, agent, assignment = await sharing(engine)
-    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
-    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    theirs = one_of(agent, assignment, ours=False)
+    ours = one_of(agent, assignment, ours=True)
     # Its owner wrote the same Ready as this replica's (same spec); the watch showed it,
     # on version 7.
     written = copy.deepcopy(dict(body(theirs)))
@@ -129,7 +134,7 @@ async def test_a_job_gained_with_its_ready_already_written_posts_no_event_again(
 
 async def test_a_gained_job_gets_its_whole_status_from_its_new_owner(engine: Engine) -> None:
     handlers, writer, _, agent, assignment = await sharing(engine)
-    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    theirs = one_of(agent, assignment, ours=False)
     assert theirs not in writer.status
     # The other replica leaves: this one gains the job, and writes all the owner would
     # have (that replica may have read the spec under other settings).
@@ -145,7 +150,7 @@ async def test_a_gained_jobs_first_patch_builds_on_the_version_its_owner_left(
     engine: Engine,
 ) -> None:
     handlers, writer, _, agent, assignment = await sharing(engine)
-    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    theirs = one_of(agent, assignment, ours=False)
     assert writer.versions[theirs] == "1"  # as it was registered here
     # Its owner wrote since, on version 7, and this replica's watch showed it.
     written = copy.deepcopy(dict(body(theirs)))
@@ -161,8 +166,8 @@ async def test_a_queued_status_of_a_job_owned_elsewhere_is_not_sent_unless_it_co
     engine: Engine,
 ) -> None:
     handlers, _, _, agent, assignment = await sharing(engine)
-    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
-    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    theirs = one_of(agent, assignment, ours=False)
+    ours = one_of(agent, assignment, ours=True)
     ready_only = {"conditions": [], "observedGeneration": 1}
     assert not handlers.wanted("ns", theirs, ready_only)
     # A run counted here that status does not hold yet (it held none): it goes.
@@ -179,7 +184,7 @@ async def test_a_refused_patch_continues_the_counters_found_and_builds_them_anew
     engine: Engine,
 ) -> None:
     handlers, writer, _, agent, assignment = await sharing(engine)
-    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    ours = one_of(agent, assignment, ours=True)
     assert writer.versions[ours] == "1"  # the patches build on the version reconciled
     # The job's previous owner counted 9 runs since: the patch from here is refused.
     found = {"runs": {"total": 9, "succeeded": 9}, "lastRunStatus": "success"}
@@ -193,7 +198,7 @@ async def test_a_refused_patch_of_a_job_that_moved_sends_only_what_was_never_wri
     engine: Engine,
 ) -> None:
     handlers, writer, _, agent, assignment = await sharing(engine)
-    theirs = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") != agent.identity)
+    theirs = one_of(agent, assignment, ours=False)
     # Nothing counted here since it was created: the status is the new owner's.
     assert handlers.rebased("ns", theirs, {"runs": {"total": 0}}, {"runs": {"total": 9}}) is None
     assert theirs not in writer.builds
@@ -207,7 +212,7 @@ async def test_the_run_sigterm_interrupted_is_recorded_after_the_new_owner_wrote
     engine: Engine,
 ) -> None:
     handlers, _, _, agent, assignment = await sharing(engine)
-    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    ours = one_of(agent, assignment, ours=True)
     start = "2026-12-03T06:00:00Z"
     handlers.landed("ns", ours, {"runs": {"total": 3, "succeeded": 3}, "running": True}, True)
     # SIGTERM: it owns nothing from now on and adopts no epoch, so none says who took over.
@@ -257,7 +262,7 @@ async def test_a_patch_whose_answer_was_lost_counts_its_runs_once(
     engine: Engine, found: dict[str, Any], total: int
 ) -> None:
     handlers, writer, _, agent, assignment = await sharing(engine)
-    ours = next(n for n in NAMES if assignment.owner_of(f"uid-{n}") == agent.identity)
+    ours = one_of(agent, assignment, ours=True)
     # Two runs here since status said 0; the patch with them failed on the way back.
     engine.continue_history(f"ns/{ours}", History(counts=RunCounts(total=2)))
     handlers.landed("ns", ours, {"runs": {"total": 2}}, False)
