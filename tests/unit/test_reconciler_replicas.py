@@ -110,6 +110,19 @@ async def test_before_any_epoch_says_who_owns_a_job_its_owner_writes_it_when_it_
     assert len(events.posted) == len(NAMES), "said once"
 
 
+async def test_a_gained_job_that_moves_on_before_its_patch_lands_is_announced_by_its_new_owner(
+    engine: Engine,
+) -> None:
+    handlers, writer, events, agent, assignment = await sharing(engine)
+    theirs = one_of(agent, assignment, ours=False)
+    handlers.after_gain([f"uid-{theirs}"])  # the other replica left: this one gains it
+    patch = dict(writer.status[theirs])
+    posted = len(events.posted)
+    # It came back before the patch went out (sent for the runs counted here meanwhile).
+    handlers.landed("ns", theirs, patch, True)
+    assert len(events.posted) == posted
+
+
 async def test_a_job_gained_with_its_ready_already_written_posts_no_event_again(
     engine: Engine,
 ) -> None:
