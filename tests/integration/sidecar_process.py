@@ -22,10 +22,23 @@ OPENAPI = ROOT / "operator" / "podcron" / "sidecar" / "openapi.yaml"
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    [port] = free_ports(1)
+    return port
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports on 127.0.0.1 that nothing listens on right now.
+
+    Each probe stays bound until all are taken: one after the other, the kernel may hand the
+    same port out twice (it did, and a sidecar refused to serve and probe on one port).
+    """
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 class _SourceAddressAdapter(HTTPAdapter):
@@ -69,7 +82,7 @@ def raw_exchange(url: str, data: bytes, *, source: str = "127.0.0.1", timeout: f
 
 
 class _PortTaken(Exception):
-    """Another process bound a port between free_port() and the sidecar."""
+    """Another process bound a port between free_ports() and the sidecar."""
 
 
 class SidecarProcess:
@@ -82,7 +95,7 @@ class SidecarProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, *, host: str = "127.0.0.1") -> None:
         self.log_path = log_path
-        # free_port() races with every other process of the machine: another one may take
+        # free_ports() races with every other process of the machine: another one may take
         # a port before the sidecar binds it. Then, and only then, try other ports.
         for attempt in range(1, 4):
             try:
@@ -93,10 +106,9 @@ class SidecarProcess:
                     raise
 
     def _start(self, env: dict[str, str], host: str) -> None:
-        self.port = free_port()
+        # The second is the kubelet's port: open to every address, only /healthz and /readyz.
+        self.port, self.probe_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
-        # The kubelet's port: open to every address, only /healthz and /readyz.
-        self.probe_port = free_port()
         self.probe_url = f"http://127.0.0.1:{self.probe_port}"
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(

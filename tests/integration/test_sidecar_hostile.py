@@ -27,7 +27,7 @@ from podcron.sidecar.protocol import HEAD_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
 from podcron.sidecar.server import API_LIMITS, WORKERS
 
 from ..waiting import wait_for
-from .sidecar_process import SidecarProcess, client, free_port, raw_exchange
+from .sidecar_process import SidecarProcess, client, free_ports, raw_exchange
 
 ALLOWED, OUTSIDE, PROXY = "127.0.0.1", "127.0.0.2", "127.0.0.4"
 
@@ -341,7 +341,7 @@ def test_a_stop_while_the_workers_start_exits_cleanly(tmp_path: Path) -> None:
     # taken the signals over. Each must still end as a graceful stop does, with 0.
     for attempt in range(1, 4):
         returncode, errors = _stopped_as_its_workers_start(tmp_path)
-        # free_port() races with every other process of the machine (parallel tests'
+        # free_ports() races with every other process of the machine (parallel tests'
         # connections take ports from the same range): then, and only then, again.
         if "Address already in use" not in errors or attempt == 3:
             break
@@ -350,6 +350,7 @@ def test_a_stop_while_the_workers_start_exits_cleanly(tmp_path: Path) -> None:
 
 def _stopped_as_its_workers_start(tmp_path: Path) -> tuple[int, str]:
     """Start a sidecar, SIGTERM it once its workers are forked: its exit code and stderr."""
+    port, probe_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "podcron", "sidecar"],
         env=dict(os.environ)
@@ -357,8 +358,8 @@ def _stopped_as_its_workers_start(tmp_path: Path) -> tuple[int, str]:
             "PODCRON_ALLOWED_CIDRS": f"{ALLOWED}/32",
             "PODCRON_CONTROL_SOCKET": str(tmp_path / "absent.sock"),
             "PODCRON_SIDECAR_HOST": ALLOWED,
-            "PODCRON_SIDECAR_PORT": str(free_port()),
-            "PODCRON_SIDECAR_PROBE_PORT": str(free_port()),
+            "PODCRON_SIDECAR_PORT": str(port),
+            "PODCRON_SIDECAR_PROBE_PORT": str(probe_port),
         },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
