@@ -18,7 +18,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from podcron.controller.resource import GROUP, KIND, PLURAL, VERSION
 from podcron.schedules import Schedule, parse_schedule
 from tests.jobs.podcron_chaosjobs.ledger import LEDGER_VARIABLE, REPLICA_VARIABLE
 from tests.jobs.podcron_chaosjobs.ledger import read as ledger_entries
+from tests.ports import free_port
 
 from . import checker, counters, nemesis
 from .proxy import FaultProxy, ProxyLoop
@@ -88,13 +88,6 @@ class Settings:
         return max(self.intervals) + 2 * self.lease_stale + 5
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _log(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", file=sys.stderr, flush=True)
 
@@ -142,7 +135,7 @@ class Replica:
 
     def start(self) -> None:
         with self._lock:
-            self.metrics_port = _free_port()
+            self.metrics_port = free_port()
             with (self.workdir / "operator.log").open("ab") as log:
                 self.process = subprocess.Popen(
                     [sys.executable, "-m", "podcron", "operator"],

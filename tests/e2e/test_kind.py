@@ -23,7 +23,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -45,6 +44,7 @@ from helmtool import Helm
 from kindcluster import kind_cluster
 
 from ..chart import CHART, ROOT
+from ..ports import free_port
 from ..waiting import wait_for
 
 pytestmark = pytest.mark.timeout(5400)  # a cold machine builds the node image first
@@ -264,13 +264,6 @@ def _pod_of(status: dict[str, Any]) -> str | None:
     return identity.rsplit("-", 1)[0] if identity else None
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def cluster(helm: Helm) -> Iterator[Cluster]:
     kubectl, no_kubectl = _kubectl()
@@ -282,7 +275,7 @@ def cluster(helm: Helm) -> Iterator[Cluster]:
         except kindengine.EngineUnavailable as error:
             pytest.skip(str(error))
         keep = bool(os.environ.get("PODCRON_E2E_KEEP_CLUSTER"))
-        outside_port = _free_port()
+        outside_port = free_port()
         made = stack.enter_context(kind_cluster(docker, CLUSTER, outside_port, keep=keep))
         # podcron's image plus a job module of the suite's own, the way users add theirs.
         with tempfile.TemporaryDirectory() as context:

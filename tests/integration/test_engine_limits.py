@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane import ControlPlane
 
+from ..ports import free_port
 from ..waiting import wait_for
 from .conftest import OperatorProcess
 from .scheduledjobs import annotate, apply, manifest, status, wait_event
-from .sidecar_process import SidecarProcess, client, free_port
+from .sidecar_process import SidecarProcess, client
 
 JOBS = Path(__file__).parent / "jobmodules"
 

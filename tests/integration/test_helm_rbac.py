@@ -37,6 +37,7 @@ from podcron.errors import StoreUnavailable
 from podcron.ha.leases import KubeLeaseStore
 
 from ..chart import CHART, CUSTOM_VALUES, VALUE_SETS, render, values_file
+from ..ports import free_port
 from ..waiting import wait_for
 from .conftest import OperatorProcess
 from .scheduledjobs import (
@@ -51,7 +52,7 @@ from .scheduledjobs import (
     wait_event,
     wait_ready,
 )
-from .sidecar_process import SidecarProcess, client, free_port
+from .sidecar_process import SidecarProcess, client
 
 RELEASE = "podcron"
 SERVICE_ACCOUNT = "podcron"  # the release's full name

@@ -22,9 +22,10 @@ import schemathesis
 
 from controlplane import ControlPlane
 
+from ..ports import free_port
 from ..waiting import wait_for
 from .conftest import ROOT, TEARDOWN_STOP_SECONDS, OperatorProcess
-from .sidecar_process import OPENAPI, SidecarProcess, client, free_port
+from .sidecar_process import OPENAPI, SidecarProcess, client
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

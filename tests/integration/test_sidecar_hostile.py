@@ -26,8 +26,9 @@ import pytest
 from podcron.sidecar.protocol import HEAD_TIMEOUT_SECONDS, WRITE_TIMEOUT_SECONDS
 from podcron.sidecar.server import API_LIMITS, WORKERS
 
+from ..ports import free_ports
 from ..waiting import wait_for
-from .sidecar_process import SidecarProcess, client, free_ports, raw_exchange
+from .sidecar_process import SidecarProcess, client, raw_exchange
 
 ALLOWED, OUTSIDE, PROXY = "127.0.0.1", "127.0.0.2", "127.0.0.4"
 

@@ -34,10 +34,11 @@ from controlplane import ControlPlane
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 
 from ..alerting import used_metrics
+from ..ports import free_port
 from ..waiting import wait_for
 from .conftest import TEARDOWN_STOP_SECONDS, OperatorProcess
 from .scheduledjobs import apply, manifest, namespace_for_module, started_operator
-from .sidecar_process import SidecarProcess, client, free_port
+from .sidecar_process import SidecarProcess, client
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 CALLER_SPAN_ID = "b7ad6b7169203331"
