@@ -602,6 +602,28 @@ async def test_a_gain_leaves_a_tick_due_but_not_yet_fired_to_the_timer(
     assert [e.trigger for e in setup.recorder.finished()] == [Trigger.SCHEDULED]
 
 
+async def test_a_gain_whose_armed_tick_is_the_previous_owners_starts_the_ticks_after_it(
+    setup: Setup,
+) -> None:
+    """The loop's timer for a tick at or below the start bound has not fired when the job is
+    gained: asked about that tick only, the engine would drop the gained ticks it passed over."""
+    await setup.align()
+    setup.engine.upsert(_the_job())  # another replica's
+    armed = math.ceil(setup.clock.wall())
+    # The wall clock passes five ticks before the loop's timer for the first fires (a clock
+    # set ahead, a loop behind); the job is gained meanwhile, the first two its old owner's.
+    setup.clock.step(5)
+    setup.gate.owned.add(UID)
+    setup.gate.start_bounds[UID] = armed + 1
+    setup.engine.owners_changed([Gain(UID, start_bound=armed + 1)], [])
+    await setup.recorder.until(lambda: bool(setup.recorder.finished()), within=30)
+    assert await setup.dispatched() == [armed + 2], "the first tick above the start bound"
+    assert (UID, armed) not in setup.gate.asked, "the old owner's tick is not asked about"
+    # The timer fired when the loop reached it, 5 s on by the wall clock: the three ticks
+    # after the one it started were passed over here, and counted missed here.
+    assert setup.counter("podcron_ticks_missed_total") == 3
+
+
 async def test_a_gain_under_forbid_counts_the_late_ticks_and_the_older_due_ones_and_says_so(
     setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:

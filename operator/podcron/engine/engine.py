@@ -660,6 +660,10 @@ class Engine:
             # its status history only, and caught up as a single replica would.
             self._catch_up(job, job.history(), now)
             return 0, 0
+        if job.next_due is not None and job.next_due <= gain.start_bound:
+            # The armed tick is the previous owner's. Left armed, its timer, late, would ask
+            # about it alone and pass over the ticks after it, which are this replica's now.
+            self._arm(job, after=gain.start_bound)
         plan = plan_catch_up(
             spec.schedule,
             start_bound=gain.start_bound,
