@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from podcron.config import Settings
@@ -285,6 +286,39 @@ async def test_manual_trigger_parent_trace_reaches_the_job(engine: Engine) -> No
     await recorder.until(lambda: len(recorder.finished()) == 1)
     assert recorder.finished()[0].trigger is Trigger.MANUAL
     assert headers[0]["traceparent"].split("-")[1] == trace_id
+
+
+@pytest.mark.parametrize("body", ["async def", "def"])
+async def test_without_tracing_only_a_callers_trace_is_current_in_a_run(
+    engine: Engine, body: str
+) -> None:
+    """Tracing off: no span is made current, unless the run was asked for within a trace."""
+    recorder = Recorder(engine)
+    seen: list[tuple[str | None, str | None]] = []
+
+    def look(ctx: JobContext) -> None:
+        current = trace.get_current_span().get_span_context()
+        traced = f"{current.trace_id:032x}" if current.is_valid else None
+        seen.append((traced, ctx.trace_headers().get("traceparent")))
+
+    async def async_job(ctx: JobContext) -> None:
+        look(ctx)
+
+    engine.upsert(
+        spec(
+            look if body == "def" else async_job,
+            every="1h",
+            concurrency_policy=ConcurrencyPolicy.ALLOW,
+        )
+    )
+    engine.trigger("ns/job")
+    await recorder.until(lambda: len(recorder.finished()) == 1)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    engine.trigger("ns/job", trace_headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    await recorder.until(lambda: len(recorder.finished()) == 2)
+    assert seen[0] == (None, None)
+    assert seen[1][0] == trace_id
+    assert (seen[1][1] or "").split("-")[1:2] == [trace_id]
 
 
 async def test_trigger_unknown_job_raises(engine: Engine) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -138,7 +137,11 @@ async def execute(
             if run.trace_id and metrics is not None:
                 lateness = run.started - run.scheduled_time.timestamp()
                 metrics.run_traced(run.trigger, lateness, run.trace_id)
-        trace_context = trace.set_span_in_context(span, parent)
+        # No span anywhere (tracing off, no caller's trace): the context the run's code sees
+        # already holds none, and making it current again would cost every run twice.
+        trace_context = (
+            None if span is trace.INVALID_SPAN else trace.set_span_in_context(span, parent)
+        )
         # Resources created already are handed over at once; None: acquire below.
         run_resources = NO_RESOURCES if not spec.resources else _ready(resources, spec.resources)
         ctx = JobContext(
@@ -217,7 +220,10 @@ async def _call(
         ctx = ctx._replace(resources=await _acquire(resources, pending))
     target = run.spec.target
     if run.is_async:
-        token = _attach(ctx)
+        if ctx.trace_context is None:  # no span to make current: the job's spans are roots
+            await target(ctx)
+            return
+        token = otel_context.attach(ctx.trace_context)
         try:
             await target(ctx)
         finally:
@@ -268,15 +274,13 @@ def _timed_out(run: ActiveRun, span: trace.Span, ctx: JobContext, timeout: Timeo
     return error
 
 
-def _attach(ctx: JobContext) -> contextvars.Token[otel_context.Context]:
-    """Make the run's trace context current (the job's own spans are its children)."""
-    # An empty Context is falsy: compare with None.
-    trace_context = otel_context.get_current() if ctx.trace_context is None else ctx.trace_context
-    return otel_context.attach(trace_context)
-
-
 def _call_in_thread(target: JobTarget, ctx: JobContext) -> None:
-    token = _attach(ctx)
+    # The run's trace context made current, so that the job's own spans are its children.
+    # (A pool thread's context holds no span: without one, there is nothing to make current.)
+    if ctx.trace_context is None:
+        target(ctx)
+        return
+    token = otel_context.attach(ctx.trace_context)
     try:
         target(ctx)
     finally:
