@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -65,6 +64,20 @@ class Cluster:
     def runs(self, name: str, namespace: str | None = None) -> list[tuple[str, datetime]]:
         """(trigger, due time) of every run of hello-job ``name`` so far."""
         return hello_runs(self.operator.log(), f"{namespace or self.watched}/{name}")
+
+    def two_ticks_pass(self) -> None:
+        """Wait until the operator has run ``steady`` (every second) on three more ticks.
+
+        Absence of runs is shown by the operator's own progress, not by a sleep: a
+        one-second job still armed would have been due with two of them, and its run
+        logged by the time the third is.
+        """
+        seen = len(self.runs("steady"))
+        wait_for(
+            lambda: len(self.runs("steady")) >= seen + 3,
+            timeout=60,
+            what="three more runs of the steady job",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -319,8 +332,7 @@ def test_suspend_stops_runs_and_resume_restarts_them(cluster: Cluster) -> None:
     assert re.split(r"\s{2,}", row.strip())[2] == "true"
     wait_event(plane, namespace, "pausable", reason="Suspended")
     runs_when_suspended = len(cluster.runs("pausable"))
-    # Absence of runs: watched over two ticks of the one-second schedule.
-    time.sleep(2.2)
+    cluster.two_ticks_pass()
     assert len(cluster.runs("pausable")) == runs_when_suspended
 
     patch_spec(plane, namespace, "pausable", {"suspend": False})
@@ -350,9 +362,9 @@ def test_run_now_annotation_runs_once_per_change(cluster: Cluster) -> None:
     )
     apply(plane, namespace, job)
     wait_ready(plane, namespace, "manual", reason="Scheduled")
-    # Absence of a run for the annotation present at creation: watched for a
-    # moment longer than the run would take to show in the log.
-    time.sleep(1.5)
+    # Absence of a run for the annotation present at creation: the handler acts on it
+    # at once, and its run would be logged within the ticks that pass.
+    cluster.two_ticks_pass()
     assert cluster.runs("manual") == []
 
     annotate(plane, namespace, "manual", RUN_NOW, "first")
@@ -408,8 +420,7 @@ def test_delete_is_immediate_and_stops_the_job(cluster: Cluster) -> None:
         what="the operator to forget the job",
     )
     runs_at_delete = len(cluster.runs("doomed"))
-    # Absence of runs: watched over two ticks of the one-second schedule.
-    time.sleep(2.2)
+    cluster.two_ticks_pass()
     assert len(cluster.runs("doomed")) == runs_at_delete
 
 
