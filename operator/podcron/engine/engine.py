@@ -664,6 +664,7 @@ class Engine:
             # The armed tick is the previous owner's. Left armed, its timer, late, would ask
             # about it alone and pass over the ticks after it, which are this replica's now.
             self._arm(job, after=gain.start_bound)
+            self._set_timer()
         plan = plan_catch_up(
             spec.schedule,
             start_bound=gain.start_bound,
