@@ -288,6 +288,8 @@ async def test_manual_trigger_parent_trace_reaches_the_job(engine: Engine) -> No
     assert headers[0]["traceparent"].split("-")[1] == trace_id
 
 
+# A def body runs in a real thread: on the fake loop clock the wait would not wait for it.
+@pytest.mark.looptime(False)
 @pytest.mark.parametrize("body", ["async def", "def"])
 async def test_without_tracing_only_a_callers_trace_is_current_in_a_run(
     engine: Engine, body: str
