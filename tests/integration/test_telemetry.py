@@ -230,8 +230,10 @@ def test_counters_histograms_and_gauges_move_with_runs(
     )
 
 
-def test_every_metric_the_dashboard_and_alerts_use_is_exported(deployment: Deployment) -> None:
-    reached(deployment, OUTCOMES)
+def test_every_metric_the_dashboard_and_alerts_use_is_exported(
+    deployment: Deployment, manual_run: None
+) -> None:
+    reached(deployment, OUTCOMES)  # its manual run is the fixture's
     wanted = used_metrics()
 
     def missing() -> set[str]:
@@ -290,7 +292,9 @@ def test_an_openmetrics_scrape_has_trace_ids_as_exemplars(
     assert "trace_id" not in plain.text
 
 
-def test_a_deleted_jobs_series_disappear(deployment: Deployment, crd: ControlPlane) -> None:
+def test_a_deleted_jobs_series_disappear(
+    deployment: Deployment, crd: ControlPlane, manual_run: None
+) -> None:
     ns = deployment.namespace
     reached(deployment, OUTCOMES)
     crd.kubectl("delete", "scheduledjob", "busy", "-n", ns)
