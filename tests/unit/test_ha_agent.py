@@ -13,9 +13,10 @@ import math
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from podcron.engine.gate import Gain, Verdict
-from podcron.ha.agent import Agent
+from podcron.ha.agent import Agent, AgentObserver
 from podcron.ha.protocol import (
     ASKED_BEFORE,
     EPOCH,
@@ -30,6 +31,7 @@ from podcron.ha.protocol import (
 )
 from podcron.ha.ring import bucket
 from podcron.ha.store import Fault, MemoryStore
+from podcron.telemetry.replica_metrics import ReplicaMetrics
 
 from .engine_support import LoopClock
 
@@ -85,7 +87,7 @@ class Ring:
         self.listeners: dict[str, Listener] = {}
         self._suffixes = itertools.count()
 
-    def start(self, name: str, endpoint: str = "") -> Agent:
+    def start(self, name: str, endpoint: str = "", observer: AgentObserver | None = None) -> Agent:
         agent = Agent(
             self.store,
             ring="t",
@@ -94,6 +96,7 @@ class Ring:
             wall=self.clock.wall,
             monotonic=lambda: asyncio.get_running_loop().time(),
             new_suffix=lambda: f"{next(self._suffixes):08x}",
+            observer=observer,
         )
         for key in JOBS:
             agent.add_job(key)
@@ -316,6 +319,34 @@ async def test_failed_renewals_hold_ticks_until_a_renewal_goes_through(ring: Rin
     down = False
     await until(lambda: ring.listeners["a"].moved > moved, within=2 * R)
     assert a.verdict(JOBS[0], late) is Verdict.START
+
+
+async def test_how_long_ticks_were_held_is_counted_when_a_renewal_lets_them_go(
+    ring: Ring,
+) -> None:
+    registry = CollectorRegistry()
+    down = False
+    ring.store.fault = lambda operation, name: Fault.UNAVAILABLE if down else Fault.NONE
+    a = ring.start("a", observer=ReplicaMetrics(registry))
+    await until(lambda: settled(a), within=2 * R)
+    down = True
+    await asyncio.sleep(LAMBDA + 2 * R)
+    loop = asyncio.get_running_loop()
+    late = math.floor(ring.clock.wall())
+    held_at = loop.time()
+    # Two ticks held while the bound stands still are one hold, from the first of them.
+    assert a.verdict(JOBS[0], late) is Verdict.HOLD
+    await asyncio.sleep(R)
+    assert a.verdict(JOBS[1], late) is Verdict.HOLD
+    assert registry.get_sample_value("podcron_replica_holds_total") == 0
+    moved = ring.listeners["a"].moved
+    down = False
+    await until(lambda: ring.listeners["a"].moved > moved, within=2 * R)
+    let_go = loop.time()
+    assert registry.get_sample_value("podcron_replica_holds_total") == 1
+    held = registry.get_sample_value("podcron_replica_held_seconds_total")
+    assert held is not None
+    assert R <= held <= let_go - held_at
 
 
 async def test_jobs_come_and_go_one_at_a_time(ring: Ring) -> None:

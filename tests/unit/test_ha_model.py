@@ -168,6 +168,9 @@ class Ring:
     def fenced(self) -> None:
         self.counts["fenced"] += 1
 
+    def ticks_held(self, seconds: float) -> None:
+        assert seconds >= 0, "ticks cannot be let go before they were held"
+
     def started(self, job: str, tick: int, identity: str) -> None:
         # Twice is twice, by two replicas or by one (a replica whose bucket came back).
         first = self.ledger.get((job, tick))

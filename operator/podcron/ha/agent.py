@@ -68,6 +68,10 @@ class AgentObserver(Protocol):
         """This replica's identity was fenced; it rejoins under a new one."""
         ...
 
+    def ticks_held(self, seconds: float) -> None:
+        """Ticks the gate held may go again, ``seconds`` after the first of them was held."""
+        ...
+
 
 class _NoListener:
     def bound_moved(self) -> None:
@@ -115,6 +119,8 @@ class Agent:
         self._bucket_of: dict[str, int] = {}
         self._keys_in: dict[int, set[str]] = {}
         self._held = False
+        #: When the gate first held a tick since the bounds last let held ticks go (monotonic).
+        self._held_since = 0.0
         self._releasing = False
         self._released_written = False
         self._staleness = Staleness()
@@ -145,8 +151,9 @@ class Agent:
     def verdict(self, key: str, tick: float) -> Verdict:
         b = self._bucket_of.get(key)
         answer = self.member.verdict_for_bucket(bucket(key) if b is None else b, tick)
-        if answer is Verdict.HOLD:
+        if answer is Verdict.HOLD and not self._held:
             self._held = True
+            self._held_since = self._monotonic()
         return answer
 
     def set_listener(self, listener: GateListener) -> None:
@@ -346,9 +353,16 @@ class Agent:
             self._fenced(member.owned_buckets())
             return False
         if moved and self._held:
-            self._held = False
-            self._listener.bound_moved()
+            self._let_held_go()
         return True
+
+    def _let_held_go(self) -> None:
+        """The bounds moved: held ticks may start now. How long they waited is what a fire
+        bound fallen behind the clock costs (renewals slower than Λ allows) in lateness."""
+        self._held = False
+        if self._observer is not None:
+            self._observer.ticks_held(self._monotonic() - self._held_since)
+        self._listener.bound_moved()
 
     def _lost_sight(self) -> None:
         """The store did not answer: what it holds is unknown here until a list reads it."""
@@ -406,8 +420,7 @@ class Agent:
         if gained or lost:
             self._listener.owners_changed(gained, lost)
         if changes.gained and self._held:
-            self._held = False
-            self._listener.bound_moved()
+            self._let_held_go()
 
     async def _coordinate(self, snapshot: Snapshot) -> None:
         actions = coordinate(

@@ -1,5 +1,5 @@
 """The metrics of a replica in a ring: jobs owned, epochs adopted, renewals refused, fences,
-and how far its clock is off the API server's.
+ticks held for a renewal, and how far its clock is off the API server's.
 
 A custom collector like the resources' one: counters are plain integers the
 replica's agent bumps through :class:`ReplicaMetrics`' methods (it is the
@@ -21,6 +21,15 @@ _RENEW_FAILURES_HELP = (
     "API server) or conflict (someone else wrote it)."
 )
 _FENCED_HELP = "Times this replica found itself fenced and rejoined under a new identity."
+_HOLDS_HELP = (
+    "Times this replica held ticks until its bounds moved: above the fire bound its last "
+    "acknowledged renewal set (renewals slower than fireBoundSeconds allows), or of a job "
+    "gained before its start bound was known."
+)
+_HELD_SECONDS_HELP = (
+    "Seconds this replica's ticks were held in all, from the first tick held to the move "
+    "that let them go: the most those ticks started late by it."
+)
 _CLOCK_OFFSET_HELP = (
     "The API server's clock minus this node's, in seconds, as estimated from the Date of its "
     "replies (to within about half a second); ticks start by the API server's clock."
@@ -37,6 +46,8 @@ class ReplicaMetrics:
         self._gained = 0
         self._renew_failures: dict[str, int] = {"unavailable": 0, "conflict": 0}
         self._fenced = 0
+        self._holds = 0
+        self._held_seconds = 0.0
         self._clock_offset = 0.0
         registry.register(self)
 
@@ -52,6 +63,10 @@ class ReplicaMetrics:
     def fenced(self) -> None:
         self._fenced += 1
 
+    def ticks_held(self, seconds: float) -> None:
+        self._holds += 1
+        self._held_seconds += seconds
+
     def clock_offset(self, seconds: float) -> None:
         """The latest estimate of the API server's clock minus this process's."""
         self._clock_offset = seconds
@@ -62,19 +77,23 @@ class ReplicaMetrics:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        owned, epochs, gained, failures, fenced, offset = self._families()
+        owned, epochs, gained, failures, fenced, holds, held, offset = self._families()
         owned.add_metric([], self.owned())
         epochs.add_metric([], self._epochs)
         gained.add_metric([], self._gained)
         for reason, count in sorted(self._renew_failures.items()):
             failures.add_metric([reason], count)
         fenced.add_metric([], self._fenced)
+        holds.add_metric([], self._holds)
+        held.add_metric([], self._held_seconds)
         offset.add_metric([], self._clock_offset)
-        yield from (owned, epochs, gained, failures, fenced, offset)
+        yield from (owned, epochs, gained, failures, fenced, holds, held, offset)
 
     @staticmethod
     def _families() -> tuple[
         GaugeMetricFamily,
+        CounterMetricFamily,
+        CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
@@ -89,5 +108,7 @@ class ReplicaMetrics:
                 "podcron_replica_renew_failures", _RENEW_FAILURES_HELP, labels=["reason"]
             ),
             CounterMetricFamily("podcron_replica_fenced", _FENCED_HELP),
+            CounterMetricFamily("podcron_replica_holds", _HOLDS_HELP),
+            CounterMetricFamily("podcron_replica_held_seconds", _HELD_SECONDS_HELP),
             GaugeMetricFamily("podcron_clock_offset_seconds", _CLOCK_OFFSET_HELP),
         )
