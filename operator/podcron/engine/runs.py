@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import traceback
 from dataclasses import dataclass, field
@@ -137,8 +138,7 @@ async def execute(
             if run.trace_id and metrics is not None:
                 lateness = run.started - run.scheduled_time.timestamp()
                 metrics.run_traced(run.trigger, lateness, run.trace_id)
-        # No span anywhere (tracing off, no caller's trace): the context the run's code sees
-        # already holds none, and making it current again would cost every run twice.
+        # No span anywhere (tracing off, no caller's trace): nothing to make current (_attach).
         trace_context = (
             None if span is trace.INVALID_SPAN else trace.set_span_in_context(span, parent)
         )
@@ -220,14 +220,12 @@ async def _call(
         ctx = ctx._replace(resources=await _acquire(resources, pending))
     target = run.spec.target
     if run.is_async:
-        if ctx.trace_context is None:  # no span to make current: the job's spans are roots
-            await target(ctx)
-            return
-        token = otel_context.attach(ctx.trace_context)
+        token = _attach(ctx)
         try:
             await target(ctx)
         finally:
-            otel_context.detach(token)
+            if token is not None:
+                otel_context.detach(token)
     else:
         run.thread = pool.submit(_call_in_thread, target, ctx)
         await asyncio.wrap_future(run.thread)
@@ -274,14 +272,19 @@ def _timed_out(run: ActiveRun, span: trace.Span, ctx: JobContext, timeout: Timeo
     return error
 
 
+def _attach(ctx: JobContext) -> contextvars.Token[otel_context.Context] | None:
+    """Make the run's trace context current, so that the job's own spans are its children.
+
+    None when the run has none: the context its code runs in (the run's task's, or a pool
+    thread's) holds no span already, and attaching it again would cost every run twice.
+    """
+    return None if ctx.trace_context is None else otel_context.attach(ctx.trace_context)
+
+
 def _call_in_thread(target: JobTarget, ctx: JobContext) -> None:
-    # The run's trace context made current, so that the job's own spans are its children.
-    # (A pool thread's context holds no span: without one, there is nothing to make current.)
-    if ctx.trace_context is None:
-        target(ctx)
-        return
-    token = otel_context.attach(ctx.trace_context)
+    token = _attach(ctx)
     try:
         target(ctx)
     finally:
-        otel_context.detach(token)
+        if token is not None:
+            otel_context.detach(token)
