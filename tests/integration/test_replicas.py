@@ -23,6 +23,7 @@ import pytest
 
 from controlplane import ControlPlane
 from podcron.config import Settings
+from podcron.ha.protocol import Params
 from tests.jobs.podcron_chaosjobs.ledger import LEDGER_VARIABLE, REPLICA_VARIABLE, Entry
 from tests.jobs.podcron_chaosjobs.ledger import read as read_ledger
 
@@ -47,11 +48,20 @@ HA = Settings(
     lease_stale_seconds=4.0,
 )
 #: How long a killed replica's jobs may take to start elsewhere: fenced after L, the first
-#: tick above its frozen fire bound (Λ past its last renewal) one interval later, plus a
-#: renewal for the survivor to adopt the epoch and one to settle it. The margin absorbs
-#: process scheduling; :func:`wait_for` stretches the whole by the machine's load.
+#: tick above its frozen fire bound (Λ past its last renewal, up to twice that while its
+#: renewals came slowly) one interval later, plus a renewal for the survivor to adopt the
+#: epoch and one to settle it. The margin absorbs process scheduling; :func:`wait_for`
+#: stretches the whole by the machine's load.
 FAILOVER_DEADLINE = (
-    HA.lease_stale_seconds + HA.fire_bound_seconds + 2 * HA.lease_renew_seconds + 1.0 + 10.0
+    HA.lease_stale_seconds
+    + Params(
+        renew_period=HA.lease_renew_seconds,
+        fire_ahead=HA.fire_bound_seconds,
+        fence_after=HA.lease_stale_seconds,
+    ).fire_ahead_at_most
+    + 2 * HA.lease_renew_seconds
+    + 1.0
+    + 10.0
 )
 #: SIGTERM hands the jobs over within 2R; the rest is the same margin.
 HANDOVER_DEADLINE = 2 * HA.lease_renew_seconds + 1.0 + 10.0

@@ -17,12 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from podcron.engine.gate import Gain, Verdict
 from podcron.ha.agent import Agent, AgentObserver
+from podcron.ha.lead import CYCLES_REMEMBERED
 from podcron.ha.protocol import (
     ASKED_BEFORE,
     EPOCH,
     FIRE_BOUND,
     HANDOVER_BOUND,
     MEMBERS,
+    RENEWED_AT,
     RING_LABEL,
     TICK_RESOLUTION,
     Params,
@@ -347,6 +349,44 @@ async def test_how_long_ticks_were_held_is_counted_when_a_renewal_lets_them_go(
     held = registry.get_sample_value("podcron_replica_held_seconds_total")
     assert held is not None
     assert R <= held <= let_go - held_at
+
+
+async def test_slow_renewals_lead_further_so_that_no_tick_waits_then_lambda_again(
+    ring: Ring,
+) -> None:
+    registry = CollectorRegistry()
+    a = ring.start("a", observer=(metrics := ReplicaMetrics(registry)))
+    metrics.fire_lead = lambda: a.fire_lead
+    await until(lambda: settled(a), within=2 * R)
+    lease = member_lease_name(a.identity)
+
+    def lead() -> float:
+        written = ring.store.leases()[lease].annotations
+        return float(written[FIRE_BOUND]) - float(written[RENEWED_AT])
+
+    assert lead() == LAMBDA
+    slow = 0.9
+
+    async def loaded(operation: str, name: str) -> None:
+        # Every call of a loaded API server takes 0.9 s: a renewal, then the list, then the
+        # next renewal. A fire bound Λ = 2 s ahead ran out before the next one was
+        # acknowledged, and the ticks due meanwhile waited (the tail at 20,000 jobs).
+        await asyncio.sleep(slow)
+
+    ring.store.latency = loaded
+    await until(lambda: lead() > LAMBDA, within=10 * R)
+    await asyncio.sleep(5 * R)
+    holds = registry.get_sample_value("podcron_replica_holds_total")
+    for _ in range(100):  # every tick due in the next 10 s, as its timer asks
+        await asyncio.sleep(0.1)
+        assert a.verdict(JOBS[0], ring.clock.wall()) is Verdict.START
+    assert registry.get_sample_value("podcron_replica_holds_total") == holds
+    assert LAMBDA < lead() <= PARAMS.fire_ahead_at_most
+    assert registry.get_sample_value("podcron_replica_fire_lead_seconds") == pytest.approx(lead())
+    # Quick again: once the slow cycles are out of those it remembers, the lead (and a
+    # crash's uncertain window) is Λ again.
+    ring.store.latency = None
+    await until(lambda: lead() == LAMBDA, within=(CYCLES_REMEMBERED + 5) * R)
 
 
 async def test_jobs_come_and_go_one_at_a_time(ring: Ring) -> None:

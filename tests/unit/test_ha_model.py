@@ -155,6 +155,8 @@ class Ring:
         self.replicas: list[Replica] = []
         self.ledger: dict[tuple[str, int], str] = {}
         self._suffixes = itertools.count()
+        #: Whether a renewal led by more than Λ (its replica's steps had come slowly).
+        self.led_further = False
 
     def _fault(self, operation: str, name: str) -> Fault:
         return self.faults.pop((operation, name), Fault.NONE)
@@ -224,6 +226,7 @@ class Ring:
         replica.engine.fire()
         run(replica.agent.step())
         replica.engine.fire()
+        self.led_further |= replica.agent.fire_lead > PARAMS.fire_ahead
 
     def advance(self, seconds: float) -> None:
         """Time passes; a paused replica whose pause ends resumes where it stopped.
@@ -382,6 +385,7 @@ class ReplicaProtocol(RuleBasedStateMachine):
         uncertain = any(r.engine is not None and r.engine.uncertain for r in self.ring.replicas)
         event(f"gains with uncertain ticks: {uncertain}")
         event(f"renewals failed: {counts['renew_failed'] > 0}")
+        event(f"renewals led by more than Λ: {self.ring.led_further}")
         event(f"replicas started: {len(self.ring.replicas)}")
 
     @invariant()
@@ -443,7 +447,8 @@ class ReplicaProtocol(RuleBasedStateMachine):
         highest = max(r.clock.wall() for r in self.ring.replicas)
         self.ring.sim[0] = saved
         lowest_now = min(r.clock.wall() for r in running)
-        first = math.floor(highest + PARAMS.fire_ahead) + 1
+        # A renewal leads by up to twice Λ when steps came slowly before the quiet period.
+        first = math.floor(highest + PARAMS.fire_ahead_at_most) + 1
         last = math.floor(lowest_now) - 1
         missing = [
             (job, tick)

@@ -20,6 +20,7 @@ from podcron.ha.protocol import (
     OWNED_BOUND,
     PREVIOUS_MEMBERS,
     RELEASED,
+    RENEWED_AT,
     Bound,
     Delete,
     Fence,
@@ -53,6 +54,7 @@ def member(identity: str, **fields: object) -> LeaseRecord:
         "handover_bound": HANDOVER_BOUND,
         "handover_from": HANDOVER_FROM,
         "owned_bound": OWNED_BOUND,
+        "renewed_at": RENEWED_AT,
     }
     annotations = {names[k]: str(v) for k, v in fields.items() if k in names}
     if fields.get("fenced"):
@@ -102,6 +104,16 @@ class TestStartBound:
         late = member("p", fire_bound=130, acked_bound=125, settled=4, fenced=True)
         assert self.bound(late) == Bound(130.0, 125.0)
 
+    def test_a_fenced_predecessor_whose_last_renewal_led_by_more_than_lambda_stopped_then(
+        self,
+    ) -> None:
+        # Renewals came slowly, so its last one led its clock by 3.5 s: the ticks since it was
+        # sent are uncertain. A Lease that does not say when it was renewed (written by an
+        # older replica) led by Λ.
+        slow = member("p", fire_bound=130, renewed_at=126.5, settled=4, fenced=True)
+        assert self.bound(slow) == Bound(130.0, 126.5)
+        assert MemberView.parse(member("p", fire_bound=130)).renewed(PARAMS) == 128.0
+
     def test_a_fenced_predecessor_that_had_not_settled_falls_back_on_the_floor(self) -> None:
         p = member("p", fire_bound=130, settled=3, fenced=True)
         # q handed over a bucket p gained but had not learnt the bound of: q's bound counts.
@@ -135,6 +147,20 @@ class TestMember:
         assert m.annotations(100.0)[FIRE_BOUND] == "102.0"
         assert m.annotations(50.0)[FIRE_BOUND] == "102.0"
         assert m.annotations(101.0)[FIRE_BOUND] == "103.0"
+
+    def test_a_renewal_leads_by_the_lead_set_and_says_when_it_was_sent(self) -> None:
+        m = Member("a", PARAMS)
+        m.lead = 3.5
+        written = m.annotations(100.0)
+        assert (written[FIRE_BOUND], written[RENEWED_AT]) == ("103.5", "100.0")
+        # A shorter lead again: the bound stands, and it was renewed at 101, not 101.5.
+        m.lead = PARAMS.fire_ahead
+        written = m.annotations(101.0)
+        assert (written[FIRE_BOUND], written[RENEWED_AT]) == ("103.5", "101.0")
+
+    def test_a_lead_goes_up_to_twice_lambda_and_halfway_to_l(self) -> None:
+        assert PARAMS.fire_ahead_at_most == 4.0
+        assert Params(renew_period=0.5, fire_ahead=1.5, fence_after=4.0).fire_ahead_at_most == 2.75
 
     def test_a_renewal_says_which_fire_bound_was_acknowledged_when_it_was_sent(self) -> None:
         m = Member("a", PARAMS)

@@ -87,6 +87,7 @@ class Replicas:
             observer=metrics,
         )
         metrics.owned = agent.owned_jobs
+        metrics.fire_lead = lambda: agent.fire_lead
         return cls(agent, store, server_time)
 
     async def set_clock(self) -> None:

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from podcron.engine.gate import Gain, GateListener, Verdict
 from podcron.errors import LeaseConflict, LeaseGone, StoreUnavailable
+from podcron.ha.lead import FireLead
 from podcron.ha.protocol import (
     MEMBER_PREFIX,
     RING_LABEL,
@@ -124,6 +125,7 @@ class Agent:
         self._releasing = False
         self._released_written = False
         self._staleness = Staleness()
+        self._lead = FireLead(self.params)
         #: Since when the store has not answered, if it failed since the last list that read it.
         self._blind_since: float | None = None
         #: One write of the member Lease at a time: a release that raced a renewal would
@@ -145,6 +147,11 @@ class Agent:
     @property
     def identity(self) -> str:
         return self.member.identity
+
+    @property
+    def fire_lead(self) -> float:
+        """How far ahead of its clock the last renewal set the fire bound (a gauge)."""
+        return self.member.lead
 
     # -- FiringGate --------------------------------------------------------------------
 
@@ -328,6 +335,8 @@ class Agent:
     async def _renew(self) -> bool:
         member = self.member
         async with self._member_write:
+            sent = self._monotonic()
+            member.lead = self._lead.seconds
             annotations = member.annotations(self._wall())
             try:
                 if member.record is None:
@@ -338,7 +347,9 @@ class Agent:
                     changed = member.record.changed(annotations=annotations)
                     record = await self._store.replace(changed)
                 moved = member.acknowledged(record)
+                self._lead.acknowledged(sent, self._monotonic())
             except (LeaseConflict, LeaseGone):
+                self._lead.failed()
                 self._report_failure("conflict")
                 try:
                     current = await self._store.get(member.lease_name)
@@ -347,6 +358,7 @@ class Agent:
                     return False
                 moved = member.conflicted(current)
             except StoreUnavailable:
+                self._lead.failed()
                 self._lost_sight()
                 return False
         if member.state is MemberState.FENCED:

@@ -24,6 +24,9 @@ _P = "podcron.dev/"
 #: The label every Lease of a ring carries; its value is the ring's name.
 RING_LABEL = _P + "ring"
 FIRE_BOUND = _P + "fire-bound"
+#: The member's clock (tick time) when it sent the renewal: it had reached every tick due
+#: then. Its fire bound leads this by Λ, or by more while its renewals come slowly.
+RENEWED_AT = _P + "renewed-at"
 #: The fire bound acknowledged when the renewal was sent: the member could start no tick above.
 ACKED_BOUND = _P + "acked-bound"
 #: The last epoch the member has settled: adopted, and every start bound of its jobs known.
@@ -58,10 +61,19 @@ class Params:
 
     #: R: how often a member renews its Lease.
     renew_period: float = 1.0
-    #: Λ: how far ahead of its clock a renewal lets a member start ticks.
+    #: Λ: how far ahead of its clock a renewal lets a member start ticks (at least).
     fire_ahead: float = 2.0
     #: L: a member Lease unchanged this long (on the observer's monotonic clock) is fenced.
     fence_after: float = 6.0
+
+    @property
+    def fire_ahead_at_most(self) -> float:
+        """How far a renewal's fire bound may lead its clock while renewals are slow.
+
+        Twice Λ, and at most halfway from Λ to L: a fire bound as far ahead as L would let
+        a member merely slow to renew be fenced before its bound ran out.
+        """
+        return min(2 * self.fire_ahead, (self.fire_ahead + self.fence_after) / 2)
 
 
 def member_lease_name(identity: str) -> str:
@@ -92,6 +104,8 @@ class MemberView:
     record: LeaseRecord
     identity: str
     fire_bound: float
+    #: None: written by a replica that leads by Λ always and does not say when it renewed.
+    renewed_at: float | None
     acked_bound: float
     settled_epoch: int
     handover_epoch: int
@@ -103,8 +117,12 @@ class MemberView:
     endpoint: str
     asked_before: float = math.inf
 
+    def renewed(self, params: Params) -> float:
+        """The member's clock (tick time) at its last renewal."""
+        return self.fire_bound - params.fire_ahead if self.renewed_at is None else self.renewed_at
+
     def stopped(self, params: Params) -> float:
-        """A fenced member started every tick due up to this: its last renewal, Λ below W.
+        """A fenced member started every tick due up to this: its last renewal.
 
         Unless its acknowledged bound was lower then (renewals that failed or came
         late): the ticks above that one waited for an acknowledgement. Or unless its
@@ -112,7 +130,7 @@ class MemberView:
         ticks from the first one it had not are not known to have started.
         """
         return min(
-            self.fire_bound - params.fire_ahead,
+            self.renewed(params),
             self.acked_bound,
             self.asked_before - TICK_RESOLUTION,
         )
@@ -134,6 +152,7 @@ class MemberView:
             record=record,
             identity=record.name.removeprefix(MEMBER_PREFIX),
             fire_bound=_float(a, FIRE_BOUND),
+            renewed_at=None if RENEWED_AT not in a else float(a[RENEWED_AT]),
             acked_bound=float(a.get(ACKED_BOUND, "inf")),
             settled_epoch=_int(a, EPOCH),
             handover_epoch=_int(a, HANDOVER_EPOCH),
@@ -223,7 +242,7 @@ class Snapshot:
         started the job's ticks: a predecessor that had not settled may have waited
         on a member that died before handing over, and started none itself. So the
         ticks from the lowest point any of them certainly reached are uncertain:
-        Λ below a fenced member's frozen fire bound (it renewed then), and the
+        a fenced member's last renewal (its frozen fire bound leads it), and the
         :attr:`MemberView.certain` point of a released member and of one which
         handed over in epoch ``handed_over_in`` or later. Only members still there
         after epoch ``since`` (the last the predecessor settled) count: one gone
@@ -317,6 +336,9 @@ class Member:
         #: The highest fire bound whose write the store acknowledged (rule 1).
         self.w_acked = -math.inf
         self._w_sent = -math.inf
+        #: How far ahead of its clock the next renewal's fire bound goes: Λ, or more (up to
+        #: :attr:`Params.fire_ahead_at_most`) while the agent sees its renewals come slowly.
+        self.lead = self.params.fire_ahead
         self.epoch = 0
         self.assignment = Assignment(())
         self.handover_epoch = 0
@@ -368,9 +390,10 @@ class Member:
     def annotations(self, now: float) -> dict[str, str]:
         """What the next write of the member Lease says; its fire bound never goes down."""
         if self.state is MemberState.ACTIVE:
-            self._w_sent = max(self._w_sent, now + self.params.fire_ahead, self.w_acked)
+            self._w_sent = max(self._w_sent, now + self.lead, self.w_acked)
         written = {
             FIRE_BOUND: repr(max(self._w_sent, self.w_acked)),
+            RENEWED_AT: repr(now),
             ACKED_BOUND: repr(self.w_acked),
             EPOCH: str(self.settled_epoch),
             HANDOVER_EPOCH: str(self.handover_epoch),
@@ -585,8 +608,8 @@ class Staleness:
 
         A replica that starts after a member died would otherwise wait the whole
         L from its first read (up to twice L for a dead coordinator). The Lease's
-        fire bound says when it was last renewed, Λ before it, on its writer's
-        clock: that age counts, up to L/2. So it still has to stay unchanged for
+        renewal says when it was sent, on its writer's clock: that age counts, up to
+        L/2. So it still has to stay unchanged for
         L/2 on this replica's own clock, which a live member renewing every R
         never does, however wrong either clock is.
         """
@@ -594,7 +617,7 @@ class Staleness:
         if before is not None and before[0] == version:
             self._seen[view.identity] = before
         elif before is None and math.isfinite(view.fire_bound):
-            age = wall - (view.fire_bound - params.fire_ahead)
+            age = wall - view.renewed(params)
             credit = min(max(age, 0.0), params.fence_after / 2)
             self._seen[view.identity] = (version, monotonic - credit)
         else:

@@ -1,9 +1,10 @@
 """The metrics of a replica in a ring: jobs owned, epochs adopted, renewals refused, fences,
-ticks held for a renewal, and how far its clock is off the API server's.
+ticks held for a renewal, how far its fire bound leads its clock, and how far its clock is
+off the API server's.
 
 A custom collector like the resources' one: counters are plain integers the
 replica's agent bumps through :class:`ReplicaMetrics`' methods (it is the
-agent's observer), and the owned-jobs gauge is read at each scrape.
+agent's observer), and the owned-jobs and fire-lead gauges are read at each scrape.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ _HELD_SECONDS_HELP = (
     "Seconds this replica's ticks were held in all, from the first tick held to the move "
     "that let them go: the most those ticks started late by it."
 )
+_FIRE_LEAD_HELP = (
+    "How far ahead of this replica's clock its last renewal set its fire bound: "
+    "fireBoundSeconds, or up to twice that while renewals come slowly. A crash's uncertain "
+    "window (ticks counted, not run again) is this wide."
+)
 _CLOCK_OFFSET_HELP = (
     "The API server's clock minus this node's, in seconds, as estimated from the Date of its "
     "replies (to within about half a second); ticks start by the API server's clock."
@@ -37,11 +43,14 @@ _CLOCK_OFFSET_HELP = (
 
 
 class ReplicaMetrics:
-    """``podcron_replica_*`` series; :attr:`owned` is called at each scrape."""
+    """``podcron_replica_*`` series; :attr:`owned` and :attr:`fire_lead` are called at each
+    scrape."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         #: How many jobs the replica owns; set once the agent that knows exists.
         self.owned: Callable[[], int] = lambda: 0
+        #: The lead of its fire bound, in seconds; set with :attr:`owned`.
+        self.fire_lead: Callable[[], float] = lambda: 0.0
         self._epochs = 0
         self._gained = 0
         self._renew_failures: dict[str, int] = {"unavailable": 0, "conflict": 0}
@@ -77,7 +86,7 @@ class ReplicaMetrics:
         return list(self._families())
 
     def collect(self) -> Iterator[Metric]:
-        owned, epochs, gained, failures, fenced, holds, held, offset = self._families()
+        owned, epochs, gained, failures, fenced, holds, held, lead, offset = self._families()
         owned.add_metric([], self.owned())
         epochs.add_metric([], self._epochs)
         gained.add_metric([], self._gained)
@@ -86,8 +95,9 @@ class ReplicaMetrics:
         fenced.add_metric([], self._fenced)
         holds.add_metric([], self._holds)
         held.add_metric([], self._held_seconds)
+        lead.add_metric([], self.fire_lead())
         offset.add_metric([], self._clock_offset)
-        yield from (owned, epochs, gained, failures, fenced, holds, held, offset)
+        yield from (owned, epochs, gained, failures, fenced, holds, held, lead, offset)
 
     @staticmethod
     def _families() -> tuple[
@@ -98,6 +108,7 @@ class ReplicaMetrics:
         CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
+        GaugeMetricFamily,
         GaugeMetricFamily,
     ]:
         return (
@@ -110,5 +121,6 @@ class ReplicaMetrics:
             CounterMetricFamily("podcron_replica_fenced", _FENCED_HELP),
             CounterMetricFamily("podcron_replica_holds", _HOLDS_HELP),
             CounterMetricFamily("podcron_replica_held_seconds", _HELD_SECONDS_HELP),
+            GaugeMetricFamily("podcron_replica_fire_lead_seconds", _FIRE_LEAD_HELP),
             GaugeMetricFamily("podcron_clock_offset_seconds", _CLOCK_OFFSET_HELP),
         )

@@ -1,0 +1,56 @@
+"""How far ahead of its clock a replica's renewal sets its fire bound: Λ, or more while
+its renewals come slowly.
+
+A tick above the fire bound the last acknowledged renewal set is held until the
+next renewal is acknowledged (docs/ha.md, rule 2). That next acknowledgement
+comes a whole cycle after the renewal was sent: its own round trip, the list and
+coordination after it, the wait for the period, the next round trip. On an idle
+API server that is about R; on one loaded by 20,000 jobs' status writes a
+renewal took up to 1.6 s, the cycle up to 3.5 s, and with Λ = 2 s every replica
+held its ticks for about a second several times a minute. So each renewal leads
+by the longest such cycle lately seen, plus half a period for the one being
+late by more, between Λ and :attr:`~podcron.ha.protocol.Params.fire_ahead_at_most`.
+A crash's uncertain window (ticks counted, not run again) is as wide as the
+lead of the last renewal: wider only while the API server is slow.
+
+Pure: the agent passes in its monotonic readings.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from podcron.ha.protocol import Params
+
+#: How many of the latest cycles the lead covers (at R = 1 s, about the last half minute).
+CYCLES_REMEMBERED = 30
+
+
+class FireLead:
+    """The lead of the next renewal, from when recent renewals were sent and acknowledged."""
+
+    __slots__ = ("_cycles", "_params", "_sent")
+
+    def __init__(self, params: Params) -> None:
+        self._params = params
+        self._cycles: collections.deque[float] = collections.deque(maxlen=CYCLES_REMEMBERED)
+        #: When the last acknowledged renewal was sent; None after a renewal failed.
+        self._sent: float | None = None
+
+    def acknowledged(self, sent: float, now: float) -> None:
+        """A renewal sent at ``sent`` was acknowledged at ``now``: the cycle since the one
+        before was sent is one the lead must cover."""
+        if self._sent is not None:
+            self._cycles.append(now - self._sent)
+        self._sent = sent
+
+    def failed(self) -> None:
+        """A renewal failed: the next cycle spans the outage, which no lead is meant to cover
+        (the replica holds its ticks then by design), so it is not counted."""
+        self._sent = None
+
+    @property
+    def seconds(self) -> float:
+        params = self._params
+        longest = max(self._cycles, default=0.0) + params.renew_period / 2
+        return min(max(params.fire_ahead, longest), params.fire_ahead_at_most)
