@@ -16,15 +16,18 @@ def test_renewals_every_period_lead_by_lambda() -> None:
     assert lead.seconds == 2.0
 
 
-def test_a_slow_cycle_widens_the_lead_to_cover_it_and_half_a_period_more() -> None:
+def test_a_cycle_within_half_a_period_of_lambda_widens_the_lead_to_twice_lambda() -> None:
     lead = FireLead(PARAMS)
-    lead.acknowledged(0.0, 1.2)
-    # Sent at 2.5 (its round trip and the list took that long), acknowledged at 3.1: the
-    # bound the first set had to last from 0 to 3.1.
-    lead.acknowledged(2.5, 3.1)
-    assert lead.seconds == 3.6
-    lead.acknowledged(3.1, 9.0)
-    assert lead.seconds == PARAMS.fire_ahead_at_most
+    lead.acknowledged(0.0, 0.2)
+    # Sent at 1.0, acknowledged at 1.45: the bound the first set had to last 1.45 s.
+    lead.acknowledged(1.0, 1.45)
+    assert lead.seconds == 2.0
+    # Sent at 2.4 (its round trip, the list and the wait took that long), acknowledged at
+    # 2.55: 1.55 s since the one before was sent, within R/2 of Λ.
+    lead.acknowledged(2.4, 2.55)
+    assert lead.seconds == PARAMS.fire_ahead_at_most == 4.0
+    lead.acknowledged(3.0, 9.0)
+    assert lead.seconds == 4.0
 
 
 def test_the_lead_comes_back_once_the_slow_cycles_are_forgotten() -> None:
