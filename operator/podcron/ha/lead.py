@@ -12,8 +12,9 @@ by Λ while the cycles keep well within it, and by
 :attr:`~podcron.ha.protocol.Params.fire_ahead_at_most` (2Λ, at most halfway
 to L) once one of the latest came within half a period of Λ. Not by the longest
 cycle seen plus a margin: under load they came in bursts, each longer than any
-of the 30 before it by about a second (tried at 20,000 jobs: 6-12 holds a
-replica in seven minutes against 19-24 with Λ alone, and none with 2Λ). A
+of the 30 before it by about a second (at 20,000 jobs on four replicas, from
+start to end: 6-12 holds a replica so, 19-24 with Λ alone, 4-8 with these two
+levels; docs/performance.md). A
 crash's uncertain window (ticks counted, not run again) is as wide as the lead
 of the last renewal: wider only while the API server is slow.
 
