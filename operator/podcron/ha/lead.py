@@ -14,9 +14,9 @@ to L) once one of the latest came within half a period of Λ. Not by the longest
 cycle seen plus a margin: under load they came in bursts, each longer than any
 of the 30 before it by about a second (at 20,000 jobs on four replicas, from
 start to end: 6-12 holds a replica so, 19-24 with Λ alone, 4-8 with these two
-levels; docs/performance.md). A
-crash's uncertain window (ticks counted, not run again) is as wide as the lead
-of the last renewal: wider only while the API server is slow.
+levels; docs/performance.md). A crash's uncertain window (ticks counted, not run
+again) is as wide as the lead of the last renewal: wider only while the API
+server is slow.
 
 Pure: the agent passes in its monotonic readings.
 """
