@@ -211,6 +211,39 @@ async def test_a_crashed_replica_is_fenced_after_l_and_its_jobs_start_above_its_
     assert settled(b)
 
 
+async def test_a_replica_crashed_while_renewing_slowly_leaves_its_whole_lead_uncertain(
+    ring: Ring,
+) -> None:
+    a, _, lost = await _two_settled(ring)
+    lease = member_lease_name(a.identity)
+
+    async def slow_for_a(operation: str, name: str) -> None:
+        if name == lease:  # a's renewals take 0.9 s: its cycles come within R/2 of Λ
+            await asyncio.sleep(0.9)
+
+    ring.store.latency = slow_for_a
+    await until(lambda: a.fire_lead == PARAMS.fire_ahead_at_most, within=10 * R)
+    # Until its renewal with that lead is acknowledged.
+    await until(
+        lambda: (
+            float(ring.annotation(lease, FIRE_BOUND))
+            == float(ring.annotation(lease, RENEWED_AT)) + PARAMS.fire_ahead_at_most
+        ),
+        within=3 * R,
+    )
+    ring.crash("a")
+    ring.store.latency = None
+    frozen = float(ring.annotation(lease, FIRE_BOUND))
+    renewed = float(ring.annotation(lease, RENEWED_AT))
+    await until(lambda: all(k in ring.listeners["b"].gains for k in lost), within=L + 3 * R)
+    gains = ring.listeners["b"].gains
+    # Every tick from its last renewal up to its bound, 4 s later, may have started: none
+    # is run again. Λ below the bound (the window before the lead could widen) would take
+    # the first 2 s of them as started, and lose those that had not, uncounted.
+    assert {(gains[k].start_bound, gains[k].uncertain_from) for k in lost} == {(frozen, renewed)}
+    assert renewed == frozen - PARAMS.fire_ahead_at_most
+
+
 async def test_a_crashed_replica_running_behind_leaves_the_ticks_it_had_not_reached_uncertain(
     ring: Ring,
 ) -> None:
