@@ -608,10 +608,10 @@ class Staleness:
 
         A replica that starts after a member died would otherwise wait the whole
         L from its first read (up to twice L for a dead coordinator). The Lease's
-        renewal says when it was sent, on its writer's clock: that age counts, up to
-        L/2. So it still has to stay unchanged for
-        L/2 on this replica's own clock, which a live member renewing every R
-        never does, however wrong either clock is.
+        renewal says when it was sent, on its writer's clock: that age counts, up
+        to L/2. So it still has to stay unchanged for L/2 on this replica's own
+        clock, which a live member renewing every R never does, however wrong
+        either clock is.
         """
         version = view.record.resource_version
         if before is not None and before[0] == version:
