@@ -407,14 +407,13 @@ async def test_slow_renewals_lead_further_so_that_no_tick_waits_then_lambda_agai
         await asyncio.sleep(slow)
 
     ring.store.latency = loaded
-    await until(lambda: lead() > LAMBDA, within=10 * R)
-    await asyncio.sleep(5 * R)
+    # Once a renewal with the wider lead is acknowledged, any hold before it has been let go.
+    await until(lambda: lead() == PARAMS.fire_ahead_at_most, within=10 * R)
     holds = registry.get_sample_value("podcron_replica_holds_total")
     for _ in range(100):  # every tick due in the next 10 s, as its timer asks
         await asyncio.sleep(0.1)
         assert a.verdict(JOBS[0], ring.clock.wall()) is Verdict.START
     assert registry.get_sample_value("podcron_replica_holds_total") == holds
-    assert lead() == PARAMS.fire_ahead_at_most
     assert registry.get_sample_value("podcron_replica_fire_lead_seconds") == pytest.approx(lead())
     # Quick again: once the slow cycles are out of those it remembers, the lead (and a
     # crash's uncertain window) is Λ again.
