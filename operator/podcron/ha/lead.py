@@ -23,22 +23,21 @@ Pure: the agent passes in its monotonic readings.
 
 from __future__ import annotations
 
-import collections
-
 from podcron.ha.protocol import Params
 
-#: How many of the latest cycles the lead covers (at R = 1 s, about the last half minute).
+#: How many quick cycles after a slow one the lead stays wide (at R = 1 s, about half a minute).
 CYCLES_REMEMBERED = 30
 
 
 class FireLead:
     """The lead of the next renewal, from when recent renewals were sent and acknowledged."""
 
-    __slots__ = ("_cycles", "_params", "_sent")
+    __slots__ = ("_params", "_quick", "_sent")
 
     def __init__(self, params: Params) -> None:
         self._params = params
-        self._cycles: collections.deque[float] = collections.deque(maxlen=CYCLES_REMEMBERED)
+        #: Quick cycles since the last slow one, up to CYCLES_REMEMBERED (none slow yet: that).
+        self._quick = CYCLES_REMEMBERED
         #: When the last acknowledged renewal was sent; None after a renewal failed.
         self._sent: float | None = None
 
@@ -46,7 +45,11 @@ class FireLead:
         """A renewal sent at ``sent`` was acknowledged at ``now``: the cycle since the one
         before was sent is one the lead must cover."""
         if self._sent is not None:
-            self._cycles.append(now - self._sent)
+            params = self._params
+            if now - self._sent + params.renew_period / 2 > params.fire_ahead:
+                self._quick = 0
+            else:
+                self._quick = min(self._quick + 1, CYCLES_REMEMBERED)
         self._sent = sent
 
     def failed(self) -> None:
@@ -56,7 +59,6 @@ class FireLead:
 
     @property
     def seconds(self) -> float:
-        params = self._params
-        if max(self._cycles, default=0.0) + params.renew_period / 2 > params.fire_ahead:
-            return params.fire_ahead_at_most
-        return params.fire_ahead
+        if self._quick < CYCLES_REMEMBERED:
+            return self._params.fire_ahead_at_most
+        return self._params.fire_ahead
