@@ -103,22 +103,42 @@ async def test_a_waiting_run_is_recorded_and_its_span_ended_as_of_when_its_body_
 async def test_a_shutdown_during_a_burst_records_the_runs_put_off_as_they_ended() -> None:
     engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
     stopping: list[asyncio.Task[None]] = []
+    told_before: list[int] = []
+    halfway = f"job{2 * DISPATCH_BATCH - 1}"
 
-    def on_event(event: JobEvent) -> None:
-        # Half-way through the burst: the runs of the first batches are put off.
-        if isinstance(event, RunStarted) and event.name == f"job{2 * DISPATCH_BATCH - 1}":
+    async def body(ctx: JobContext) -> None:
+        # Half-way through the burst: the starts and outcomes of the first batches are put
+        # off (their listeners hear of neither yet).
+        if ctx.name == halfway:
+            told_before.append(len(recorder.events))
             stopping.append(asyncio.ensure_future(engine.shutdown()))
 
-    engine.add_listener(on_event)
     recorder = Recorder(engine)
     for index in range(JOBS):
-        engine.upsert(spec(_noop, f"job{index}"))
+        engine.upsert(spec(body, f"job{index}"))
     await recorder.until(lambda: bool(stopping))
     await stopping[0]
+    assert told_before == [0], "starts and outcomes are told once the burst is over"
     started = {e.name for e in recorder.started()}
     assert len(started) == 2 * DISPATCH_BATCH, "the runs dispatched after it never start"
     ran = {e.name: e.status for e in recorder.finished() if e.name in started}
     assert ran == dict.fromkeys(started, RunStatus.SUCCESS), "they ran: not Interrupted"
+
+
+async def test_runs_started_in_a_burst_are_cut_at_their_deadlines_armed_after_it() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+
+    async def stuck(ctx: JobContext) -> None:
+        await asyncio.sleep(60.0)
+
+    for index in range(JOBS):
+        engine.upsert(spec(stuck, f"job{index}", timeout_seconds=0.5))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    outcomes = recorder.finished()[:JOBS]
+    assert {e.error for e in outcomes} == {"TimeoutError: run exceeded 0.5s"}
+    assert [e.duration_seconds for e in outcomes] == pytest.approx([0.5] * JOBS)
+    await engine.shutdown()
 
 
 async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_over() -> None:
@@ -152,7 +172,7 @@ async def test_a_failed_recording_keeps_none_of_the_others_from_theirs(
     burst.put_off("second")
     burst.flush(record)
     assert done == ["second"]
-    assert "recording a run's outcome failed" in caplog.text
+    assert "recording a run's start or outcome failed" in caplog.text
 
 
 async def test_a_burst_that_does_not_end_has_its_recordings_done_every_so_often() -> None:

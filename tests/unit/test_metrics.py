@@ -300,8 +300,8 @@ async def test_exemplars_carry_trace_ids_in_openmetrics_only(registry: Collector
     metrics.job_added("ns", "untraced")
     metrics.run_queued()
     metrics.run_started("scheduled", 0.003)
-    metrics.run_traced("scheduled", 0.003, TRACE)
-    metrics.run_traced("manual", 0.2, OTHER_TRACE)  # manual runs have no lateness
+    metrics.run_traced("scheduled", 0.003, TRACE, at=1.8e9)
+    metrics.run_traced("manual", 0.2, OTHER_TRACE, at=1.8e9)  # manual runs have no lateness
     for seconds, trace_id in ((0.3, TRACE), (0.4, OTHER_TRACE), (20.0, 0)):
         metrics.run_recorded(
             "ns",
@@ -463,7 +463,7 @@ def test_the_written_text_is_what_prometheus_client_writes(
         metrics.ticks_missed("ns", name, index)
     metrics.run_queued()
     metrics.run_started("scheduled", 12.5)
-    metrics.run_traced("scheduled", 12.5, OTHER_TRACE)
+    metrics.run_traced("scheduled", 12.5, OTHER_TRACE, at=1.8e9)
     metrics.loop_lag(0.01)
     written = metrics.exposition(openmetrics)
     # prometheus-client's own writer, from the samples its parser read out of that text.

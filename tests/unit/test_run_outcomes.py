@@ -306,9 +306,9 @@ async def test_a_run_without_a_timeout_enters_no_timeout_guard(
     class Counted(RunTimeout):
         __slots__ = ()
 
-        def __init__(self, seconds: float) -> None:
+        def __init__(self, seconds: float, *, armed: bool = True) -> None:
             guards.append(seconds)
-            super().__init__(seconds)
+            super().__init__(seconds, armed=armed)
 
     async def job(ctx: JobContext) -> None:
         pass

@@ -96,3 +96,35 @@ async def test_a_timeout_is_armed_inside_a_task_only() -> None:
 
     loop.call_soon(from_a_callback)
     assert "inside its task" in await refused
+
+
+async def test_a_timeout_armed_later_keeps_the_deadline_it_was_made_with() -> None:
+    # The engine arms the timeouts of runs started in a burst once the burst is over.
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    async def body() -> None:
+        guard = RunTimeout(2.0, armed=False)
+        await asyncio.sleep(1.5)
+        guard.arm()
+        try:
+            await asyncio.sleep(10.0)
+        except BaseException as error:
+            guard.end(error)
+            raise
+
+    with pytest.raises(TimeoutError):
+        await asyncio.create_task(body())
+    assert loop.time() - began == pytest.approx(2.0)
+
+
+async def test_a_timeout_whose_body_ended_before_it_was_armed_sets_no_timer() -> None:
+    async def body() -> RunTimeout:
+        guard = RunTimeout(1.0, armed=False)
+        guard.end(None)
+        guard.arm()  # the burst is over after the body returned
+        await asyncio.sleep(5.0)  # past the deadline: a timer would cancel this task now
+        return guard
+
+    guard = await asyncio.create_task(body())
+    assert not guard.expired

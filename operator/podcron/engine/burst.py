@@ -1,4 +1,4 @@
-"""Runs due at one instant all start before any of them is recorded.
+"""Runs due at one instant all start before any of them is recorded, or told as started.
 
 The engine starts at most ``DISPATCH_BATCH`` runs per timer callback; when more
 are due at once, it starts them over several callbacks, one after the other.
@@ -11,6 +11,13 @@ has returned ends at once (its run slot goes back) and its recording is put
 off until the burst is over, keeping the time its body returned. The
 recordings put off run in one loop callback, after the burst's last runs have
 started: no task waits, nothing is awaited.
+
+The same holds for what a run does as its body starts that the body does not
+wait for: its timeout's timer pushed onto the loop's heap, its ``RunStarted``
+to the listeners (the operator's status writer among them) and its lateness
+exemplar. Those are put off too (:meth:`Burst.put_off_start`), and done first
+when the burst is over, so that every run is told as started before any
+outcome put off with it.
 
 A burst that does not end (more due every time the loop gets there: the engine
 is behind) has its recordings done every ``HELD_BATCHES_AT_MOST`` batches, so
@@ -38,18 +45,20 @@ Record = Callable[[Entry], None]
 class Burst(Generic[Entry]):
     """Whether runs due now are still being started, and the recordings put off till then.
 
-    What is put off is an entry (a tuple of the outcome's values): one object a
-    run, the fewest the garbage collector can see alive. ``record`` records one;
-    it is handed to each call rather than kept, so that the runner owning this
-    and this holding the runner's method make no reference cycle.
+    What is put off is an entry (a tuple of values, a run's start or its outcome):
+    one object a run, the fewest the garbage collector can see alive. ``record``
+    does what one entry says; it is handed to each call rather than kept, so that
+    the runner owning this and this holding the runner's method make no reference
+    cycle.
     """
 
-    __slots__ = ("_batches", "_flush", "_later", "going")
+    __slots__ = ("_batches", "_flush", "_later", "_starts", "going")
 
     def __init__(self) -> None:
         self._batches = 0
         #: Runs that end now are put off (read-only outside: a plain attribute, read every run).
         self.going = False
+        self._starts: list[Entry] = []
         self._later: list[Entry] = []
         self._flush: asyncio.Handle | None = None
 
@@ -61,10 +70,20 @@ class Burst(Generic[Entry]):
         self._batches += 1
         self.going = True
 
+    def put_off_start(self, entry: Entry) -> None:
+        """Do ``entry`` (a run's start) once the burst is over, before any recording."""
+        assert self.going
+        self._starts.append(entry)
+
     def put_off(self, entry: Entry) -> None:
         """Record ``entry`` once the burst is over (only while it :attr:`going`)."""
         assert self.going
         self._later.append(entry)
+
+    def starts_now(self, record: Record[Entry]) -> None:
+        """Do the starts put off now, the burst going on (a run recorded at once: after its own)."""
+        starts, self._starts = self._starts, []
+        _each(starts, record)
 
     def over(self, record: Record[Entry]) -> None:
         """The last batch of runs due now started: the burst ends once they have."""
@@ -79,13 +98,9 @@ class Burst(Generic[Entry]):
             self._flush = None
         self.going = False
         self._batches = 0
-        later, self._later = self._later, []
-        for entry in later:
-            try:
-                record(entry)
-            except Exception:
-                # One failed recording must not keep the others from theirs.
-                log.exception("recording a run's outcome failed")
+        starts, later, self._starts, self._later = self._starts, self._later, [], []
+        _each(starts, record)
+        _each(later, record)
 
     def _after_these_runs(self, record: Record[Entry]) -> None:
         # The runs just started are in the loop's ready queue: a callback queued now
@@ -99,3 +114,12 @@ class Burst(Generic[Entry]):
         self.flush(record)
         if batches:
             self._batches, self.going = batches, True
+
+
+def _each(entries: list[Entry], record: Record[Entry]) -> None:
+    for entry in entries:
+        try:
+            record(entry)
+        except Exception:
+            # One failed recording must not keep the others from theirs.
+            log.exception("recording a run's start or outcome failed")

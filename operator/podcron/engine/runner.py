@@ -29,8 +29,9 @@ from podcron.engine.jobs import JobState, why_busy
 from podcron.engine.recording import Recorder
 from podcron.engine.runs import ActiveRun, error_text, execute
 from podcron.engine.shutdown import shut_down
-from podcron.engine.spec import ConcurrencyPolicy
+from podcron.engine.spec import ConcurrencyPolicy, JobSpec
 from podcron.engine.threads import OutlivedThreads
+from podcron.engine.timeouts import RunTimeout
 from podcron.errors import JobAlreadyRunning
 from podcron.jobconfig import ConfigSource
 from podcron.resources import ResourceManager
@@ -42,6 +43,9 @@ log = logging.getLogger("podcron.engine")
 #: The engine names each run's task this plus the job id (the watchdog reads it back).
 RUN_TASK_PREFIX = "podcron-run "
 
+#: A run's start put off during a burst: its timeout to arm, then what ``RunStarted`` and
+#: the lateness exemplar say: spec, trigger, scheduled time, started (wall clock), trace id.
+StartPutOff = tuple[RunTimeout | None, JobSpec, Trigger, datetime, float, int]
 #: A run put off during a burst: its span and the time it ended (ns), then what is recorded:
 #: job, trigger, scheduled time, status, started, error, trace id, ended (wall clock).
 PutOff = tuple[
@@ -75,8 +79,9 @@ class Runner:
         if threads_per_job < 1:
             raise ValueError(f"threads_per_job must be at least 1, got {threads_per_job}")
         self._budgets = budgets
-        # Runs that end while a burst is being started are put off here (engine/burst.py).
-        self._burst: Burst[PutOff] = Burst()
+        # Runs that start or end while a burst is being started are put off here
+        # (engine/burst.py).
+        self._burst: Burst[StartPutOff | PutOff] = Burst()
         self._threads_per_job = threads_per_job
         self._telemetry = telemetry
         self._metrics = telemetry.metrics
@@ -188,25 +193,14 @@ class Runner:
                 await self._budgets.acquire(run)
             # The body starts now: the run is late by the time it waited.
             started = run.started = self._clock.wall()
-            lateness = started - run.scheduled_time.timestamp()
             if self._metrics is not None:
-                self._metrics.run_started(run.trigger, lateness)
-            spec = run.spec
-            self._listeners.emit(
-                RunStarted(
-                    job_id=spec.job_id,
-                    namespace=spec.namespace,
-                    name=spec.name,
-                    trigger=run.trigger,
-                    scheduled_time=run.scheduled_time,
-                    lateness_seconds=lateness,
-                )
-            )
+                self._metrics.run_started(run.trigger, started - run.scheduled_time.timestamp())
             span = await execute(
                 run,
                 self._telemetry,
                 parent,
                 self._budgets.pool,
+                self._starting,
                 resources=self._resources,
                 config=self._config,
             )
@@ -235,6 +229,34 @@ class Runner:
         finally:
             self._finish(job, run_id, run, span)
 
+    def _starting(self, run: ActiveRun, guard: RunTimeout | None) -> None:
+        """The run's body is called next: arm its timeout and tell of its start, after the
+        burst if one is being started (engine/burst.py)."""
+        assert run.started is not None
+        entry = (guard, run.spec, run.trigger, run.scheduled_time, run.started, run.trace_id)
+        if self._burst.going:
+            self._burst.put_off_start(entry)
+        else:
+            self._started(entry)
+
+    def _started(self, entry: StartPutOff) -> None:
+        guard, spec, trigger, scheduled, started, trace_id = entry
+        if guard is not None:
+            guard.arm()
+        lateness = started - scheduled.timestamp()
+        if trace_id and self._metrics is not None:
+            self._metrics.run_traced(trigger, lateness, trace_id, at=started)
+        self._listeners.emit(
+            RunStarted(
+                job_id=spec.job_id,
+                namespace=spec.namespace,
+                name=spec.name,
+                trigger=trigger,
+                scheduled_time=scheduled,
+                lateness_seconds=lateness,
+            )
+        )
+
     def burst_goes_on(self) -> None:
         """More runs are due now than were just started: put off recording those that end."""
         self._burst.goes_on(self._record_put_off)
@@ -247,7 +269,10 @@ class Runner:
         """Record every run put off, now (the engine's shutdown does, first)."""
         self._burst.flush(self._record_put_off)
 
-    def _record_put_off(self, entry: PutOff) -> None:
+    def _record_put_off(self, entry: StartPutOff | PutOff) -> None:
+        if len(entry) == 6:
+            self._started(entry)
+            return
         span, ended_ns, job, trigger, scheduled, status, started, error, trace_id, ended = entry
         span.end(ended_ns)
         self._record(job, trigger, scheduled, status, started, error, trace_id, ended=ended)
@@ -286,6 +311,8 @@ class Runner:
             span.end()
         if not run.recorded:
             run.recorded = True
+            if self._burst.going:  # its start may be put off still: told before its outcome
+                self._burst.starts_now(self._record_put_off)
             status = RunStatus.SKIPPED if run.started is None else run.status
             self._record(
                 job, run.trigger, run.scheduled_time, status, run.started, run.error, run.trace_id

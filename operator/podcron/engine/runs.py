@@ -14,6 +14,7 @@ import concurrent.futures
 import contextvars
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -102,19 +103,27 @@ def deadline_of(started: float, timeout: float) -> datetime:
         return datetime.max.replace(tzinfo=UTC)
 
 
+#: Called as the run's body is about to start, with its timeout (None: it has none), not
+#: armed yet: the runner arms it and tells of the start, now or once a burst is over.
+Starting = Callable[[ActiveRun, RunTimeout | None], None]
+
+
 async def execute(
     run: ActiveRun,
     telemetry: RunTelemetry,
     parent: otel_context.Context | None,
     pool: concurrent.futures.Executor,
+    starting: Starting,
     *,
     resources: ResourceManager | None = None,
     config: ConfigSource | None = None,
 ) -> trace.Span:
     """Call the run's body in its span and context, under its timeout; set its outcome.
 
-    ``resources`` and ``config`` give the context its ``resources`` (those the
-    spec lists) and ``config``. ``run.started`` must be set. Returns the run's
+    ``starting`` hears of the run just before its body is called (once its span,
+    trace id and context are made). ``resources`` and ``config`` give the context
+    its ``resources`` (those the spec lists) and ``config``. ``run.started`` must
+    be set. Returns the run's
     span, still open: the caller ends it, now or, while more runs are being
     started, later (:mod:`podcron.engine.burst`). Raises CancelledError only
     when someone other than the engine cancels the task (the outcome is set
@@ -134,10 +143,6 @@ async def execute(
     try:
         if telemetry.spans is not None:  # else no span is exported: no trace to link to
             run.trace_id = sampled_trace_id(span)
-            metrics = telemetry.metrics
-            if run.trace_id and metrics is not None:
-                lateness = run.started - run.scheduled_time.timestamp()
-                metrics.run_traced(run.trigger, lateness, run.trace_id)
         # No span anywhere (tracing off, no caller's trace): nothing to make current (_attach).
         trace_context = (
             None if span is trace.INVALID_SPAN else trace.set_span_in_context(span, parent)
@@ -158,8 +163,9 @@ async def execute(
             config=NO_CONFIG if config is None else config.snapshot(),
             resources=NO_RESOURCES if run_resources is None else run_resources,
         )
-        guard = None if timeout is None else RunTimeout(timeout)
+        guard = None if timeout is None else RunTimeout(timeout, armed=False)
         pending = None if run_resources is not None else spec.resources
+        starting(run, guard)
         try:
             if guard is None:
                 await _call(run, ctx, pool, resources, pending)

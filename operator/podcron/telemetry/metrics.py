@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import struct
-import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
@@ -245,11 +244,11 @@ class JobMetrics:
             lateness[bisect_left(LATENESS_BUCKETS, lateness_seconds)] += 1
             lateness[-1] += lateness_seconds
 
-    def run_traced(self, trigger: str, lateness_seconds: float, trace_id: int) -> None:
+    def run_traced(self, trigger: str, lateness_seconds: float, trace_id: int, at: float) -> None:
         """The run :meth:`run_started` counted has the sampled trace ``trace_id``.
 
         Its lateness bucket's exemplar becomes this run (scheduled runs only,
-        as for the lateness itself).
+        as for the lateness itself), observed at ``at``: when it started (wall clock).
         """
         if trigger == LATENESS_TRIGGER:
             _EXEMPLAR.pack_into(
@@ -257,7 +256,7 @@ class JobMetrics:
                 _EXEMPLAR.size * bisect_left(LATENESS_BUCKETS, lateness_seconds),
                 trace_id.to_bytes(16),
                 lateness_seconds,
-                time.time(),
+                at,
             )
 
     def run_ended(self) -> None:
