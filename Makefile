@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-dispatch bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob bench-scale
+.PHONY: demo test coverage-report mutation lint unit integration e2e kind-images binaries chart-crds venv clean bench-sidecar bench-telemetry bench-api bench-engine bench-dispatch bench-burst bench-shutdown bench-resources bench-operator bench-ha chaos bench-vs-cronjob bench-scale
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -137,6 +137,11 @@ bench-engine: $(BENCH_STAMP)
 # other checkouts side by side; QUICK=1 for 10,000 jobs only.
 bench-dispatch: venv
 	$(PY) benchmarks/bench_dispatch.py $(TREES)
+
+# bench-operator's scenario (a) on the engine alone (no kopf, no API server), telemetry on:
+# 1,000 runs due at each second; TREES= other checkouts side by side, taking turns.
+bench-burst: venv
+	$(PY) benchmarks/bench_burst.py $(TREES)
 
 # A warm shared connection (a resource) against one opened per run, over loopback TCP; QUICK=1.
 bench-resources: venv

@@ -1,0 +1,179 @@
+"""One burst a second: the engine alone, telemetry on, 1,000 runs due at once; trees side by side.
+
+Run with ``.venv/bin/python benchmarks/bench_burst.py [TREE ...]`` (``make bench-burst``;
+``JOBS``, ``WINDOW`` seconds and ``ROUNDS`` change the defaults: 1,000, 20 and 3).
+It is bench-operator's scenario (a) without the operator around the engine: no kopf,
+no API server, no status writer. ``JOBS`` ``every: 1s`` jobs, half of them no-ops and
+half sleeping 50 ms, each with a 30 s timeout, fall due together every second; the
+engine's metrics are on and its spans go over OTLP to a receiver in this (parent)
+process, as the operator's would. Each body notes when it started (the ground truth,
+not the engine's own metric); a burst's last run says how long starting all of them
+took, and the loop thread's CPU time over the runs gives its cost per run.
+
+Each tree (a checkout of this repository; default: this one) is measured in child
+processes that import ``podcron`` from it (``git archive COMMIT | tar -x -C DIR``),
+taking turns, ``ROUNDS`` times each; the table shows each tree's median round. The
+heap is frozen once the jobs are registered, as the operator does. The machine's load
+is printed before and after. Prints one table and a ``RESULT burst ...`` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from harness import percentile
+
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "tools"))
+from otlp_receiver import OtlpReceiver  # noqa: E402  (tools/, put on sys.path above)
+
+JOBS = int(os.environ.get("JOBS", "1000"))
+WINDOW_S = float(os.environ.get("WINDOW", "20"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+WARMUP_S = 5.0
+SLOW_BODY_S = 0.05
+TIMEOUT_S = 30.0
+
+
+def _child(tree: Path) -> None:
+    sys.path.insert(0, str(tree / "operator"))
+    # Imported from the tree, which is on the path only now.
+    from prometheus_client import CollectorRegistry
+
+    import podcron
+    from podcron import latency
+    from podcron.context import JobContext
+    from podcron.engine import Engine, JobSpec
+    from podcron.schedules import Every
+    from podcron.telemetry import span_export
+    from podcron.telemetry.metrics import JobMetrics
+    from podcron.telemetry.run_telemetry import RunTelemetry
+
+    if not Path(podcron.__file__).is_relative_to(tree):
+        raise RuntimeError(f"imported {podcron.__file__}, not the tree {tree}")
+    latency.tune_process()
+    noted: list[tuple[float, float]] = []
+
+    async def fast(ctx: JobContext) -> None:
+        noted.append((ctx.scheduled_time.timestamp(), time.time()))
+
+    async def slow(ctx: JobContext) -> None:
+        noted.append((ctx.scheduled_time.timestamp(), time.time()))
+        await asyncio.sleep(SLOW_BODY_S)
+
+    async def main() -> None:
+        spans = span_export.configure_tracing()
+        if spans is None:
+            raise RuntimeError("no OTLP endpoint: the parent sets OTEL_EXPORTER_OTLP_ENDPOINT")
+        telemetry = RunTelemetry(metrics=JobMetrics(CollectorRegistry()), spans=spans)
+        engine = Engine(telemetry=telemetry, max_concurrent_runs=JOBS)
+        freezer = asyncio.create_task(latency.freeze_after_registrations(lambda: engine.job_count))
+        for index in range(JOBS):
+            engine.upsert(
+                JobSpec(
+                    job_id=f"bench/job-{index}",
+                    namespace="bench",
+                    name=f"job-{index}",
+                    entry_point="bench:job",
+                    target=slow if index % 2 else fast,
+                    schedule=Every(interval=timedelta(seconds=1)),
+                    timeout_seconds=TIMEOUT_S,
+                )
+            )
+        await asyncio.sleep(WARMUP_S)
+        start = time.time()
+        noted.clear()
+        cpu = time.thread_time()
+        await asyncio.sleep(WINDOW_S)
+        cpu = time.thread_time() - cpu
+        end = time.time()
+        window = [(due, at) for due, at in noted if start <= due < end]
+        print(json.dumps(_summary(window, cpu)), flush=True)
+        # Runs still sleeping, the heap's freezer, the span exporter's thread: none is waited for.
+        freezer.cancel()
+        os._exit(0)
+
+    asyncio.run(main())
+
+
+def _summary(noted: list[tuple[float, float]], cpu_s: float) -> dict[str, Any]:
+    lateness = [at - due for due, at in noted]
+    bursts: dict[float, list[float]] = {}
+    for due, at in noted:
+        bursts.setdefault(due, []).append(at - due)
+    return {
+        "runs": len(noted),
+        "bursts": len(bursts),
+        "p50_ms": percentile(lateness, 0.50) * 1000,
+        "p99_ms": percentile(lateness, 0.99) * 1000,
+        "max_ms": max(lateness) * 1000,
+        "last_ms": statistics.median(max(values) for values in bursts.values()) * 1000,
+        "cpu_per_run_us": cpu_s / max(len(noted), 1) * 1e6,
+    }
+
+
+def _measure(tree: Path, endpoint: str) -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.pop("PYTHONPATH", None)
+    completed = subprocess.run(
+        [sys.executable, __file__, "child", str(tree)],
+        env=env | {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint},
+        stdout=subprocess.PIPE,
+        check=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(completed.stdout.splitlines()[-1])
+    return result
+
+
+def _load() -> str:
+    return "/".join(f"{load:.2f}" for load in os.getloadavg())
+
+
+def main(argv: Sequence[str]) -> None:
+    if argv[:1] == ["child"]:
+        _child(Path(argv[1]).resolve())
+        return
+    trees = [Path(arg).resolve() for arg in argv] or [HERE]
+    print(
+        f"bench-burst: {JOBS} every-1s jobs due together, {WINDOW_S:.0f}s windows, "
+        f"{ROUNDS} rounds; load before (1/5/15 min) {_load()}"
+    )
+    results: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
+    with OtlpReceiver() as receiver:
+        for round_ in range(ROUNDS):
+            for tree in trees:
+                print(f"  round {round_ + 1}: {tree} ...", file=sys.stderr, flush=True)
+                results[tree].append(_measure(tree, receiver.endpoint))
+    print(f"load after {_load()}")
+    print(
+        "tree: p50 / p99 / max lateness, median last run of a burst, loop CPU per run (all rounds)"
+    )
+    line = []
+    for tree, rounds in results.items():
+        median = sorted(rounds, key=lambda r: r["p99_ms"])[len(rounds) // 2]
+        every = ", ".join(f"{r['p99_ms']:.1f}" for r in rounds)
+        print(
+            f"  {tree}: {median['p50_ms']:.1f} / {median['p99_ms']:.1f} /"
+            f" {median['max_ms']:.1f} ms,"
+            f" last {median['last_ms']:.1f} ms, {median['cpu_per_run_us']:.1f} us a run"
+            f" (p99 of each round: {every} ms; {median['runs']} runs)"
+        )
+        line.append(
+            f"{tree.name}: p99_ms={median['p99_ms']:.1f} us_per_run={median['cpu_per_run_us']:.1f}"
+        )
+    print(f"RESULT burst jobs={JOBS} " + " | ".join(line))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
