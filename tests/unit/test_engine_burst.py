@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
+from typing import Any
 
 import pytest
+from opentelemetry import trace
 
 from podcron.context import JobContext
 from podcron.engine import DISPATCH_BATCH, JobEvent, RunFinished, RunStarted, RunStatus
 from podcron.engine.burst import HELD_BATCHES_AT_MOST, Burst
+from podcron.engine.runner import PREPARE_AHEAD_SECONDS
 from podcron.telemetry.run_telemetry import RunTelemetry
+from podcron.telemetry.span_export import Pipeline
 
 from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spans_in_memory, spec
 
@@ -139,6 +144,103 @@ async def test_runs_started_in_a_burst_are_cut_at_their_deadlines_armed_after_it
     assert {e.error for e in outcomes} == {"TimeoutError: run exceeded 0.5s"}
     assert [e.duration_seconds for e in outcomes] == pytest.approx([0.5] * JOBS)
     await engine.shutdown()
+
+
+class _SpansMade(RunTelemetry):
+    """Telemetry that notes, for each span made, the wall clock (the loop's) it was made at."""
+
+    __slots__ = ("_clock", "made")
+
+    def __init__(self, clock: LoopClock, spans: Pipeline) -> None:
+        super().__init__(spans=spans)
+        self._clock = clock
+        # Per span: when it was made (the engine's wall clock, and real time in ns, which
+        # the span's own times are in), the tick it is for, its span id.
+        self.made: list[tuple[float, int, datetime, int]] = []
+
+    def start_span(self, **fields: Any) -> trace.Span:
+        span = super().start_span(**fields)
+        made = (self._clock.wall(), time.time_ns(), fields["scheduled_time"])
+        self.made.append((*made, span.get_span_context().span_id))
+        return span
+
+    def ahead(self, due: datetime) -> dict[int, int]:
+        """The spans for ``due`` made before it was due: span id, made at (real ns)."""
+        return {
+            span_id: ns
+            for at, ns, scheduled, span_id in self.made
+            if scheduled == due and at < due.timestamp()
+        }
+
+
+async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() -> None:
+    clock = LoopClock()
+    exported, pipeline = spans_in_memory()
+    made = _SpansMade(clock, pipeline)
+    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS)
+    await engine.shutdown()
+    first, second = sorted({e.scheduled_time for e in recorder.finished()})[:2]
+    assert made.ahead(first) == {}, "registered jobs' first ticks: no burst before them"
+    ahead = made.ahead(second)
+    assert len(ahead) == JOBS, "the second ticks' spans were made after the first burst"
+    begun = {
+        s.context.span_id: s.start_time or 0
+        for s in exported.get_finished_spans()
+        if s.context.span_id in ahead
+    }
+    assert len(begun) == JOBS, "the runs of the second tick were in them"
+    assert all(begun[span_id] > ahead[span_id] for span_id in ahead), "begun as the body started"
+    pipeline.provider.shutdown()
+
+
+async def test_a_tick_further_away_than_the_horizon_is_not_made_ahead() -> None:
+    clock = LoopClock()
+    _, pipeline = spans_in_memory()
+    made = _SpansMade(clock, pipeline)
+    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
+    recorder = Recorder(engine)
+    every = f"{PREPARE_AHEAD_SECONDS + 1:g}s"
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}", every=every))
+    await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS)
+    await engine.shutdown()
+    second = sorted({e.scheduled_time for e in recorder.finished()})[1]
+    assert made.ahead(second) == {}, "made as each run starts, not kept for seconds"
+    pipeline.provider.shutdown()
+
+
+async def test_a_tick_made_ahead_that_does_not_start_leaves_no_span() -> None:
+    clock = LoopClock()
+    exported, pipeline = spans_in_memory()
+    made = _SpansMade(clock, pipeline)
+    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    # The next ticks' spans are made; then half the jobs change (their spans are not for
+    # the new spec) and the other half are removed (their ticks never come).
+    await asyncio.sleep(0)
+    assert len(made.made) == 2 * JOBS, "the second ticks' spans are made"
+    for index in range(JOBS):
+        if index % 2:
+            engine.remove(f"ns/job{index}")
+        else:
+            engine.upsert(spec(_noop, f"job{index}", args={"changed": True}))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS + JOBS // 2)
+    await engine.shutdown()
+    runs = recorder.finished()
+    exported_ids = [s.context.span_id for s in exported.get_finished_spans()]
+    assert len(exported_ids) == len(runs), "one span a run, none for a tick that did not start"
+    assert len(set(exported_ids)) == len(exported_ids)
+    second = sorted({e.scheduled_time for e in runs})[1]
+    assert len(made.ahead(second)) == JOBS
+    assert not set(made.ahead(second)) & set(exported_ids), "a changed job's runs make theirs anew"
+    pipeline.provider.shutdown()
 
 
 async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_over() -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from podcron.context import Trigger
-from podcron.engine.runs import ActiveRun
+from podcron.engine.runs import ActiveRun, Prepared
 from podcron.engine.spec import ConcurrencyPolicy, JobSpec
 from podcron.entrypoints import JobTarget
 from podcron.runrecord import FailedRun, History, PastRun, RunCounts, RunStatus
@@ -51,6 +51,8 @@ class JobState:
     past_runs: collections.deque[KeptRun] | None
     # The wall-clock time of its next tick, None when it has none.
     next_due: float | None = None
+    # That tick's span and logger, made once the burst its last run started in was over.
+    prepared: Prepared | None = None
     active: dict[int, ActiveRun] = field(default_factory=dict)
     removed: bool = False
     # The history, as plain fields: see History for what each means.

@@ -11,11 +11,12 @@ job active until it returns (:mod:`podcron.engine.threads`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import itertools
 import logging
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -27,7 +28,7 @@ from podcron.engine.clock import Clock
 from podcron.engine.events import Listeners, RunStarted
 from podcron.engine.jobs import JobState, why_busy
 from podcron.engine.recording import Recorder
-from podcron.engine.runs import ActiveRun, error_text, execute
+from podcron.engine.runs import ActiveRun, error_text, execute, prepare
 from podcron.engine.shutdown import shut_down
 from podcron.engine.spec import ConcurrencyPolicy, JobSpec
 from podcron.engine.threads import OutlivedThreads
@@ -42,10 +43,15 @@ log = logging.getLogger("podcron.engine")
 
 #: The engine names each run's task this plus the job id (the watchdog reads it back).
 RUN_TASK_PREFIX = "podcron-run "
+#: A tick's span is made ahead only when it is due within this many seconds: one kept
+#: longer would be promoted by the garbage collector and scanned by each of its full
+#: passes, for a tick that may be a minute away.
+PREPARE_AHEAD_SECONDS = 2.0
 
 #: A run's start put off during a burst: its timeout to arm, then what ``RunStarted`` and
-#: the lateness exemplar say: spec, trigger, scheduled time, started (wall clock), trace id.
-StartPutOff = tuple[RunTimeout | None, JobSpec, Trigger, datetime, float, int]
+#: the lateness exemplar say: spec, trigger, scheduled time, started (wall clock), trace id;
+#: and its job, whose next tick is prepared then.
+StartPutOff = tuple[RunTimeout | None, JobSpec, Trigger, datetime, float, int, JobState]
 #: A run put off during a burst: its span and the time it ended (ns), then what is recorded:
 #: job, trigger, scheduled time, status, started, error, trace id, ended (wall clock).
 PutOff = tuple[
@@ -151,6 +157,14 @@ class Runner:
             is_async=job.is_async,
             manual=manual,
         )
+        prepared, job.prepared = job.prepared, None
+        if (
+            prepared is not None
+            and prepared.spec is spec  # not for a spec changed since
+            and prepared.scheduled_time == scheduled_time
+            and trigger is Trigger.SCHEDULED
+        ):
+            run.prepared = prepared
         run_id = next(self._run_ids)
         job.active[run_id] = run
         self._changes += 1
@@ -200,7 +214,7 @@ class Runner:
                 self._telemetry,
                 parent,
                 self._budgets.pool,
-                self._starting,
+                functools.partial(self._starting, job),
                 resources=self._resources,
                 config=self._config,
             )
@@ -229,18 +243,18 @@ class Runner:
         finally:
             self._finish(job, run_id, run, span)
 
-    def _starting(self, run: ActiveRun, guard: RunTimeout | None) -> None:
+    def _starting(self, job: JobState, run: ActiveRun, guard: RunTimeout | None) -> None:
         """The run's body is called next: arm its timeout and tell of its start, after the
         burst if one is being started (engine/burst.py)."""
         assert run.started is not None
-        entry = (guard, run.spec, run.trigger, run.scheduled_time, run.started, run.trace_id)
+        entry = (guard, run.spec, run.trigger, run.scheduled_time, run.started, run.trace_id, job)
         if self._burst.going:
             self._burst.put_off_start(entry)
         else:
             self._started(entry)
 
     def _started(self, entry: StartPutOff) -> None:
-        guard, spec, trigger, scheduled, started, trace_id = entry
+        guard, spec, trigger, scheduled, started, trace_id, _ = entry
         if guard is not None:
             guard.arm()
         lateness = started - scheduled.timestamp()
@@ -257,6 +271,23 @@ class Runner:
             )
         )
 
+    def _prepare(self, job: JobState, trigger: Trigger) -> None:
+        """Make the span and logger of the next tick of a job whose run started in a burst.
+
+        Its tick will likely fall in one again (a thousand one-second jobs), and what is
+        made now is not made while the others wait. Only for a tick due soon
+        (:data:`PREPARE_AHEAD_SECONDS`).
+        """
+        due = job.next_due
+        if (
+            trigger is Trigger.SCHEDULED
+            and self._telemetry.spans is not None
+            and due is not None
+            and not job.removed
+            and due - self._clock.wall() <= PREPARE_AHEAD_SECONDS
+        ):
+            job.prepared = prepare(job.spec, datetime.fromtimestamp(due, UTC), self._telemetry)
+
     def burst_goes_on(self) -> None:
         """More runs are due now than were just started: put off recording those that end."""
         self._burst.goes_on(self._record_put_off)
@@ -270,8 +301,9 @@ class Runner:
         self._burst.flush(self._record_put_off)
 
     def _record_put_off(self, entry: StartPutOff | PutOff) -> None:
-        if len(entry) == 6:
+        if len(entry) == 7:
             self._started(entry)
+            self._prepare(entry[6], entry[2])
             return
         span, ended_ns, job, trigger, scheduled, status, started, error, trace_id, ended = entry
         span.end(ended_ns)

@@ -17,6 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -30,7 +31,7 @@ from podcron.jobconfig import NO_CONFIG, ConfigSource
 from podcron.resources import NO_RESOURCES, ResourceManager, RunResources
 from podcron.runrecord import RunStatus
 from podcron.telemetry import logs
-from podcron.telemetry.run_span import record_failure, sampled_trace_id
+from podcron.telemetry.run_span import RunSpan, record_failure, sampled_trace_id
 from podcron.telemetry.run_telemetry import RunTelemetry
 
 job_log = logging.getLogger("podcron.job")
@@ -38,6 +39,46 @@ job_log = logging.getLogger("podcron.job")
 ERROR_TEXT_LIMIT = 1024
 #: Ends an error text cut to ERROR_TEXT_LIMIT, within the limit.
 TRUNCATED = "... (truncated)"
+
+
+class Prepared(NamedTuple):
+    """A scheduled tick's span, trace context and job logger, made ahead of it (:func:`prepare`).
+
+    Used by the run of that tick under that spec, if it starts; else dropped, never
+    ended, so no span of it is exported: a tick that does not start leaves no trace.
+    """
+
+    scheduled_time: datetime
+    spec: JobSpec
+    span: trace.Span
+    trace_id: int
+    trace_context: otel_context.Context
+    log: logging.LoggerAdapter[logging.Logger]
+
+
+def prepare(spec: JobSpec, scheduled_time: datetime, telemetry: RunTelemetry) -> Prepared:
+    """What the run of ``spec`` due at ``scheduled_time`` can have made before it is due.
+
+    A span (its ids, attributes and sampling decision), the trace context holding it
+    and the job's logger bound to it: about a quarter of what a run did between its
+    tick and its body with tracing on (``telemetry.spans``; with it off a run makes
+    next to nothing of these).
+    """
+    span = telemetry.start_span(
+        job_id=spec.job_id,
+        trigger=Trigger.SCHEDULED.value,
+        entry_point=spec.entry_point,
+        scheduled_time=scheduled_time,
+        parent=None,
+    )
+    return Prepared(
+        scheduled_time,
+        spec,
+        span,
+        sampled_trace_id(span),
+        trace.set_span_in_context(span),
+        logs.job_logger(job_log, job_id=spec.job_id, span=span),
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -78,6 +119,8 @@ class ActiveRun:
     ended: bool = False
     # Runs (of Replace) waiting for this one to end.
     successors: list[asyncio.Future[None]] | None = None
+    # Its span, trace context and logger, made before it was due (None: made as it starts).
+    prepared: Prepared | None = None
 
 
 def error_text(error: BaseException) -> str:
@@ -121,32 +164,45 @@ async def execute(
     """Call the run's body in its span and context, under its timeout; set its outcome.
 
     ``starting`` hears of the run just before its body is called (once its span,
-    trace id and context are made). ``resources`` and ``config`` give the context
-    its ``resources`` (those the spec lists) and ``config``. ``run.started`` must
-    be set. Returns the run's
-    span, still open: the caller ends it, now or, while more runs are being
-    started, later (:mod:`podcron.engine.burst`). Raises CancelledError only
-    when someone other than the engine cancels the task (the outcome is set
-    first, the span ended).
+    trace id and context are made, or taken from ``run.prepared``). ``resources``
+    and ``config`` give the context its ``resources`` (those the spec lists) and
+    ``config``. ``run.started`` must be set. Returns the run's span, still open:
+    the caller ends it, now or, while more runs are being started, later
+    (:mod:`podcron.engine.burst`). Raises CancelledError only when someone other
+    than the engine cancels the task (the outcome is set first, the span ended).
     """
     spec = run.spec
     assert run.started is not None
     timeout = spec.timeout_seconds
     deadline = None if timeout is None else deadline_of(run.started, timeout)
-    span = telemetry.start_span(
-        job_id=spec.job_id,
-        trigger=run.trigger.value,
-        entry_point=spec.entry_point,
-        scheduled_time=run.scheduled_time,
-        parent=parent,
-    )
-    try:
-        if telemetry.spans is not None:  # else no span is exported: no trace to link to
-            run.trace_id = sampled_trace_id(span)
-        # No span anywhere (tracing off, no caller's trace): nothing to make current (_attach).
-        trace_context = (
-            None if span is trace.INVALID_SPAN else trace.set_span_in_context(span, parent)
+    prepared = run.prepared
+    if prepared is None:
+        span = telemetry.start_span(
+            job_id=spec.job_id,
+            trigger=run.trigger.value,
+            entry_point=spec.entry_point,
+            scheduled_time=run.scheduled_time,
+            parent=parent,
         )
+    else:
+        span = prepared.span
+        if isinstance(span, RunSpan):
+            span.begin()
+    try:
+        trace_context: otel_context.Context | None
+        if prepared is None:
+            if telemetry.spans is not None:  # else no span is exported: no trace to link to
+                run.trace_id = sampled_trace_id(span)
+            # No span anywhere (tracing off, no caller's trace): nothing to make current
+            # (_attach).
+            trace_context = (
+                None if span is trace.INVALID_SPAN else trace.set_span_in_context(span, parent)
+            )
+            log = logs.job_logger(job_log, job_id=spec.job_id, span=span)
+        else:
+            run.trace_id = prepared.trace_id
+            trace_context = prepared.trace_context
+            log = prepared.log
         # Resources created already are handed over at once; None: acquire below.
         run_resources = NO_RESOURCES if not spec.resources else _ready(resources, spec.resources)
         ctx = JobContext(
@@ -156,7 +212,7 @@ async def execute(
             trigger=run.trigger,
             scheduled_time=run.scheduled_time,
             args=spec.args,
-            log=logs.job_logger(job_log, job_id=spec.job_id, span=span),
+            log=log,
             deadline=deadline,
             cancelled=run.cancellation,
             trace_context=trace_context,
