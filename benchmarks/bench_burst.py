@@ -20,6 +20,7 @@ is printed before and after. Prints one table and a ``RESULT burst ...`` line.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import statistics
@@ -93,12 +94,12 @@ def _child(tree: Path) -> None:
         await asyncio.sleep(WARMUP_S)
         start = time.time()
         noted.clear()
-        cpu = time.thread_time()
+        cpu, full = time.thread_time(), gc.get_stats()[2]["collections"]
         await asyncio.sleep(WINDOW_S)
-        cpu = time.thread_time() - cpu
+        cpu, full = time.thread_time() - cpu, gc.get_stats()[2]["collections"] - full
         end = time.time()
         window = [(due, at) for due, at in noted if start <= due < end]
-        print(json.dumps(_summary(window, cpu)), flush=True)
+        print(json.dumps(_summary(window, cpu) | {"full_gcs": full}), flush=True)
         # Runs still sleeping, the heap's freezer, the span exporter's thread: none is waited for.
         freezer.cancel()
         os._exit(0)
@@ -166,7 +167,8 @@ def main(argv: Sequence[str]) -> None:
         print(
             f"  {tree}: {median['p50_ms']:.1f} / {median['p99_ms']:.1f} /"
             f" {median['max_ms']:.1f} ms,"
-            f" last {median['last_ms']:.1f} ms, {median['cpu_per_run_us']:.1f} us a run"
+            f" last {median['last_ms']:.1f} ms, {median['cpu_per_run_us']:.1f} us a run,"
+            f" {median['full_gcs']} full collections"
             f" (p99 of each round: {every} ms; {median['runs']} runs)"
         )
         line.append(
