@@ -13,9 +13,17 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from podcron.context import JobContext
-from podcron.engine import DISPATCH_BATCH, JobEvent, RunFinished, RunStarted, RunStatus
+from podcron.engine import (
+    DISPATCH_BATCH,
+    Engine,
+    JobEvent,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+)
 from podcron.engine.burst import HELD_BATCHES_AT_MOST, Burst
 from podcron.engine.runner import PREPARE_AHEAD_SECONDS
 from podcron.telemetry.run_telemetry import RunTelemetry
@@ -164,6 +172,10 @@ class _SpansMade(RunTelemetry):
         self.made.append((*made, span.get_span_context().span_id))
         return span
 
+    def shutdown(self) -> None:
+        assert self.spans is not None
+        self.spans.provider.shutdown()
+
     def ahead(self, due: datetime) -> dict[int, int]:
         """The spans for ``due`` made before it was due: span id, made at (real ns)."""
         return {
@@ -173,14 +185,22 @@ class _SpansMade(RunTelemetry):
         }
 
 
-async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() -> None:
+def _jobs_with_spans_made(
+    every: str = "1s",
+) -> tuple[_SpansMade, InMemorySpanExporter, Engine, Recorder]:
+    """JOBS no-op jobs due together, on an engine whose telemetry notes the spans it makes."""
     clock = LoopClock()
     exported, pipeline = spans_in_memory()
     made = _SpansMade(clock, pipeline)
     engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
     recorder = Recorder(engine)
     for index in range(JOBS):
-        engine.upsert(spec(_noop, f"job{index}"))
+        engine.upsert(spec(_noop, f"job{index}", every=every))
+    return made, exported, engine, recorder
+
+
+async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() -> None:
+    made, exported, engine, recorder = _jobs_with_spans_made()
     await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS)
     await engine.shutdown()
     first, second = sorted({e.scheduled_time for e in recorder.finished()})[:2]
@@ -194,33 +214,20 @@ async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() 
     }
     assert len(begun) == JOBS, "the runs of the second tick were in them"
     assert all(begun[span_id] > ahead[span_id] for span_id in ahead), "begun as the body started"
-    pipeline.provider.shutdown()
+    made.shutdown()
 
 
 async def test_a_tick_further_away_than_the_horizon_is_not_made_ahead() -> None:
-    clock = LoopClock()
-    _, pipeline = spans_in_memory()
-    made = _SpansMade(clock, pipeline)
-    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
-    recorder = Recorder(engine)
-    every = f"{PREPARE_AHEAD_SECONDS + 1:g}s"
-    for index in range(JOBS):
-        engine.upsert(spec(_noop, f"job{index}", every=every))
+    made, _, engine, recorder = _jobs_with_spans_made(every=f"{PREPARE_AHEAD_SECONDS + 1:g}s")
     await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS)
     await engine.shutdown()
     second = sorted({e.scheduled_time for e in recorder.finished()})[1]
     assert made.ahead(second) == {}, "made as each run starts, not kept for seconds"
-    pipeline.provider.shutdown()
+    made.shutdown()
 
 
 async def test_a_tick_made_ahead_that_does_not_start_leaves_no_span() -> None:
-    clock = LoopClock()
-    exported, pipeline = spans_in_memory()
-    made = _SpansMade(clock, pipeline)
-    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
-    recorder = Recorder(engine)
-    for index in range(JOBS):
-        engine.upsert(spec(_noop, f"job{index}"))
+    made, exported, engine, recorder = _jobs_with_spans_made()
     await recorder.until(lambda: len(recorder.finished()) >= JOBS)
     # The next ticks' spans are made; then half the jobs change (their spans are not for
     # the new spec) and the other half are removed (their ticks never come).
@@ -240,7 +247,7 @@ async def test_a_tick_made_ahead_that_does_not_start_leaves_no_span() -> None:
     second = sorted({e.scheduled_time for e in runs})[1]
     assert len(made.ahead(second)) == JOBS
     assert not set(made.ahead(second)) & set(exported_ids), "a changed job's runs make theirs anew"
-    pipeline.provider.shutdown()
+    made.shutdown()
 
 
 async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_over() -> None:
