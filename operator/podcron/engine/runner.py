@@ -301,7 +301,7 @@ class Runner:
         self._burst.flush(self._record_put_off)
 
     def _record_put_off(self, entry: StartPutOff | PutOff) -> None:
-        if len(entry) == 7:
+        if len(entry) == 7:  # a start (StartPutOff); an outcome (PutOff) has ten values
             self._started(entry)
             self._prepare(entry[6], entry[2])
             return

@@ -4,7 +4,8 @@ A run is *queued* from the moment it is accepted until its body starts (it
 waits for a run slot, for a thread, or for the run it replaces to stop),
 *running* while its body executes, and *active* (what the overlap policy and
 ``status.running`` see) until its body has returned. :func:`execute` calls the
-body under its timeout and turns however it ends into the run's outcome.
+body under its timeout and turns however it ends into the run's outcome;
+:func:`prepare` makes what its span and log need ahead of a scheduled tick.
 """
 
 from __future__ import annotations
