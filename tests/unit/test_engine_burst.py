@@ -15,7 +15,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from podcron.context import JobContext
+from podcron.context import JobContext, Trigger
 from podcron.engine import (
     DISPATCH_BATCH,
     Engine,
@@ -214,6 +214,20 @@ async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() 
     }
     assert len(begun) == JOBS, "the runs of the second tick were in them"
     assert all(begun[span_id] > ahead[span_id] for span_id in ahead), "begun as the body started"
+    made.shutdown()
+
+
+async def test_a_manual_run_between_leaves_the_next_ticks_span_to_it() -> None:
+    made, exported, engine, recorder = _jobs_with_spans_made()
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    await asyncio.sleep(0)  # the burst is over: the next ticks' spans are made
+    engine.trigger("ns/job0")
+    await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS + 1)
+    await engine.shutdown()
+    scheduled = [e for e in recorder.finished() if e.trigger is not Trigger.MANUAL]
+    ticks = sorted({e.scheduled_time for e in scheduled})
+    used = made.ahead(ticks[1]).keys() & {s.context.span_id for s in exported.get_finished_spans()}
+    assert len(used) == JOBS, "job0's second tick ran in the span made for it too"
     made.shutdown()
 
 

@@ -157,14 +157,14 @@ class Runner:
             is_async=job.is_async,
             manual=manual,
         )
-        prepared, job.prepared = job.prepared, None
-        if (
-            prepared is not None
-            and prepared.spec is spec  # not for a spec changed since
-            and prepared.scheduled_time == scheduled_time
-            and trigger is Trigger.SCHEDULED
-        ):
-            run.prepared = prepared
+        if trigger is Trigger.SCHEDULED:  # a manual run leaves the next tick's to it
+            prepared, job.prepared = job.prepared, None
+            if (
+                prepared is not None
+                and prepared.spec is spec  # not for a spec changed since
+                and prepared.scheduled_time == scheduled_time
+            ):
+                run.prepared = prepared
         run_id = next(self._run_ids)
         job.active[run_id] = run
         self._changes += 1
