@@ -56,7 +56,8 @@ class Burst(Generic[Entry]):
 
     def __init__(self) -> None:
         self._batches = 0
-        #: Runs that end now are put off (read-only outside: a plain attribute, read every run).
+        #: Runs that start or end now are put off (read-only outside: a plain attribute, read
+        #: every run).
         self.going = False
         self._starts: list[Entry] = []
         self._later: list[Entry] = []
