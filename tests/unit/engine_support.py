@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,6 +26,7 @@ from podcron.engine import Engine, JobEvent, JobSpec, RunFinished, RunStarted, R
 from podcron.entrypoints import JobTarget
 from podcron.schedules import parse_schedule
 from podcron.telemetry import span_export
+from podcron.telemetry.run_telemetry import RunTelemetry
 
 # Each wait below is on an event with this deadline; no test sleeps to hope.
 DEADLINE = 5.0
@@ -145,3 +148,34 @@ def counted(registry: CollectorRegistry, name: str) -> float:
         for sample in metric.samples
         if sample.name == name
     )
+
+
+class SpansMade(RunTelemetry):
+    """Telemetry that notes, for each span made, the wall clock (the loop's) it was made at."""
+
+    __slots__ = ("_clock", "made")
+
+    def __init__(self, clock: LoopClock, spans: span_export.Pipeline) -> None:
+        super().__init__(spans=spans)
+        self._clock = clock
+        # Per span: when it was made (the engine's wall clock, and real time in ns, which
+        # the span's own times are in), the tick it is for, its span id.
+        self.made: list[tuple[float, int, datetime, int]] = []
+
+    def start_span(self, **fields: Any) -> trace.Span:
+        span = super().start_span(**fields)
+        made = (self._clock.wall(), time.time_ns(), fields["scheduled_time"])
+        self.made.append((*made, span.get_span_context().span_id))
+        return span
+
+    def shutdown(self) -> None:
+        assert self.spans is not None
+        self.spans.provider.shutdown()
+
+    def ahead(self, due: datetime) -> dict[int, int]:
+        """The spans for ``due`` made before it was due: span id, made at (real ns)."""
+        return {
+            span_id: ns
+            for at, ns, scheduled, span_id in self.made
+            if scheduled == due and at < due.timestamp()
+        }

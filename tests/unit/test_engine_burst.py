@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
-from typing import Any
 
 import pytest
-from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from podcron.context import JobContext, Trigger
@@ -27,9 +24,15 @@ from podcron.engine import (
 from podcron.engine.burst import HELD_BATCHES_AT_MOST, Burst
 from podcron.engine.runner import PREPARE_AHEAD_SECONDS
 from podcron.telemetry.run_telemetry import RunTelemetry
-from podcron.telemetry.span_export import Pipeline
 
-from .engine_support import LoopClock, Recorder, engine_on_loop_clock, spans_in_memory, spec
+from .engine_support import (
+    LoopClock,
+    Recorder,
+    SpansMade,
+    engine_on_loop_clock,
+    spans_in_memory,
+    spec,
+)
 
 pytestmark = [pytest.mark.looptime]
 
@@ -154,44 +157,13 @@ async def test_runs_started_in_a_burst_are_cut_at_their_deadlines_armed_after_it
     await engine.shutdown()
 
 
-class _SpansMade(RunTelemetry):
-    """Telemetry that notes, for each span made, the wall clock (the loop's) it was made at."""
-
-    __slots__ = ("_clock", "made")
-
-    def __init__(self, clock: LoopClock, spans: Pipeline) -> None:
-        super().__init__(spans=spans)
-        self._clock = clock
-        # Per span: when it was made (the engine's wall clock, and real time in ns, which
-        # the span's own times are in), the tick it is for, its span id.
-        self.made: list[tuple[float, int, datetime, int]] = []
-
-    def start_span(self, **fields: Any) -> trace.Span:
-        span = super().start_span(**fields)
-        made = (self._clock.wall(), time.time_ns(), fields["scheduled_time"])
-        self.made.append((*made, span.get_span_context().span_id))
-        return span
-
-    def shutdown(self) -> None:
-        assert self.spans is not None
-        self.spans.provider.shutdown()
-
-    def ahead(self, due: datetime) -> dict[int, int]:
-        """The spans for ``due`` made before it was due: span id, made at (real ns)."""
-        return {
-            span_id: ns
-            for at, ns, scheduled, span_id in self.made
-            if scheduled == due and at < due.timestamp()
-        }
-
-
 def _jobs_with_spans_made(
     every: str = "1s",
-) -> tuple[_SpansMade, InMemorySpanExporter, Engine, Recorder]:
+) -> tuple[SpansMade, InMemorySpanExporter, Engine, Recorder]:
     """JOBS no-op jobs due together, on an engine whose telemetry notes the spans it makes."""
     clock = LoopClock()
     exported, pipeline = spans_in_memory()
-    made = _SpansMade(clock, pipeline)
+    made = SpansMade(clock, pipeline)
     engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, telemetry=made)
     recorder = Recorder(engine)
     for index in range(JOBS):

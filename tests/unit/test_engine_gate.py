@@ -26,7 +26,15 @@ from podcron.engine.gating import MAX_CATCH_UP_TICKS
 from podcron.telemetry.metrics import JobMetrics
 from podcron.telemetry.run_telemetry import RunTelemetry
 
-from .engine_support import LoopClock, Recorder, counted, engine_on_loop_clock, spec
+from .engine_support import (
+    LoopClock,
+    Recorder,
+    SpansMade,
+    counted,
+    engine_on_loop_clock,
+    spans_in_memory,
+    spec,
+)
 
 pytestmark = [pytest.mark.looptime, pytest.mark.asyncio_debug]
 
@@ -774,3 +782,40 @@ async def test_the_engine_tells_the_gate_when_an_instant_is_asked_about_in_full(
     await setup.recorder.until(lambda: len(setup.recorder.finished()) == jobs)
     instant = setup.gate.asked[0][1]
     assert setup.gate.asked_through[:2] == [instant, instant + 1]
+
+
+async def test_a_held_tick_runs_in_the_span_made_for_it_and_one_given_away_leaves_none() -> None:
+    # docs/engine.md: a burst's jobs get their next tick's span made once it is over. The
+    # gate decides at the tick still: held, the tick starts later in that span; given to
+    # another replica, it never starts here and its span is never exported.
+    gate, clock = ScriptedGate(), LoopClock()
+    exported, pipeline = spans_in_memory()
+    made = SpansMade(clock, pipeline)
+    engine = engine_on_loop_clock(clock, gate=gate, telemetry=made, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    count = 2 * DISPATCH_BATCH  # more than one batch: a burst
+    for index in range(count):
+        gate.owned.add(f"uid-{index}")
+        engine.upsert(_the_job(name=f"job-{index}", uid=f"uid-{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= count)
+    await asyncio.sleep(0)  # the burst is over: the next ticks' spans are made
+    second = recorder.finished()[0].scheduled_time + timedelta(seconds=1)
+    assert len(made.ahead(second)) == count
+    gate.fire_bound = second.timestamp() - 0.5  # a renewal failed: the second tick is held
+    for index in range(0, count, 2):
+        gate.owned.discard(f"uid-{index}")  # and half the jobs went to another replica
+    await asyncio.sleep(second.timestamp() + 0.5 - clock.wall())
+    assert [e for e in recorder.finished() if e.scheduled_time == second] == []
+    gate.fire_bound = math.inf
+    engine.bound_moved()
+
+    def second_ran() -> int:
+        return len([e for e in recorder.finished() if e.scheduled_time == second])
+
+    await recorder.until(lambda: second_ran() >= count // 2)
+    await engine.shutdown()
+    assert second_ran() == count // 2, "the ticks given away did not start here"
+    exported_ids = {s.context.span_id for s in exported.get_finished_spans()}
+    used = made.ahead(second).keys() & exported_ids
+    assert len(used) == count // 2, "the held ticks ran in their spans; the others left none"
+    made.shutdown()
