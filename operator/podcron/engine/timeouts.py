@@ -28,18 +28,18 @@ _CONTEXT = contextvars.Context()
 class RunTimeout:
     """Made in the run's task, with its deadline ``seconds`` from now; armed then or later."""
 
-    __slots__ = ("_cancelling", "_deadline", "_ended", "_handle", "_task", "expired")
+    __slots__ = ("_cancelling", "_deadline", "_handle", "_task", "expired")
 
     def __init__(self, seconds: float, *, armed: bool = True) -> None:
         task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a run's timeout is armed inside its task")
+        #: The run's task; None once the body has ended.
         self._task: asyncio.Task[object] | None = task
         # Cancellations already asked of the task are not ours: see end().
         self._cancelling = task.cancelling()
         #: Whether the deadline came (and cancelled the task) before the body ended.
         self.expired = False
-        self._ended = False
         self._deadline = asyncio.get_running_loop().time() + seconds
         self._handle: asyncio.TimerHandle | None = None
         if armed:
@@ -50,7 +50,7 @@ class RunTimeout:
 
         Nothing once the body has ended: its run is over, and no timer is left behind.
         """
-        if not self._ended and self._handle is None:
+        if self._task is not None and self._handle is None:
             self._handle = asyncio.get_running_loop().call_at(
                 self._deadline, self._expire, context=_CONTEXT
             )
@@ -68,7 +68,6 @@ class RunTimeout:
         the deadline caused, unless someone else also cancelled the task since:
         theirs must reach them, as with :func:`asyncio.timeout`.
         """
-        self._ended = True
         if self._handle is not None:
             self._handle.cancel()
         task, self._task = self._task, None  # a timeout armed later must not keep it
