@@ -7,6 +7,7 @@ a run whose body returned in between waits to be recorded until they all have.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 import pytest
@@ -65,6 +66,43 @@ async def test_runs_due_together_all_start_before_the_first_is_recorded() -> Non
     outcomes = [e for e in _first_instant(recorder.events) if isinstance(e, RunFinished)]
     assert len(outcomes) == JOBS
     assert {e.status for e in outcomes} == {RunStatus.SUCCESS}
+    await engine.shutdown()
+
+
+async def test_the_runs_of_a_burst_start_with_the_garbage_collector_off() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    collecting: list[bool] = []
+    on_at_outcome: list[bool] = []
+
+    async def body(ctx: JobContext) -> None:
+        collecting.append(gc.isenabled())
+
+    def on_event(event: JobEvent) -> None:
+        if isinstance(event, RunFinished):
+            on_at_outcome.append(gc.isenabled())
+
+    engine.add_listener(on_event)
+    for index in range(JOBS):
+        engine.upsert(spec(body, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert collecting[:JOBS] == [False] * JOBS
+    assert on_at_outcome[:JOBS] == [True] * JOBS, "on again for the recordings put off"
+    await engine.shutdown()
+
+
+async def test_a_run_due_alone_leaves_the_garbage_collector_on() -> None:
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+    collecting: list[bool] = []
+
+    async def body(ctx: JobContext) -> None:
+        collecting.append(gc.isenabled())
+
+    for index in range(DISPATCH_BATCH):  # one batch: no burst
+        engine.upsert(spec(body, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= DISPATCH_BATCH)
+    assert collecting[:DISPATCH_BATCH] == [True] * DISPATCH_BATCH
     await engine.shutdown()
 
 
@@ -135,6 +173,7 @@ async def test_a_shutdown_during_a_burst_records_the_runs_put_off_as_they_ended(
     await recorder.until(lambda: bool(stopping))
     await stopping[0]
     assert told_before == [0], "starts and outcomes are told once the burst is over"
+    assert gc.isenabled()
     started = {e.name for e in recorder.started()}
     assert len(started) == 2 * DISPATCH_BATCH, "the runs dispatched after it never start"
     ran = {e.name: e.status for e in recorder.finished() if e.name in started}
@@ -253,6 +292,34 @@ async def test_recordings_put_off_are_done_in_one_callback_once_the_burst_is_ove
     assert not burst.going
 
 
+async def test_the_garbage_collector_is_off_until_the_recordings_of_a_burst() -> None:
+    collecting: list[bool] = []
+
+    def record(entry: str) -> None:
+        collecting.append(gc.isenabled())
+
+    burst: Burst[str] = Burst()
+    burst.goes_on(record)
+    burst.put_off("outcome")
+    assert not gc.isenabled()
+    burst.over(record)
+    assert not gc.isenabled(), "until the runs just started have"
+    await asyncio.sleep(0)
+    assert collecting == [True]
+    assert gc.isenabled()
+
+
+async def test_a_garbage_collector_turned_off_by_the_process_stays_off() -> None:
+    burst: Burst[str] = Burst()
+    gc.disable()
+    try:
+        burst.goes_on(lambda entry: None)
+        burst.flush(lambda entry: None)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 async def test_a_failed_recording_keeps_none_of_the_others_from_theirs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -280,7 +347,16 @@ async def test_a_burst_that_does_not_end_has_its_recordings_done_every_so_often(
         burst.put_off(batch)
     await asyncio.sleep(0)
     assert done == []
-    burst.goes_on(done.append)  # one batch more than the bound
+    collecting: list[bool] = []
+
+    def record(batch: int) -> None:
+        collecting.append(gc.isenabled())
+        done.append(batch)
+
+    burst.goes_on(record)  # one batch more than the bound
     await asyncio.sleep(0)
     assert done == list(range(HELD_BATCHES_AT_MOST))
+    assert collecting == [True] * HELD_BATCHES_AT_MOST, "the collector runs there"
     assert burst.going, "and the burst goes on for the runs that end next"
+    assert not gc.isenabled()
+    burst.flush(record)
