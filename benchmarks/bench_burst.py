@@ -8,7 +8,9 @@ half sleeping 50 ms, each with a 30 s timeout, fall due together every second; t
 engine's metrics are on and its spans go over OTLP to a receiver in this (parent)
 process, as the operator's would. Each body notes when it started (the ground truth,
 not the engine's own metric); a burst's last run says how long starting all of them
-took, and the loop thread's CPU time over the runs gives its cost per run.
+took, and the loop thread's CPU time over the runs gives its cost per run. The time
+the garbage collector ran while a burst was being started (from its instant to its
+last start) is summed per burst: the median and the worst burst are printed.
 
 Each tree (a checkout of this repository; default: this one) is measured in child
 processes that import ``podcron`` from it (``git archive COMMIT | tar -x -C DIR``),
@@ -64,6 +66,16 @@ def _child(tree: Path) -> None:
         raise RuntimeError(f"imported {podcron.__file__}, not the tree {tree}")
     latency.tune_process()
     noted: list[tuple[float, float]] = []
+    collections: list[tuple[float, float]] = []  # (began, seconds) of each collection
+    began = [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.time()
+        else:
+            collections.append((began[0], time.time() - began[0]))
+
+    gc.callbacks.append(on_collection)
 
     async def fast(ctx: JobContext) -> None:
         noted.append((ctx.scheduled_time.timestamp(), time.time()))
@@ -99,7 +111,8 @@ def _child(tree: Path) -> None:
         cpu, full = time.thread_time() - cpu, gc.get_stats()[2]["collections"] - full
         end = time.time()
         window = [(due, at) for due, at in noted if start <= due < end]
-        print(json.dumps(_summary(window, cpu) | {"full_gcs": full}), flush=True)
+        summary = _summary(window, cpu, collections)
+        print(json.dumps(summary | {"full_gcs": full}), flush=True)
         # Runs still sleeping, the heap's freezer, the span exporter's thread: none is waited for.
         freezer.cancel()
         os._exit(0)
@@ -107,11 +120,18 @@ def _child(tree: Path) -> None:
     asyncio.run(main())
 
 
-def _summary(noted: list[tuple[float, float]], cpu_s: float) -> dict[str, Any]:
+def _summary(
+    noted: list[tuple[float, float]], cpu_s: float, collections: list[tuple[float, float]]
+) -> dict[str, Any]:
     lateness = [at - due for due, at in noted]
     bursts: dict[float, list[float]] = {}
     for due, at in noted:
         bursts.setdefault(due, []).append(at - due)
+    # How long the garbage collector held the loop while each burst was being started.
+    collecting = [
+        sum(seconds for began, seconds in collections if due <= began <= due + max(late))
+        for due, late in bursts.items()
+    ]
     return {
         "runs": len(noted),
         "bursts": len(bursts),
@@ -120,6 +140,8 @@ def _summary(noted: list[tuple[float, float]], cpu_s: float) -> dict[str, Any]:
         "max_ms": max(lateness) * 1000,
         "last_ms": statistics.median(max(values) for values in bursts.values()) * 1000,
         "cpu_per_run_us": cpu_s / max(len(noted), 1) * 1e6,
+        "gc_in_burst_ms": statistics.median(collecting) * 1000,
+        "gc_in_burst_max_ms": max(collecting) * 1000,
     }
 
 
@@ -168,7 +190,9 @@ def main(argv: Sequence[str]) -> None:
             f"  {tree}: {median['p50_ms']:.1f} / {median['p99_ms']:.1f} /"
             f" {median['max_ms']:.1f} ms,"
             f" last {median['last_ms']:.1f} ms, {median['cpu_per_run_us']:.1f} us a run,"
-            f" {median['full_gcs']} full collections"
+            f" {median['full_gcs']} full collections,"
+            f" collecting {median['gc_in_burst_ms']:.1f} ms a burst"
+            f" ({median['gc_in_burst_max_ms']:.1f} at most)"
             f" (p99 of each round: {every} ms; {median['runs']} runs)"
         )
         line.append(
