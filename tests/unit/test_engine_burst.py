@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import time
 
 import pytest
@@ -23,6 +24,7 @@ from podcron.engine import (
     RunStatus,
 )
 from podcron.engine.burst import HELD_BATCHES_AT_MOST, Burst
+from podcron.engine.engine import READY_AHEAD_PER_RUN_SECONDS
 from podcron.engine.runner import PREPARE_AHEAD_SECONDS
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -175,13 +177,14 @@ async def test_a_shutdown_during_a_burst_records_the_runs_put_off_as_they_ended(
     assert told_before == [0], "starts and outcomes are told once the burst is over"
     assert gc.isenabled()
     started = {e.name for e in recorder.started()}
-    assert len(started) == 2 * DISPATCH_BATCH, "the runs dispatched after it never start"
+    assert len(started) == JOBS, "made ready ahead of their instant, they all start at it"
     ran = {e.name: e.status for e in recorder.finished() if e.name in started}
     assert ran == dict.fromkeys(started, RunStatus.SUCCESS), "they ran: not Interrupted"
 
 
 async def test_runs_started_in_a_burst_are_cut_at_their_deadlines_armed_after_it() -> None:
-    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
+    # A slot for each: a run that waited for one would still be active at the next tick.
+    engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0, max_concurrent_runs=JOBS)
     recorder = Recorder(engine)
 
     async def stuck(ctx: JobContext) -> None:
@@ -360,3 +363,135 @@ async def test_a_burst_that_does_not_end_has_its_recordings_done_every_so_often(
     assert burst.going, "and the burst goes on for the runs that end next"
     assert not gc.isenabled()
     burst.flush(record)
+
+
+async def _until(clock: LoopClock, instant: float) -> None:
+    """Sleep on the fake loop clock until the wall clock reads ``instant``."""
+    await asyncio.sleep(instant - clock.wall())
+
+
+def _noted_jobs(
+    jobs: int, clock: LoopClock, **options: object
+) -> tuple[Engine, Recorder, list[tuple[str, float]], float]:
+    """``jobs`` jobs due together every second, whose bodies note when they began; and
+    the first instant they are due at."""
+    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0, **options)
+    recorder = Recorder(engine)
+    began: list[tuple[str, float]] = []
+
+    async def body(ctx: JobContext) -> None:
+        began.append((ctx.name, clock.wall()))
+
+    for index in range(jobs):
+        engine.upsert(spec(body, f"job{index}"))
+    return engine, recorder, began, float(math.floor(clock.wall()) + 1)
+
+
+async def test_the_runs_of_an_instant_are_made_ready_ahead_of_it_and_start_at_it() -> None:
+    clock = LoopClock()
+    engine, recorder, began, instant = _noted_jobs(JOBS, clock)
+    await _until(clock, instant - 0.001)
+    assert engine.running_count == JOBS, "dispatched, waiting in their tasks"
+    assert began == []
+    assert recorder.events == []
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert len(began) == JOBS
+    assert min(at for _, at in began) >= instant
+    outcomes = recorder.finished()[:JOBS]
+    assert {e.status for e in outcomes} == {RunStatus.SUCCESS}
+    assert min(e.lateness_seconds for e in recorder.started()) >= 0.0
+    await engine.shutdown()
+
+
+async def test_an_instant_of_one_batch_is_not_made_ready_ahead() -> None:
+    clock = LoopClock()
+    engine, recorder, began, instant = _noted_jobs(DISPATCH_BATCH, clock)
+    await _until(clock, instant - 0.0001)
+    assert engine.running_count == 0
+    await recorder.until(lambda: len(recorder.finished()) >= DISPATCH_BATCH)
+    assert min(at for _, at in began) >= instant
+    await engine.shutdown()
+
+
+async def test_a_job_whose_run_ends_just_before_its_next_instant_is_judged_at_it() -> None:
+    # Forbid: the next tick is skipped only if the run is still active at the instant,
+    # not when it was while the instant's runs were being made ready.
+    clock = LoopClock()
+    engine = engine_on_loop_clock(clock, shutdown_timeout_seconds=1.0)
+    recorder = Recorder(engine)
+
+    async def late(ctx: JobContext) -> None:
+        if ctx.scheduled_time.timestamp() == first:
+            await _until(clock, first + 1.0 - 0.0005)
+
+    first = float(math.floor(clock.wall()) + 1)
+    engine.upsert(spec(late, "late"))
+    for index in range(1, JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: sum(e.name == "late" for e in recorder.finished()) >= 2)
+    outcomes = [e for e in recorder.finished() if e.name == "late"]
+    assert [e.status for e in outcomes[:2]] == [RunStatus.SUCCESS, RunStatus.SUCCESS]
+    await engine.shutdown()
+
+
+async def test_a_shutdown_before_the_instant_lets_the_runs_made_ready_start_at_it() -> None:
+    # They are decided: with several replicas, the successors start after them.
+    clock = LoopClock()
+    engine, recorder, began, instant = _noted_jobs(JOBS, clock)
+    await _until(clock, instant - 0.001)
+    await engine.shutdown()
+    assert len(began) == JOBS
+    assert min(at for _, at in began) >= instant
+    assert {e.status for e in recorder.finished()} == {RunStatus.SUCCESS}
+
+
+async def test_a_job_removed_before_the_instant_does_not_start_its_run_made_ready() -> None:
+    clock = LoopClock()
+    engine, recorder, began, instant = _noted_jobs(JOBS, clock)
+    await _until(clock, instant - 0.001)
+    engine.remove("ns/job0")
+    await recorder.until(lambda: len(began) >= JOBS - 1)
+    assert "job0" not in {name for name, _ in began}
+    assert engine.running_count == 0
+    await engine.shutdown()
+
+
+async def test_deciding_the_due_ticks_decides_a_whole_instant_being_made_ready() -> None:
+    # A SIGTERM part way through: handed over, the rest of the instant would be uncertain
+    # to the successors and started by nobody (docs/ha.md, rule 8).
+    clock = LoopClock()
+    engine, recorder, began, instant = _noted_jobs(JOBS, clock)
+    lead = JOBS * READY_AHEAD_PER_RUN_SECONDS
+    await _until(clock, instant - lead + 0.0001)
+    assert 0 < engine.running_count < JOBS, "the first batches only"
+    engine.decide_due()
+    assert engine.running_count == JOBS
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert min(at for _, at in began) >= instant
+    await engine.shutdown()
+
+
+async def test_a_clock_set_back_holds_the_runs_made_ready_until_it_reads_their_instant() -> None:
+    clock = LoopClock()
+    engine, recorder, began, instant = _noted_jobs(JOBS, clock)
+    await _until(clock, instant - 0.001)
+    clock.step(-5.0)
+    engine.clock_moved()
+    await asyncio.sleep(1.0)
+    assert began == []
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert min(at for _, at in began) >= instant
+    await engine.shutdown()
+
+
+async def test_a_job_updated_while_its_run_waits_for_its_instant_runs_that_tick_once() -> None:
+    clock = LoopClock()
+    engine, recorder, _, instant = _noted_jobs(JOBS, clock)
+    await _until(clock, instant - 0.001)
+    engine.upsert(spec(_noop, "job0", timeout_seconds=5.0))  # the same schedule
+    await _until(clock, instant + 1.5)
+    job0 = [
+        (e.scheduled_time.timestamp(), e.status) for e in recorder.finished() if e.name == "job0"
+    ]
+    assert job0 == [(instant, RunStatus.SUCCESS), (instant + 1.0, RunStatus.SUCCESS)]
+    await engine.shutdown()

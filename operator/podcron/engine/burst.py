@@ -84,6 +84,14 @@ class Burst(Generic[Entry]):
         self._batches += 1
         self._going()
 
+    def ahead(self) -> None:
+        """Runs were made ready ahead of their instant: going on, not counted towards the bound.
+
+        None of them can have ended, so none waits to be recorded; a flush now would only
+        run the collector over them.
+        """
+        self._going()
+
     def _going(self) -> None:
         self.going = True
         # Turned back on only by whoever turned it off: a process (or another engine in

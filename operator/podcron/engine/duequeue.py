@@ -97,6 +97,12 @@ class DueQueue:
             self._places = len(self._draining) + sum(map(len, buckets.values()))
             self._stale = 0
 
+    def count_at(self, due: float) -> int:
+        """About how many keys are due at ``due`` (stale places included): cheap."""
+        bucket = self._buckets.get(due)
+        count = 0 if bucket is None else len(bucket)
+        return count + len(self._draining) if due == self._draining_at else count
+
     def earliest(self) -> float | None:
         """The earliest due time of any key, or None when no key is due ever."""
         armed = self._armed

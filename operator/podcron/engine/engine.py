@@ -6,7 +6,9 @@ jobs cost one timer and zero jobs cost none. Due times are wall-clock
 (schedules are about wall time) while asyncio timers run on the loop's
 monotonic clock, so each wake-up re-reads the wall clock: a clock stepped back
 re-arms instead of firing early, and a clock stepped forward fires what became
-due instead of skipping it.
+due instead of skipping it. The runs of an instant more than a batch of jobs are
+due at are made ready ahead of it (dispatched, their tasks waiting for it) and
+let go together at it.
 
 A run goes start → execute → record: it waits for what it needs
 (:class:`podcron.engine.budgets.RunBudgets`), its body runs
@@ -27,6 +29,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +49,7 @@ from podcron.engine.gating import (
 )
 from podcron.engine.jobs import JobState, is_async, past_run
 from podcron.engine.runner import RUN_TASK_PREFIX, Runner
+from podcron.engine.shutdown import NOT_STARTED
 from podcron.engine.spec import JobSnapshot, JobSpec
 from podcron.errors import JobNotFound
 from podcron.jobconfig import ConfigSource
@@ -68,9 +72,29 @@ MAX_SLEEP_SECONDS = 60.0
 # generation and bring on full collections (over 100 ms each) every few
 # seconds. Slices also let the loop's other callbacks in between.
 DISPATCH_BATCH = 32
+# The runs of an instant more than a batch of jobs are due at are made ready this long
+# ahead of it, a run each (at most READY_AHEAD_MAX_SECONDS): dispatched, their tasks
+# started, waiting in them for the instant (docs/engine.md, "Made ready ahead"). About
+# twice what it took a run on the benchmark machine: too little and the last batches are
+# made ready after the instant, as they all were before; too much and they wait longer.
+READY_AHEAD_PER_RUN_SECONDS = 50e-6
+READY_AHEAD_MAX_SECONDS = 0.25
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class _Instant:
+    """An instant whose runs are being made ready ahead of it."""
+
+    at: float
+    #: What each run made ready waits on, set at the instant.
+    waits: list[asyncio.Future[None]]
+    #: Jobs decided to start at it, with a run active still: dispatched at it.
+    busy: list[tuple[JobState, datetime]]
+    #: What lets them go at it.
+    timer: asyncio.TimerHandle | None = None
 
 
 def _utc(timestamp: float) -> datetime:
@@ -175,6 +199,11 @@ class Engine:
         self._due = DueQueue()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
+        # How long ahead of its due time the timer fires, to make its runs ready.
+        self._timer_ahead = 0.0
+        # The instant whose runs are being made ready ahead of it, what each waits on, and
+        # the timer that lets them go at it.
+        self._instant: _Instant | None = None
         self._shutdown_timeout = shutdown_timeout_seconds
         self._loop_watchdog = loop_watchdog
         self._watchdog: LoopWatchdog | None = None
@@ -237,7 +266,8 @@ class Engine:
             # armed: re-armed from now, a change of another field would drop it unnoticed.
             self._arm_at(job, due)
         else:
-            self._arm(job, after=now)
+            # Not at a tick taken already: one made ready ahead of its instant is not past.
+            self._arm(job, after=max(now, job.taken))
         if self._metrics is not None:
             self._metrics.job_interval(spec.namespace, spec.name, _interval(job, now))
         if self._gate is not None:
@@ -413,13 +443,22 @@ class Engine:
         if due is None or self._closing:
             self._cancel_timer()
             return
-        if self._timer is not None and self._timer_due == due:
+        count = self._due.count_at(due)
+        ahead = (
+            min(count * READY_AHEAD_PER_RUN_SECONDS, READY_AHEAD_MAX_SECONDS)
+            # The last batch of an instant being made ready is made ready too.
+            if count > DISPATCH_BATCH or (self._instant is not None and self._instant.at == due)
+            else 0.0
+        )
+        # Set again when more jobs came due at it since (registered one by one).
+        if self._timer is not None and self._timer_due == due and self._timer_ahead == ahead:
             return
         self._cancel_timer()
         loop = asyncio.get_running_loop()
-        delay = min(due - self._clock.wall(), MAX_SLEEP_SECONDS)
+        delay = min(due - self._clock.wall() - ahead, MAX_SLEEP_SECONDS)
         self._timer = loop.call_at(loop.time() + delay, self._on_timer)
         self._timer_due = due
+        self._timer_ahead = ahead
 
     def clock_moved(self) -> None:
         """The wall clock was set to other time (the API server's): set the timer by it again.
@@ -430,19 +469,34 @@ class Engine:
         if self._timer is not None:
             self._cancel_timer()
             self._set_timer()
+        if self._instant is not None:
+            # Runs made ready wait for a wall-clock instant: let them go by the new clock.
+            if self._instant.timer is not None:
+                self._instant.timer.cancel()
+            self._let_go(self._instant)
 
     def _on_timer(self) -> None:
+        ahead_of = self._timer_due if self._timer_ahead > 0.0 else None
         self._timer = None
         self._timer_due = None
+        self._fire(ahead_of)
+
+    def _fire(self, ahead_of: float | None) -> None:
+        """Start (or make ready, ``ahead_of`` an instant not come yet) one batch of due runs."""
         now = self._clock.wall()
+        upto, ahead = now, None
+        if ahead_of is not None and ahead_of > now:
+            upto = ahead_of
+            ahead = self._ahead_of(ahead_of, now)
         gate = self._gate
         # Keys due at the same instant come together: they share one scheduled time. (NaN
         # equals no due time, so the placeholder is replaced before its first use.)
         scheduled_at, scheduled = math.nan, _EPOCH
-        for job_id, due in self._due.pop_due(now, DISPATCH_BATCH):
+        for job_id, due in self._due.pop_due(upto, DISPATCH_BATCH):
             job = self._jobs.get(job_id)
             if job is None:  # removed by a listener of a run dispatched just before
                 continue
+            job.taken = due
             # Armed before dispatching so that listeners already see the next
             # run time (_arm_at clears the due time just popped first). Ticks
             # missed while the loop was blocked (or the clock jumped) are
@@ -466,14 +520,59 @@ class Engine:
             self._count_missed(job, coalesced)
             if due != scheduled_at:
                 scheduled_at, scheduled = due, _utc(due)
-            self._start(job, Trigger.SCHEDULED, scheduled)
+            if ahead is None or due <= now:
+                self._start(job, Trigger.SCHEDULED, scheduled)
+            elif job.active:
+                # Its overlap policy is judged at the instant, by what is active then.
+                ahead.busy.append((job, scheduled))
+            else:
+                self._start(job, Trigger.SCHEDULED, scheduled, ahead.waits)
         if gate is not None:
             self._tell_decided(gate)
         self._set_timer()
         if self._timer_due is not None and self._timer_due <= now:
             self._runner.burst_goes_on()  # the next batch is due already: start it before outcomes
+        elif self._instant is not None:
+            # Runs made ready ahead wait for their instant: the burst goes on until they
+            # have been let go and started (_let_go).
+            self._runner.burst_ahead()
         else:
             self._runner.burst_over()
+
+    def _ahead_of(self, instant: float, now: float) -> _Instant:
+        """The runs being made ready ahead of ``instant``: let go at it."""
+        pending = self._instant
+        if pending is None or pending.at != instant:
+            pending = self._instant = _Instant(instant, [], [])
+            self._let_go_in(pending, instant - now)
+        return pending
+
+    def _let_go_in(self, pending: _Instant, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        pending.timer = loop.call_at(loop.time() + delay, self._let_go, pending)
+
+    def _let_go(self, pending: _Instant) -> None:
+        """The instant has come: the runs made ready for it start."""
+        left = pending.at - self._clock.wall()
+        if left > 0.0:  # the loop's clock and the wall clock part by a hair: not before it
+            self._let_go_in(pending, left)
+            return
+        if self._instant is pending:
+            self._instant = None
+        for wait in pending.waits:
+            if not wait.done():  # cancelled: its run was (its job removed)
+                wait.set_result(None)
+        for job, scheduled in pending.busy:
+            if job.removed:
+                continue
+            if self._closing:  # decided, and shut down before it: a queued run never starts
+                self._runner.not_started(job, Trigger.SCHEDULED, scheduled, NOT_STARTED)
+            else:
+                self._start(job, Trigger.SCHEDULED, scheduled)
+        # Their tasks step next, in this order: the burst goes on until they have (a flush
+        # queued before them, by the bound on batches held, must not end it).
+        self._runner.burst_goes_on()
+        asyncio.get_running_loop().call_soon(self._runner.burst_over)
 
     def _tell_decided(self, gate: FiringGate) -> None:
         """Tell the gate the earliest tick not decided yet: still armed, or asked and held.
@@ -527,9 +626,15 @@ class Engine:
         if count and self._metrics is not None:
             self._metrics.ticks_missed(job.spec.namespace, job.spec.name, count)
 
-    def _start(self, job: JobState, trigger: Trigger, scheduled: datetime) -> None:
+    def _start(
+        self,
+        job: JobState,
+        trigger: Trigger,
+        scheduled: datetime,
+        waits: list[asyncio.Future[None]] | None = None,
+    ) -> None:
         try:
-            self._runner.dispatch(job, trigger, scheduled, parent=None, manual=False)
+            self._runner.dispatch(job, trigger, scheduled, parent=None, manual=False, waits=waits)
         except Exception:  # a listener or a schedule bug must not stop the other jobs
             log.exception("dispatching job %s failed", job.spec.job_id)
 
@@ -581,9 +686,13 @@ class Engine:
         if self._closing:
             return
         now = self._clock.wall()
-        while (due := self._due.earliest()) is not None and due <= now:
+        # An instant being made ready is decided whole too: its runs already made ready
+        # are this replica's to start at it, and so must the rest of them be.
+        while (due := self._due.earliest()) is not None and (
+            due <= now or (self._instant is not None and due == self._instant.at)
+        ):
             self._cancel_timer()
-            self._on_timer()
+            self._fire(due)
 
     def _start_in_order(self, job: JobState, due: list[tuple[float, Trigger]]) -> bool:
         """Start held ticks oldest first until the gate holds one; whether any started."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import inspect
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -51,6 +52,9 @@ class JobState:
     past_runs: collections.deque[KeptRun] | None
     # The wall-clock time of its next tick, None when it has none.
     next_due: float | None = None
+    # The last tick the timer took of it (started, made ready ahead of it, held or given
+    # away): a change re-arms the job after it, never at it again.
+    taken: float = -math.inf
     # That tick's span and logger, made once the burst its last run started in was over.
     prepared: Prepared | None = None
     active: dict[int, ActiveRun] = field(default_factory=dict)

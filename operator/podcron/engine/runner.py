@@ -125,6 +125,7 @@ class Runner:
         *,
         parent: otel_context.Context | None,
         manual: bool,
+        waits: list[asyncio.Future[None]] | None = None,
     ) -> None:
         spec = job.spec
         replaced: list[ActiveRun] | None = None
@@ -165,14 +166,24 @@ class Runner:
                 and prepared.scheduled_time == scheduled_time
             ):
                 run.prepared = prepared
+        loop = asyncio.get_running_loop()
+        if waits is not None:
+            run.instant = loop.create_future()
+            waits.append(run.instant)
         run_id = next(self._run_ids)
         job.active[run_id] = run
         self._changes += 1
         if self._metrics is not None:
             self._metrics.run_queued()
-        run.task = asyncio.get_running_loop().create_task(
+        run.task = loop.create_task(
             self._run(job, run_id, run, parent, replaced), name=RUN_TASK_PREFIX + spec.job_id
         )
+
+    def not_started(
+        self, job: JobState, trigger: Trigger, scheduled_time: datetime, why: str
+    ) -> None:
+        """Record a tick that was to start and did not: skipped, for ``why``."""
+        self._record(job, trigger, scheduled_time, RunStatus.SKIPPED, None, why)
 
     def cancel(self, run: ActiveRun, reason: str) -> None:
         if run.cancel_reason is None:
@@ -203,6 +214,8 @@ class Runner:
             # Queued: waiting is lateness, never duration, and the timeout clock has not started.
             if replaced:
                 await _until_ended(replaced)
+            if run.instant is not None:  # made ready ahead of it: no slot held till then
+                await run.instant
             if not run.manual and not self._budgets.take(run):
                 await self._budgets.acquire(run)
             # The body starts now: the run is late by the time it waited.
@@ -291,6 +304,10 @@ class Runner:
     def burst_goes_on(self) -> None:
         """More runs are due now than were just started: put off recording those that end."""
         self._burst.goes_on(self._record_put_off)
+
+    def burst_ahead(self) -> None:
+        """Runs were made ready ahead of their instant: the burst goes on, no batch counted."""
+        self._burst.ahead()
 
     def burst_over(self) -> None:
         """The last runs due now were started: record those put off, after them."""

@@ -122,6 +122,8 @@ class ActiveRun:
     successors: list[asyncio.Future[None]] | None = None
     # Its span, trace context and logger, made before it was due (None: made as it starts).
     prepared: Prepared | None = None
+    # Dispatched ahead of its instant: set then (None: dispatched at it).
+    instant: asyncio.Future[None] | None = None
 
 
 def error_text(error: BaseException) -> str:

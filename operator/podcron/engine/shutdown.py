@@ -29,13 +29,15 @@ async def shut_down(
 ) -> None:
     """Signal every active run to stop, wait up to ``wait_seconds``, then interrupt the rest.
 
-    Queued runs never start. Runs still active after ``wait_seconds`` are cancelled
+    Queued runs never start; runs made ready ahead of their instant start at it, told
+    to stop like the running ones. Runs still active after ``wait_seconds`` are cancelled
     and recorded as failures (Interrupted). Runs whose outcome is recorded
     already (a thread that outlived its run) are not waited for.
     """
     runs = [(job, run_id, run) for job in jobs for run_id, run in job.active.items()]
     for _, _, run in runs:
-        if run.started is None:
+        # A run made ready ahead of its instant starts at it, as decided (docs/engine.md).
+        if run.started is None and run.instant is None:
             cancel(run, NOT_STARTED)
         else:
             run.cancellation.set()
