@@ -142,7 +142,7 @@ class Runner:
                     extra={"job_id": spec.job_id},
                 )
                 # Its why is the skipped tick's error: the run history says it.
-                self._record(job, trigger, scheduled_time, RunStatus.SKIPPED, None, why)
+                self.not_started(job, trigger, scheduled_time, why)
                 return
             if spec.concurrency_policy is ConcurrencyPolicy.REPLACE:
                 replaced = list(job.active.values())
