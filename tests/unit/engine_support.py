@@ -172,10 +172,11 @@ class SpansMade(RunTelemetry):
         assert self.spans is not None
         self.spans.provider.shutdown()
 
-    def ahead(self, due: datetime) -> dict[int, int]:
-        """The spans for ``due`` made before it was due: span id, made at (real ns)."""
+    def ahead(self, due: datetime, by_more_than: float = 0.0) -> dict[int, int]:
+        """The spans for ``due`` made more than ``by_more_than`` seconds before it was due:
+        span id, made at (real ns)."""
         return {
             span_id: ns
             for at, ns, scheduled, span_id in self.made
-            if scheduled == due and at < due.timestamp()
+            if scheduled == due and at < due.timestamp() - by_more_than
         }

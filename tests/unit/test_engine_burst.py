@@ -213,13 +213,17 @@ def _jobs_with_spans_made(
     return made, exported, engine, recorder
 
 
+#: How far ahead of their instant the runs of JOBS jobs due together are made ready.
+MADE_READY_LEAD = JOBS * READY_AHEAD_PER_RUN_SECONDS
+
+
 async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() -> None:
     made, exported, engine, recorder = _jobs_with_spans_made()
     await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS)
     await engine.shutdown()
     first, second = sorted({e.scheduled_time for e in recorder.finished()})[:2]
-    assert made.ahead(first) == {}, "registered jobs' first ticks: no burst before them"
-    ahead = made.ahead(second)
+    assert made.ahead(first, MADE_READY_LEAD) == {}, "first ticks: made only as made ready"
+    ahead = made.ahead(second, MADE_READY_LEAD)
     assert len(ahead) == JOBS, "the second ticks' spans were made after the first burst"
     begun = {
         s.context.span_id: s.start_time or 0
@@ -252,7 +256,27 @@ async def test_a_tick_further_away_than_the_horizon_is_not_made_ahead() -> None:
     await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS, within=3 * interval)
     await engine.shutdown()
     second = sorted({e.scheduled_time for e in recorder.finished()})[1]
-    assert made.ahead(second) == {}, "made as each run starts, not kept for seconds"
+    assert made.ahead(second, MADE_READY_LEAD) == {}, "made as made ready, not kept for seconds"
+    made.shutdown()
+
+
+async def test_runs_made_ready_ahead_have_their_spans_made_then_and_begun_at_their_start() -> None:
+    # Beyond the horizon no span was made after the last burst: making the runs ready
+    # ahead of their instant makes them, rather than each run once the instant has come.
+    interval = PREPARE_AHEAD_SECONDS + 1
+    made, exported, engine, recorder = _jobs_with_spans_made(every=f"{interval:g}s")
+    await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS, within=3 * interval)
+    await engine.shutdown()
+    second = sorted({e.scheduled_time for e in recorder.finished()})[1]
+    ahead = made.ahead(second)
+    assert len(ahead) == JOBS, "every run's span made before the instant"
+    begun = {
+        s.context.span_id: s.start_time or 0
+        for s in exported.get_finished_spans()
+        if s.context.span_id in ahead
+    }
+    assert len(begun) == JOBS, "and used by its run"
+    assert all(begun[span_id] > ahead[span_id] for span_id in ahead), "begun as the body started"
     made.shutdown()
 
 
@@ -275,8 +299,12 @@ async def test_a_tick_made_ahead_that_does_not_start_leaves_no_span() -> None:
     assert len(exported_ids) == len(runs), "one span a run, none for a tick that did not start"
     assert len(set(exported_ids)) == len(exported_ids)
     second = sorted({e.scheduled_time for e in runs})[1]
-    assert len(made.ahead(second)) == JOBS
-    assert not set(made.ahead(second)) & set(exported_ids), "a changed job's runs make theirs anew"
+    # Those made once the first burst was over, before the jobs changed.
+    after_burst = {
+        span_id for *_, scheduled, span_id in made.made[: 2 * JOBS] if scheduled == second
+    }
+    assert len(after_burst) == JOBS
+    assert not set(after_burst) & set(exported_ids), "a changed job's runs make theirs anew"
     made.shutdown()
 
 

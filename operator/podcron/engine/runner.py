@@ -168,6 +168,9 @@ class Runner:
                 run.prepared = prepared
         loop = asyncio.get_running_loop()
         if waits is not None:
+            if run.prepared is None and self._telemetry.spans is not None:
+                # Made ready ahead of its instant: its span too, not while the others wait.
+                run.prepared = prepare(spec, scheduled_time, self._telemetry)
             run.instant = loop.create_future()
             waits.append(run.instant)
         run_id = next(self._run_ids)
