@@ -29,7 +29,12 @@ operator is ready and a warm-up (``WARMUP``, default 15 s) has passed.
 Lateness is what each run saw itself: its start (``time.time()``) minus its
 tick's due time. A tick is missed when a job has no run for a due time inside
 the window (skipped, coalesced or not yet started 5 s after the window).
-Status patches and watch events per second come from the API server's own
+Beside each p99 is its floor: the p99 the same due times would give if each
+instant's runs started one after another at the cost of a bare asyncio task
+woken from a future and running the jobs' first step (measured in this process
+before the control plane starts), with nothing of podcron's around them. A
+window holding a larger instant (the whole minute, or an hour's) has a higher
+floor. Status patches and watch events per second come from the API server's own
 counters; CPU and RSS of the operator from ``/proc``; the machine's load
 average is printed beside every scenario, since other work shares the cores.
 """
@@ -37,8 +42,11 @@ average is printed beside every scenario, since other work shares the cores.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
+import dataclasses
+import gc
 import math
 import os
 import random
@@ -63,6 +71,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
+from bench_operator_job import SLEEP_SECONDS  # noqa: E402  (this directory, on sys.path)
 from cluster import install_crd, status_patches, write_requests  # noqa: E402
 from controlplane import ControlPlane, ensure_binaries  # noqa: E402
 from harness import (  # noqa: E402
@@ -85,6 +94,10 @@ SPEC_UPDATES_PER_SECOND = 50.0
 SIDECAR_GET_SECONDS = 0.1
 INTERVALS_B = range(10, 61)
 
+#: The bare loop's cost a run is the median of this many instants of this many runs.
+FLOOR_ROUNDS = 5
+FLOOR_RUNS = 2000
+
 # The targets: run lateness p99 in milliseconds per scenario, and RSS at 10,000 jobs.
 TARGET_P99_MS = {"a": 25.0, "b": 10.0, "c": 15.0}
 TARGET_RSS_MB = 300.0
@@ -100,6 +113,8 @@ class Settings:
     jobs_b: int
     scenarios: str
     profile_s: float
+    #: A bare loop's cost a run (seconds), measured once the settings are read.
+    bare_run_s: float = math.nan
 
     @classmethod
     def from_args(cls, argv: list[str] | None) -> Settings:
@@ -140,6 +155,8 @@ class Scenario:
     p50_ms: float = math.nan
     p99_ms: float = math.nan
     max_ms: float = math.nan
+    #: The p99 a bare loop would give the same due times (see the module's doc).
+    floor_p99_ms: float = math.nan
     cpu_pct: float = 0.0
     rss_mb: float = 0.0
     #: Per process measured (several replicas): CPU of one core and RSS.
@@ -537,8 +554,7 @@ def tally(
             lateness.append(late)
     expected = missed = extra = 0
     for name, interval in intervals.items():
-        first = math.ceil(start / interval) * interval
-        dues = {round(due * 1000) for due in range(first, math.ceil(end), interval) if due < end}
+        dues = _dues_ms(interval, start, end)
         expected += len(dues)
         missed += len(dues - set(observed[name]))
         extra += sum(count - (due in dues) for due, count in observed[name].items())
@@ -548,6 +564,69 @@ def tally(
         scenario.p50_ms = 1000 * statistics.median(lateness)
         scenario.p99_ms = 1000 * percentile(lateness, 0.99)
         scenario.max_ms = 1000 * max(lateness)
+
+
+def _dues_ms(interval: int, start: float, end: float) -> set[int]:
+    """The ticks of a job every ``interval`` seconds in [start, end), in milliseconds."""
+    first = math.ceil(start / interval) * interval
+    return {round(due * 1000) for due in range(first, math.ceil(end), interval) if due < end}
+
+
+def floor_p99_ms(intervals: dict[str, int], start: float, end: float, bare_run_s: float) -> float:
+    """The p99 lateness of the ticks due in [start, end) had each instant's runs started
+    one after another, ``bare_run_s`` apart, from the instant on."""
+    instants = collections.Counter(
+        due for interval in intervals.values() for due in _dues_ms(interval, start, end)
+    )
+    floor = [k * bare_run_s for runs in instants.values() for k in range(1, runs + 1)]
+    return 1000 * percentile(floor, 0.99) if floor else math.nan
+
+
+async def _bare_run(
+    instant: asyncio.Future[None], due: float, notes: list[str], sleeps: bool
+) -> None:
+    """A run as a bare task: woken at its instant, it notes its lateness as the jobs do."""
+    await instant
+    started = time.time()
+    notes.append(f"job-00000 {due:.3f} {started - due:.6f}\n")
+    if sleeps:
+        await asyncio.sleep(SLEEP_SECONDS)
+
+
+async def _bare_instant(runs: int) -> float:
+    """``runs`` bare tasks made ready and let go at once: seconds a run until all started."""
+    loop = asyncio.get_running_loop()
+    instants = [loop.create_future() for _ in range(runs)]
+    notes: list[str] = []
+    due = time.time()
+    tasks = [
+        asyncio.create_task(_bare_run(instant, due, notes, index % 2 == 1))
+        for index, instant in enumerate(instants)
+    ]
+    await asyncio.sleep(0)  # every task waits on its instant
+    started = time.perf_counter()
+    for instant in instants:
+        instant.set_result(None)
+    # Scheduled after every task's wake-up: it runs once they all have taken their step.
+    all_started: asyncio.Future[float] = loop.create_future()
+    loop.call_soon(lambda: all_started.set_result(time.perf_counter()))
+    seconds = await all_started - started
+    await asyncio.gather(*tasks)
+    return seconds / runs
+
+
+def bare_run_seconds() -> float:
+    """A bare loop's cost a run at an instant: the median of FLOOR_ROUNDS instants.
+
+    The collector is off, as podcron's is while it starts a burst.
+    """
+    gc.disable()
+    try:
+        return statistics.median(
+            asyncio.run(_bare_instant(FLOOR_RUNS)) for _ in range(FLOOR_ROUNDS)
+        )
+    finally:
+        gc.enable()
 
 
 def noted_runs(operator: Operator) -> Iterator[tuple[str, float, float]]:
@@ -563,8 +642,10 @@ def measure(
     operator: Operator,
     intervals: dict[str, int],
     duration_s: float,
+    bare_run_s: float = math.nan,
 ) -> None:
-    """Measure one window of ``duration_s`` into ``scenario``."""
+    """Measure one window of ``duration_s`` into ``scenario``; ``bare_run_s``: a bare
+    loop's cost a run, for the floor."""
     events = operator.events
     start, end = measure_usage(
         scenario,
@@ -575,6 +656,8 @@ def measure(
     )
     time.sleep(NOTE_GRACE_SECONDS)
     tally(scenario, noted_runs(operator), intervals, start, end)
+    if not math.isnan(bare_run_s):
+        scenario.floor_p99_ms = floor_p99_ms(intervals, start, end, bare_run_s)
 
 
 def profile(operator: Operator, seconds: float) -> list[str]:
@@ -625,7 +708,7 @@ def run_a(cluster: Cluster, s: Settings, results: list[Scenario], profile_lines:
     try:
         scenario.extras["ready after start"] = f"{operator.wait_ready(300):.1f} s"
         time.sleep(s.warmup_s)
-        measure(scenario, cluster, operator, intervals, s.duration_s)
+        measure(scenario, cluster, operator, intervals, s.duration_s, s.bare_run_s)
         if s.profile_s:
             profile_lines += profile(operator, s.profile_s)
     finally:
@@ -645,7 +728,7 @@ def run_bc(cluster: Cluster, s: Settings, results: list[Scenario]) -> None:
         if "b" in s.scenarios:
             scenario = Scenario("b", f"{s.jobs_b} jobs every 10-60s", s.jobs_b)
             scenario.extras["ready after start"] = ready
-            measure(scenario, cluster, operator, intervals, s.duration_s)
+            measure(scenario, cluster, operator, intervals, s.duration_s, s.bare_run_s)
             results.append(scenario)
         if "c" in s.scenarios:
             scenario = Scenario("c", "(b) + 50 spec updates/s + GET /_sys/job per 100 ms", s.jobs_b)
@@ -653,7 +736,7 @@ def run_bc(cluster: Cluster, s: Settings, results: list[Scenario]) -> None:
                 sidecar(operator) as url,
                 Churn(cluster, "bench-b", list(intervals), url) as churn,
             ):
-                measure(scenario, cluster, operator, intervals, s.duration_s)
+                measure(scenario, cluster, operator, intervals, s.duration_s, s.bare_run_s)
             scenario.extras["spec updates/s"] = f"{churn.updates / scenario.window_s:.1f}"
             scenario.extras["GET /_sys/job p50/p99"] = (
                 f"{1000 * statistics.median(churn.gets):.0f}/"
@@ -718,6 +801,7 @@ def report(results: list[Scenario], profile_lines: list[str]) -> None:
         results,
         [
             *scenario_rows("operator"),
+            ("lateness p99 floor (a bare loop)", lambda r: f"{r.floor_p99_ms:.1f} ms"),
             ("status patches", lambda r: f"{r.patches_per_s:.1f} /s"),
             ("watch events", lambda r: f"{r.watch_events_per_s:.1f} /s"),
         ],
@@ -755,6 +839,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bench-operator: scenarios {s.scenarios}, {s.duration_s:g}s windows after"
         f" {s.warmup_s:g}s warm-up; load now {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    s = dataclasses.replace(s, bare_run_s=bare_run_seconds())
+    print(
+        f"  a bare loop starts a run made ready in {1e6 * s.bare_run_s:.1f} us",
         file=sys.stderr,
         flush=True,
     )

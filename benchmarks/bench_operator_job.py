@@ -20,7 +20,7 @@ from podcron import JobContext
 _OUT = os.environ.get("PODCRON_BENCH_LATENESS_FILE")
 _FLUSH_SECONDS = 1.0
 #: The busy half of the mix: a run that takes 50 ms, waiting as an I/O-bound job would.
-_SLEEP_SECONDS = 0.05
+SLEEP_SECONDS = 0.05
 
 _pending: list[str] = []
 
@@ -50,4 +50,4 @@ async def noop(ctx: JobContext) -> None:
 async def sleep50(ctx: JobContext) -> None:
     """Note the lateness, then take 50 ms."""
     _note(ctx, time.time())
-    await asyncio.sleep(_SLEEP_SECONDS)
+    await asyncio.sleep(SLEEP_SECONDS)
