@@ -19,7 +19,7 @@ import pytest
 from podcron import wire
 from podcron.context import JobContext, Trigger
 from podcron.controller.control_socket import ControlServer, JobCatalogue
-from podcron.engine import ConcurrencyPolicy, Engine, JobSpec
+from podcron.engine import ConcurrencyPolicy, Engine, JobSpec, RunFinished
 from podcron.entrypoints import JobTarget
 from podcron.errors import ErrorCode, NotOwner, OperatorRefused, OperatorUnavailable
 from podcron.ha.ring import Assignment
@@ -292,6 +292,57 @@ async def test_the_catalogue_reencodes_only_after_a_change(engine: Engine) -> No
     assert new_etag != etag
     assert json.loads(new_listing)[0]["suspended"] is True
     assert catalogue.one("ns/b") is one_b, "an unchanged job keeps its encoding"
+
+
+async def test_the_catalogue_snapshots_again_only_the_jobs_changed(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("b", "d", "f"):
+        engine.upsert(_spec(name))
+    catalogue = JobCatalogue(engine)
+    _, _, listing = catalogue.listing()
+    unchanged = catalogue.one("ns/f")
+
+    def every_job() -> None:
+        raise AssertionError("every job snapshotted again")
+
+    monkeypatch.setattr(engine, "snapshots", every_job)
+    engine.upsert(_spec("d", suspended=True))
+    engine.remove("ns/b")
+    engine.upsert(_spec("a"))
+    engine.upsert(_spec("e"))
+    etag, total, listing = catalogue.listing()
+    jobs = json.loads(listing)
+    assert [job["name"] for job in jobs] == ["a", "d", "e", "f"], "by job id, b gone"
+    assert total == 4
+    assert [job["suspended"] for job in jobs] == [False, True, False, False]
+    assert catalogue.one("ns/f") is unchanged
+    assert catalogue.listing() == (etag, total, listing), "nothing changed since: the same"
+
+
+async def test_the_engine_marks_each_job_whose_snapshot_may_have_changed() -> None:
+    ran = asyncio.Event()
+
+    async def job(ctx: JobContext) -> None:
+        ran.set()
+
+    engine = Engine()
+    recorded = asyncio.Event()
+    engine.add_listener(lambda event: recorded.set() if isinstance(event, RunFinished) else None)
+    changed = engine.watch_changes()
+    engine.upsert(_spec("a", target=job))
+    engine.upsert(_spec("b"))
+    assert changed.take() == {"ns/a", "ns/b"}
+    assert changed.take() == set(), "taken"
+    version = engine.version
+    engine.trigger("ns/a")
+    await asyncio.wait_for(recorded.wait(), 5)  # its start, end and recording mark it
+    assert ran.is_set()
+    assert changed.take() == {"ns/a"}
+    assert engine.version > version
+    engine.remove("ns/b")
+    assert changed.take() == {"ns/b"}
+    await engine.shutdown()
 
 
 async def test_each_job_names_the_replica_that_owns_it_in_the_assignment_adopted(

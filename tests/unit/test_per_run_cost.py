@@ -24,6 +24,7 @@ from podcron.engine import (
     ThreadReturned,
 )
 from podcron.engine import jobs as engine_jobs
+from podcron.engine.changes import JobChanges
 from podcron.engine.events import Listeners
 from podcron.engine.recording import Recorder as OutcomeRecorder
 from podcron.schedules import Every
@@ -80,7 +81,9 @@ def test_a_jobs_past_runs_are_untracked_by_the_garbage_collector() -> None:
         pass
 
     state = engine_jobs.JobState.restored(spec(job), None, run_history_limit=20)
-    recorder = OutcomeRecorder(clock=SYSTEM_CLOCK, metrics=None, listeners=Listeners(), config=None)
+    recorder = OutcomeRecorder(
+        clock=SYSTEM_CLOCK, metrics=None, listeners=Listeners(), config=None, changes=JobChanges()
+    )
     due = datetime(2026, 12, 3, 2, 0, tzinfo=UTC)
     for status in (RunStatus.SUCCESS, RunStatus.FAILURE):
         recorder.record(state, Trigger.SCHEDULED, due, status, time.time(), None)

@@ -35,6 +35,7 @@ from typing import Any
 
 from podcron.context import Trigger
 from podcron.engine.budgets import RunBudgets
+from podcron.engine.changes import ChangedJobs, JobChanges
 from podcron.engine.clock import SYSTEM_CLOCK, Clock
 from podcron.engine.duequeue import DueQueue
 from podcron.engine.events import Listener, Listeners
@@ -185,6 +186,7 @@ class Engine:
         self._listeners = Listeners(listeners)
         telemetry = telemetry or RunTelemetry()
         self._metrics = telemetry.metrics
+        self._changes = JobChanges()
         self._runner = Runner(
             budgets=self._budgets,
             threads_per_job=threads_per_job,
@@ -193,6 +195,7 @@ class Engine:
             clock=clock,
             resources=resources,
             config=config,
+            changes=self._changes,
         )
         self._jobs: dict[str, JobState] = {}
         self._clock = clock
@@ -208,7 +211,6 @@ class Engine:
         self._loop_watchdog = loop_watchdog
         self._watchdog: LoopWatchdog | None = None
         self._closing = False
-        self._version = 0
         self._gate = gate
         # Kept only with a gate, which speaks of job uids: uid -> job id, the ticks it holds
         # back, and gains of jobs not registered yet (applied when they are).
@@ -335,7 +337,7 @@ class Engine:
         if base is None:
             if _ticks_counted(history) > job.total + job.skipped:
                 job.continue_from(history)
-                self._version += 1
+                self._changes.mark(job_id)
             return
         written = _ticks_counted_in(job.counts()) <= _ticks_counted_in(base)
         job.add_counts(history.counts.since(base))
@@ -344,7 +346,7 @@ class Engine:
             started, own = found.timestamp(), job.last_started
             if own is None or started > own or (started == own and written):
                 job.take_last_run(history)
-        self._version += 1
+        self._changes.mark(job_id)
 
     def snapshot(self, job_id: str) -> JobSnapshot:
         """The job's current state; raises :class:`JobNotFound`."""
@@ -375,8 +377,14 @@ class Engine:
         Readers that derive something costly from :meth:`snapshots` (the
         control socket's serialised job list) rebuild only when it moved.
         """
-        # Two counters that never go back: their sum never does either.
-        return self._version + self._runner.version
+        return self._changes.version
+
+    def watch_changes(self) -> ChangedJobs:
+        """The ids of the jobs whose snapshot may change from now on, kept until taken.
+
+        A job removed is among them (:meth:`snapshot` then raises :class:`JobNotFound`).
+        """
+        return self._changes.reader()
 
     @property
     def job_count(self) -> int:
@@ -426,7 +434,7 @@ class Engine:
         if job.next_due is not None:
             job.next_due = None
             self._due.discard(job.spec.job_id)
-        self._version += 1
+        self._changes.mark(job.spec.job_id)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

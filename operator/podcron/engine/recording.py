@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from podcron.context import Trigger
+from podcron.engine.changes import JobChanges
 from podcron.engine.clock import Clock
 from podcron.engine.events import Listeners, RunFinished
 from podcron.engine.jobs import JobState
@@ -28,7 +29,7 @@ from podcron.telemetry.metrics import JobMetrics
 class Recorder:
     """Records outcomes; ``config``'s Secret values are taken out of errors first."""
 
-    __slots__ = ("_clock", "_config", "_listeners", "_metrics", "version")
+    __slots__ = ("_changes", "_clock", "_config", "_listeners", "_metrics")
 
     def __init__(
         self,
@@ -37,13 +38,14 @@ class Recorder:
         metrics: JobMetrics | None,
         listeners: Listeners,
         config: ConfigSource | None,
+        changes: JobChanges,
     ) -> None:
         self._clock = clock
         self._metrics = metrics
         self._listeners = listeners
         self._config = config
-        #: Moves with every outcome recorded (see Engine.version).
-        self.version = 0
+        # Marked with every outcome recorded.
+        self._changes = changes
 
     def record(
         self,
@@ -64,7 +66,7 @@ class Recorder:
         """
         if job.removed:
             return
-        self.version += 1
+        self._changes.mark(job.spec.job_id)
         now = self._clock.wall() if ended is None else ended
         summary = None
         if error is not None:

@@ -24,6 +24,7 @@ from opentelemetry import trace
 from podcron.context import Trigger
 from podcron.engine.budgets import RunBudgets
 from podcron.engine.burst import Burst
+from podcron.engine.changes import JobChanges
 from podcron.engine.clock import Clock
 from podcron.engine.events import Listeners, RunStarted
 from podcron.engine.jobs import JobState, why_busy
@@ -81,6 +82,7 @@ class Runner:
         clock: Clock,
         resources: ResourceManager | None = None,
         config: ConfigSource | None = None,
+        changes: JobChanges,
     ) -> None:
         if threads_per_job < 1:
             raise ValueError(f"threads_per_job must be at least 1, got {threads_per_job}")
@@ -98,7 +100,7 @@ class Runner:
         self._resources = resources
         self._config = config
         self._recorder = Recorder(
-            clock=clock, metrics=self._metrics, listeners=listeners, config=config
+            clock=clock, metrics=self._metrics, listeners=listeners, config=config, changes=changes
         )
         self._record = self._recorder.record
         self._threads = OutlivedThreads(
@@ -109,13 +111,8 @@ class Runner:
         )
         self._run_ids = itertools.count()
         self._closing = False
-        # Moves whenever a job's active runs change.
-        self._changes = 0
-
-    @property
-    def version(self) -> int:
-        """Moves whenever a job's active runs or history change (see Engine.version)."""
-        return self._changes + self._recorder.version
+        # Marked whenever a job's active runs change (the recorder marks its history).
+        self._changes = changes
 
     def dispatch(
         self,
@@ -175,7 +172,7 @@ class Runner:
             waits.append(run.instant)
         run_id = next(self._run_ids)
         job.active[run_id] = run
-        self._changes += 1
+        self._changes.mark(job.spec.job_id)
         if self._metrics is not None:
             self._metrics.run_queued()
         run.task = loop.create_task(
@@ -376,7 +373,7 @@ class Runner:
         """The run's body has returned (or never started): release what it held."""
         run.ended = True
         job.active.pop(run_id, None)
-        self._changes += 1
+        self._changes.mark(job.spec.job_id)
         self._budgets.release(run)
         if self._metrics is not None:
             if run.started is None:
