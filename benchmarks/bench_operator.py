@@ -36,9 +36,10 @@ before the control plane starts), with nothing of podcron's around them. A
 window holding a larger instant (the whole minute, or an hour's) has a higher
 floor. So the table also gives the cost a run at an instant, which does not
 depend on the instants a window holds: the last start of each instant of 300
-runs or more over its runs, the median over the window's instants. Status patches and watch events per second come from the API server's own
-counters; CPU and RSS of the operator from ``/proc``; the machine's load
-average is printed beside every scenario, since other work shares the cores.
+runs or more over its runs, the median over the window's instants. Status
+patches and watch events per second come from the API server's own counters;
+CPU and RSS of the operator from ``/proc``; the machine's load average is
+printed beside every scenario, since other work shares the cores.
 """
 
 from __future__ import annotations
