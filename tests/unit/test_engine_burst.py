@@ -25,6 +25,7 @@ from podcron.engine import (
 )
 from podcron.engine.burst import HELD_BATCHES_AT_MOST, Burst
 from podcron.engine.engine import READY_AHEAD_PER_RUN_SECONDS
+from podcron.engine.gate import GateListener, Verdict
 from podcron.engine.runner import PREPARE_AHEAD_SECONDS
 from podcron.telemetry.run_telemetry import RunTelemetry
 
@@ -493,16 +494,45 @@ async def test_a_job_removed_before_the_instant_does_not_start_its_run_made_read
     await engine.shutdown()
 
 
+class _DecidesOnFirstAsk:
+    """A gate that starts every tick, and once asked its first has the engine decide every
+    tick due (a SIGTERM's release) right after that batch: part way through an instant."""
+
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.asked = 0
+        # Runs made ready when the engine was told to decide, and once it had.
+        self.made_ready: tuple[int, int] | None = None
+
+    def verdict(self, key: str, tick: float) -> Verdict:
+        if not self.asked:
+            asyncio.get_running_loop().call_soon(self._decide)
+        self.asked += 1
+        return Verdict.START
+
+    def _decide(self) -> None:
+        assert self.engine is not None
+        before = self.engine.running_count
+        self.engine.decide_due()
+        self.made_ready = (before, self.engine.running_count)
+
+    def set_listener(self, listener: GateListener) -> None:
+        pass
+
+    def asked_before(self, instant: float) -> None:
+        pass
+
+
 async def test_deciding_the_due_ticks_decides_a_whole_instant_being_made_ready() -> None:
     # A SIGTERM part way through: handed over, the rest of the instant would be uncertain
     # to the successors and started by nobody (docs/ha.md, rule 8).
     clock = LoopClock()
-    engine, recorder, began, instant = _noted_jobs(JOBS, clock)
-    lead = JOBS * READY_AHEAD_PER_RUN_SECONDS
-    await _until(clock, instant - lead + 0.0001)
-    assert 0 < engine.running_count < JOBS, "the first batches only"
-    engine.decide_due()
-    assert engine.running_count == JOBS
+    gate = _DecidesOnFirstAsk()
+    engine, recorder, began, instant = _noted_jobs(JOBS, clock, gate=gate)
+    gate.engine = engine
+    await _until(clock, instant - 0.0001)
+    assert gate.made_ready == (DISPATCH_BATCH, JOBS), "told after the first batch: all of it"
+    assert gate.asked == JOBS
     await _all_begin_at_or_after(instant, engine, recorder, began)
 
 

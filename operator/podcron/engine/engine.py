@@ -451,13 +451,15 @@ class Engine:
         if due is None or self._closing:
             self._cancel_timer()
             return
-        count = self._due.count_at(due)
-        ahead = (
-            min(count * READY_AHEAD_PER_RUN_SECONDS, READY_AHEAD_MAX_SECONDS)
-            # The last batch of an instant being made ready is made ready too.
-            if count > DISPATCH_BATCH or (self._instant is not None and self._instant.at == due)
-            else 0.0
-        )
+        if self._instant is not None and self._instant.at == due:
+            # The rest of an instant being made ready (its last batch too): at once, not
+            # paced by what is left, so that the loop's other work between the batches
+            # does not push the last ones past the instant.
+            ahead = max(due - self._clock.wall(), 0.0)
+        elif (count := self._due.count_at(due)) > DISPATCH_BATCH:
+            ahead = min(count * READY_AHEAD_PER_RUN_SECONDS, READY_AHEAD_MAX_SECONDS)
+        else:
+            ahead = 0.0
         # Set again when more jobs came due at it since (registered one by one).
         if self._timer is not None and self._timer_due == due and self._timer_ahead == ahead:
             return
