@@ -18,7 +18,7 @@ import pytest
 
 from podcron import wire
 from podcron.context import JobContext, Trigger
-from podcron.controller.control_socket import ControlServer, JobCatalogue
+from podcron.controller.control_socket import ENCODE_SLICE, ControlServer, JobCatalogue
 from podcron.engine import ConcurrencyPolicy, Engine, JobSpec, RunFinished
 from podcron.entrypoints import JobTarget
 from podcron.errors import ErrorCode, NotOwner, OperatorRefused, OperatorUnavailable
@@ -318,6 +318,35 @@ async def test_the_catalogue_snapshots_again_only_the_jobs_changed(
     assert [job["suspended"] for job in jobs] == [False, True, False, False]
     assert catalogue.one("ns/f") is unchanged
     assert catalogue.listing() == (etag, total, listing), "nothing changed since: the same"
+
+
+async def test_jobs_changed_by_the_thousand_are_encoded_again_a_slice_a_turn_of_the_loop(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names = [f"job{index:04d}" for index in range(ENCODE_SLICE * 5 // 2)]
+    for name in names:
+        engine.upsert(_spec(name))
+    catalogue = JobCatalogue(engine)
+    etag, _, _ = catalogue.listing()
+    for name in names:
+        engine.upsert(_spec(name, suspended=True))
+    engine.remove(f"ns/{names[0]}")
+    catching_up = asyncio.create_task(catalogue.catch_up())
+    turns = 0
+    async with asyncio.timeout(5):
+        while not catching_up.done():  # another task on the loop meanwhile
+            await asyncio.sleep(0)
+            turns += 1
+    assert turns >= 3, "the loop turned between the slices"
+
+    def snapshot_again(job_id: str) -> None:
+        raise AssertionError(f"{job_id} snapshotted again")
+
+    monkeypatch.setattr(engine, "snapshot", snapshot_again)
+    new_etag, total, listing = catalogue.listing()
+    assert new_etag != etag
+    assert total == len(names) - 1
+    assert all(job["suspended"] for job in json.loads(listing))
 
 
 async def test_the_engine_marks_each_job_whose_snapshot_may_have_changed() -> None:
