@@ -558,3 +558,16 @@ async def test_a_job_updated_while_its_run_waits_for_its_instant_runs_that_tick_
     ]
     assert job0 == [(instant, RunStatus.SUCCESS), (instant + 1.0, RunStatus.SUCCESS)]
     await engine.shutdown()
+
+
+async def test_the_engine_is_quiet_until_it_makes_its_next_instants_runs_ready() -> None:
+    # What the collector's early full pass waits for (podcron.latency.collect_when_quiet).
+    clock = LoopClock()
+    engine, recorder, _, instant = _noted_jobs(JOBS, clock)
+    assert engine.quiet_until == pytest.approx(instant - MADE_READY_LEAD)
+    await _until(clock, instant - MADE_READY_LEAD / 2)
+    assert engine.quiet_until == instant, "made ready: they start at it"
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS)
+    assert engine.quiet_until == pytest.approx(instant + 1 - MADE_READY_LEAD)
+    await engine.shutdown()
+    assert engine.quiet_until is None

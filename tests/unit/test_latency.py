@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -71,6 +72,69 @@ async def test_a_wave_of_registrations_is_frozen_and_a_trickle_is_not(
         assert gc.get_freeze_count() > 0
     finally:
         freezer.cancel()
+
+
+@pytest.fixture
+def full_pass_due() -> Iterator[None]:
+    """The collector one middle-generation pass from a full pass of its own; restored after."""
+    enabled = gc.isenabled()
+    gc.collect()
+    for _ in range(gc.get_threshold()[2]):
+        gc.collect(1)  # each counts towards the next full pass
+    yield
+    if enabled:
+        gc.enable()
+
+
+@pytest.mark.usefixtures("full_pass_due")
+@pytest.mark.parametrize(
+    ("quiet_for", "enabled", "now"),
+    [
+        (None, True, True),  # nothing to start at all
+        (latency.QUIET_SECONDS, True, True),
+        (latency.QUIET_SECONDS - 0.01, True, False),  # runs due too soon
+        (10.0, False, False),  # a burst is being started, the collector off
+    ],
+)
+def test_a_full_pass_is_run_early_only_when_one_is_near_and_no_run_is(
+    quiet_for: float | None, enabled: bool, now: bool
+) -> None:
+    if not enabled:
+        gc.disable()
+    assert latency.full_pass_now(quiet_for, 0.0) is now
+
+
+def test_no_full_pass_is_run_early_while_the_collector_is_not_near_one() -> None:
+    gc.collect()
+    assert latency.full_pass_now(None, 0.0) is False
+
+
+@pytest.mark.usefixtures("full_pass_due")
+async def test_the_quiet_collector_runs_the_full_pass_at_a_quiet_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(latency, "COLLECT_CHECK_SECONDS", 0.0)
+    passes: list[int] = []
+    full = asyncio.Event()
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            passes.append(info["generation"])
+            if info["generation"] == 2:
+                full.set()
+
+    quiet = [0.0]  # runs due now: not quiet
+    gc.callbacks.append(on_collection)
+    collector = asyncio.create_task(latency.collect_when_quiet(lambda: quiet[0]))
+    try:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert 2 not in passes, "no full pass while runs are due"
+        quiet[0] = time.time() + 10.0
+        await asyncio.wait_for(full.wait(), DEADLINE)
+    finally:
+        collector.cancel()
+        gc.callbacks.remove(on_collection)
 
 
 async def test_a_removed_jobs_objects_leave_no_cycles_behind() -> None:

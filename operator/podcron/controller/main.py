@@ -389,6 +389,10 @@ async def run(settings: Settings) -> None:
                 latency.freeze_after_registrations(lambda: engine.job_count),
                 name="podcron heap freezer",
             ),
+            asyncio.create_task(
+                latency.collect_when_quiet(lambda: engine.quiet_until),
+                name="podcron quiet collector",
+            ),
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),
         ]
         if replicas is not None:

@@ -402,6 +402,15 @@ class Engine:
         return self._budgets.abandoned
 
     @property
+    def quiet_until(self) -> float | None:
+        """The wall-clock time the engine next starts runs or makes them ready (None: never)."""
+        instant = None if self._instant is None else self._instant.at
+        if self._timer_due is None:
+            return instant
+        timer = self._timer_due - self._timer_ahead
+        return timer if instant is None else min(timer, instant)
+
+    @property
     def next_wakeup(self) -> float | None:
         """The wall-clock time the engine's timer is set for next, or None when none is set."""
         return self._timer_due
