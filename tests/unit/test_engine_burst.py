@@ -226,14 +226,22 @@ async def test_the_next_ticks_of_a_burst_get_their_spans_made_once_it_is_over() 
     assert made.ahead(first, MADE_READY_LEAD) == {}, "first ticks: made only as made ready"
     ahead = made.ahead(second, MADE_READY_LEAD)
     assert len(ahead) == JOBS, "the second ticks' spans were made after the first burst"
+    _assert_begun_as_the_bodies_started(ahead, exported)
+    made.shutdown()
+
+
+def _assert_begun_as_the_bodies_started(
+    ahead: dict[int, int], exported: InMemorySpanExporter
+) -> None:
+    """Every span made ahead (span id: made at, ns) was a run's, begun after it was made."""
+    assert len(ahead) == JOBS, "one a job"
     begun = {
         s.context.span_id: s.start_time or 0
         for s in exported.get_finished_spans()
         if s.context.span_id in ahead
     }
-    assert len(begun) == JOBS, "the runs of the second tick were in them"
+    assert len(begun) == JOBS, "each used by its run"
     assert all(begun[span_id] > ahead[span_id] for span_id in ahead), "begun as the body started"
-    made.shutdown()
 
 
 async def test_a_manual_run_between_leaves_the_next_ticks_span_to_it() -> None:
@@ -250,34 +258,17 @@ async def test_a_manual_run_between_leaves_the_next_ticks_span_to_it() -> None:
     made.shutdown()
 
 
-async def test_a_tick_further_away_than_the_horizon_is_not_made_ahead() -> None:
+async def test_a_tick_beyond_the_horizon_gets_its_span_made_as_its_run_is_made_ready() -> None:
+    # No span was made after the last burst, the tick too far then: making the runs ready
+    # ahead of their instant makes them, rather than each run once the instant has come.
     interval = PREPARE_AHEAD_SECONDS + 1
-    made, _, engine, recorder = _jobs_with_spans_made(every=f"{interval:g}s")
+    made, exported, engine, recorder = _jobs_with_spans_made(every=f"{interval:g}s")
     # Two ticks: the first up to one interval after the jobs are registered (loop clock).
     await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS, within=3 * interval)
     await engine.shutdown()
     second = sorted({e.scheduled_time for e in recorder.finished()})[1]
     assert made.ahead(second, MADE_READY_LEAD) == {}, "made as made ready, not kept for seconds"
-    made.shutdown()
-
-
-async def test_runs_made_ready_ahead_have_their_spans_made_then_and_begun_at_their_start() -> None:
-    # Beyond the horizon no span was made after the last burst: making the runs ready
-    # ahead of their instant makes them, rather than each run once the instant has come.
-    interval = PREPARE_AHEAD_SECONDS + 1
-    made, exported, engine, recorder = _jobs_with_spans_made(every=f"{interval:g}s")
-    await recorder.until(lambda: len(recorder.finished()) >= 2 * JOBS, within=3 * interval)
-    await engine.shutdown()
-    second = sorted({e.scheduled_time for e in recorder.finished()})[1]
-    ahead = made.ahead(second)
-    assert len(ahead) == JOBS, "every run's span made before the instant"
-    begun = {
-        s.context.span_id: s.start_time or 0
-        for s in exported.get_finished_spans()
-        if s.context.span_id in ahead
-    }
-    assert len(begun) == JOBS, "and used by its run"
-    assert all(begun[span_id] > ahead[span_id] for span_id in ahead), "begun as the body started"
+    _assert_begun_as_the_bodies_started(made.ahead(second), exported)
     made.shutdown()
 
 
