@@ -363,12 +363,10 @@ async def test_the_engine_marks_each_job_whose_snapshot_may_have_changed() -> No
     engine.upsert(_spec("b"))
     assert changed.take() == {"ns/a", "ns/b"}
     assert changed.take() == set(), "taken"
-    version = engine.version
     engine.trigger("ns/a")
     await asyncio.wait_for(recorded.wait(), 5)  # its start, end and recording mark it
     assert ran.is_set()
     assert changed.take() == {"ns/a"}
-    assert engine.version > version
     engine.remove("ns/b")
     assert changed.take() == {"ns/b"}
     await engine.shutdown()

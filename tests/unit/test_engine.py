@@ -625,12 +625,11 @@ async def test_a_jobs_own_timeout_error_is_a_plain_failure(engine: Engine) -> No
     assert recorder.finished()[0].error == "TimeoutError: upstream took too long"
 
 
-async def test_the_version_moves_with_every_start_end_and_skipped_tick_and_never_back(
-    engine: Engine,
-) -> None:
-    """Readers rebuild what they derive from the snapshots only when the version moved."""
-    versions: list[int] = []
-    engine.add_listener(lambda event: versions.append(engine.version))
+async def test_every_start_end_and_skipped_tick_marks_the_job_changed(engine: Engine) -> None:
+    """Readers rebuild what they derive from a job's snapshot only when it was marked."""
+    changed = engine.watch_changes()
+    marked: list[set[str]] = []
+    engine.add_listener(lambda event: marked.append(changed.take()))
     recorder = Recorder(engine)
     release = asyncio.Event()
 
@@ -645,18 +644,19 @@ async def test_the_version_moves_with_every_start_end_and_skipped_tick_and_never
     await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 1)
     engine.trigger("ns/job")
     await recorder.until(lambda: recorder.count("job", RunStatus.SUCCESS) == 2)
-    assert len(versions) == len(recorder.events) == 6
-    assert versions == sorted(set(versions)), "each event saw a version no earlier one had"
+    assert len(marked) == len(recorder.events) == 6
+    assert marked == [{"ns/job"}] * 6, "each event saw the job marked since the one before"
     first, second = [e.scheduled_time for e in recorder.finished() if e.status is RunStatus.SKIPPED]
     assert second - first == timedelta(hours=1), "each skipped tick keeps its own time"
 
 
-async def test_each_outcome_recorded_at_shutdown_moves_the_version() -> None:
+async def test_each_outcome_recorded_at_shutdown_marks_its_job_changed() -> None:
     engine = engine_on_loop_clock(shutdown_timeout_seconds=1.0)
     recorder = Recorder(engine)
-    versions: list[int] = []
+    changed = engine.watch_changes()
+    marked: list[set[str]] = []
     engine.add_listener(
-        lambda event: versions.append(engine.version) if isinstance(event, RunFinished) else None
+        lambda event: marked.append(changed.take()) if isinstance(event, RunFinished) else None
     )
     release = asyncio.Event()
 
@@ -678,8 +678,7 @@ async def test_each_outcome_recorded_at_shutdown_moves_the_version() -> None:
         ("a", RunStatus.FAILURE),
         ("b", RunStatus.FAILURE),
     ]
-    first, second = versions
-    assert second > first, "the second outcome moved it too"
+    assert marked[1] == {"ns/b"}, "the second outcome marked its job too"
 
 
 async def test_no_job_is_registered_once_shutdown_began() -> None:
@@ -751,7 +750,7 @@ async def test_history_found_in_status_is_taken_when_it_counts_more_ticks(engine
         pass
 
     engine.upsert(spec(job, every="1h"), history=History(counts=RunCounts(total=5, succeeded=5)))
-    version = engine.version
+    changed = engine.watch_changes()
     # Another replica ran the job meanwhile: its runs and skipped ticks count 7 to our 5.
     found = History(
         last_run_time=datetime.now(UTC) - timedelta(minutes=1),
@@ -761,15 +760,15 @@ async def test_history_found_in_status_is_taken_when_it_counts_more_ticks(engine
     engine.continue_history("ns/job", found)
     assert engine.snapshot("ns/job").history.counts == found.counts
     assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
-    assert engine.version > version, "readers of the job list see the change"
+    assert changed.take() == {"ns/job"}, "readers of the job list see the change"
     # Status counting as many ticks, or fewer, is behind this replica's copy.
     for behind in (RunCounts(total=7, succeeded=7), RunCounts(total=6, succeeded=6)):
         engine.continue_history("ns/job", History(last_status=RunStatus.SUCCESS, counts=behind))
         assert engine.snapshot("ns/job").history.counts == found.counts
         assert engine.snapshot("ns/job").history.last_status is RunStatus.FAILURE
-    version = engine.version
+    changed.take()
     engine.continue_history("ns/job", found, base=found.counts)
-    assert engine.version > version
+    assert changed.take() == {"ns/job"}
 
 
 async def test_a_job_suspended_after_registration_stops_ticking_until_resumed(
@@ -782,10 +781,10 @@ async def test_a_job_suspended_after_registration_stops_ticking_until_resumed(
 
     engine.upsert(spec(job))
     await recorder.until(lambda: len(recorder.finished()) == 1)
-    version = engine.version
+    changed = engine.watch_changes()
     suspended = engine.upsert(spec(job, suspended=True))
     assert suspended.next_run_time is None
-    assert engine.version > version, "readers of the job list see it suspended"
+    assert changed.take() == {"ns/job"}, "readers of the job list see it suspended"
     assert engine.next_wakeup is None, "its armed tick is gone with it"
     await asyncio.sleep(5)
     assert len(recorder.finished()) == 1

@@ -1,4 +1,4 @@
-"""Which jobs' snapshots may have changed: one counter, and each reader's set of job ids.
+"""Which jobs' snapshots may have changed: each reader's set of job ids.
 
 A reader that derives something costly from every job's snapshot (the control
 socket's serialised job list) rebuilds only the jobs marked since it last
@@ -26,16 +26,13 @@ class ChangedJobs:
 class JobChanges:
     """Marked by the engine's parts whenever a job's snapshot may have changed."""
 
-    __slots__ = ("_readers", "version")
+    __slots__ = ("_readers",)
 
     def __init__(self) -> None:
-        #: Moves with every mark; never goes back.
-        self.version = 0
         self._readers: list[ChangedJobs] = []
 
     def mark(self, job_id: str) -> None:
         """The job's spec, active runs, next run time or history changed (or it was removed)."""
-        self.version += 1
         for reader in self._readers:
             reader._ids.add(job_id)
 

@@ -370,15 +370,6 @@ class Engine:
         """Every registered job's state, ordered by job id."""
         return [self._snapshot(self._jobs[job_id]) for job_id in sorted(self._jobs)]
 
-    @property
-    def version(self) -> int:
-        """A counter that moves whenever any job's snapshot may have changed.
-
-        Readers that derive something costly from :meth:`snapshots` (the
-        control socket's serialised job list) rebuild only when it moved.
-        """
-        return self._changes.version
-
     def watch_changes(self) -> ChangedJobs:
         """The ids of the jobs whose snapshot may change from now on, kept until taken.
 
