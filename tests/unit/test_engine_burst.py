@@ -562,3 +562,37 @@ async def test_the_engine_is_quiet_until_it_makes_its_next_instants_runs_ready()
     assert engine.quiet_until == pytest.approx(instant + 1 - MADE_READY_LEAD)
     await engine.shutdown()
     assert engine.quiet_until is None
+
+
+class _SlowToDecide:
+    """A gate that starts every tick, taking ``seconds`` of real time to say so."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def verdict(self, key: str, tick: float) -> Verdict:
+        time.sleep(self.seconds)  # a loop too busy to make the instant ready in its lead
+        return Verdict.START
+
+    def set_listener(self, listener: GateListener) -> None:
+        pass
+
+    def asked_before(self, instant: float) -> None:
+        pass
+
+
+@pytest.mark.looptime(False)  # the gate takes real time: the loop's must be real too
+async def test_runs_made_ready_too_slowly_for_their_instant_all_start_before_any_is_recorded() -> (
+    None
+):
+    # Each run takes four times its lead to make ready: the instant comes after the first
+    # batch, with the rest left to dispatch. The burst goes on until they have started.
+    engine = Engine(
+        shutdown_timeout_seconds=1.0, gate=_SlowToDecide(4 * READY_AHEAD_PER_RUN_SECONDS)
+    )
+    recorder = Recorder(engine)
+    for index in range(JOBS):
+        engine.upsert(spec(_noop, f"job{index}"))
+    await recorder.until(lambda: len(recorder.finished()) >= JOBS, within=5.0)
+    await engine.shutdown()
+    assert _started_before_first_outcome(recorder.events) == JOBS

@@ -580,9 +580,12 @@ class Engine:
             else:
                 self._start(job, Trigger.SCHEDULED, scheduled)
         # Their tasks step next, in this order: the burst goes on until they have (a flush
-        # queued before them, by the bound on batches held, must not end it).
+        # queued before them, by the bound on batches held, must not end it), and on past
+        # them while runs of the instant are left to dispatch (made ready too slowly): the
+        # batch that starts the last of them ends it.
         self._runner.burst_goes_on()
-        asyncio.get_running_loop().call_soon(self._runner.burst_over)
+        if self._timer_due is None or self._timer_due > pending.at:
+            asyncio.get_running_loop().call_soon(self._runner.burst_over)
 
     def _tell_decided(self, gate: FiringGate) -> None:
         """Tell the gate the earliest tick not decided yet: still armed, or asked and held.
