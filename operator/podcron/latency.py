@@ -35,7 +35,6 @@ import asyncio
 import gc
 import logging
 import sys
-import time
 from collections.abc import Callable
 
 #: How long the event loop may wait for another thread to give up the GIL.
@@ -83,8 +82,8 @@ async def freeze_after_registrations(job_count: Callable[[], int]) -> None:
             frozen_at = count
 
 
-def full_pass_now(quiet_until: float | None, now: float) -> bool:
-    """Whether to run the collector's full pass now, the engine quiet until ``quiet_until``.
+def full_pass_now(quiet_for: float | None) -> bool:
+    """Whether to run the collector's full pass now, the engine quiet for ``quiet_for`` s.
 
     Only when the collector would run one at its next middle-generation pass (its count
     of those reached the threshold), is on (off: a burst is being started), and the
@@ -93,17 +92,17 @@ def full_pass_now(quiet_until: float | None, now: float) -> bool:
     return (
         gc.isenabled()
         and gc.get_count()[2] >= gc.get_threshold()[2]
-        and (quiet_until is None or quiet_until - now >= QUIET_SECONDS)
+        and (quiet_for is None or quiet_for >= QUIET_SECONDS)
     )
 
 
-async def collect_when_quiet(quiet_until: Callable[[], float | None]) -> None:
+async def collect_when_quiet(quiet_for: Callable[[], float | None]) -> None:
     """Run the collector's full pass early, at a quiet moment (:func:`full_pass_now`).
 
-    ``quiet_until``: the wall-clock time the engine next starts or makes ready runs.
+    ``quiet_for``: seconds until the engine next starts or makes ready runs.
     Runs until cancelled. A process never quiet is left to the collector's own timing.
     """
     while True:
         await asyncio.sleep(COLLECT_CHECK_SECONDS)
-        if full_pass_now(quiet_until(), time.time()):
+        if full_pass_now(quiet_for()):
             gc.collect()

@@ -390,7 +390,7 @@ async def run(settings: Settings) -> None:
                 name="podcron heap freezer",
             ),
             asyncio.create_task(
-                latency.collect_when_quiet(lambda: engine.quiet_until),
+                latency.collect_when_quiet(lambda: engine.quiet_for),
                 name="podcron quiet collector",
             ),
             asyncio.create_task(watch_startup(gate, list_jobs), name="podcron readiness"),

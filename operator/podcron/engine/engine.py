@@ -393,13 +393,17 @@ class Engine:
         return self._budgets.abandoned
 
     @property
-    def quiet_until(self) -> float | None:
-        """The wall-clock time the engine next starts runs or makes them ready (None: never)."""
+    def quiet_for(self) -> float | None:
+        """Seconds until the engine next starts runs or makes them ready (None: never).
+
+        By the engine's own clock, which with several replicas is the API server's.
+        """
         instant = None if self._instant is None else self._instant.at
-        if self._timer_due is None:
-            return instant
-        timer = self._timer_due - self._timer_ahead
-        return timer if instant is None else min(timer, instant)
+        timer = None if self._timer_due is None else self._timer_due - self._timer_ahead
+        if instant is None and timer is None:
+            return None
+        nearest = min(t for t in (instant, timer) if t is not None)
+        return nearest - self._clock.wall()
 
     @property
     def next_wakeup(self) -> float | None:
