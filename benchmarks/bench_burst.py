@@ -1,16 +1,21 @@
 """One burst a second: the engine alone, telemetry on, 1,000 runs due at once; trees side by side.
 
 Run with ``.venv/bin/python benchmarks/bench_burst.py [TREE ...]`` (``make bench-burst``;
-``JOBS``, ``WINDOW`` seconds and ``ROUNDS`` change the defaults: 1,000, 20 and 3).
-It is bench-operator's scenario (a) without the operator around the engine: no kopf,
-no API server, no status writer. ``JOBS`` ``every: 1s`` jobs, half of them no-ops and
-half sleeping 50 ms, each with a 30 s timeout, fall due together every second; the
-engine's metrics are on and its spans go over OTLP to a receiver in this (parent)
-process, as the operator's would. Each body notes when it started (the ground truth,
-not the engine's own metric); a burst's last run says how long starting all of them
-took, and the loop thread's CPU time over the runs gives its cost per run. The time
-the garbage collector ran while a burst was being started (from its instant to its
-last start) is summed per burst: the median and the worst burst are printed.
+``JOBS``, ``WINDOW`` seconds, ``WARMUP`` seconds and ``ROUNDS`` change the defaults:
+1,000, 20, 5 and 3). It is bench-operator's scenario (a) without the operator around
+the engine: no kopf, no API server, no status writer. ``JOBS`` ``every: 1s`` jobs,
+half of them no-ops and half sleeping 50 ms, each with a 30 s timeout, fall due
+together every second; the engine's metrics are on and its spans go over OTLP to a
+receiver in this (parent) process, as the operator's would. ``SHAPE=b`` gives the jobs
+bench-operator's scenario (b) intervals instead (``every: 10s`` ... ``60s``, take
+``JOBS=10000 WINDOW=60 WARMUP=15``): what the engine alone does with that scenario, so
+the best a design with the engine in a process of its own could do. Beside each p99
+is bench-operator's floor for the same due times and the cost a run at an instant.
+Each body notes when it started (the ground truth, not the engine's own metric); a
+burst's last run says how long starting all of them took, and the loop thread's CPU
+time over the runs gives its cost per run. The time the garbage collector ran while a
+burst was being started (from its instant to its last start) is summed per burst: the
+median and the worst burst are printed.
 
 Each tree (a checkout of this repository; default: this one) is measured in child
 processes that import ``podcron`` from it (``git archive COMMIT | tar -x -C DIR``),
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -34,6 +40,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_operator import (
+    INSTANT_RUNS_AT_LEAST,
+    INTERVALS_B,
+    bare_run_seconds,
+    floor_p99_ms,
+)
 from harness import percentile
 
 HERE = Path(__file__).resolve().parents[1]
@@ -43,9 +55,18 @@ from otlp_receiver import OtlpReceiver  # noqa: E402  (tools/, put on sys.path a
 JOBS = int(os.environ.get("JOBS", "1000"))
 WINDOW_S = float(os.environ.get("WINDOW", "20"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
-WARMUP_S = 5.0
+WARMUP_S = float(os.environ.get("WARMUP", "5"))
+#: "a": every job every second; "b": bench-operator's scenario (b) intervals.
+SHAPE = os.environ.get("SHAPE", "a")
 SLOW_BODY_S = 0.05
 TIMEOUT_S = 30.0
+
+
+def _intervals() -> list[int]:
+    """Each job's interval in seconds, by index."""
+    if SHAPE == "b":
+        return [INTERVALS_B[index % len(INTERVALS_B)] for index in range(JOBS)]
+    return [1] * JOBS
 
 
 def _child(tree: Path) -> None:
@@ -91,7 +112,7 @@ def _child(tree: Path) -> None:
         telemetry = RunTelemetry(metrics=JobMetrics(CollectorRegistry()), spans=spans)
         engine = Engine(telemetry=telemetry, max_concurrent_runs=JOBS)
         freezer = asyncio.create_task(latency.freeze_after_registrations(lambda: engine.job_count))
-        for index in range(JOBS):
+        for index, interval in enumerate(_intervals()):
             engine.upsert(
                 JobSpec(
                     job_id=f"bench/job-{index}",
@@ -99,7 +120,7 @@ def _child(tree: Path) -> None:
                     name=f"job-{index}",
                     entry_point="bench:job",
                     target=slow if index % 2 else fast,
-                    schedule=Every(interval=timedelta(seconds=1)),
+                    schedule=Every(interval=timedelta(seconds=interval)),
                     timeout_seconds=TIMEOUT_S,
                 )
             )
@@ -112,7 +133,7 @@ def _child(tree: Path) -> None:
         end = time.time()
         window = [(due, at) for due, at in noted if start <= due < end]
         summary = _summary(window, cpu, collections)
-        print(json.dumps(summary | {"full_gcs": full}), flush=True)
+        print(json.dumps(summary | {"full_gcs": full, "start": start, "end": end}), flush=True)
         # Runs still sleeping, the heap's freezer, the span exporter's thread: none is waited for.
         freezer.cancel()
         os._exit(0)
@@ -139,6 +160,16 @@ def _summary(
         "p99_ms": percentile(lateness, 0.99) * 1000,
         "max_ms": max(lateness) * 1000,
         "last_ms": statistics.median(max(values) for values in bursts.values()) * 1000,
+        # bench-operator's: the last start of each instant of many runs over its runs.
+        "us_per_run_at_instant": statistics.median(
+            [
+                max(late) / len(late)
+                for late in bursts.values()
+                if len(late) >= INSTANT_RUNS_AT_LEAST
+            ]
+            or [math.nan]
+        )
+        * 1e6,
         "cpu_per_run_us": cpu_s / max(len(noted), 1) * 1e6,
         "gc_in_burst_ms": statistics.median(collecting) * 1000,
         "gc_in_burst_max_ms": max(collecting) * 1000,
@@ -168,19 +199,27 @@ def main(argv: Sequence[str]) -> None:
         _child(Path(argv[1]).resolve())
         return
     trees = [Path(arg).resolve() for arg in argv] or [HERE]
+    shape = "every-1s jobs due together" if SHAPE != "b" else "jobs at 10-60 s (scenario b)"
+    bare_run_s = bare_run_seconds()
     print(
-        f"bench-burst: {JOBS} every-1s jobs due together, {WINDOW_S:.0f}s windows, "
-        f"{ROUNDS} rounds; load before (1/5/15 min) {_load()}"
+        f"bench-burst: {JOBS} {shape}, {WINDOW_S:.0f}s windows, {ROUNDS} rounds; bare loop"
+        f" {bare_run_s * 1e6:.1f} us a run; load before (1/5/15 min) {_load()}"
     )
+    intervals = {f"bench/job-{index}": interval for index, interval in enumerate(_intervals())}
     results: dict[Path, list[dict[str, Any]]] = {tree: [] for tree in trees}
     with OtlpReceiver() as receiver:
         for round_ in range(ROUNDS):
             for tree in trees:
                 print(f"  round {round_ + 1}: {tree} ...", file=sys.stderr, flush=True)
-                results[tree].append(_measure(tree, receiver.endpoint))
+                result = _measure(tree, receiver.endpoint)
+                result["floor_ms"] = floor_p99_ms(
+                    intervals, result["start"], result["end"], bare_run_s
+                )
+                results[tree].append(result)
     print(f"load after {_load()}")
     print(
-        "tree: p50 / p99 / max lateness, median last run of a burst, loop CPU per run (all rounds)"
+        "tree: p50 / p99 / max lateness (the p99's floor), median last run of a burst,"
+        " cost a run at an instant, loop CPU per run (all rounds)"
     )
     line = []
     for tree, rounds in results.items():
@@ -188,17 +227,21 @@ def main(argv: Sequence[str]) -> None:
         every = ", ".join(f"{r['p99_ms']:.1f}" for r in rounds)
         print(
             f"  {tree}: {median['p50_ms']:.1f} / {median['p99_ms']:.1f} /"
-            f" {median['max_ms']:.1f} ms,"
-            f" last {median['last_ms']:.1f} ms, {median['cpu_per_run_us']:.1f} us a run,"
+            f" {median['max_ms']:.1f} ms (floor {median['floor_ms']:.1f}),"
+            f" last {median['last_ms']:.1f} ms,"
+            f" {median['us_per_run_at_instant']:.1f} us a run at an instant,"
+            f" {median['cpu_per_run_us']:.1f} us of CPU a run,"
             f" {median['full_gcs']} full collections,"
             f" collecting {median['gc_in_burst_ms']:.1f} ms a burst"
             f" ({median['gc_in_burst_max_ms']:.1f} at most)"
             f" (p99 of each round: {every} ms; {median['runs']} runs)"
         )
         line.append(
-            f"{tree.name}: p99_ms={median['p99_ms']:.1f} us_per_run={median['cpu_per_run_us']:.1f}"
+            f"{tree.name}: p99_ms={median['p99_ms']:.1f} floor_ms={median['floor_ms']:.1f}"
+            f" us_per_run={median['cpu_per_run_us']:.1f}"
+            f" us_per_run_at_instant={median['us_per_run_at_instant']:.1f}"
         )
-    print(f"RESULT burst jobs={JOBS} " + " | ".join(line))
+    print(f"RESULT burst jobs={JOBS} shape={SHAPE} " + " | ".join(line))
 
 
 if __name__ == "__main__":
