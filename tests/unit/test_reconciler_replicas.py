@@ -310,3 +310,32 @@ async def test_a_replica_joins_the_ring_only_once_it_holds_its_jobs_and_gains_ea
     finally:
         joining.cancel()
         await asyncio.gather(joining, return_exceptions=True)
+
+
+async def test_a_run_now_another_replica_acted_on_runs_nothing_here(engine: Engine) -> None:
+    # The owner's decision alone is under test: one replica, which owns every job.
+    writer, events = Writer(), Events()
+    handlers = Reconciler(
+        engine=engine,
+        writer=cast(StatusWriter, writer),
+        events=cast(EventRecorder, events),
+        settings=Settings(),
+    )
+    await handlers.on_create(body=body(NAMES[0]))
+
+    def changed(kept: str) -> kopf.Body:
+        raw = copy.deepcopy(dict(body(NAMES[0])))
+        raw["metadata"]["annotations"] = {"podcron.dev/run-now": "2"}
+        raw["status"] = {"lastRunNow": kept}
+        return kopf.Body(cast(kopf.RawBody, raw))
+
+    def run_now_events() -> list[str]:
+        return [reason for _, _, reason, _ in events.posted if reason.startswith("RunNow")]
+
+    # The job moved here after its previous owner ran "2" and said so in status; this
+    # replica's watch brings the change only now, and that status with it.
+    await handlers.on_run_now(body=changed("2"), reason=kopf.Reason.UPDATE, old="1", new="2")
+    assert run_now_events() == []
+    # Nobody acted on it yet: the owner runs it.
+    await handlers.on_run_now(body=changed("1"), reason=kopf.Reason.UPDATE, old="1", new="2")
+    assert run_now_events() == ["RunNow"]

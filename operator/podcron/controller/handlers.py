@@ -237,18 +237,20 @@ class Reconciler:
         kept in status (``lastRunNow``), and at an object's first sight here
         (kopf's creation, :mod:`podcron.controller.handled`) a different value
         is such a change; with none kept yet, the value is kept and nothing runs.
+        A change whose value status already holds was acted on by another replica
+        (the job's owner before it moved here, seen late by this replica's watch).
         """
         if not new or not self._owns(str(body.meta.uid)):
             return  # every replica sees the annotation change; the job's owner runs it
         value = str(new)
         namespace, name = str(body.meta.namespace), str(body.meta.name)
+        kept = body.status.get(LAST_RUN_NOW)
         if reason == kopf.Reason.CREATE:
-            kept = body.status.get(LAST_RUN_NOW)
             if kept is None:
                 self._writer.update(namespace, name, {LAST_RUN_NOW: value})
             if kept is None or kept == value:
                 return
-        elif new == old:
+        elif new == old or kept == value:
             return
         self._writer.update(namespace, name, {LAST_RUN_NOW: value})
         jid = jobspecs.job_id(namespace, name)
