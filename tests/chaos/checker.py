@@ -53,6 +53,12 @@ class Fault:
     #: For a control-plane fault: when the API server answered again (monotonic), so that
     #: a failover it overlapped is also timed without the control plane's own outage.
     healed: float = math.nan
+    #: How long the fault lasted as planned (a killed process's time down, a pause's length).
+    seconds: float = 0.0
+
+    def overlaps(self, start: float, end: float) -> bool:
+        """Whether the fault was on at some moment of [start, end] (monotonic)."""
+        return self.monotonic <= end and start <= self.monotonic + self.seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,9 @@ class Verdict:
     #: The same less the usual lateness of the start that ended each (Takeover.added).
     failover_added_p99_s: float
     sigterm_handover_added_max_s: float
+    #: The failover p99 over the SIGKILLs alone (see ``alone``), and how many they were.
+    failover_alone_p99_s: float
+    failovers_alone: int
     writes_per_s: float
     lease_writes_per_s: float
     #: The jobs behind ``missed_outside_window``, by name.
@@ -175,6 +184,8 @@ class Verdict:
             "sigterm_handover_own_max_s": _seconds(self.sigterm_handover_own_max_s),
             "failover_added_p99_s": _seconds(self.failover_added_p99_s),
             "sigterm_handover_added_max_s": _seconds(self.sigterm_handover_added_max_s),
+            "failover_alone_p99_s": _seconds(self.failover_alone_p99_s),
+            "failovers_alone": self.failovers_alone,
             **(extra or {}),
         }
         return "RESULT chaos " + " ".join(f"{key}={value}" for key, value in fields.items())
@@ -323,6 +334,7 @@ def judge(
     lease_writes: float,
     seconds: float,
     skipped: Mapping[str, int] | None = None,
+    lease_stale: float = 6.0,
 ) -> Verdict:
     """The verdict on one run.
 
@@ -334,7 +346,10 @@ def judge(
     its ticks outside the window too: they excuse at most as many of its missing ticks as
     they say.
     ``writes`` and ``lease_writes`` are mutating requests the API server counted in the
-    window of ``seconds``.
+    window of ``seconds``. ``lease_stale`` is the operators' L: a SIGKILL is *alone* when no
+    fault of another process or of the control plane was on within L of it either way, so
+    its failover is the protocol's for one lost replica (two lost within L can take up to
+    2L, docs/ha.md rule 6).
     """
     ticks, missed = missing(entries, schedules, *window)
     excused = (
@@ -357,6 +372,18 @@ def judge(
     handovers = [t for c in costs if c.fault.kind == "term" for t in c.takeovers]
     recovered = [t for t in failovers if not math.isnan(t.next_start)]
     handed = [t for t in handovers if not math.isnan(t.next_start)]
+    alone = [
+        c
+        for c in costs
+        if c.fault.kind == "kill"
+        and c.takeovers
+        and not any(
+            other.target != c.fault.target
+            and other.overlaps(c.fault.monotonic - lease_stale, c.fault.monotonic + lease_stale)
+            for other in faults
+        )
+    ]
+    alone_recovered = [t for c in alone for t in c.takeovers if not math.isnan(t.next_start)]
     return Verdict(
         replicas=replicas,
         jobs=len(schedules),
@@ -376,6 +403,8 @@ def judge(
         sigterm_handover_own_max_s=max((t.own_outage for t in handed), default=math.nan),
         failover_added_p99_s=p99([t.added for t in recovered]),
         sigterm_handover_added_max_s=max((t.added for t in handed), default=math.nan),
+        failover_alone_p99_s=p99([t.outage for t in alone_recovered]),
+        failovers_alone=len(alone),
         writes_per_s=writes / seconds if seconds > 0 else 0.0,
         lease_writes_per_s=lease_writes / seconds if seconds > 0 else 0.0,
         uncounted=uncounted,

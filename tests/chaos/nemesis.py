@@ -185,7 +185,9 @@ class Nemesis:
 
     def _record(self, step: Step) -> None:
         pid = self._targets.pid(step.target) if step.kind in OPERATOR_KINDS else 0
-        self.faults.append(Fault(step.kind, step.target, pid, time.monotonic(), time.time()))
+        self.faults.append(
+            Fault(step.kind, step.target, pid, time.monotonic(), time.time(), seconds=step.seconds)
+        )
 
     def _apply(self, step: Step) -> None:
         t, target = self._targets, step.target

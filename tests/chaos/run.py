@@ -493,6 +493,7 @@ def run(settings: Settings, plane: ControlPlane) -> checker.Verdict:
         writes=writes,
         lease_writes=lease_writes,
         seconds=window_end - window_start,
+        lease_stale=settings.lease_stale,
     )
     for cost in verdict.costs:
         print(f"takeover: {cost.describe(window_start)}", flush=True)

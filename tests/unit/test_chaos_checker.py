@@ -267,3 +267,25 @@ def test_a_take_over_is_also_timed_beyond_the_usual_lateness_of_the_successors_s
     assert math.isclose(result.sigterm_handover_added_max_s, 0.3)
     assert "sigterm_handover_max_s=0.90 " in result.result_line()
     assert "sigterm_handover_added_max_s=0.30" in result.result_line()
+
+
+def test_a_kill_with_another_replicas_fault_within_l_is_left_out_of_the_kills_alone() -> None:
+    # r1 dies at 1001 and its job's next tick (1002) starts elsewhere 2 s late; r2 dies at
+    # 1031, and r3 is paused from 1034 for 2 s, within L (6 s) of it: its job waits 11 s.
+    entries = [
+        entry("ns/a", 1000.0, pid=1, at=1000.0),
+        entry("ns/a", 1004.0, pid=4, at=1004.0),
+        entry("ns/b", 1030.0, pid=2, at=1030.0),
+        entry("ns/b", 1042.0, pid=4, at=1043.0),
+    ]
+    first = Fault("kill", "r1", 1, 1001.0, 1001.0, seconds=2.0)
+    second = Fault("kill", "r2", 2, 1031.0, 1031.0, seconds=2.0)
+    pause = Fault("pause", "r3", 3, 1034.0, 1034.0, seconds=2.0)
+    result = verdict(entries, window=(1000.0, 1002.0), faults=[first, second, pause])
+    assert [len(c.takeovers) for c in result.costs] == [1, 1]
+    assert result.failover_p99_s == 11.0
+    assert (result.failover_alone_p99_s, result.failovers_alone) == (2.0, 1)
+    assert "failover_alone_p99_s=2.00 failovers_alone=1" in result.result_line()
+    # On from 1034 to 1036: within L of a kill at 1042, not of one at 1043.
+    assert pause.overlaps(1042.0 - 6.0, 1042.0 + 6.0)
+    assert not pause.overlaps(1043.0 - 6.0, 1043.0 + 6.0)
