@@ -20,6 +20,8 @@ from tests.jobs.podcron_chaosjobs.ledger import Entry
 
 #: Faults of the control plane rather than of an operator.
 CONTROL_PLANE_KINDS = frozenset({"apiserver", "etcd"})
+#: docs/ha.md's L (the operator's default leaseStaleSeconds), when a run does not set it.
+DEFAULT_LEASE_STALE_SECONDS = 6.0
 
 
 def _key(tick: float) -> int:
@@ -149,7 +151,8 @@ class Verdict:
     #: The same less the usual lateness of the start that ended each (Takeover.added).
     failover_added_p99_s: float
     sigterm_handover_added_max_s: float
-    #: The failover p99 over the SIGKILLs alone (see ``alone``), and how many they were.
+    #: The failover p99 over the SIGKILLs alone (no other replica's or the control plane's
+    #: fault within L of it, see judge), and how many they were.
     failover_alone_p99_s: float
     failovers_alone: int
     writes_per_s: float
@@ -334,7 +337,7 @@ def judge(
     lease_writes: float,
     seconds: float,
     skipped: Mapping[str, int] | None = None,
-    lease_stale: float = 6.0,
+    lease_stale: float = DEFAULT_LEASE_STALE_SECONDS,
 ) -> Verdict:
     """The verdict on one run.
 

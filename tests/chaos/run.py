@@ -48,8 +48,6 @@ ENTRY_POINT = "podcron_chaosjobs.ledger:tick"
 NAMESPACE = "chaos"
 #: The HA settings a run may pass to every operator (``PODCRON_`` + upper case).
 HA_SETTINGS = ("ha_ring", "lease_renew_seconds", "fire_bound_seconds", "lease_stale_seconds")
-#: docs/ha.md's L, when the run does not set lease_stale_seconds.
-DEFAULT_LEASE_STALE_SECONDS = 6.0
 SCRAPE_SECONDS = 5.0
 SCRAPE_TIMEOUT = 10.0
 #: How often a SIGTERMed operator's counters are read while it drains.
@@ -80,7 +78,7 @@ class Settings:
 
     @property
     def lease_stale(self) -> float:
-        return float(self.ha.get("lease_stale_seconds", DEFAULT_LEASE_STALE_SECONDS))
+        return float(self.ha.get("lease_stale_seconds", checker.DEFAULT_LEASE_STALE_SECONDS))
 
     @property
     def settle_seconds(self) -> float:
