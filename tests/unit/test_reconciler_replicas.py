@@ -36,7 +36,7 @@ async def engine() -> AsyncIterator[Engine]:
     await engine.shutdown()
 
 
-def reconciler(engine: Engine, replicas: Replicas) -> tuple[Reconciler, Writer, Events]:
+def reconciler(engine: Engine, replicas: Replicas | None) -> tuple[Reconciler, Writer, Events]:
     writer, events = Writer(), Events()
     return (
         Reconciler(
@@ -314,13 +314,7 @@ async def test_a_replica_joins_the_ring_only_once_it_holds_its_jobs_and_gains_ea
 
 async def test_a_run_now_another_replica_acted_on_runs_nothing_here(engine: Engine) -> None:
     # The owner's decision alone is under test: one replica, which owns every job.
-    writer, events = Writer(), Events()
-    handlers = Reconciler(
-        engine=engine,
-        writer=cast(StatusWriter, writer),
-        events=cast(EventRecorder, events),
-        settings=Settings(),
-    )
+    handlers, _, events = reconciler(engine, None)
     await handlers.on_create(body=body(NAMES[0]))
 
     def changed(kept: str) -> kopf.Body:
