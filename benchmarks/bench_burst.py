@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -40,12 +39,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from bench_operator import (
-    INSTANT_RUNS_AT_LEAST,
-    INTERVALS_B,
-    bare_run_seconds,
-    floor_p99_ms,
-)
+from bench_operator import INTERVALS_B, bare_run_seconds, floor_p99_ms, us_per_run_at_instant
 from harness import percentile
 
 HERE = Path(__file__).resolve().parents[1]
@@ -160,16 +154,7 @@ def _summary(
         "p99_ms": percentile(lateness, 0.99) * 1000,
         "max_ms": max(lateness) * 1000,
         "last_ms": statistics.median(max(values) for values in bursts.values()) * 1000,
-        # bench-operator's: the last start of each instant of many runs over its runs.
-        "us_per_run_at_instant": statistics.median(
-            [
-                max(late) / len(late)
-                for late in bursts.values()
-                if len(late) >= INSTANT_RUNS_AT_LEAST
-            ]
-            or [math.nan]
-        )
-        * 1e6,
+        "us_per_run_at_instant": us_per_run_at_instant(bursts.values()),
         "cpu_per_run_us": cpu_s / max(len(noted), 1) * 1e6,
         "gc_in_burst_ms": statistics.median(collecting) * 1000,
         "gc_in_burst_max_ms": max(collecting) * 1000,

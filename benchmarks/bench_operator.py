@@ -574,11 +574,14 @@ def tally(
         scenario.p50_ms = 1000 * statistics.median(lateness)
         scenario.p99_ms = 1000 * percentile(lateness, 0.99)
         scenario.max_ms = 1000 * max(lateness)
-    per_run = [
-        max(late) / len(late) for late in instants.values() if len(late) >= INSTANT_RUNS_AT_LEAST
-    ]
-    if per_run:
-        scenario.us_per_run_at_instant = 1e6 * statistics.median(per_run)
+    scenario.us_per_run_at_instant = us_per_run_at_instant(instants.values())
+
+
+def us_per_run_at_instant(instants: Iterable[Sequence[float]]) -> float:
+    """The cost a run at an instant, in microseconds: the last start (lateness, seconds) of
+    each instant of INSTANT_RUNS_AT_LEAST runs or more over its runs, the median; NaN if none."""
+    per_run = [max(late) / len(late) for late in instants if len(late) >= INSTANT_RUNS_AT_LEAST]
+    return 1e6 * statistics.median(per_run) if per_run else math.nan
 
 
 def _dues_ms(interval: int, start: float, end: float) -> set[int]:
